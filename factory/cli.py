@@ -1,0 +1,75 @@
+"""The ``factory`` command. Errors become exit codes here and only here.
+
+Exit codes: 0 success, 1 failure (a stage failed, a gate found a regression), 2 usage or input
+error (bad flag, bad config, unusable data or model). ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__, progress
+from .errors import FactoryError
+
+__all__ = ["main", "cli"]
+
+
+class FactoryGroup(click.Group):
+    """A click group that turns FactoryError into a one-paragraph message and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FactoryError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.secho(f"error: {exc}", err=True, fg="red")
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing half-written was left behind", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=FactoryGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="factory")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Hide progress bars and status lines (stderr).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """Edge model factory: from images to verified, signed per-device model bundles.
+
+    \b
+    The loop, one command per stage:
+      factory data synth|import   make a dataset (images + manifest with hashes and splits)
+      factory data report         profile it (EDA: class balance, brightness, duplicates)
+      factory train               train the canonical model (MLflow-tracked; weights + ONNX + card)
+      factory run                 all of the above on embedded defaults (params.yaml)
+
+    Exit codes: 0 ok, 1 a stage failed, 2 bad usage or input.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    progress.set_enabled(not quiet)
+
+
+def _register() -> None:
+    from .data.commands import data
+    from .pipeline import run
+    from .train.commands import train_cmd
+
+    cli.add_command(data)
+    cli.add_command(train_cmd)
+    cli.add_command(run)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="factory")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,46 @@
+"""Fixed-bucket histograms shared by the dataset profile, the model card, device telemetry and drift.
+
+The bucket edges are constants of the protocol: a histogram made on a device merges with one made
+in training only because both use these edges. Changing them is a schema change.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+__all__ = [
+    "BRIGHTNESS_EDGES",
+    "CONTRAST_EDGES",
+    "CONFIDENCE_EDGES",
+    "LATENCY_EDGES_MS",
+    "image_stats",
+    "histogram",
+]
+
+# Mean grey level (0-255) and its standard deviation (0-128) of an image, 16 buckets each.
+BRIGHTNESS_EDGES: list[float] = [float(x) for x in np.linspace(0, 256, 17)]
+CONTRAST_EDGES: list[float] = [float(x) for x in np.linspace(0, 128, 17)]
+# Top-1 softmax probability, 10 buckets.
+CONFIDENCE_EDGES: list[float] = [round(float(x), 2) for x in np.linspace(0, 1, 11)]
+# Latency in milliseconds: 0.05 ms .. ~13 s, 4 buckets per octave-pair (factor 10**0.125 ~ 1.33).
+LATENCY_EDGES_MS: list[float] = [round(0.05 * 10 ** (k / 8), 6) for k in range(44)]
+
+
+def image_stats(image: np.ndarray) -> tuple[float, float]:
+    """(brightness, contrast) of a uint8 image: mean and standard deviation of its grey level."""
+    if image.ndim == 3:
+        grey = image.astype(np.float32).mean(axis=2)
+    else:
+        grey = image.astype(np.float32)
+    return float(grey.mean()), float(grey.std())
+
+
+def histogram(values: Iterable[float], edges: list[float]) -> list[int]:
+    """Counts per bucket; values beyond the ends fall into the first/last bucket (nothing is lost)."""
+    v = np.asarray(list(values), dtype=np.float64)
+    if v.size == 0:
+        return [0] * (len(edges) - 1)
+    idx = np.clip(np.searchsorted(np.asarray(edges), v, side="right") - 1, 0, len(edges) - 2)
+    return np.bincount(idx, minlength=len(edges) - 1).astype(int).tolist()

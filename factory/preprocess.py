@@ -1,0 +1,70 @@
+"""The one preprocessing function: decoded image -> model input. NumPy + OpenCV only (no torch).
+
+Training evaluation, export validation, benchmarks and the device agent all call
+:func:`preprocess` with the ``preprocessing`` block of a model card or bundle manifest, so the
+numbers a device sees are the numbers the factory measured.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["INTERPOLATIONS", "make_spec", "preprocess", "input_spec"]
+
+INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def make_spec(height: int, width: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+              interpolation: str = "area") -> dict:
+    """The ``preprocessing`` block: how a BGR uint8 frame from OpenCV becomes a model input."""
+    return {
+        "resize": [int(height), int(width)],
+        "resize_mode": "stretch",
+        "interpolation": interpolation,
+        "color_order": "RGB",
+        "scale": 1.0 / 255.0,
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "layout": "NCHW",
+    }
+
+
+def input_spec(pre: dict) -> dict:
+    """The ``input`` block matching a preprocessing spec (what the model graph itself receives)."""
+    h, w = pre["resize"]
+    return {
+        "name": "input",
+        "shape": ["batch", 3, h, w],
+        "dtype": "float32",
+        "layout": "NCHW",
+        "color_order": "RGB",
+        "value_range": "normalized: (pixel/255 - mean) / std",
+    }
+
+
+def preprocess(images: Sequence[np.ndarray] | np.ndarray, spec: dict) -> np.ndarray:
+    """BGR uint8 HxWx3 image(s) -> float32 NCHW batch, exactly as the model card describes."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images = [images]
+    h, w = spec["resize"]
+    interp = INTERPOLATIONS.get(spec.get("interpolation", "area"))
+    if interp is None:
+        raise InputError(f"unknown interpolation {spec.get('interpolation')!r}; valid: {', '.join(INTERPOLATIONS)}")
+    batch = np.empty((len(images), 3, h, w), np.float32)
+    mean = np.asarray(spec["mean"], np.float32).reshape(3, 1, 1)
+    std = np.asarray(spec["std"], np.float32).reshape(3, 1, 1)
+    for i, img in enumerate(images):
+        if img.ndim == 2:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        if img.shape[:2] != (h, w):
+            img = cv2.resize(img, (w, h), interpolation=interp)
+        rgb = img[:, :, ::-1] if spec.get("color_order", "RGB") == "RGB" else img
+        batch[i] = (rgb.transpose(2, 0, 1).astype(np.float32) * np.float32(spec.get("scale", 1 / 255)) - mean) / std
+    return batch

@@ -1,0 +1,233 @@
+"""``factory train``: seeded CPU training tracked in MLflow, ending in a canonical model directory."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__, progress
+from .._io import atomic_dir, sha256_file, write_json
+from ..config import config_hash
+from ..data.manifest import load_manifest
+from ..errors import DataError, ExportError
+from ..lineage import git_revision, package_versions
+from ..monitor.stats import image_stats
+from ..preprocess import input_spec, make_spec, preprocess
+from .canonical import CARD_NAME, CARD_SCHEMA, ONNX_NAME, ONNX_OPSET, WEIGHTS_NAME, CanonicalModel, count_macs, export_onnx, onnx_logits
+from .evaluate import classification_metrics, plot_confusion, reference_profile
+from .models import create_model
+
+__all__ = ["train"]
+
+PACKAGES = ["torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy", "opencv-python-headless", "mlflow"]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _lr_at(epoch: int, step: int, steps: int, cfg: dict) -> float:
+    t = cfg["train"]
+    pos = epoch + step / max(steps, 1)
+    if pos < t["warmup_epochs"]:
+        return t["lr"] * (pos + 1 / max(steps, 1)) / t["warmup_epochs"]
+    if t["scheduler"] == "constant":
+        return t["lr"]
+    span = max(t["epochs"] - t["warmup_epochs"], 1)
+    return t["lr"] * 0.5 * (1 + math.cos(math.pi * min((pos - t["warmup_epochs"]) / span, 1.0)))
+
+
+def _predict(model, images: list[np.ndarray], spec: dict, batch: int = 64) -> np.ndarray:
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            outs.append(model(torch.from_numpy(preprocess(images[i : i + batch], spec))).numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+
+def _make_optimizer(model, t: dict):
+    import torch
+
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"], nesterov=True)
+    return torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+def _fit(model, train_ds, val_images, val_labels, spec, cfg, log_metrics) -> dict:
+    """Train with the configured schedule; keep the best epoch by validation top-1 (then loss)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    t = cfg["train"]
+    opt = _make_optimizer(model, t)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
+    best = {"top1": -1.0, "loss": math.inf, "epoch": -1, "state": None}
+    stale, history = 0, []
+    for epoch in range(t["epochs"]):
+        started = time.perf_counter()
+        train_ds.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(t["seed"] * 1000 + epoch)
+        loader = DataLoader(train_ds, batch_size=t["batch_size"], shuffle=True, generator=gen, num_workers=t["workers"], drop_last=len(train_ds) > t["batch_size"])
+        model.train()
+        seen, correct, loss_sum = 0, 0, 0.0
+        with progress.bar(f"epoch {epoch + 1}/{t['epochs']}", len(loader)) as tick:
+            for step, (x, y) in enumerate(loader):
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(epoch, step, len(loader), cfg)
+                out = model(x)
+                loss = loss_fn(out, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                seen += len(y)
+                correct += int((out.argmax(1) == y).sum())
+                loss_sum += loss.detach().item() * len(y)
+                tick(1)
+        model.eval()
+        val_logits = _predict(model, val_images, spec)
+        val_loss = float(loss_fn(torch.from_numpy(val_logits), torch.as_tensor(val_labels)))
+        val_top1 = float((val_logits.argmax(1) == np.asarray(val_labels)).mean())
+        row = {"train_loss": loss_sum / seen, "train_top1": correct / seen, "val_loss": val_loss, "val_top1": val_top1,
+               "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}
+        history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in row.items()}})
+        log_metrics(row, epoch + 1)
+        progress.info(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.4f} | val loss {val_loss:.4f} top1 {val_top1:.4f} ({row['epoch_seconds']:.1f}s)")
+        improved = val_top1 > best["top1"] + t["early_stopping"]["min_delta"] or (val_top1 >= best["top1"] and val_loss < best["loss"])
+        if improved:
+            best.update(top1=val_top1, loss=val_loss, epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
+            stale = 0
+        else:
+            stale += 1
+            if t["early_stopping"]["patience"] and stale >= t["early_stopping"]["patience"]:
+                progress.info(f"early stopping: no val improvement for {stale} epochs (best epoch {best['epoch']})")
+                break
+    model.load_state_dict(best["state"])
+    return {"best_epoch": best["epoch"], "epochs_run": len(history), "best_val_top1": best["top1"], "history": history}
+
+
+def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
+    import mlflow
+    import mlflow.onnx
+    import torch
+
+    from .data import ImageDataset, load_images
+    from .tracking import setup_experiment
+
+    t, m = cfg["train"], cfg["model"]
+    manifest = load_manifest(cfg["data"]["manifest"])
+    classes = manifest.classes
+    if len(classes) < 2:
+        raise DataError(f"dataset {manifest.name!r} has {len(classes)} class; classification needs at least 2")
+    splits = {s: manifest.subset(s) for s in ("train", "val", "test")}
+    empty = [s for s, recs in splits.items() if not recs]
+    if empty:
+        raise DataError(f"dataset {manifest.name!r} has no images in split(s) {empty}", hint="add images or change the split fractions")
+    h, w = m["image_size"]
+    spec = make_spec(h, w)
+    torch.manual_seed(t["seed"])
+    # One torch thread per core not used by augmentation workers: on a 2-core machine an
+    # oversubscribed OpenMP pool trains 5-10x slower (measured), so never exceed the cores.
+    torch.set_num_threads(t["threads"] or max(1, (os.cpu_count() or 1) - t["workers"]))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    model = create_model(m["architecture"], len(classes), m["pretrained"])  # unknown names fail before data loading
+
+    index = {c: i for i, c in enumerate(classes)}
+    images, labels = {}, {}
+    with progress.bar("loading images", len(manifest.files)) as tick:
+        for s, recs in splits.items():
+            images[s] = load_images(manifest, recs, max_side=2 * max(h, w), progress=tick)
+            labels[s] = [index[r.label] for r in recs]
+    train_ds = ImageDataset(images["train"], labels["train"], spec, augment_cfg=cfg["augment"], seed=t["seed"])
+
+    cfg_hash = config_hash(cfg)
+    setup_experiment(cfg["tracking"]["experiment"])
+    started = time.perf_counter()
+    with mlflow.start_run(run_name=f"train-{m['name']}-{m['architecture']}") as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg).items()})
+        mlflow.set_tags({"factory.stage": "train", "factory.dataset_hash": manifest.dataset_hash,
+                         "factory.dataset": manifest.name, "factory.config_hash": cfg_hash})
+        mlflow.log_dict(cfg, "config.json")
+        fit = _fit(model, train_ds, images["val"], labels["val"], spec, cfg,
+                   lambda row, step: mlflow.log_metrics(row, step=step))
+        train_seconds = time.perf_counter() - started
+        model.eval()
+        test_logits = _predict(model, images["test"], spec)
+        test = classification_metrics(np.asarray(labels["test"]), test_logits, classes)
+        val_logits = _predict(model, images["val"], spec)
+        ref = reference_profile(val_logits, classes, [image_stats(im) for im in images["val"]], "val")
+        mlflow.log_metrics({"test_top1": test["top1"], "best_val_top1": fit["best_val_top1"], "train_seconds": train_seconds})
+
+        out = Path(cfg["output"]["dir"])
+        with atomic_dir(out) as tmp:
+            torch.save(model.state_dict(), tmp / WEIGHTS_NAME)
+            progress.info("exporting ONNX graph...")
+            export_onnx(model, tmp / ONNX_NAME, h, w)
+            n = min(cfg["eval"]["parity_images"], len(images["test"]))
+            parity_batch = preprocess(images["test"][:n], spec)
+            with torch.no_grad():
+                ref_logits = model(torch.from_numpy(parity_batch)).numpy()
+            diff = float(np.abs(onnx_logits(tmp / ONNX_NAME, parity_batch) - ref_logits).max())
+            if diff > cfg["eval"]["parity_tolerance"]:
+                raise ExportError("onnx-parity", f"ONNX logits differ from PyTorch by {diff:.3g} on {n} test images (tolerance {cfg['eval']['parity_tolerance']:g})")
+            plot_confusion(test["confusion_matrix"], classes, tmp / "confusion_matrix.png", f"{m['architecture']} test top-1 {test['top1']:.4f}")
+            model_uri = None
+            if cfg["tracking"]["log_model"]:
+                import onnx
+
+                info = mlflow.onnx.log_model(onnx.load(str(tmp / ONNX_NAME)), name="model", input_example=parity_batch[:2],
+                                             onnx_execution_providers=["CPUExecutionProvider"])
+                model_uri = info.model_uri
+            card = {
+                "schema": CARD_SCHEMA,
+                "name": m["name"],
+                "architecture": m["architecture"],
+                "labels": classes,
+                "input": input_spec(spec),
+                "preprocessing": spec,
+                "output": {"name": "logits", "shape": ["batch", len(classes)], "dtype": "float32", "activation": "none (apply softmax)"},
+                "files": {
+                    "weights": {"path": WEIGHTS_NAME, "sha256": sha256_file(tmp / WEIGHTS_NAME), "format": "torch state_dict"},
+                    "onnx": {"path": ONNX_NAME, "sha256": sha256_file(tmp / ONNX_NAME), "opset": ONNX_OPSET, "dynamic_batch": True},
+                },
+                "complexity": {"params": int(sum(p.numel() for p in model.parameters())), "macs": count_macs(model, h, w)},
+                "metrics": {
+                    "test": test,
+                    "val": {"top1": round(fit["best_val_top1"], 6), "n": len(labels["val"])},
+                    "training": {k: fit[k] for k in ("best_epoch", "epochs_run")} | {"seconds": round(train_seconds, 1)},
+                },
+                "onnx_parity": {"n": n, "max_abs_diff": diff, "tolerance": cfg["eval"]["parity_tolerance"]},
+                "history": fit["history"],
+                "lineage": {
+                    "dataset": manifest.name,
+                    "dataset_hash": manifest.dataset_hash,
+                    "dataset_manifest": str(manifest.location),
+                    "config": config_path,
+                    "config_hash": cfg_hash,
+                    "config_values": cfg,
+                    "seed": t["seed"],
+                    "git": git_revision(),
+                    "mlflow": {"tracking_uri": mlflow.get_tracking_uri(), "run_id": run.info.run_id,
+                               "experiment_id": run.info.experiment_id, "model_uri": model_uri},
+                    "packages": package_versions(PACKAGES) | {"edge-model-factory": __version__},
+                },
+                "reference_profile": ref,
+            }
+            write_json(tmp / CARD_NAME, card)
+            write_json(tmp / "metrics.json", {"test_top1": test["top1"], "val_top1": round(fit["best_val_top1"], 6),
+                                              "onnx_max_abs_diff": diff, "epochs_run": fit["epochs_run"]})
+            mlflow.log_artifact(str(tmp / CARD_NAME))
+            mlflow.log_artifact(str(tmp / "confusion_matrix.png"))
+    return CanonicalModel(out, card)

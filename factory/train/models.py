@@ -1,0 +1,88 @@
+"""Model registry: every ``torchvision.models`` classifier by name, plus our own small ones.
+
+``create_model(name, num_classes, pretrained=PATH)`` never downloads anything: pretrained weights come
+only from a local file the user names. An unknown name raises an error listing the valid ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import ModelError, UnknownNameError
+
+__all__ = ["register_model", "list_models", "create_model", "load_pretrained"]
+
+_LOCAL: dict[str, Callable[[int], nn.Module]] = {}
+
+
+def register_model(name: str):
+    def deco(fn: Callable[[int], nn.Module]):
+        _LOCAL[name] = fn
+        return fn
+
+    return deco
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision.models as tvm
+
+    return list(tvm.list_models(module=tvm))
+
+
+def list_models() -> list[str]:
+    return sorted(set(_torchvision_names()) | set(_LOCAL))
+
+
+@register_model("tiny-cnn")
+def tiny_cnn(num_classes: int) -> nn.Module:
+    """Four conv-BN-ReLU blocks and a linear head: trains in seconds, for tests and smoke runs."""
+
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    return nn.Sequential(
+        block(3, 16), block(16, 32), block(32, 64), block(64, 96),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, num_classes),
+    )
+
+
+def create_model(name: str, num_classes: int, pretrained: str | Path | None = None) -> nn.Module:
+    if name in _LOCAL:
+        model = _LOCAL[name](num_classes)
+    else:
+        import torchvision.models as tvm
+
+        if name not in _torchvision_names():
+            raise UnknownNameError("architecture", name, list_models(), hint="set model.architecture in the training config")
+        model = tvm.get_model(name, weights=None, num_classes=num_classes)
+    if pretrained:
+        load_pretrained(model, pretrained)
+    return model
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> dict:
+    """Load a local checkpoint; tensors whose shape differs (e.g. a 1000-class head) are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"pretrained weights file {path} does not exist", hint="the factory never downloads weights; name a local .pth file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad pickle/zip
+        raise ModelError(f"cannot read pretrained weights {path}: {exc}") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} does not hold a state_dict")
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not usable:
+        raise ModelError(f"{path}: no tensor matches the architecture's names and shapes", hint="is it the same architecture?")
+    model.load_state_dict(usable, strict=False)
+    return {"loaded": len(usable), "skipped": sorted(set(own) - set(usable))}

@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny synthetic dataset, a private MLflow store, a tiny trained model.
+
+Everything is real (OpenCV, PyTorch, ONNX Runtime, MLflow on SQLite); only the sizes are small.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from factory.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlruns")
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    yield folder
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def invoke(*args: str, cwd: Path | None = None):
+    """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr, output)."""
+    runner = CliRunner()
+    if cwd is None:
+        return runner.invoke(cli, list(args), catch_exceptions=True)
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(cli, list(args), catch_exceptions=True)
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture(scope="session")
+def synth_ds(tmp_path_factory) -> Path:
+    from factory.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("data") / "synth"
+    synthesize(out, seed=3, per_class=14, size=(96, 72))
+    return out
+
+
+def write_train_config(path: Path, manifest: Path, out: Path, **overrides) -> Path:
+    cfg = {
+        "data": {"manifest": str(manifest)},
+        "model": {"architecture": "tiny-cnn", "image_size": [32, 32]},
+        "train": {"epochs": 2, "batch_size": 16, "workers": 0, "seed": 0},
+        "eval": {"parity_images": 64},
+        "output": {"dir": str(out)},
+    }
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, synth_ds):
+    """A tiny canonical model trained once per session through the real CLI."""
+    from factory.train.canonical import load_canonical
+
+    work = tmp_path_factory.mktemp("train")
+    cfg = write_train_config(work / "train.yaml", synth_ds / "manifest.json", work / "model")
+    result = invoke("train", "--config", str(cfg))
+    assert result.exit_code == 0, result.output
+    return load_canonical(work / "model")

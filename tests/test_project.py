@@ -1,0 +1,83 @@
+"""The project's own wiring: the README commands, CI, the Dockerfile, the DVC pipeline, params."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from factory.config import load_config
+from factory.pipeline import PIPELINE_SCHEMA
+from tests.conftest import ROOT, invoke
+
+
+def test_readme_starts_with_the_two_commands():
+    lines = [x for x in (ROOT / "README.md").read_text().splitlines() if x.strip()]
+    block = lines[lines.index("```bash") + 1 : lines.index("```bash") + 3]
+    assert block[0].startswith("make run") and block[1].startswith("make test")
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pytest" in makefile.split("\ntest:")[1].split("\n\n")[0]
+
+
+def test_dockerfile_lints_clean_and_installs_like_the_readme():
+    hadolint = shutil.which("hadolint") or str(Path(__import__("sys").executable).parent / "hadolint")
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "./scripts/install.sh" in docker
+    assert "./scripts/install.sh" in (ROOT / "Makefile").read_text()
+    for src in [line.split()[1] for line in docker.splitlines() if line.startswith("COPY")]:
+        assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the repository"
+
+
+def test_params_yaml_is_valid_and_dvc_stages_read_their_sections():
+    params = load_config(ROOT / "params.yaml", PIPELINE_SCHEMA)
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    stages = dvc["stages"]
+    assert list(stages)[:3] == ["data", "profile", "train"]
+    for name, section in (("data", "synth"), ("profile", "profile"), ("train", "train")):
+        assert section in stages[name]["params"]
+        assert any(str(d).startswith("factory/") for d in stages[name]["deps"]), f"stage {name} must depend on its code"
+    assert params["train"]["config"] in stages["train"]["cmd"] or "${train.config}" in stages["train"]["cmd"]
+
+
+def test_dvc_understands_the_pipeline():
+    dvc = shutil.which("dvc") or str(Path(__import__("sys").executable).parent / "dvc")
+    result = subprocess.run([dvc, "dag", "--md"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for stage in ("data", "profile", "train"):
+        assert stage in result.stdout
+
+
+def test_main_command_end_to_end_on_tiny_params(tmp_path):
+    """`factory run` with a tiny params file: dataset, profile and a canonical model, then reuse."""
+    (tmp_path / "configs").mkdir()
+    train_cfg = yaml.safe_load((ROOT / "configs" / "train.yaml").read_text())
+    train_cfg["model"].update(architecture="tiny-cnn", image_size=[32, 32])
+    train_cfg["train"].update(workers=0)
+    (tmp_path / "configs" / "train.yaml").write_text(yaml.safe_dump(train_cfg))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "synth": {"out": "data/synth", "seed": 1, "per_class": 6, "size": "80x60"},
+        "profile": {"out": "reports/data", "samples_per_class": 2},
+        "train": {"config": "configs/train.yaml", "out": "models/tiny", "seed": 0, "epochs": 1},
+    }))
+    result = invoke("run", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "main job finished" in result.stdout
+    for f in ("data/synth/manifest.json", "reports/data/profile.json", "models/tiny/model_card.json", "models/tiny/model.onnx"):
+        assert (tmp_path / f).is_file(), f
+    again = invoke("run", cwd=tmp_path)
+    assert again.exit_code == 0
+    assert "is current" in again.stderr
+
+
+def test_main_command_reports_a_bad_params_file(tmp_path):
+    (tmp_path / "params.yaml").write_text("synth:\n  seed: zero\n")
+    result = invoke("run", cwd=tmp_path)
+    assert result.exit_code == 2
+    assert "'synth.seed' must be int" in result.stderr
