@@ -44,6 +44,7 @@ def test_onnx_matches_pytorch_with_dynamic_batch(trained, synth_ds):
     proto = onnx.load(str(trained.onnx))
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 18
     assert not list(trained.path.glob("*.data")), "ONNX must be a single file"
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     batch = _test_batch(trained, synth_ds)
     with torch.no_grad():
         ref = trained.build_module()(torch.from_numpy(batch)).numpy()
@@ -73,10 +74,10 @@ def test_mlflow_run_and_model_load_and_predict(trained, synth_ds):
     assert [h.step for h in history] == [1, 2]
     model = mlflow.pyfunc.load_model(trained.card["lineage"]["mlflow"]["model_uri"])
     batch = _test_batch(trained, synth_ds, n=3)
-    out = model.predict(batch)
-    logits = np.asarray(out["logits"] if isinstance(out, dict) else out)
-    assert logits.shape == (3, len(trained.labels))
-    assert np.abs(logits - onnx_logits(trained.onnx, batch)).max() < 1e-5
+    for inputs in (batch, {"input": batch}):
+        logits = np.asarray(model.predict(inputs)["logits"])
+        assert logits.shape == (3, len(trained.labels))
+        assert np.abs(logits - onnx_logits(trained.onnx, batch)).max() < 1e-5
 
 
 def test_unknown_architecture_lists_valid_ones(tmp_path, synth_ds):

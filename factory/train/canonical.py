@@ -27,18 +27,6 @@ ONNX_NAME = "model.onnx"
 ONNX_OPSET = 18
 
 
-def _rename_batch_dim(model, name: str = "batch") -> None:
-    """torch.export names the dynamic batch ``s0``/``s77``...; call it ``batch`` everywhere."""
-    inp = model.graph.input[0].type.tensor_type.shape.dim[0]
-    old = inp.dim_param
-    if not old:
-        return
-    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
-        for dim in vi.type.tensor_type.shape.dim:
-            if dim.dim_param == old:
-                dim.dim_param = name
-
-
 def export_onnx(module, path: str | Path, height: int, width: int, opset: int = ONNX_OPSET) -> Path:
     """Export a torch module to ONNX: one file, ``input`` NCHW float32 with a dynamic batch, ``logits`` out."""
     import onnx
@@ -53,7 +41,7 @@ def export_onnx(module, path: str | Path, height: int, width: int, opset: int = 
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 module, (sample,), None, dynamo=True, opset_version=opset, input_names=["input"],
-                output_names=["logits"], dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), verbose=False,
+                output_names=["logits"], dynamic_shapes=({0: "batch"},), external_data=False, verbose=False,
             )
         model = program.model_proto
     except Exception as exc:  # the exporter raises many types; keep the operator if it names one
@@ -64,7 +52,6 @@ def export_onnx(module, path: str | Path, height: int, width: int, opset: int = 
                 op = token.strip("'\"`,.:()")
                 break
         raise ExportError("onnx-export", text.splitlines()[0][:500] if text else type(exc).__name__, operator=op) from exc
-    _rename_batch_dim(model)
     tmp = path.with_name(f".{path.name}.tmp")
     onnx.save_model(model, str(tmp), save_as_external_data=False)
     tmp.replace(path)

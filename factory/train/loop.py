@@ -143,6 +143,10 @@ def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
     torch.set_num_threads(t["threads"] or max(1, (os.cpu_count() or 1) - t["workers"]))
     torch.use_deterministic_algorithms(True, warn_only=True)
     model = create_model(m["architecture"], len(classes), m["pretrained"])  # unknown names fail before data loading
+    if t["bn_momentum"] is not None:
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.momentum = t["bn_momentum"]
 
     index = {c: i for i, c in enumerate(classes)}
     images, labels = {}, {}
@@ -187,8 +191,11 @@ def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
             if cfg["tracking"]["log_model"]:
                 import onnx
 
-                info = mlflow.onnx.log_model(onnx.load(str(tmp / ONNX_NAME)), name="model", input_example=parity_batch[:2],
-                                             onnx_execution_providers=["CPUExecutionProvider"])
+                from mlflow.models import infer_signature
+
+                signature = infer_signature({"input": parity_batch[:2]}, {"logits": ref_logits[:2]})
+                info = mlflow.onnx.log_model(onnx.load(str(tmp / ONNX_NAME)), name="model", signature=signature,
+                                             save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"])
                 model_uri = info.model_uri
             card = {
                 "schema": CARD_SCHEMA,
