@@ -45,6 +45,8 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
       factory data synth|import   make a dataset (images + manifest with hashes and splits)
       factory data report         profile it (EDA: class balance, brightness, duplicates)
       factory train               train the canonical model (MLflow-tracked; weights + ONNX + card)
+      factory build --target T    per-target export: prune, quantize, compile, validate, sign
+      factory bundle verify|inspect   check and read bundles; `factory keys generate` makes keys
       factory run                 all of the above on embedded defaults (params.yaml)
 
     Exit codes: 0 ok, 1 a stage failed, 2 bad usage or input.
@@ -55,13 +57,14 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
 
 
 def _register() -> None:
+    from .bundle.commands import bundle, keys
     from .data.commands import data
+    from .export.commands import build_cmd, targets_cmd
     from .pipeline import run
     from .train.commands import train_cmd
 
-    cli.add_command(data)
-    cli.add_command(train_cmd)
-    cli.add_command(run)
+    for command in (data, train_cmd, build_cmd, targets_cmd, keys, bundle, run):
+        cli.add_command(command)
 
 
 _register()

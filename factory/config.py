@@ -20,7 +20,7 @@ import yaml
 from ._io import canonical_json
 from .errors import ConfigError
 
-__all__ = ["Key", "REQUIRED", "load_yaml", "load_config", "validate", "parse_overrides", "config_hash"]
+__all__ = ["Key", "REQUIRED", "load_yaml", "load_config", "validate", "merge", "parse_overrides", "config_hash"]
 
 REQUIRED = object()
 
@@ -80,11 +80,11 @@ def parse_overrides(pairs: Iterable[str]) -> dict:
     return out
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge(out[k], v)
         else:
             out[k] = v
     return out
@@ -150,7 +150,7 @@ def _validate(data: Any, schema: dict, prefix: str, problems: list[str]) -> dict
 
 def load_config(path: str | Path, schema: dict, overrides: Iterable[str] = ()) -> dict:
     """Read, override and validate a YAML config file."""
-    data = _merge(load_yaml(path), parse_overrides(overrides))
+    data = merge(load_yaml(path), parse_overrides(overrides))
     return validate(data, schema, str(path))
 
 

@@ -14,6 +14,7 @@ import click
 
 from . import progress
 from .config import Key, load_config
+from .errors import ValidationError
 
 __all__ = ["PIPELINE_SCHEMA", "run"]
 
@@ -33,6 +34,12 @@ PIPELINE_SCHEMA = {
         "out": Key(str, "models/id-docs", "canonical model directory"),
         "seed": Key(int, 0),
         "epochs": Key(int, 12),
+    },
+    "build": {
+        "targets": Key(list, ["cpu", "openvino", "tflite"], "target profiles in targets/"),
+        "key": Key(str, "keys/signing.key", "signing key; created on first run if missing"),
+        "out": Key(str, "bundles"),
+        "report_dir": Key(str, "reports/build"),
     },
 }
 
@@ -56,14 +63,18 @@ def _synth_is_current(out: Path, p: dict) -> bool:
               help="Pipeline parameters, one section per stage (the same file dvc.yaml reads).")
 @click.option("--fresh", is_flag=True, help="Regenerate the synthetic dataset even if it is current.")
 def run(params_path: str, fresh: bool) -> None:
-    """Run the main job end to end: synthesize data, profile it, train the canonical model.
+    """Run the main job end to end: data, profile, train, then a signed bundle per target.
 
     Everything stays local: images under data/, reports under reports/, the model under models/,
-    MLflow runs in ./mlruns (SQLite). Prints a summary with where to look.
+    bundles under bundles/, the signing key under keys/ (created if missing), MLflow runs in
+    ./mlruns (SQLite). Prints a summary with where to look.
     """
     from .data.manifest import load_manifest
     from .data.profile import write_report
+    from ._io import atomic_write, write_json
     from .data.synth import parse_size, synthesize
+    from .export.build import build, build_report
+    from .export.commands import build_table
     from .train.loop import train
     from .train.schema import TRAIN_SCHEMA
 
@@ -74,10 +85,10 @@ def run(params_path: str, fresh: bool) -> None:
     s = p["synth"]
     out = Path(s["out"])
     if not fresh and _synth_is_current(out, s):
-        progress.info(f"[1/3] dataset {out} is current (seed {s['seed']}, {s['per_class']} per class); reusing it")
+        progress.info(f"[1/4] dataset {out} is current (seed {s['seed']}, {s['per_class']} per class); reusing it")
         manifest = load_manifest(out)
     else:
-        progress.info(f"[1/3] synthesizing {out}")
+        progress.info(f"[1/4] synthesizing {out}")
         from .data.documents import document_types
 
         with progress.bar("synthesizing", s["per_class"] * len(document_types())) as tick:
@@ -85,18 +96,35 @@ def run(params_path: str, fresh: bool) -> None:
     timings["data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    progress.info(f"[2/3] profiling -> {p['profile']['out']}")
+    progress.info(f"[2/4] profiling -> {p['profile']['out']}")
     with progress.bar("profiling", len(manifest.files)) as tick:
         profile = write_report(manifest, p["profile"]["out"], samples_per_class=p["profile"]["samples_per_class"], progress=tick)
     timings["profile"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    progress.info(f"[3/3] training ({p['train']['config']})")
+    progress.info(f"[3/4] training ({p['train']['config']})")
     cfg = load_config(p["train"]["config"], TRAIN_SCHEMA, [
         f"data.manifest={out / 'manifest.json'}", f"output.dir={p['train']['out']}", f"train.seed={p['train']['seed']}", f"train.epochs={p['train']['epochs']}",
     ])
     model = train(cfg, config_path=p["train"]["config"])
     timings["train"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    b = p["build"]
+    key = Path(b["key"])
+    if not key.is_file():
+        from .bundle.signing import generate_keys
+
+        generate_keys(key.with_suffix(""))
+        progress.info(f"created signing key {key} and {key.with_suffix('.pub')} (keep the .key secret)")
+    progress.info(f"[4/4] building bundles for {', '.join(b['targets'])}")
+    results = []
+    for target in b["targets"]:
+        results.append(build(model.path, target, key_path=key, data=str(out), out_root=b["out"]))
+        write_json(Path(b["report_dir"]) / f"{target}.json", build_report(results[-1]))
+    table = build_table(results)
+    atomic_write(Path(b["report_dir"]) / "summary.md", table + "\n")
+    timings["build"] = time.perf_counter() - t0
 
     card = model.card
     test = card["metrics"]["test"]
@@ -108,6 +136,12 @@ def run(params_path: str, fresh: bool) -> None:
         f"  model       {model.path}  {card['architecture']}, {card['complexity']['macs'] / 1e6:.1f} M MACs, "
         f"test top-1 {test['top1']:.4f} on {test['n']} images, ONNX max abs diff {card['onnx_parity']['max_abs_diff']:.1e}",
         f"  mlflow      run {card['lineage']['mlflow']['run_id']}  (mlflow ui --backend-store-uri {card['lineage']['mlflow']['tracking_uri']})",
+        f"  bundles     {b['out']}/{card['name']}/{results[0].manifest['version']}/  (verify: factory bundle verify BUNDLE --pubkey {key.with_suffix('.pub')})",
         "  time        " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()),
+        "",
+        table,
     ]
     click.echo("\n".join(lines))
+    failed = [r.manifest["target"] for r in results if not r.passed]
+    if failed:
+        raise ValidationError(f"bundles for {', '.join(failed)} failed their budgets (see the table and {b['report_dir']}/)")

@@ -79,3 +79,27 @@ def trained(tmp_path_factory, synth_ds):
     result = invoke("train", "--config", str(cfg))
     assert result.exit_code == 0, result.output
     return load_canonical(work / "model")
+
+
+@pytest.fixture(scope="session")
+def keypair(tmp_path_factory):
+    from factory.bundle.signing import generate_keys
+
+    return generate_keys(tmp_path_factory.mktemp("keys") / "signing")
+
+
+@pytest.fixture(scope="session")
+def loose_targets(tmp_path_factory) -> Path:
+    """The repository's target profiles with budgets loosened for a 2-epoch tiny model."""
+    folder = tmp_path_factory.mktemp("targets")
+    for src in (ROOT / "targets").glob("*.yaml"):
+        profile = yaml.safe_load(src.read_text())
+        profile["budgets"] = {"max_accuracy_drop_pt": 100.0, "min_top1_agreement": 0.0, "max_latency_ms": None, "max_size_mb": None}
+        profile["recipe"].setdefault("quantization", {})["calibration_images"] = 16
+        (folder / src.name).write_text(yaml.safe_dump(profile))
+    return folder
+
+
+def build_args(model: Path, target: str, keypair, targets: Path, out: Path, *extra: str) -> list[str]:
+    return ["build", "--target", target, "--model", str(model), "--key", str(keypair[0]), "--targets-dir", str(targets),
+            "--out", str(out), "--cache-dir", str(out.parent / "cache"), *extra]

@@ -22,7 +22,7 @@ from .canonical import CARD_NAME, CARD_SCHEMA, ONNX_NAME, ONNX_OPSET, WEIGHTS_NA
 from .evaluate import classification_metrics, plot_confusion, reference_profile
 from .models import create_model
 
-__all__ = ["train"]
+__all__ = ["train", "fit", "predict_logits"]
 
 PACKAGES = ["torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy", "opencv-python-headless", "mlflow"]
 
@@ -48,7 +48,7 @@ def _lr_at(epoch: int, step: int, steps: int, cfg: dict) -> float:
     return t["lr"] * 0.5 * (1 + math.cos(math.pi * min((pos - t["warmup_epochs"]) / span, 1.0)))
 
 
-def _predict(model, images: list[np.ndarray], spec: dict, batch: int = 64) -> np.ndarray:
+def predict_logits(model, images: list[np.ndarray], spec: dict, batch: int = 64) -> np.ndarray:
     import torch
 
     outs = []
@@ -66,7 +66,7 @@ def _make_optimizer(model, t: dict):
     return torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
 
 
-def _fit(model, train_ds, val_images, val_labels, spec, cfg, log_metrics) -> dict:
+def fit(model, train_ds, val_images, val_labels, spec, cfg, log_metrics) -> dict:
     """Train with the configured schedule; keep the best epoch by validation top-1 (then loss)."""
     import torch
     from torch.utils.data import DataLoader
@@ -97,7 +97,7 @@ def _fit(model, train_ds, val_images, val_labels, spec, cfg, log_metrics) -> dic
                 loss_sum += loss.detach().item() * len(y)
                 tick(1)
         model.eval()
-        val_logits = _predict(model, val_images, spec)
+        val_logits = predict_logits(model, val_images, spec)
         val_loss = float(loss_fn(torch.from_numpy(val_logits), torch.as_tensor(val_labels)))
         val_top1 = float((val_logits.argmax(1) == np.asarray(val_labels)).mean())
         row = {"train_loss": loss_sum / seen, "train_top1": correct / seen, "val_loss": val_loss, "val_top1": val_top1,
@@ -164,15 +164,15 @@ def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
         mlflow.set_tags({"factory.stage": "train", "factory.dataset_hash": manifest.dataset_hash,
                          "factory.dataset": manifest.name, "factory.config_hash": cfg_hash})
         mlflow.log_dict(cfg, "config.json")
-        fit = _fit(model, train_ds, images["val"], labels["val"], spec, cfg,
+        fitted = fit(model, train_ds, images["val"], labels["val"], spec, cfg,
                    lambda row, step: mlflow.log_metrics(row, step=step))
         train_seconds = time.perf_counter() - started
         model.eval()
-        test_logits = _predict(model, images["test"], spec)
+        test_logits = predict_logits(model, images["test"], spec)
         test = classification_metrics(np.asarray(labels["test"]), test_logits, classes)
-        val_logits = _predict(model, images["val"], spec)
+        val_logits = predict_logits(model, images["val"], spec)
         ref = reference_profile(val_logits, classes, [image_stats(im) for im in images["val"]], "val")
-        mlflow.log_metrics({"test_top1": test["top1"], "best_val_top1": fit["best_val_top1"], "train_seconds": train_seconds})
+        mlflow.log_metrics({"test_top1": test["top1"], "best_val_top1": fitted["best_val_top1"], "train_seconds": train_seconds})
 
         out = Path(cfg["output"]["dir"])
         with atomic_dir(out) as tmp:
@@ -212,11 +212,11 @@ def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
                 "complexity": {"params": int(sum(p.numel() for p in model.parameters())), "macs": count_macs(model, h, w)},
                 "metrics": {
                     "test": test,
-                    "val": {"top1": round(fit["best_val_top1"], 6), "n": len(labels["val"])},
-                    "training": {k: fit[k] for k in ("best_epoch", "epochs_run")} | {"seconds": round(train_seconds, 1)},
+                    "val": {"top1": round(fitted["best_val_top1"], 6), "n": len(labels["val"])},
+                    "training": {k: fitted[k] for k in ("best_epoch", "epochs_run")} | {"seconds": round(train_seconds, 1)},
                 },
                 "onnx_parity": {"n": n, "max_abs_diff": diff, "tolerance": cfg["eval"]["parity_tolerance"]},
-                "history": fit["history"],
+                "history": fitted["history"],
                 "lineage": {
                     "dataset": manifest.name,
                     "dataset_hash": manifest.dataset_hash,
@@ -233,8 +233,8 @@ def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
                 "reference_profile": ref,
             }
             write_json(tmp / CARD_NAME, card)
-            write_json(tmp / "metrics.json", {"test_top1": test["top1"], "val_top1": round(fit["best_val_top1"], 6),
-                                              "onnx_max_abs_diff": diff, "epochs_run": fit["epochs_run"]})
+            write_json(tmp / "metrics.json", {"test_top1": test["top1"], "val_top1": round(fitted["best_val_top1"], 6),
+                                              "onnx_max_abs_diff": diff, "epochs_run": fitted["epochs_run"]})
             mlflow.log_artifact(str(tmp / CARD_NAME))
             mlflow.log_artifact(str(tmp / "confusion_matrix.png"))
     return CanonicalModel(out, card)

@@ -1,0 +1,105 @@
+"""``factory keys ...`` and ``factory bundle ...``."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import click
+
+__all__ = ["keys", "bundle"]
+
+
+@click.group()
+def keys() -> None:
+    """Manage Ed25519 signing keys."""
+
+
+@keys.command("generate")
+@click.option("--out", "prefix", default="keys/signing", show_default=True, help="Writes PREFIX.key (private, 0600) and PREFIX.pub.")
+@click.option("--force", is_flag=True, help="Replace an existing key.")
+@click.option("--if-missing", is_flag=True, help="Do nothing (exit 0) when the key already exists.")
+def generate_cmd(prefix: str, force: bool, if_missing: bool) -> None:
+    """Generate a signing key pair. Keep the .key secret; give the .pub to devices and registries."""
+    from .signing import generate_keys, key_id, load_public_key
+
+    if if_missing and Path(prefix + ".key").is_file():
+        click.echo(f"{prefix}.key exists; kept it")
+        return
+    priv, pub = generate_keys(prefix, overwrite=force)
+    click.echo(f"wrote {priv} and {pub} (key id {key_id(load_public_key(pub))})")
+
+
+@click.group()
+def bundle() -> None:
+    """Verify, inspect and unpack bundles (folders or .tar.gz archives)."""
+
+
+def _folder(path: str, stack) -> Path:
+    """A bundle folder; an archive is unpacked safely into a temp folder first."""
+    from .archive import unpack
+
+    p = Path(path)
+    if p.is_dir():
+        return p
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="factory-bundle-")))
+    return unpack(p, tmp / "bundle")
+
+
+@bundle.command("verify")
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(exists=True))
+@click.option("--pubkey", required=True, type=click.Path(dir_okay=False), help="The trusted public key (never one from the bundle).")
+def verify_cmd(bundle_path: str, pubkey: str) -> None:
+    """Verify BUNDLE's signature with --pubkey, then every file's sha256 and size.
+
+    Exit 0 when valid; exit 2 with the reason when not (tampered, unsigned, wrong key, unsafe archive).
+    """
+    import contextlib
+
+    from .archive import verify_bundle
+    from .signing import load_public_key
+
+    key = load_public_key(pubkey)
+    with contextlib.ExitStack() as stack:
+        result = verify_bundle(_folder(bundle_path, stack), key)
+    m = result["manifest"]
+    click.echo(f"OK {m['name']} {m['version']} {m['target']}: signature by key {result['key_id']}, {result['files']} file(s) match")
+
+
+@bundle.command("inspect")
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def inspect_cmd(bundle_path: str, as_json: bool) -> None:
+    """Show what a bundle holds and what was measured (does not verify; see `bundle verify`)."""
+    import contextlib
+
+    from .archive import read_manifest
+
+    with contextlib.ExitStack() as stack:
+        m = read_manifest(_folder(bundle_path, stack))
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        return
+    p, lat = m["validation"]["parity"], m["latency"]
+    lines = [
+        f"{m['name']} {m['version']}  target {m['target']}  ({m['runtime']['backend']} {m['runtime']['built_with']}, needs >= {m['runtime']['min_version']})",
+        f"  precision   {m['recipe']['precision']}   pruning {m['recipe']['pruning']['method']} {m['recipe']['pruning']['ratio']}",
+        f"  accuracy    top-1 {p['top1']:.4f} (canonical {p['canonical_top1']:.4f}, drop {p['accuracy_drop_pt']:+.2f} pt, agreement {p['top1_agreement']:.4f}) on {p['n']} test images",
+        f"  parity      max abs diff {p['max_abs_diff']:.3g}, cosine min {p['cosine_min']}, SNR {p['snr_db']} dB",
+        f"  latency     p50 {lat['p50_ms']:.3f} ms, p95 {lat['p95_ms']:.3f} ms (batch 1, {lat['threads']} threads, {lat['host']['cpu']})",
+        f"  size        {m['artifact']['size_bytes'] / 1e6:.2f} MB ({m['artifact']['size_gzip_bytes'] / 1e6:.2f} MB gzip), {m['artifact']['macs'] / 1e6:.1f} M MACs",
+        f"  verdict     {'pass' if m['validation']['passed'] else 'FAIL'}: " + "; ".join(f"{c['check']} {c['why']}" for c in m["validation"]["checks"]),
+        "  files       " + ", ".join(f"{n} ({e['size']} B)" for n, e in m["files"].items()),
+    ]
+    click.echo("\n".join(lines))
+
+
+@bundle.command("unpack")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+def unpack_cmd(archive: str, out: str) -> None:
+    """Safely unpack a bundle archive (no absolute paths, '..', links or oversized members)."""
+    from .archive import unpack
+
+    click.echo(f"unpacked to {unpack(archive, out)}")

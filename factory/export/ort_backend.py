@@ -1,0 +1,126 @@
+"""ONNX Runtime backend: the canonical ONNX graph, quantized and graph-optimized for CPU."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExportError
+from .base import Backend, Capabilities, register_backend, require
+
+__all__ = ["OnnxRuntimeBackend"]
+
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+MODEL = "model.onnx"
+
+
+def _ort():
+    return require("onnxruntime", "onnxruntime", "onnxruntime", "the onnxruntime backend")
+
+
+def _session(path: Path, threads: int, level: str, save_to: Path | None = None):
+    ort = _ort()
+    if level not in _LEVELS:
+        raise ExportError("ort-compile", f"graph_optimization {level!r} is not one of {', '.join(_LEVELS)}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
+    if save_to is not None:
+        opts.optimized_model_filepath = str(save_to)
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+class _Runner:
+    def __init__(self, path: Path, threads: int, level: str):
+        self.session = _session(path, threads, level)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a preprocessed calibration tensor, one image at a time."""
+
+    def __init__(self, calibration: np.ndarray, name: str = "input"):
+        self._rows = iter([{name: calibration[i : i + 1]} for i in range(len(calibration))])
+
+    def get_next(self):
+        return next(self._rows, None)
+
+
+@register_backend
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    capabilities = Capabilities(
+        runtime_package="onnxruntime",
+        min_runtime_version="1.20",
+        artifact_files=(MODEL,),
+        precisions=("fp32", "fp16", "int8-static", "int8-dynamic"),
+        dynamic_batch=True,
+        parity_tolerance={"fp32": 1e-4, "fp16": 5e-2, "int8-static": None, "int8-dynamic": None},
+        runtime_options={"threads": 2, "graph_optimization": "extended"},
+        notes={
+            "fp16": "fp16 weights and compute inside, fp32 input/output; halves the size, no CPU speedup expected",
+            "int8-static": "QDQ per-channel; uint8 activations with reduce_range on hosts without VNNI (int8 ones saturate or run slower there)",
+            "int8-dynamic": "weights int8, activations quantized per call (ConvInteger); usually slow for CNNs on CPU",
+        },
+    )
+
+    def export(self, work, *, onnx_path, module_factory, input_hw):
+        out = work / "fp32.onnx"
+        shutil.copyfile(onnx_path, out)
+        return out
+
+    def quantize(self, artifact, work, *, precision, calibration, options, module_factory, input_hw):
+        if precision == "fp16":
+            import onnx
+
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            out = work / "fp16.onnx"
+            onnx.save_model(convert_float_to_float16(onnx.load(str(artifact)), keep_io_types=True), str(out))
+            return out, {"method": "onnxruntime.transformers.float16 (keep_io_types)"}
+        q = require("onnxruntime.quantization", "onnxruntime", "onnxruntime", "ONNX Runtime quantization")
+        pre = work / "pre.onnx"
+        q.quant_pre_process(str(artifact), str(pre))
+        if precision == "int8-dynamic":
+            out = work / "int8-dynamic.onnx"
+            q.quantize_dynamic(str(pre), str(out), weight_type=q.QuantType.QUInt8)
+            return out, {"method": "quantize_dynamic", "weight_type": "uint8"}
+        from ..lineage import host_info
+
+        act = options["activation_type"]
+        if act == "auto":
+            act = "int8" if host_info()["vnni"] else "uint8"
+        method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+                  "percentile": q.CalibrationMethod.Percentile}[options["method"]]
+        out = work / "int8-static.onnx"
+        q.quantize_static(
+            str(pre), str(out), _Reader(calibration), quant_format=q.QuantFormat.QDQ, per_channel=True,
+            reduce_range=act == "uint8", activation_type=q.QuantType.QUInt8 if act == "uint8" else q.QuantType.QInt8,
+            weight_type=q.QuantType.QInt8, calibrate_method=method,
+        )
+        return out, {"method": "quantize_static QDQ per-channel", "calibration_method": options["method"],
+                     "activation_type": act, "weight_type": "int8", "reduce_range": act == "uint8"}
+
+    def compile(self, artifact, out, runtime, precision):
+        import onnx
+
+        target = out / MODEL
+        _session(artifact, runtime["threads"], runtime["graph_optimization"], save_to=target)
+        if not target.is_file():
+            raise ExportError("ort-compile", "ONNX Runtime did not write the optimized model")
+        return {
+            "graph_optimization": runtime["graph_optimization"],
+            "nodes_before": len(onnx.load(str(artifact)).graph.node),
+            "nodes_after": len(onnx.load(str(target)).graph.node),
+        }
+
+    def load_runner(self, folder, runtime):
+        # The artifact is already optimized; re-running the (idempotent) optimizer costs milliseconds.
+        return _Runner(Path(folder) / MODEL, runtime["threads"], runtime["graph_optimization"])

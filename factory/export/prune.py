@@ -1,0 +1,163 @@
+"""Pruning before export: structured channel pruning (real speedups) or unstructured (size only).
+
+Structured pruning removes whole channels with torch-pruning (the final classifier and the squeeze
+layers of squeeze-excitation blocks are kept at full width), then fine-tunes on the training split
+and recalibrates BatchNorm statistics. Unstructured pruning zeroes individual weights: no runtime
+here (ONNX Runtime, OpenVINO, LiteRT on CPU) skips zeros, so it only shrinks the compressed size.
+Pruned, fine-tuned models are cached by (canonical weights, recipe, dataset, toolchain), so every
+runtime built from the same recipe shares one fine-tune.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .. import progress
+from .._io import canonical_json
+from ..data.manifest import DatasetManifest
+from ..errors import ExportError
+from ..lineage import package_versions
+from ..train.canonical import CanonicalModel, count_macs
+from .base import require
+
+__all__ = ["prepare_module", "recalibrate_bn"]
+
+UNSTRUCTURED_NOTE = ("unstructured sparsity is not exploited by ONNX Runtime, OpenVINO or LiteRT on CPU: "
+                     "expect no speedup, only a smaller compressed (gzip) size")
+
+
+def _structured(module, ratio: float, input_hw: tuple[int, int]):
+    import torch
+    from torch import nn
+
+    tp = require("torch_pruning", "torch-pruning", "prune", "structured pruning")
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    ignored = [linears[-1] if linears else convs[-1]]
+    try:
+        from torchvision.ops.misc import SqueezeExcitation
+
+        ignored += [m.fc1 for m in module.modules() if isinstance(m, SqueezeExcitation)]
+    except ImportError:  # pragma: no cover - torchvision is part of the train extra
+        pass
+    example = torch.zeros(1, 3, *input_hw)
+    try:
+        pruner = tp.pruner.BasePruner(module, example, importance=tp.importance.MagnitudeImportance(p=2),
+                                      pruning_ratio=ratio, ignored_layers=ignored, round_to=8)
+        pruner.step()
+    except Exception as exc:
+        raise ExportError("prune", f"torch-pruning could not prune this architecture: {exc}") from exc
+    return module
+
+
+def _unstructured(module, ratio: float):
+    from torch import nn
+    from torch.nn.utils import prune
+
+    params = [(m, "weight") for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=ratio)
+    return module
+
+
+def _strip_masks(module) -> None:
+    from torch.nn.utils import prune
+
+    for m in module.modules():
+        if prune.is_pruned(m) and hasattr(m, "weight_orig"):
+            prune.remove(m, "weight")
+
+
+def recalibrate_bn(module, images, spec: dict, batch: int = 32, max_batches: int = 40) -> int:
+    """Re-estimate BatchNorm running statistics from training images (cumulative average)."""
+    import torch
+
+    from ..preprocess import preprocess
+
+    bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    seen = 0
+    with torch.no_grad():
+        for i in range(0, min(len(images), batch * max_batches), batch):
+            module(torch.from_numpy(preprocess(images[i : i + batch], spec)))
+            seen += len(images[i : i + batch])
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    module.eval()
+    return seen
+
+
+def _finetune(module, canonical: CanonicalModel, manifest: DatasetManifest, recipe: dict) -> dict:
+    from ..train.data import ImageDataset, load_images
+    from ..train.loop import fit
+
+    cfg = canonical.card["lineage"].get("config_values")
+    if not cfg:
+        raise ExportError("finetune", "the model card has no training config (lineage.config_values) to fine-tune with")
+    cfg = {**cfg, "train": {**cfg["train"], "epochs": recipe["finetune_epochs"], "lr": recipe["finetune_lr"],
+                            "warmup_epochs": 0, "early_stopping": {"patience": 0, "min_delta": 0.0}}}
+    h, w = canonical.input_hw
+    index = {c: i for i, c in enumerate(canonical.labels)}
+    splits = {s: manifest.subset(s) for s in ("train", "val")}
+    with progress.bar("loading images", sum(len(v) for v in splits.values())) as tick:
+        images = {s: load_images(manifest, recs, max_side=2 * max(h, w), progress=tick) for s, recs in splits.items()}
+    labels = {s: [index[r.label] for r in recs] for s, recs in splits.items()}
+    history = {"epochs_run": 0, "best_val_top1": None}
+    if recipe["finetune_epochs"] > 0:
+        ds = ImageDataset(images["train"], labels["train"], canonical.preprocessing, augment_cfg=cfg["augment"], seed=cfg["train"]["seed"])
+        history = fit(module, ds, images["val"], labels["val"], canonical.preprocessing, cfg, lambda row, step: None)
+        history.pop("history", None)
+    _strip_masks(module)
+    history["bn_recalibration_images"] = recalibrate_bn(module, images["train"], canonical.preprocessing)
+    return history
+
+
+def _cache_key(canonical: CanonicalModel, manifest: DatasetManifest, recipe: dict) -> str:
+    ident = {"weights": canonical.card["files"]["weights"]["sha256"], "dataset": manifest.dataset_hash, "recipe": recipe,
+             "versions": package_versions(["torch", "torchvision", "torch-pruning"])}
+    return hashlib.sha256(canonical_json(ident)).hexdigest()[:24]
+
+
+def prepare_module(canonical: CanonicalModel, manifest: DatasetManifest | None, recipe: dict, cache_dir: Path):
+    """Return (torch module to export, facts). Without pruning: the canonical module, untouched."""
+    import torch
+
+    h, w = canonical.input_hw
+    if recipe["method"] == "none" or recipe["ratio"] == 0:
+        return canonical.build_module(), {"method": "none"}
+    if manifest is None:
+        raise ExportError("prune", "pruning needs the training dataset for fine-tuning; pass --data")
+    key = _cache_key(canonical, manifest, recipe)
+    cached = cache_dir / "pruned" / f"{key}.pt"
+    if cached.is_file():
+        blob = torch.load(cached, map_location="cpu", weights_only=False)  # our own cache file
+        progress.info(f"pruned model from cache {cached}")
+        return blob["module"].eval(), {**blob["facts"], "cache": "hit"}
+    module = canonical.build_module()
+    macs_before = count_macs(module, h, w)
+    progress.info(f"pruning: {recipe['method']} ratio {recipe['ratio']}, then {recipe['finetune_epochs']} fine-tune epoch(s)")
+    module = _structured(module, recipe["ratio"], (h, w)) if recipe["method"] == "structured" else _unstructured(module, recipe["ratio"])
+    tuned = _finetune(module, canonical, manifest, recipe)
+    weights = [m.weight for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    zeros = sum(int((p == 0).sum()) for p in weights) / max(1, sum(p.numel() for p in weights))
+    facts = {
+        "method": recipe["method"], "ratio": recipe["ratio"], "finetune_epochs": recipe["finetune_epochs"],
+        "finetune_lr": recipe["finetune_lr"], "best_val_top1": tuned.get("best_val_top1"),
+        "bn_recalibration_images": tuned["bn_recalibration_images"],
+        "macs_before": macs_before, "macs_after": count_macs(module, h, w),
+        "params_after": int(sum(p.numel() for p in module.parameters())), "weight_sparsity": round(zeros, 4),
+    }
+    facts["mac_reduction"] = round(facts["macs_before"] / max(facts["macs_after"], 1), 3)
+    if recipe["method"] == "unstructured":
+        facts["note"] = UNSTRUCTURED_NOTE
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    torch.save({"module": module, "facts": facts}, tmp)
+    tmp.replace(cached)
+    return module.eval(), {**facts, "cache": "miss"}

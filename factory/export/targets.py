@@ -1,0 +1,91 @@
+"""Device target profiles: ``targets/NAME.yaml``.
+
+A profile names a runtime backend, a recipe (precision, quantization, pruning), runtime options
+and budgets. Budgets live here, never in code. ``--target NAME`` reads ``targets/NAME.yaml`` from
+``--targets-dir``, ``$FACTORY_TARGETS`` or ``./targets``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+from ..config import Key, load_yaml, merge, parse_overrides, validate
+from ..errors import ConfigError, UnknownNameError
+from .base import PRECISIONS, backend_names, get_backend
+
+__all__ = ["PROFILE_SCHEMA", "targets_dir", "target_names", "load_target"]
+
+
+def _ratio(v) -> str | None:
+    return None if 0 <= v < 1 else "must be in [0, 1)"
+
+
+PROFILE_SCHEMA = {
+    "name": Key(str, None, "defaults to the file name", nullable=True),
+    "description": Key(str, ""),
+    "backend": Key(str, help="runtime backend: onnxruntime | openvino | litert"),
+    "recipe": {
+        "precision": Key(str, "fp32", "fp32 | fp16 | int8-static | int8-dynamic | int8-weight-only"),
+        "quantization": {
+            "calibration_images": Key(int, 64, "images drawn from the training split (seeded)"),
+            "calibration_seed": Key(int, 0),
+            "method": Key(str, "minmax", "calibration statistic (ONNX Runtime)", choices=["minmax", "entropy", "percentile"]),
+            "activation_type": Key(str, "auto", "ONNX Runtime static int8: auto | uint8 | int8 "
+                                   "(auto = uint8 with reduce_range on hosts without VNNI, int8 with it)",
+                                   choices=["auto", "uint8", "int8"]),
+            "engine": Key(str, "auto", "LiteRT int8: auto | ai-edge-quantizer | pt2e", choices=["auto", "ai-edge-quantizer", "pt2e"]),
+        },
+        "pruning": {
+            "method": Key(str, "none", choices=["none", "structured", "unstructured"]),
+            "ratio": Key(float, 0.0, "channel (structured) or weight (unstructured) fraction removed", check=_ratio),
+            "finetune_epochs": Key(int, 2, "fine-tuning epochs on the training split after pruning"),
+            "finetune_lr": Key(float, 0.001),
+        },
+    },
+    "runtime": Key(dict, {}, "backend runtime options (threads, graph optimization...)"),
+    "budgets": {
+        "max_accuracy_drop_pt": Key(float, 1.0, "top-1 drop vs the canonical model on the test split, in points"),
+        "min_top1_agreement": Key(float, 0.0, "share of test images where the artifact and canonical agree"),
+        "max_latency_ms": Key(float, None, "p95 latency at batch 1 on the build host", nullable=True),
+        "max_size_mb": Key(float, None, "artifact size", nullable=True),
+    },
+}
+
+
+def targets_dir(explicit: str | Path | None = None) -> Path:
+    return Path(explicit or os.environ.get("FACTORY_TARGETS") or "targets")
+
+
+def target_names(folder: str | Path | None = None) -> list[str]:
+    d = targets_dir(folder)
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def load_target(name: str, folder: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
+    """Load, override (``recipe.precision=int8-static``...) and validate a target profile."""
+    path = targets_dir(folder) / f"{name}.yaml"
+    if not path.is_file():
+        raise UnknownNameError("target", name, target_names(folder),
+                               hint=f"targets are YAML files in {targets_dir(folder)}/ (--targets-dir or $FACTORY_TARGETS)")
+    data = merge(load_yaml(path), parse_overrides(overrides))
+    profile = validate(data, PROFILE_SCHEMA, str(path))
+    profile["name"] = profile["name"] or name
+    if profile["backend"] not in backend_names():
+        raise ConfigError(f"{path}: unknown backend {profile['backend']!r}; valid backends: {', '.join(backend_names())}")
+    caps = get_backend(profile["backend"]).capabilities
+    precision = profile["recipe"]["precision"]
+    if precision not in caps.precisions:
+        known = "" if precision in PRECISIONS else " (not a precision at all)"
+        raise ConfigError(
+            f"{path}: precision {precision!r}{known} is not supported by backend {profile['backend']!r}; "
+            f"valid: {', '.join(caps.precisions)}"
+        )
+    unknown = sorted(set(profile["runtime"]) - set(caps.runtime_options))
+    if unknown:
+        raise ConfigError(f"{path}: unknown runtime option(s) {unknown} for {profile['backend']}; "
+                          f"valid: {', '.join(caps.runtime_options)}")
+    profile["runtime"] = {**caps.runtime_options, **profile["runtime"]}
+    profile["source"] = str(path)
+    return profile

@@ -1,0 +1,151 @@
+"""The export layer, walked through the backend registry: every backend, every precision it declares."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from factory.bundle.archive import verify_bundle
+from factory.bundle.manifest import open_bundle
+from factory.bundle.signing import load_public_key
+from factory.export.base import backend_names, get_backend
+from tests.conftest import build_args, invoke
+
+TARGET_OF = {"onnxruntime": "cpu", "openvino": "openvino", "litert": "tflite"}
+CASES = [(b, p) for b in sorted(TARGET_OF) for p in get_backend(b).capabilities.precisions]
+
+
+def test_every_registered_backend_has_a_target_profile():
+    assert sorted(backend_names()) == sorted(TARGET_OF)
+
+
+@pytest.mark.parametrize("backend,precision", CASES, ids=[f"{b}-{p}" for b, p in CASES])
+def test_build_every_backend_and_precision(tmp_path, trained, synth_ds, keypair, loose_targets, backend, precision):
+    target = TARGET_OF[backend]
+    result = invoke(*build_args(trained.path, target, keypair, loose_targets, tmp_path / "bundles", "--precision", precision,
+                                "--data", str(synth_ds), "--no-track"))
+    assert result.exit_code == 0, result.output
+    folder = next((tmp_path / "bundles").glob(f"*/*/{target}"))
+    assert (folder.parent / f"{target}.tar.gz").is_file()
+    checked = verify_bundle(folder, load_public_key(keypair[1]))
+    m = checked["manifest"]
+    assert m["runtime"]["backend"] == backend and m["recipe"]["precision"] == precision
+    assert m["labels"] == trained.labels and m["preprocessing"] == trained.preprocessing
+    assert m["lineage"]["canonical"]["weights_sha256"] == trained.card["files"]["weights"]["sha256"]
+    parity = m["validation"]["parity"]
+    assert parity["n"] == trained.card["metrics"]["test"]["n"]
+    assert m["latency"]["p50_ms"] > 0 and m["latency"]["host"]["cpu"]
+    if precision == "fp32":
+        assert parity["top1_agreement"] >= 0.995 and abs(parity["accuracy_drop_pt"]) <= 0.2
+        assert parity["max_abs_diff"] <= 1e-3
+    elif precision.startswith("int8"):
+        assert parity["cosine_mean"] > 0.9
+        if precision == "int8-static":
+            assert m["recipe"]["quantization_applied"]["calibration"]["n"] == 16
+            assert len(m["recipe"]["quantization_applied"]["calibration"]["tensor_sha256"]) == 64
+    manifest, runner = open_bundle(folder)
+    batch = np.random.default_rng(0).normal(size=(3, *m["input"]["shape"][1:])).astype(np.float32)
+    assert runner(batch).shape == (3, len(trained.labels))
+
+
+def test_unknown_target_lists_the_valid_ones(tmp_path, trained, keypair, loose_targets):
+    result = invoke(*build_args(trained.path, "jetson", keypair, loose_targets, tmp_path / "b"))
+    assert result.exit_code == 2
+    assert "unknown target 'jetson'" in result.stderr and "cpu, openvino, tflite" in result.stderr
+
+
+def test_profile_with_unknown_precision(tmp_path, trained, keypair, loose_targets):
+    bad = tmp_path / "targets"
+    bad.mkdir()
+    profile = yaml.safe_load((loose_targets / "openvino.yaml").read_text())
+    profile["recipe"]["precision"] = "int4-magic"
+    (bad / "edge.yaml").write_text(yaml.safe_dump(profile))
+    result = invoke(*build_args(trained.path, "edge", keypair, bad, tmp_path / "b"))
+    assert result.exit_code == 2
+    assert "precision 'int4-magic'" in result.stderr and "int8-static" in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_precision_the_backend_lacks(tmp_path, trained, keypair, loose_targets):
+    result = invoke(*build_args(trained.path, "openvino", keypair, loose_targets, tmp_path / "b", "--precision", "int8-dynamic"))
+    assert result.exit_code == 2
+    assert "not supported by backend 'openvino'" in result.stderr
+
+
+def test_missing_canonical_model(tmp_path, keypair, loose_targets):
+    result = invoke(*build_args(tmp_path / "nowhere", "cpu", keypair, loose_targets, tmp_path / "b"))
+    assert result.exit_code == 2
+    assert "not a canonical model directory" in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_corrupt_canonical_model_leaves_no_bundle(tmp_path, trained, keypair, loose_targets):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(trained.path, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[100] ^= 0x55
+    (copy / "model.onnx").write_bytes(bytes(data))
+    result = invoke(*build_args(copy, "cpu", keypair, loose_targets, tmp_path / "b"))
+    assert result.exit_code == 2
+    assert "sha256 does not match" in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_budget_failure_writes_the_figures_and_exits_1(tmp_path, trained, synth_ds, keypair, loose_targets):
+    result = invoke(*build_args(trained.path, "cpu", keypair, loose_targets, tmp_path / "b", "--data", str(synth_ds),
+                                "--set", "budgets.max_size_mb=0.000001", "--no-track"))
+    assert result.exit_code == 1
+    assert "budget checks failed for target(s) cpu" in result.stderr
+    m = json.loads(next((tmp_path / "b").glob("*/*/cpu/manifest.json")).read_text())
+    assert m["validation"]["passed"] is False
+    size = [c for c in m["validation"]["checks"] if c["check"] == "size"][0]
+    assert size["passed"] is False and size["value"] > 0
+
+
+def test_structured_pruning_cuts_macs_and_is_cached(tmp_path, trained, synth_ds, keypair, loose_targets):
+    args = build_args(trained.path, "cpu", keypair, loose_targets, tmp_path / "b", "--data", str(synth_ds),
+                      "--prune", "structured:0.5", "--set", "recipe.pruning.finetune_epochs=1", "--no-track")
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    m = json.loads(next((tmp_path / "b").glob("*/*/cpu/manifest.json")).read_text())
+    applied = m["recipe"]["pruning_applied"]
+    assert applied["mac_reduction"] >= 2.0 and applied["cache"] == "miss"
+    assert m["artifact"]["macs"] < m["artifact"]["canonical_macs"] / 2
+    again = invoke(*args)
+    assert again.exit_code == 0
+    m2 = json.loads(next((tmp_path / "b").glob("*/*/cpu/manifest.json")).read_text())
+    assert m2["recipe"]["pruning_applied"]["cache"] == "hit"
+
+
+def test_unstructured_pruning_says_it_gives_no_speedup(tmp_path, trained, synth_ds, keypair, loose_targets):
+    result = invoke(*build_args(trained.path, "cpu", keypair, loose_targets, tmp_path / "b", "--data", str(synth_ds),
+                                "--prune", "unstructured:0.5", "--set", "recipe.pruning.finetune_epochs=0", "--no-track"))
+    assert result.exit_code == 0, result.output
+    m = json.loads(next((tmp_path / "b").glob("*/*/cpu/manifest.json")).read_text())
+    applied = m["recipe"]["pruning_applied"]
+    assert "no speedup" in applied["note"]
+    assert applied["weight_sparsity"] >= 0.45
+    assert m["artifact"]["size_gzip_bytes"] < m["artifact"]["size_bytes"]
+
+
+def test_build_is_tracked_and_registered_in_mlflow(tmp_path, trained, synth_ds, keypair, loose_targets):
+    import mlflow
+    import mlflow.pyfunc
+
+    from factory.bundle.manifest import open_bundle
+
+    result = invoke(*build_args(trained.path, "cpu", keypair, loose_targets, tmp_path / "b", "--data", str(synth_ds)))
+    assert result.exit_code == 0, result.output
+    name = trained.card["name"]
+    version = mlflow.MlflowClient().get_model_version_by_alias(name, "cpu")
+    run = mlflow.get_run(version.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == trained.card["lineage"]["mlflow"]["run_id"]
+    assert run.data.params["precision"] == "fp32"
+    model = mlflow.pyfunc.load_model(f"models:/{name}@cpu")
+    folder = next((tmp_path / "b").glob("*/*/cpu"))
+    _, runner = open_bundle(folder)
+    batch = np.zeros((2, *trained.card["input"]["shape"][1:]), np.float32)
+    assert np.allclose(model.predict(batch), runner(batch), atol=1e-6)
