@@ -149,3 +149,32 @@ def test_build_is_tracked_and_registered_in_mlflow(tmp_path, trained, synth_ds, 
     _, runner = open_bundle(folder)
     batch = np.zeros((2, *trained.card["input"]["shape"][1:]), np.float32)
     assert np.allclose(model.predict(batch), runner(batch), atol=1e-6)
+
+
+def test_failed_conversion_names_stage_and_operator(tmp_path, synth_ds, keypair, loose_targets):
+    """An architecture whose op LiteRT cannot lower: the error says where and what, nothing is left."""
+    import torch
+    from torch import nn
+
+    from factory.train.models import register_model
+    from tests.conftest import write_train_config
+
+    class Odd(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, 2, 1)
+            self.head = nn.Linear(8, n)
+
+        def forward(self, x):
+            x = torch.logcumsumexp(self.conv(x), dim=3)  # ONNX and ORT are fine; LiteRT has no lowering
+            return self.head(x.mean((2, 3)))
+
+    register_model("odd-cnn")(Odd)
+    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "manifest.json", tmp_path / "model",
+                             model__architecture="odd-cnn", train__epochs=1, tracking__log_model=False)
+    assert invoke("train", "--config", str(cfg)).exit_code == 0
+    result = invoke(*build_args(tmp_path / "model", "tflite", keypair, loose_targets, tmp_path / "b", "--data", str(synth_ds), "--no-track"))
+    assert result.exit_code == 1
+    assert "[litert-convert]" in result.stderr and "logcumsumexp" in result.stderr
+    assert not list((tmp_path / "b").rglob("manifest.json")) if (tmp_path / "b").exists() else True
+    assert not (tmp_path / "b").exists() or not any(p.name.endswith(".partial") for p in (tmp_path / "b").rglob("*"))

@@ -54,8 +54,9 @@ def test_dvc_understands_the_pipeline():
         assert stage in result.stdout
 
 
-def test_main_command_end_to_end_on_tiny_params(tmp_path):
-    """`factory run` with a tiny params file: dataset, profile and a canonical model, then reuse."""
+def test_main_command_end_to_end_on_tiny_params(tmp_path, loose_targets):
+    """`factory run` with a tiny params file: dataset, profile, canonical model, three bundles; then reuse."""
+    shutil.copytree(loose_targets, tmp_path / "targets")
     (tmp_path / "configs").mkdir()
     train_cfg = yaml.safe_load((ROOT / "configs" / "train.yaml").read_text())
     train_cfg["model"].update(architecture="tiny-cnn", image_size=[32, 32])
@@ -69,8 +70,13 @@ def test_main_command_end_to_end_on_tiny_params(tmp_path):
     result = invoke("run", cwd=tmp_path)
     assert result.exit_code == 0, result.output
     assert "main job finished" in result.stdout
-    for f in ("data/synth/manifest.json", "reports/data/profile.json", "models/tiny/model_card.json", "models/tiny/model.onnx"):
+    for f in ("data/synth/manifest.json", "reports/data/profile.json", "models/tiny/model_card.json", "models/tiny/model.onnx",
+              "keys/signing.key", "reports/build/summary.md"):
         assert (tmp_path / f).is_file(), f
+    for target in ("cpu", "openvino", "tflite"):
+        assert f"| {target} |" in result.stdout
+        bundle = next((tmp_path / "bundles").glob(f"*/*/{target}"))
+        assert invoke("bundle", "verify", str(bundle), "--pubkey", str(tmp_path / "keys" / "signing.pub")).exit_code == 0
     again = invoke("run", cwd=tmp_path)
     assert again.exit_code == 0
     assert "is current" in again.stderr

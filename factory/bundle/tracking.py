@@ -8,7 +8,7 @@ The registered model is a pyfunc that runs the bundle with its own runtime, so
 from __future__ import annotations
 
 import logging
-import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +67,8 @@ def log_build(result) -> dict:
         mlflow.log_artifact(str(result.archive), artifact_path="bundle-archive")
         shape = [2, *m["input"]["shape"][1:]]
         example = np.zeros(shape, np.float32)
-        with tempfile.TemporaryDirectory():
+        with warnings.catch_warnings():  # MLflow nags about type hints and input examples we do not need
+            warnings.simplefilter("ignore")
             info = mlflow.pyfunc.log_model(
                 name="bundle", python_model=BundlePyfunc(), artifacts={"bundle": str(result.folder)},
                 signature=infer_signature(example, np.zeros((2, len(m["labels"])), np.float32)),

@@ -100,7 +100,8 @@ def _finetune(module, canonical: CanonicalModel, manifest: DatasetManifest, reci
     cfg = canonical.card["lineage"].get("config_values")
     if not cfg:
         raise ExportError("finetune", "the model card has no training config (lineage.config_values) to fine-tune with")
-    cfg = {**cfg, "train": {**cfg["train"], "epochs": recipe["finetune_epochs"], "lr": recipe["finetune_lr"],
+    # workers=0: a build process may already hold JAX threads (litert), and forking then can deadlock.
+    cfg = {**cfg, "train": {**cfg["train"], "epochs": recipe["finetune_epochs"], "lr": recipe["finetune_lr"], "workers": 0,
                             "warmup_epochs": 0, "early_stopping": {"patience": 0, "min_delta": 0.0}}}
     h, w = canonical.input_hw
     index = {c: i for i, c in enumerate(canonical.labels)}
