@@ -21,18 +21,6 @@ from .errors import (  # noqa: E402
     ValidationError,
 )
 
-__all__ = [
-    "__version__",
-    "FactoryError",
-    "InputError",
-    "ConfigError",
-    "UnknownNameError",
-    "DataError",
-    "ModelError",
-    "BundleError",
-    "SignatureError",
-    "MissingDependencyError",
-    "ExportError",
-    "ValidationError",
-    "GateFailure",
-]
+from . import errors as _errors  # noqa: E402
+
+__all__ = ["__version__", *_errors.__all__]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._quiet import native_quiet
+
 __all__ = ["log_build", "BundlePyfunc"]
 
 try:  # mlflow is part of the train extra; without it, builds are simply not tracked
@@ -23,17 +25,20 @@ except ImportError:  # pragma: no cover
     _Base = object
 
 
-class BundlePyfunc(_Base):
-    """Runs a bundle folder (logged as the ``bundle`` artifact) with its runtime."""
+with warnings.catch_warnings():  # MLflow warns at class creation that predict() has no type hints
+    warnings.simplefilter("ignore")
 
-    def load_context(self, context):
-        from .manifest import open_bundle
+    class BundlePyfunc(_Base):
+        """Runs a bundle folder (logged as the ``bundle`` artifact) with its runtime."""
 
-        self.manifest, self.runner = open_bundle(Path(context.artifacts["bundle"]))
+        def load_context(self, context):
+            from .manifest import open_bundle
 
-    def predict(self, context, model_input, params=None):
-        batch = np.asarray(model_input, dtype=np.float32)
-        return self.runner(batch)
+            self.manifest, self.runner = open_bundle(Path(context.artifacts["bundle"]))
+
+        def predict(self, context, model_input, params=None):
+            batch = np.asarray(model_input, dtype=np.float32)
+            return self.runner(batch)
 
 
 def _alias(target: str) -> str:
@@ -48,7 +53,10 @@ def log_build(result) -> dict:
 
     from ..train.tracking import setup_experiment
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
     m = result.manifest
     train_run = (m["lineage"]["training"].get("mlflow") or {}).get("run_id")
     setup_experiment("factory")
@@ -74,7 +82,8 @@ def log_build(result) -> dict:
                 signature=infer_signature(example, np.zeros((2, len(m["labels"])), np.float32)),
                 pip_requirements=[f"{m['runtime']['package']}>={m['runtime']['min_version']}", "edge-model-factory"],
             )
-        version = mlflow.register_model(info.model_uri, m["name"])
+        with native_quiet():  # "Registered model ... / Created version ..." chatter
+            version = mlflow.register_model(info.model_uri, m["name"])
         MlflowClient().set_registered_model_alias(m["name"], _alias(m["target"]), version.version)
     return {"run_id": run.info.run_id, "model_uri": info.model_uri, "registered_version": version.version,
             "alias": f"models:/{m['name']}@{_alias(m['target'])}"}

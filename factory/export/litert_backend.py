@@ -8,14 +8,12 @@ scales stored in the model, so callers always pass and receive float32.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .._quiet import native_quiet
 from ..errors import ExportError
 from .base import Backend, Capabilities, register_backend, require
 
@@ -48,7 +46,8 @@ class _Runner:
     def _interp(self, batch: int):
         it = self._by_batch.get(batch)
         if it is None:
-            it = _interpreter_cls()(model_path=self._path, num_threads=self._threads)
+            with native_quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+                it = _interpreter_cls()(model_path=self._path, num_threads=self._threads)
             d = it.get_input_details()[0]
             if int(d["shape"][0]) != batch:
                 it.resize_tensor_input(d["index"], [batch, *d["shape"][1:]], strict=False)
@@ -143,24 +142,20 @@ class LiteRtBackend(Backend):
     def export(self, work, *, onnx_path, module_factory, input_hw):
         import torch
 
-        litert_torch = require("litert_torch", "litert-torch", "litert", "LiteRT conversion")
         out = work / "fp32.tflite"
-        log = io.StringIO()
         try:
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with native_quiet() as log:  # torch/absl/TFLite converter logs go to the native fds
+                litert_torch = require("litert_torch", "litert-torch", "litert", "LiteRT conversion")
                 litert_torch.convert(module_factory().eval(), (torch.zeros(1, 3, *input_hw),)).export(str(out))
         except Exception as exc:
             text = str(exc) or type(exc).__name__
-            raise ExportError("litert-convert", text.splitlines()[0][:500], operator=_operator_from(text + log.getvalue())) from exc
+            raise ExportError("litert-convert", text.splitlines()[0][:500], operator=_operator_from(text + log.text)) from exc
         return out
 
     def quantize(self, artifact, work, *, precision, calibration, options, module_factory, input_hw):
         out = work / f"{precision}.tflite"
         engine = options["engine"]
-        log = io.StringIO()
-        with contextlib.redirect_stdout(log), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with native_quiet():
             if precision == "int8-static" and engine == "pt2e":
                 facts = _pt2e(module_factory(), out, calibration, input_hw)
             else:
@@ -170,8 +165,9 @@ class LiteRtBackend(Backend):
     def compile(self, artifact, out, runtime, precision):
         shutil.copyfile(artifact, out / MODEL)
         try:
-            it = _interpreter_cls()(model_path=str(out / MODEL), num_threads=int(runtime["threads"]))
-            it.allocate_tensors()
+            with native_quiet():
+                it = _interpreter_cls()(model_path=str(out / MODEL), num_threads=int(runtime["threads"]))
+                it.allocate_tensors()
         except Exception as exc:
             raise ExportError("litert-load", f"the model does not load in LiteRT: {exc}") from exc
         d, o = it.get_input_details()[0], it.get_output_details()[0]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import numpy as np
 
+from .._quiet import native_quiet
 from ..errors import ExportError
 from .base import Backend, Capabilities, register_backend, require
 
@@ -88,8 +87,7 @@ class OpenVinoBackend(Backend):
             ov.save_model(model, str(out), compress_to_fp16=True)
             return out, {"method": "IR weights stored as fp16 (compress_to_fp16)"}
         nncf = _nncf()
-        log = io.StringIO()
-        with contextlib.redirect_stdout(log):  # NNCF draws rich progress bars on stdout
+        with native_quiet():  # NNCF draws rich progress bars on stdout
             if precision == "int8-weight-only":
                 q = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
                 facts = {"method": "nncf.compress_weights", "mode": "INT8_ASYM"}

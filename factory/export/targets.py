@@ -40,8 +40,9 @@ PROFILE_SCHEMA = {
         "pruning": {
             "method": Key(str, "none", choices=["none", "structured", "unstructured"]),
             "ratio": Key(float, 0.0, "channel (structured) or weight (unstructured) fraction removed", check=_ratio),
-            "finetune_epochs": Key(int, 2, "fine-tuning epochs on the training split after pruning"),
-            "finetune_lr": Key(float, 0.001),
+            "finetune_epochs": Key(int, 4, "fine-tuning epochs on the training split after pruning"),
+            "finetune_lr": Key(float, 0.002),
+            "distill": Key(bool, True, "fine-tune against the canonical model's outputs (knowledge distillation)"),
         },
     },
     "runtime": Key(dict, {}, "backend runtime options (threads, graph optimization...)"),

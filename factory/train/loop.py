@@ -20,7 +20,7 @@ from ..monitor.stats import image_stats
 from ..preprocess import input_spec, make_spec, preprocess
 from .canonical import CARD_NAME, CARD_SCHEMA, ONNX_NAME, ONNX_OPSET, WEIGHTS_NAME, CanonicalModel, count_macs, export_onnx, onnx_logits
 from .evaluate import classification_metrics, plot_confusion, reference_profile
-from .models import create_model
+from .models import create_model, set_bn_momentum
 
 __all__ = ["train", "fit", "predict_logits"]
 
@@ -66,14 +66,22 @@ def _make_optimizer(model, t: dict):
     return torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
 
 
-def fit(model, train_ds, val_images, val_labels, spec, cfg, log_metrics) -> dict:
-    """Train with the configured schedule; keep the best epoch by validation top-1 (then loss)."""
+def fit(model, train_ds, val_images, val_labels, spec, cfg, log_metrics, teacher=None, distill_weight: float = 0.7,
+        temperature: float = 2.0) -> dict:
+    """Train with the configured schedule; keep the best epoch by validation top-1 (then loss).
+
+    With a ``teacher`` (e.g. the canonical model while fine-tuning a pruned copy), the loss mixes the
+    label loss with the KL divergence to the teacher's softened outputs (knowledge distillation).
+    """
     import torch
+    import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
     t = cfg["train"]
     opt = _make_optimizer(model, t)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
+    if teacher is not None:
+        teacher.eval()
     best = {"top1": -1.0, "loss": math.inf, "epoch": -1, "state": None}
     stale, history = 0, []
     for epoch in range(t["epochs"]):
@@ -89,6 +97,11 @@ def fit(model, train_ds, val_images, val_labels, spec, cfg, log_metrics) -> dict
                     g["lr"] = _lr_at(epoch, step, len(loader), cfg)
                 out = model(x)
                 loss = loss_fn(out, y)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = F.softmax(teacher(x) / temperature, dim=1)
+                    kd = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean") * temperature**2
+                    loss = (1 - distill_weight) * loss + distill_weight * kd
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -143,10 +156,7 @@ def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
     torch.set_num_threads(t["threads"] or max(1, (os.cpu_count() or 1) - t["workers"]))
     torch.use_deterministic_algorithms(True, warn_only=True)
     model = create_model(m["architecture"], len(classes), m["pretrained"])  # unknown names fail before data loading
-    if t["bn_momentum"] is not None:
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                mod.momentum = t["bn_momentum"]
+    set_bn_momentum(model, t["bn_momentum"])
 
     index = {c: i for i, c in enumerate(classes)}
     images, labels = {}, {}

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import ModelError, UnknownNameError
 
-__all__ = ["register_model", "list_models", "create_model", "load_pretrained"]
+__all__ = ["register_model", "list_models", "create_model", "load_pretrained", "set_bn_momentum"]
 
 _LOCAL: dict[str, Callable[[int], nn.Module]] = {}
 
@@ -62,6 +62,15 @@ def create_model(name: str, num_classes: int, pretrained: str | Path | None = No
     if pretrained:
         load_pretrained(model, pretrained)
     return model
+
+
+def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
+    """Set every BatchNorm's running-stat momentum (None keeps the architecture's own)."""
+    if momentum is None:
+        return
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.momentum = momentum
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> dict:
