@@ -47,6 +47,8 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
       factory train               train the canonical model (MLflow-tracked; weights + ONNX + card)
       factory build --target T    per-target export: prune, quantize, compile, validate, sign
       factory bundle verify|inspect   check and read bundles; `factory keys generate` makes keys
+      factory bench               interleaved latency + accuracy of bundles and models
+      factory gate                CI gate: fail a change that got slower or less accurate
       factory run                 all of the above on embedded defaults (params.yaml)
 
     Exit codes: 0 ok, 1 a stage failed, 2 bad usage or input.
@@ -57,13 +59,14 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
 
 
 def _register() -> None:
+    from .bench.commands import bench_cmd, gate_cmd
     from .bundle.commands import bundle, keys
     from .data.commands import data
     from .export.commands import build_cmd, targets_cmd
     from .pipeline import run
     from .train.commands import train_cmd
 
-    for command in (data, train_cmd, build_cmd, targets_cmd, keys, bundle, run):
+    for command in (data, train_cmd, build_cmd, targets_cmd, keys, bundle, bench_cmd, gate_cmd, run):
         cli.add_command(command)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "get_backend",
     "backend_names",
     "require",
+    "backend_for_file",
 ]
 
 # Every precision a recipe can name. A backend supports a subset (its Capabilities.precisions).
@@ -47,6 +48,7 @@ class Capabilities:
     runtime_package: str  # the pip distribution that runs the artifact on a device
     min_runtime_version: str
     artifact_files: tuple[str, ...]  # file names a bundle of this backend holds, main one first
+    file_suffixes: tuple[str, ...]  # bare model files this backend can run (factory bench model.onnx)
     precisions: tuple[str, ...]
     dynamic_batch: bool
     # max |logit difference| expected vs the canonical model, per precision (None: not meaningful)
@@ -88,7 +90,26 @@ class Backend:
 
     def load_runner(self, folder: Path, runtime: dict) -> Runner:
         """Load the bundle files in ``folder`` into a runner."""
+        return self.runner_for_file(Path(folder) / self.capabilities.artifact_files[0], runtime)
+
+    def runner_for_file(self, path: Path, runtime: dict) -> Runner:
+        """Load one model file (the main artifact file) into a runner."""
         raise NotImplementedError
+
+    def declared_input_shape(self, path: Path) -> list[int | None]:
+        """The input shape the model file declares; None for a dynamic dimension."""
+        raise NotImplementedError
+
+
+def backend_for_file(path: Path) -> Backend:
+    """The registered backend whose capabilities list this file's suffix."""
+    suffix = Path(path).suffix.lower()
+    for name in backend_names():
+        backend = get_backend(name)
+        if suffix in backend.capabilities.file_suffixes:
+            return backend
+    known = sorted(s for n in backend_names() for s in get_backend(n).capabilities.file_suffixes)
+    raise UnknownNameError("model file type", suffix or str(path), known)
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:

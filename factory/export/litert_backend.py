@@ -127,6 +127,7 @@ class LiteRtBackend(Backend):
         runtime_package="ai-edge-litert",
         min_runtime_version="1.0",
         artifact_files=(MODEL,),
+        file_suffixes=(".tflite",),
         precisions=("fp32", "fp16", "int8-static", "int8-dynamic", "int8-weight-only"),
         dynamic_batch=False,
         parity_tolerance={"fp32": 1e-4, "fp16": 5e-2, "int8-static": None, "int8-dynamic": None, "int8-weight-only": None},
@@ -182,5 +183,13 @@ class LiteRtBackend(Backend):
             "fixed_batch": int(d["shape"][0]),
         }
 
-    def load_runner(self, folder, runtime):
-        return _Runner(Path(folder) / MODEL, int(runtime["threads"]))
+    def runner_for_file(self, path, runtime):
+        runtime = {**self.capabilities.runtime_options, **runtime}
+        return _Runner(Path(path), int(runtime["threads"]))
+
+    def declared_input_shape(self, path):
+        with native_quiet():
+            d = _interpreter_cls()(model_path=str(path)).get_input_details()[0]
+        sig = d.get("shape_signature", d["shape"])
+        # LiteRT models here have a fixed batch of 1 that the runner resizes: treat batch as free
+        return [None] + [int(v) if v > 0 else None for v in list(sig)[1:]]

@@ -50,6 +50,7 @@ class OpenVinoBackend(Backend):
         runtime_package="openvino",
         min_runtime_version="2024.0",
         artifact_files=(XML, BIN),
+        file_suffixes=(".xml",),
         precisions=("fp32", "fp16", "int8-static", "int8-weight-only"),
         dynamic_batch=True,
         parity_tolerance={"fp32": 1e-4, "fp16": 5e-2, "int8-static": None, "int8-weight-only": None},
@@ -117,5 +118,10 @@ class OpenVinoBackend(Backend):
             "weights_fp16": fp16_weights,
         }
 
-    def load_runner(self, folder, runtime):
-        return _Runner(Path(folder) / XML, runtime)
+    def runner_for_file(self, path, runtime):
+        runtime = self.resolve_runtime({**self.capabilities.runtime_options, **runtime}, "fp32")
+        return _Runner(Path(path), runtime)
+
+    def declared_input_shape(self, path):
+        shape = _ov().Core().read_model(str(path)).inputs[0].get_partial_shape()
+        return [d.get_length() if d.is_static else None for d in shape]

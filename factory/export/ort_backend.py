@@ -60,6 +60,7 @@ class OnnxRuntimeBackend(Backend):
         runtime_package="onnxruntime",
         min_runtime_version="1.20",
         artifact_files=(MODEL,),
+        file_suffixes=(".onnx",),
         precisions=("fp32", "fp16", "int8-static", "int8-dynamic"),
         dynamic_batch=True,
         parity_tolerance={"fp32": 1e-4, "fp16": 5e-2, "int8-static": None, "int8-dynamic": None},
@@ -121,6 +122,11 @@ class OnnxRuntimeBackend(Backend):
             "nodes_after": len(onnx.load(str(target)).graph.node),
         }
 
-    def load_runner(self, folder, runtime):
-        # The artifact is already optimized; re-running the (idempotent) optimizer costs milliseconds.
-        return _Runner(Path(folder) / MODEL, runtime["threads"], runtime["graph_optimization"])
+    def runner_for_file(self, path, runtime):
+        # A bundle's artifact is already optimized; re-running the (idempotent) optimizer costs milliseconds.
+        runtime = {**self.capabilities.runtime_options, **runtime}
+        return _Runner(Path(path), runtime["threads"], runtime["graph_optimization"])
+
+    def declared_input_shape(self, path):
+        dims = _session(Path(path), 1, "disable").get_inputs()[0].shape
+        return [d if isinstance(d, int) and d > 0 else None for d in dims]

@@ -1,0 +1,78 @@
+"""Accuracy of each artifact on the test split, against the canonical model, image by image."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+
+from .. import progress
+from ..data.manifest import load_manifest
+from ..errors import DataError
+from ..export.calibration import load_split
+from .stats import mcnemar_p, paired_drop_ci
+
+__all__ = ["measure_accuracy", "pack_bits", "unpack_bits"]
+
+
+def pack_bits(correct: np.ndarray) -> str:
+    return base64.b64encode(np.packbits(np.asarray(correct, bool)).tobytes()).decode()
+
+
+def unpack_bits(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8))[:n].astype(bool)
+
+
+def _dataset_for(artifact, explicit: str | None):
+    if explicit:
+        return load_manifest(explicit)
+    if not artifact.canonical_path:
+        return None
+    from ..train.canonical import load_canonical
+
+    try:
+        card = load_canonical(artifact.canonical_path, verify=False).card
+    except Exception:
+        return None
+    path = card["lineage"].get("dataset_manifest")
+    return load_manifest(path) if path and Path(path).exists() else None
+
+
+def measure_accuracy(artifacts, *, data: str | None = None, confidence: float = 0.95, batch: int = 32) -> dict:
+    """Per artifact: top-1, per-class recall, drop vs canonical with a paired bootstrap CI, McNemar, agreement."""
+    from ..train.canonical import load_canonical, onnx_logits
+
+    out: dict[str, dict] = {}
+    cache: dict[tuple, tuple] = {}
+    for a in artifacts:
+        if a.labels is None:
+            out[a.id] = {"skipped": "no labels: a bare model file is measured for latency only"}
+            continue
+        manifest = _dataset_for(a, data)
+        if manifest is None:
+            out[a.id] = {"skipped": "its dataset is not on this machine (pass --data)"}
+            continue
+        if a.identity.get("dataset_hash") not in (None, manifest.dataset_hash) and data is None:
+            raise DataError(f"{a.id} was validated on dataset {a.identity['dataset_hash'][:12]}, not {manifest.dataset_hash[:12]}")
+        key = (str(manifest.location), a.canonical_path)
+        if key not in cache:
+            progress.info(f"accuracy: loading the test split of {manifest.name}")
+            x, y = load_split(manifest, "test", a.preprocessing, a.labels)
+            canonical = load_canonical(a.canonical_path) if a.canonical_path else None
+            ref = onnx_logits(canonical.onnx, x) if canonical else None
+            cache[key] = (x, y, ref, manifest.dataset_hash)
+        x, y, ref, dataset_hash = cache[key]
+        logits = np.concatenate([a.runner(np.ascontiguousarray(x[i : i + batch])) for i in range(0, len(x), batch)])
+        pred = logits.argmax(1)
+        correct = pred == y
+        recall = {c: (float(correct[y == i].mean()) if (y == i).any() else None) for i, c in enumerate(a.labels)}
+        row = {"n": int(len(y)), "dataset_hash": dataset_hash, "top1": float(correct.mean()), "per_class_recall": recall,
+               "correct_bits": pack_bits(correct), "predictions": pred.astype(int).tolist()}
+        if ref is not None:
+            ref_correct = ref.argmax(1) == y
+            drop, ci = paired_drop_ci(ref_correct, correct, confidence)
+            row |= {"canonical_top1": float(ref_correct.mean()), "drop_pt": drop, "drop_ci_pt": ci,
+                    "mcnemar_p": mcnemar_p(ref_correct, correct), "agreement": float((pred == ref.argmax(1)).mean())}
+        out[a.id] = row
+    return out

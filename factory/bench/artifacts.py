@@ -1,0 +1,172 @@
+"""What `factory bench` can measure, opened behind one interface.
+
+Accepted inputs:
+- a bundle folder (``manifest.json``) or archive (``.tar.gz``): its runtime, options and budgets;
+- a folder of bundles (``bundles/id-docs/0.1.0``) or of versions (``bundles/id-docs``, newest version);
+- a canonical model folder (``model_card.json``): run in PyTorch eager, the reference for speedups;
+- a bare model file that no bundle describes (``.onnx``, OpenVINO ``.xml``, ``.tflite``): latency only,
+  on generated inputs of the shape the model declares.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .._io import sha256_file
+from ..errors import BundleError, InputError, ModelError
+
+__all__ = ["Artifact", "open_artifacts", "parse_shape"]
+
+
+@dataclass
+class Artifact:
+    id: str
+    kind: str  # bundle | canonical | file
+    path: str
+    runner: Callable[[np.ndarray], np.ndarray]
+    input_shape: tuple[int, ...]  # batch-1 shape fed to the latency loop
+    identity: dict  # model name, dataset hash, canonical weights, target, version, content sha256
+    runtime: dict  # backend, version, threads, precision
+    size_bytes: int
+    labels: list[str] | None = None
+    preprocessing: dict | None = None
+    budgets: dict | None = None
+    canonical_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise InputError(f"input shape {text!r} is not comma-separated integers like 1,3,128,128") from None
+    if not shape or any(v <= 0 for v in shape):
+        raise InputError(f"input shape {text!r} must be positive integers")
+    return shape
+
+
+def _bundle(folder: Path, public_key) -> Artifact:
+    from ..bundle.manifest import open_bundle
+
+    manifest, runner = open_bundle(folder, public_key)
+    rt = manifest["runtime"]
+    return Artifact(
+        id=f"{manifest['target']}@{manifest['version']}", kind="bundle", path=str(folder), runner=runner,
+        input_shape=(1, *manifest["input"]["shape"][1:]),
+        identity={"model": manifest["name"], "version": manifest["version"], "target": manifest["target"],
+                  "dataset_hash": manifest["validation"]["dataset_hash"],
+                  "canonical_weights_sha256": manifest["lineage"]["canonical"]["weights_sha256"],
+                  "sha256": sha256_file(folder / "manifest.json")},
+        runtime={"backend": rt["backend"], "version": rt["built_with"], "threads": rt["options"].get("threads"),
+                 "precision": manifest["recipe"]["precision"], "options": rt["options"]},
+        size_bytes=manifest["artifact"]["size_bytes"], labels=manifest["labels"], preprocessing=manifest["preprocessing"],
+        budgets=manifest["validation"]["budgets"], canonical_path=manifest["lineage"]["canonical"]["path"],
+        extra={"macs": manifest["artifact"]["macs"]},
+    )
+
+
+def _canonical(folder: Path, threads: int) -> Artifact:
+    import torch
+
+    from ..train.canonical import load_canonical
+
+    model = load_canonical(folder)
+    module = model.build_module()
+    torch.set_num_threads(threads)
+
+    def runner(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(batch)).numpy()
+
+    card = model.card
+    return Artifact(
+        id="pytorch-eager", kind="canonical", path=str(folder), runner=runner, input_shape=(1, 3, *model.input_hw),
+        identity={"model": card["name"], "dataset_hash": card["lineage"]["dataset_hash"],
+                  "canonical_weights_sha256": card["files"]["weights"]["sha256"], "sha256": card["files"]["weights"]["sha256"]},
+        runtime={"backend": "pytorch-eager", "version": torch.__version__, "threads": threads, "precision": "fp32"},
+        size_bytes=model.weights.stat().st_size, labels=card["labels"], preprocessing=card["preprocessing"],
+        canonical_path=str(folder), extra={"macs": card["complexity"]["macs"]},
+    )
+
+
+def _file(path: Path, threads: int, shape: tuple[int, ...] | None) -> Artifact:
+    from ..export.base import backend_for_file
+
+    backend = backend_for_file(path)
+    try:
+        declared = backend.declared_input_shape(path)
+        runner = backend.runner_for_file(path, {"threads": threads})
+    except InputError:
+        raise
+    except Exception as exc:  # each runtime raises its own types for a corrupt file
+        raise ModelError(f"{path}: {backend.name} cannot load this model file ({str(exc).splitlines()[0][:300]})",
+                         hint="is the file complete and of the type its suffix says?") from None
+    if shape is None:
+        missing = [i for i, d in enumerate(declared) if d is None and i != 0]
+        if missing:
+            raise InputError(f"{path} declares input {declared} with dynamic dimension(s) {missing}",
+                             hint="pass --input-shape, e.g. --input-shape 1,3,224,224")
+        shape = (1, *declared[1:])
+    elif len(shape) != len(declared) or any(d is not None and d != s for i, (d, s) in enumerate(zip(declared, shape)) if i):
+        shown = ",".join("?" if d is None else str(d) for d in declared)
+        raise InputError(f"input shape {','.join(map(str, shape))} does not fit {path}, which declares [{shown}]")
+    elif declared[0] is not None and shape[0] != declared[0]:
+        raise InputError(f"{path} has a fixed batch of {declared[0]}; --input-shape asks for {shape[0]}")
+    size = sum(p.stat().st_size for p in [path, path.with_suffix(".bin")] if p.is_file())
+    return Artifact(
+        id=path.name, kind="file", path=str(path), runner=runner, input_shape=tuple(shape),
+        identity={"model": path.stem, "sha256": sha256_file(path)},
+        runtime={"backend": backend.name, "version": backend.runtime_version(), "threads": threads, "precision": "unknown"},
+        size_bytes=size,
+    )
+
+
+def _expand(path: Path) -> list[Path]:
+    """A folder of bundles or of versions becomes its bundle folders (newest version)."""
+    if (path / "manifest.json").is_file() or (path / "model_card.json").is_file() or not path.is_dir():
+        return [path]
+    targets = sorted(p for p in path.iterdir() if (p / "manifest.json").is_file())
+    if targets:
+        return targets
+    from ..bundle.manifest import SEMVER, _version_key
+
+    versions = sorted((p for p in path.iterdir() if p.is_dir() and SEMVER.match(p.name)), key=lambda p: _version_key(p.name))
+    if versions:
+        return sorted(p for p in versions[-1].iterdir() if (p / "manifest.json").is_file())
+    raise InputError(f"{path} is neither a bundle, a canonical model, nor a folder of bundles")
+
+
+def open_artifacts(paths: list[str], *, threads: int = 2, input_shape: str | None = None, public_key=None,
+                   stack: contextlib.ExitStack) -> list[Artifact]:
+    from ..bundle.archive import unpack
+
+    shape = parse_shape(input_shape) if input_shape else None
+    out: list[Artifact] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise InputError(f"{p} does not exist")
+        for q in _expand(p):
+            if q.is_file() and q.name.endswith((".tar.gz", ".tgz")):
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="factory-bench-")))
+                out.append(_bundle(unpack(q, tmp / "bundle"), public_key))
+                out[-1].path = str(q)
+            elif q.is_dir() and (q / "manifest.json").is_file():
+                out.append(_bundle(q, public_key))
+            elif q.is_dir() and (q / "model_card.json").is_file():
+                out.append(_canonical(q, threads))
+            elif q.is_file():
+                out.append(_file(q, threads, shape))
+            else:
+                raise BundleError(f"{q} is not something factory bench can run")
+    ids = [a.id for a in out]
+    for a in out:  # make ids unique when two inputs share a label
+        if ids.count(a.id) > 1:
+            a.id = f"{a.id}:{Path(a.path).parent.name}/{Path(a.path).name}"
+    return out

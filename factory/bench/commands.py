@@ -1,0 +1,128 @@
+"""``factory bench`` and ``factory gate``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import click
+
+__all__ = ["bench_cmd", "gate_cmd", "run_bench"]
+
+
+def run_bench(paths, *, data=None, seconds=10.0, rounds=100_000, warmup=20, threads=2, input_shape=None, pubkey=None,
+              accuracy=True) -> dict:
+    from ..bundle.signing import load_public_key
+    from .accuracy import measure_accuracy
+    from .artifacts import open_artifacts
+    from .latency import measure_interleaved
+    from .report import assemble
+
+    key = load_public_key(pubkey) if pubkey else None
+    with contextlib.ExitStack() as stack:
+        artifacts = open_artifacts(list(paths), threads=threads, input_shape=input_shape, public_key=key, stack=stack)
+        acc = measure_accuracy(artifacts, data=data) if accuracy else {}
+        lat = measure_interleaved(artifacts, seconds=seconds, max_rounds=rounds, warmup=warmup)
+        return assemble(artifacts, lat, acc)
+
+
+@click.command("bench")
+@click.argument("inputs", nargs=-1, required=True, metavar="BUNDLE_OR_MODEL...")
+@click.option("--data", default=None, type=click.Path(), help="Dataset for accuracy [default: the one the model was trained on].")
+@click.option("--seconds", default=10.0, show_default=True, help="Time budget for the interleaved latency loop.")
+@click.option("--rounds", default=100_000, show_default=True, help="Stop after this many rounds even if time is left.")
+@click.option("--warmup", default=20, show_default=True, help="Untimed runs per artifact first.")
+@click.option("--threads", default=2, show_default=True, help="Threads for PyTorch eager and bare model files (bundles use their profile's).")
+@click.option("--input-shape", default=None, help="Input shape for a bare model file with dynamic dimensions, e.g. 1,3,224,224.")
+@click.option("--pubkey", default=None, type=click.Path(dir_okay=False), help="Verify bundle signatures with this key first.")
+@click.option("--no-accuracy", is_flag=True, help="Latency only.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Write report.json, report.md, latency.png, accuracy_vs_latency.png.")
+@click.option("--save-baseline", default=None, type=click.Path(dir_okay=False), help="Also save the report as a baseline file for `factory gate`.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
+def bench_cmd(inputs, data, seconds, rounds, warmup, threads, input_shape, pubkey, no_accuracy, out, save_baseline, as_json) -> None:
+    """Measure latency and accuracy of bundles and models on this host.
+
+    \b
+    BUNDLE_OR_MODEL may be a bundle folder or .tar.gz, a folder of bundles (bundles/id-docs/0.1.0,
+    or bundles/id-docs for the newest version), a canonical model folder (run in PyTorch eager:
+    the reference for speedups), or a bare .onnx / OpenVINO .xml / .tflite file (latency on
+    generated inputs of the shape it declares).
+
+    Latency: warm-up, then timed batch-1 runs interleaved across all inputs in a random order per
+    round, so drift hits them alike; p50/p90/p95/p99, mean, std and a bootstrap interval of the
+    median. Accuracy: top-1 and per-class recall on the test split, the drop vs the canonical
+    model with a paired bootstrap interval, McNemar's p and top-1 agreement.
+
+    Example: factory bench models/id-docs bundles/id-docs --out reports/bench
+    """
+    from .._io import write_json
+    from .report import markdown, write_report
+
+    report = run_bench(inputs, data=data, seconds=seconds, rounds=rounds, warmup=warmup, threads=threads,
+                       input_shape=input_shape, pubkey=pubkey, accuracy=not no_accuracy)
+    if out:
+        write_report(report, out)
+    if save_baseline:
+        write_json(save_baseline, report)
+    click.echo(json.dumps(report, indent=2) if as_json else markdown(report))
+
+
+def _remeasure(candidate: dict, baseline: dict, policy: dict, pairs) -> tuple[dict, dict]:
+    """Run both sides again in one interleaved run; keep the (deterministic) accuracy figures."""
+    from .artifacts import open_artifacts
+    from .latency import measure_interleaved
+
+    with contextlib.ExitStack() as stack:
+        arts = []
+        for side, row in [("candidate", c) for c, _ in pairs] + [("baseline", b) for _, b in pairs]:
+            a = open_artifacts([row["path"]], threads=row["runtime"].get("threads") or 2, stack=stack)[0]
+            a.id = f"{side}:{row['id']}"
+            arts.append(a)
+        lat = measure_interleaved(arts, seconds=policy["remeasure"]["seconds"], warmup=policy["remeasure"]["warmup"])
+    for c, b in pairs:
+        c["latency"] = lat["artifacts"][f"candidate:{c['id']}"]
+        b["latency"] = lat["artifacts"][f"baseline:{b['id']}"]
+    return candidate, baseline
+
+
+@click.command("gate")
+@click.option("--candidate", required=True, type=click.Path(exists=True), help="Benchmark report of the change (report.json or its folder).")
+@click.option("--baseline", required=True, type=click.Path(exists=True), help="Benchmark report to compare against.")
+@click.option("--policy", required=True, type=click.Path(exists=True, dir_okay=False), help="Gate policy YAML (see configs/gates.yaml).")
+@click.option("--remeasure", is_flag=True, help="Re-run both sides in one interleaved run on this host instead of trusting stored latencies.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the verdict as JSON.")
+def gate_cmd(candidate, baseline, policy, remeasure, out) -> None:
+    """Fail (exit 1) when the candidate regressed against the baseline; exit 0 when it did not.
+
+    \b
+    latency   regression when the bootstrap interval of the candidate/baseline ratio of medians
+              lies wholly above 1 + tolerance (noise alone almost never does that)
+    accuracy  regression when the interval of the top-1 drop lies wholly above the allowed drop
+    budgets   the candidate bundle's target-profile budgets (p95 latency, size), a top-1 floor
+    Prints one line per check with the measured value, interval and reason. Reports of different
+    models or datasets, or a policy with a missing key, are usage errors (exit 2).
+
+    Example: factory gate --candidate reports/bench --baseline baselines/main.json --policy configs/gates.yaml
+    """
+    import copy
+
+    from .._io import write_json
+    from ..errors import GateFailure
+    from .gate import evaluate_gate, load_policy, pair_artifacts
+    from .report import load_report
+
+    pol = load_policy(policy)
+    cand, base = load_report(candidate), load_report(baseline)
+    if remeasure:
+        cand, base = copy.deepcopy(cand), copy.deepcopy(base)
+        cand, base = _remeasure(cand, base, pol, pair_artifacts(cand, base, pol["match"]))
+    verdict = evaluate_gate(cand, base, pol, paired=remeasure)
+    for check in verdict["checks"]:
+        click.echo(check["text"])
+    if out:
+        write_json(out, verdict)
+    if not verdict["passed"]:
+        failed = sum(not c["passed"] for c in verdict["checks"])
+        raise GateFailure(f"gate failed: {failed} of {len(verdict['checks'])} checks found a regression")
+    click.echo(f"gate passed: {len(verdict['checks'])} checks")
+

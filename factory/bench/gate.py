@@ -1,0 +1,140 @@
+"""`factory gate`: decide from a candidate and a baseline report whether a change regressed.
+
+Rules (each check gathers its figures first, then the policy decides):
+- latency: regression when the bootstrap interval of the candidate/baseline ratio of medians lies
+  wholly above 1 + tolerance (paired over rounds when both were measured in one interleaved run);
+- accuracy: regression when the interval of the drop (baseline - candidate, points) lies wholly
+  above the allowed drop (paired over test images when both ran on the same test split);
+- budgets: the candidate's own target-profile budgets (p95 latency, size) and an absolute top-1 floor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import Key, load_config
+from ..errors import InputError
+from .accuracy import unpack_bits
+from .stats import paired_drop_ci, ratio_of_medians_ci
+
+__all__ = ["POLICY_SCHEMA", "load_policy", "pair_artifacts", "evaluate_gate"]
+
+
+def _fraction(v) -> str | None:
+    return None if 0 < v < 1 else "must be between 0 and 1"
+
+
+POLICY_SCHEMA = {
+    "match": Key(str, help="how candidate and baseline artifacts are paired: target | id", choices=["target", "id"]),
+    "latency": {
+        "tolerance": Key(float, help="allowed slowdown as a fraction (0.10 = 10%)"),
+        "confidence": Key(float, help="confidence of the bootstrap interval", check=_fraction),
+        "bootstrap": Key(int, 2000, "bootstrap resamples"),
+    },
+    "accuracy": {
+        "max_drop_pt": Key(float, help="allowed top-1 drop in points"),
+        "confidence": Key(float, help="confidence of the paired bootstrap interval", check=_fraction),
+        "bootstrap": Key(int, 2000),
+    },
+    "budgets": {
+        "from_target_profile": Key(bool, True, "also enforce the p95 latency and size budgets stored in each bundle"),
+        "min_top1": Key(float, None, "absolute top-1 floor", nullable=True),
+    },
+    "remeasure": {
+        "seconds": Key(float, 10.0, "measuring time when --remeasure runs both in one interleaved run"),
+        "warmup": Key(int, 20),
+    },
+}
+
+
+def load_policy(path) -> dict:
+    return load_config(path, POLICY_SCHEMA)
+
+
+def _key(row: dict, match: str) -> str:
+    return row["identity"].get("target") or row["id"] if match == "target" else row["id"]
+
+
+def pair_artifacts(candidate: dict, baseline: dict, match: str) -> list[tuple[dict, dict]]:
+    """Pair artifacts and refuse reports about different models or datasets (a usage error)."""
+    base = {_key(r, match): r for r in baseline["artifacts"]}
+    pairs = []
+    for c in candidate["artifacts"]:
+        b = base.get(_key(c, match))
+        if b is None:
+            continue
+        if c["identity"].get("model") != b["identity"].get("model"):
+            raise InputError(f"{_key(c, match)}: candidate is model {c['identity'].get('model')!r}, baseline {b['identity'].get('model')!r}",
+                             hint="compare reports of the same model")
+        cd, bd = c["accuracy"].get("dataset_hash"), b["accuracy"].get("dataset_hash")
+        if cd and bd and cd != bd:
+            raise InputError(f"{_key(c, match)}: reports were measured on different datasets ({cd[:12]} vs {bd[:12]})",
+                             hint="benchmark both on the same test split")
+        pairs.append((c, b))
+    if not pairs:
+        raise InputError(f"no artifact of the candidate matches one of the baseline by {match}",
+                         hint=f"candidate: {[_key(r, match) for r in candidate['artifacts']]}, baseline: {list(base)}")
+    return pairs
+
+
+def _line(check: str, name: str, passed: bool, text: str) -> dict:
+    return {"check": check, "artifact": name, "passed": passed, "text": f"{'PASS' if passed else 'FAIL'} {check:8s} {name}: {text}"}
+
+
+def _latency(name, c, b, policy, paired) -> dict:
+    lp = policy["latency"]
+    cs, bs = np.asarray(c["latency"]["samples_ms"]), np.asarray(b["latency"]["samples_ms"])
+    ratio, ci = ratio_of_medians_ci(cs, bs, paired=paired and cs.size == bs.size, confidence=lp["confidence"], n_boot=lp["bootstrap"])
+    limit = 1 + lp["tolerance"]
+    passed = not ci[0] > limit
+    why = "interval lies wholly above" if not passed else ("interval reaches down to" if ci[1] > limit else "interval stays below")
+    row = _line("latency", name, passed, f"median ratio {ratio:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] ({np.median(cs):.3f} vs "
+                f"{np.median(bs):.3f} ms, {'paired' if paired else 'independent'} bootstrap); {why} {limit:.3f}")
+    return row | {"ratio": ratio, "ci": ci, "limit": limit}
+
+
+def _accuracy(name, c, b, policy) -> dict | None:
+    ap = policy["accuracy"]
+    ca, ba = c["accuracy"], b["accuracy"]
+    if "top1" not in ca or "top1" not in ba:
+        return None
+    if ca.get("correct_bits") and ba.get("correct_bits") and ca["n"] == ba["n"]:
+        drop, ci = paired_drop_ci(unpack_bits(ba["correct_bits"], ba["n"]), unpack_bits(ca["correct_bits"], ca["n"]),
+                                  ap["confidence"], ap["bootstrap"])
+    else:  # different splits: normal approximation of two independent proportions
+        drop = 100 * (ba["top1"] - ca["top1"])
+        se = 100 * np.sqrt(ba["top1"] * (1 - ba["top1"]) / ba["n"] + ca["top1"] * (1 - ca["top1"]) / ca["n"])
+        z = {0.9: 1.645, 0.95: 1.96, 0.99: 2.576}.get(ap["confidence"], 1.96)
+        ci = [drop - z * se, drop + z * se]
+    passed = not ci[0] > ap["max_drop_pt"]
+    row = _line("accuracy", name, passed, f"top-1 {ca['top1']:.4f} vs {ba['top1']:.4f}: drop {drop:+.2f} pt "
+                f"[{ci[0]:+.2f}, {ci[1]:+.2f}]; regression only if the interval lies wholly above {ap['max_drop_pt']:g} pt")
+    return row | {"drop_pt": drop, "ci": ci}
+
+
+def _budgets(name, c, policy) -> list[dict]:
+    rows = []
+    budgets = c.get("budgets") or {}
+    if policy["budgets"]["from_target_profile"]:
+        if budgets.get("max_latency_ms") is not None:
+            p95 = c["latency"]["p95_ms"]
+            rows.append(_line("budget", name, p95 <= budgets["max_latency_ms"], f"p95 {p95:.3f} ms vs budget {budgets['max_latency_ms']:g} ms"))
+        if budgets.get("max_size_mb") is not None:
+            mb = c["size_bytes"] / 1e6
+            rows.append(_line("budget", name, mb <= budgets["max_size_mb"], f"size {mb:.2f} MB vs budget {budgets['max_size_mb']:g} MB"))
+    floor = policy["budgets"]["min_top1"]
+    if floor is not None and "top1" in c["accuracy"]:
+        rows.append(_line("budget", name, c["accuracy"]["top1"] >= floor, f"top-1 {c['accuracy']['top1']:.4f} vs floor {floor:g}"))
+    return rows
+
+
+def evaluate_gate(candidate: dict, baseline: dict, policy: dict, *, paired: bool = False) -> dict:
+    checks = []
+    for c, b in pair_artifacts(candidate, baseline, policy["match"]):
+        name = _key(c, policy["match"])
+        checks.append(_latency(name, c, b, policy, paired))
+        acc = _accuracy(name, c, b, policy)
+        if acc:
+            checks.append(acc)
+        checks += _budgets(name, c, policy)
+    return {"passed": all(x["passed"] for x in checks), "checks": checks, "paired": paired}

@@ -1,0 +1,107 @@
+"""Benchmark reports: JSON for machines, a Markdown table for CI comments, PNG plots for people."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .._io import atomic_dir, atomic_write, read_json, write_json
+from ..errors import InputError
+
+__all__ = ["REPORT_SCHEMA", "assemble", "markdown", "write_report", "load_report"]
+
+REPORT_SCHEMA = "factory.bench/1"
+
+
+def assemble(artifacts, latency: dict, accuracy: dict) -> dict:
+    rows = []
+    for a in artifacts:
+        rows.append({
+            "id": a.id, "kind": a.kind, "path": a.path, "identity": a.identity, "runtime": a.runtime,
+            "size_bytes": a.size_bytes, "macs": a.extra.get("macs"), "budgets": a.budgets,
+            "latency": latency["artifacts"][a.id], "accuracy": accuracy.get(a.id, {"skipped": "not measured"}),
+        })
+    eager = next((r for r in rows if r["kind"] == "canonical"), None)
+    for r in rows:
+        r["speedup_vs_pytorch_eager"] = (eager["latency"]["p50_ms"] / r["latency"]["p50_ms"]) if eager else None
+    settings = {k: v for k, v in latency.items() if k != "artifacts"}
+    return {"schema": REPORT_SCHEMA, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "settings": settings, "artifacts": rows}
+
+
+def _fmt_ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def markdown(report: dict) -> str:
+    lines = ["| artifact | backend | precision | top-1 | drop pt [95% CI] | agreement | p50 ms [95% CI] | p95 ms | size MB | speedup vs eager |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["artifacts"]:
+        acc, lat = r["accuracy"], r["latency"]
+        top1 = f"{acc['top1']:.4f}" if "top1" in acc else "-"
+        drop = f"{acc['drop_pt']:+.2f} [{acc['drop_ci_pt'][0]:+.2f}, {acc['drop_ci_pt'][1]:+.2f}]" if "drop_pt" in acc else "-"
+        agree = f"{acc['agreement']:.4f}" if "agreement" in acc else "-"
+        speed = f"{r['speedup_vs_pytorch_eager']:.2f}x" if r["speedup_vs_pytorch_eager"] else "-"
+        lines.append(f"| {r['id']} | {r['runtime']['backend']} | {r['runtime']['precision']} | {top1} | {drop} | {agree} | "
+                     f"{lat['p50_ms']:.3f} {_fmt_ci(lat['median_ci'])} | {lat['p95_ms']:.3f} | {r['size_bytes'] / 1e6:.2f} | {speed} |")
+    env = report["settings"]["environment"]
+    host = env["host"]
+    lines += ["", f"{report['settings']['rounds']} interleaved rounds in {report['settings']['seconds']:g} s at batch 1 on "
+              f"{host['cpu']} ({host['cores']} cores; VNNI {'yes' if host['vnni'] else 'no'}, AVX-512 {'yes' if host['avx512'] else 'no'}); "
+              f"load average {env['load_average_before']} -> {env['load_average']}; {', '.join(env['runtimes'])}."]
+    return "\n".join(lines)
+
+
+def _plots(report: dict, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["artifacts"]
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows) + 2), 4))
+    data = [np.asarray(r["latency"]["samples_ms"]) for r in rows]
+    ax.boxplot(data, showfliers=False)
+    ax.set_xticks(range(1, len(rows) + 1), [r["id"] for r in rows], rotation=20, ha="right")
+    ax.set_ylabel("latency, ms (batch 1)")
+    ax.set_title("latency distribution (interleaved; whiskers 1.5 IQR)")
+    fig.tight_layout()
+    fig.savefig(folder / "latency.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        if "top1" in r["accuracy"]:
+            ax.scatter(r["latency"]["p50_ms"], 100 * r["accuracy"]["top1"], s=40 + 6 * r["size_bytes"] / 1e6)
+            ax.annotate(r["id"], (r["latency"]["p50_ms"], 100 * r["accuracy"]["top1"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("p50 latency, ms")
+    ax.set_ylabel("test top-1, %")
+    ax.set_title("accuracy vs latency (marker size ~ artifact size)")
+    fig.tight_layout()
+    fig.savefig(folder / "accuracy_vs_latency.png", dpi=100)
+    plt.close(fig)
+
+
+def write_report(report: dict, out: str | Path) -> Path:
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "report.json", report)
+        atomic_write(tmp / "report.md", markdown(report) + "\n")
+        _plots(report, tmp)
+    return Path(out)
+
+
+def load_report(path: str | Path) -> dict:
+    """Load a report (a report.json or the folder holding one); anything else is a usage error."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise InputError(f"benchmark report {path} does not exist", hint="create one with `factory bench ... --out DIR`")
+    try:
+        report = read_json(path)
+    except ValueError as exc:
+        raise InputError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
+        raise InputError(f"{path} is not a factory benchmark report (schema {REPORT_SCHEMA})")
+    return report
