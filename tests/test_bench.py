@@ -38,7 +38,7 @@ def test_bench_report_has_everything(report, trained):
     assert env["host"]["cpu"] and "vnni" in env["host"] and env["load_average"] is not None
     for a in data["artifacts"]:
         lat = a["latency"]
-        assert len(lat["samples_ms"]) == rounds
+        assert len(lat["samples_ms"]) == rounds * data["settings"]["per_turn"]
         assert lat["p50_ms"] <= lat["p90_ms"] <= lat["p95_ms"] <= lat["p99_ms"]
         assert lat["median_ci"][0] <= lat["p50_ms"] <= lat["median_ci"][1]
         acc = a["accuracy"]

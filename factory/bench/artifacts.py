@@ -39,6 +39,7 @@ class Artifact:
     budgets: dict | None = None
     canonical_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # what a benchmark worker process opens (an archive's unpacked folder)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -156,7 +157,7 @@ def open_artifacts(paths: list[str], *, threads: int = 2, input_shape: str | Non
             if q.is_file() and q.name.endswith((".tar.gz", ".tgz")):
                 tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="factory-bench-")))
                 out.append(_bundle(unpack(q, tmp / "bundle"), public_key))
-                out[-1].path = str(q)
+                out[-1].source, out[-1].path = out[-1].path, str(q)
             elif q.is_dir() and (q / "manifest.json").is_file():
                 out.append(_bundle(q, public_key))
             elif q.is_dir() and (q / "model_card.json").is_file():
@@ -165,6 +166,8 @@ def open_artifacts(paths: list[str], *, threads: int = 2, input_shape: str | Non
                 out.append(_file(q, threads, shape))
             else:
                 raise BundleError(f"{q} is not something factory bench can run")
+    for a in out:
+        a.source = a.source or a.path
     ids = [a.id for a in out]
     for a in out:  # make ids unique when two inputs share a label
         if ids.count(a.id) > 1:

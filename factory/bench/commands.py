@@ -82,6 +82,7 @@ def _remeasure(candidate: dict, baseline: dict, policy: dict, pairs) -> tuple[di
     for c, b in pairs:
         c["latency"] = lat["artifacts"][f"candidate:{c['id']}"]
         b["latency"] = lat["artifacts"][f"baseline:{b['id']}"]
+    candidate["settings"] = {k: v for k, v in lat.items() if k != "artifacts"}
     return candidate, baseline
 
 

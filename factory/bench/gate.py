@@ -81,10 +81,11 @@ def _line(check: str, name: str, passed: bool, text: str) -> dict:
     return {"check": check, "artifact": name, "passed": passed, "text": f"{'PASS' if passed else 'FAIL'} {check:8s} {name}: {text}"}
 
 
-def _latency(name, c, b, policy, paired) -> dict:
+def _latency(name, c, b, policy, paired, block) -> dict:
     lp = policy["latency"]
     cs, bs = np.asarray(c["latency"]["samples_ms"]), np.asarray(b["latency"]["samples_ms"])
-    ratio, ci = ratio_of_medians_ci(cs, bs, paired=paired and cs.size == bs.size, confidence=lp["confidence"], n_boot=lp["bootstrap"])
+    ratio, ci = ratio_of_medians_ci(cs, bs, paired=paired and cs.size == bs.size, confidence=lp["confidence"],
+                                    n_boot=lp["bootstrap"], block=block)
     limit = 1 + lp["tolerance"]
     passed = not ci[0] > limit
     why = "interval lies wholly above" if not passed else ("interval reaches down to" if ci[1] > limit else "interval stays below")
@@ -130,9 +131,10 @@ def _budgets(name, c, policy) -> list[dict]:
 
 def evaluate_gate(candidate: dict, baseline: dict, policy: dict, *, paired: bool = False) -> dict:
     checks = []
+    block = candidate.get("settings", {}).get("block_samples")  # ~1 s of rounds: the drift timescale
     for c, b in pair_artifacts(candidate, baseline, policy["match"]):
         name = _key(c, policy["match"])
-        checks.append(_latency(name, c, b, policy, paired))
+        checks.append(_latency(name, c, b, policy, paired, block))
         acc = _accuracy(name, c, b, policy)
         if acc:
             checks.append(acc)

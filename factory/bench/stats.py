@@ -34,14 +34,17 @@ def _interval(values: np.ndarray, confidence: float) -> list[float]:
     return [float(lo), float(hi)]
 
 
-def median_ci(samples: np.ndarray, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> list[float]:
+def median_ci(samples: np.ndarray, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0,
+              block: int | None = None) -> list[float]:
     a = np.asarray(samples, dtype=np.float64)
-    idx = _block_indices(a.size, n_boot, np.random.default_rng(seed))
-    return _interval(np.median(a[idx], axis=1), confidence)
+    idx = _block_indices(a.size, n_boot, np.random.default_rng(seed), block)
+    lo, hi = _interval(np.median(a[idx], axis=1), confidence)
+    med = float(np.median(a))
+    return [min(lo, med), max(hi, med)]  # a percentile interval can miss its own estimate with few blocks
 
 
 def ratio_of_medians_ci(candidate: np.ndarray, baseline: np.ndarray, *, paired: bool, confidence: float = 0.95,
-                        n_boot: int = 2000, seed: int = 0) -> tuple[float, list[float]]:
+                        n_boot: int = 2000, seed: int = 0, block: int | None = None) -> tuple[float, list[float]]:
     """Candidate/baseline ratio of medians and its bootstrap interval.
 
     ``paired``: the samples were taken in the same interleaved rounds (same length, same order), so
@@ -53,10 +56,11 @@ def ratio_of_medians_ci(candidate: np.ndarray, baseline: np.ndarray, *, paired: 
     if paired:
         if c.size != b.size:
             raise ValueError("paired resampling needs samples from the same rounds")
-        idx = _block_indices(c.size, n_boot, rng)
+        idx = _block_indices(c.size, n_boot, rng, block)
         boots = np.median(c[idx], axis=1) / np.median(b[idx], axis=1)
     else:
-        boots = np.median(c[_block_indices(c.size, n_boot, rng)], axis=1) / np.median(b[_block_indices(b.size, n_boot, rng)], axis=1)
+        boots = np.median(c[_block_indices(c.size, n_boot, rng, block)], axis=1) / np.median(
+            b[_block_indices(b.size, n_boot, rng, block)], axis=1)
     return ratio, _interval(boots, confidence)
 
 
