@@ -49,6 +49,8 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
       factory bundle verify|inspect   check and read bundles; `factory keys generate` makes keys
       factory bench               interleaved latency + accuracy of bundles and models
       factory gate                CI gate: fail a change that got slower or less accurate
+      factory registry serve      the bundle registry (HTTP); `release publish`, `rollout create|...`
+      factory device run          the device agent; `factory fleet simulate` runs many of them
       factory run                 all of the above on embedded defaults (params.yaml)
 
     Exit codes: 0 ok, 1 a stage failed, 2 bad usage or input.
@@ -62,11 +64,13 @@ def _register() -> None:
     from .bench.commands import bench_cmd, gate_cmd
     from .bundle.commands import bundle, keys
     from .data.commands import data
+    from .device.commands import device, fleet
     from .export.commands import build_cmd, targets_cmd
     from .pipeline import run
+    from .registry.commands import registry, release, rollout
     from .train.commands import train_cmd
 
-    for command in (data, train_cmd, build_cmd, targets_cmd, keys, bundle, bench_cmd, gate_cmd, run):
+    for command in (data, train_cmd, build_cmd, targets_cmd, keys, bundle, bench_cmd, gate_cmd, registry, release, rollout, device, fleet, run):
         cli.add_command(command)
 
 

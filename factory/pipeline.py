@@ -14,7 +14,7 @@ import click
 
 from . import progress
 from .config import Key, load_config
-from .errors import ValidationError
+from .errors import GateFailure, ValidationError
 
 __all__ = ["PIPELINE_SCHEMA", "run"]
 
@@ -41,6 +41,15 @@ PIPELINE_SCHEMA = {
         "out": Key(str, "bundles"),
         "report_dir": Key(str, "reports/build"),
     },
+    "bench": {
+        "out": Key(str, "reports/bench"),
+        "seconds": Key(float, 15.0, "interleaved measuring time for PyTorch eager + every bundle"),
+        "baseline": Key(str, "reports/baseline", "baseline folder; recorded on the first run"),
+        "policy": Key(str, "configs/gates.yaml"),
+        "remeasure": Key(bool, True, "gate by re-running the baseline beside the candidate"),
+        "model": Key(str, "id-docs", "bundles/<model> folder the dvc bench stage measures"),
+        "verdict": Key(str, "reports/gate.json", "where the dvc gate stage writes its verdict"),
+    },
 }
 
 
@@ -63,7 +72,7 @@ def _synth_is_current(out: Path, p: dict) -> bool:
               help="Pipeline parameters, one section per stage (the same file dvc.yaml reads).")
 @click.option("--fresh", is_flag=True, help="Regenerate the synthetic dataset even if it is current.")
 def run(params_path: str, fresh: bool) -> None:
-    """Run the main job end to end: data, profile, train, then a signed bundle per target.
+    """Run the main job end to end: data, profile, train, a signed bundle per target, bench and gate.
 
     Everything stays local: images under data/, reports under reports/, the model under models/,
     bundles under bundles/, the signing key under keys/ (created if missing), MLflow runs in
@@ -73,6 +82,10 @@ def run(params_path: str, fresh: bool) -> None:
     from .data.profile import write_report
     from ._io import atomic_write, write_json
     from .data.synth import parse_size, synthesize
+    from .bench.commands import run_bench
+    from .bench.gate import run_gate
+    from .bench.report import markdown
+    from .bench.report import write_report as write_bench
     from .export.build import build, build_report
     from .export.commands import build_table
     from .train.loop import train
@@ -85,10 +98,10 @@ def run(params_path: str, fresh: bool) -> None:
     s = p["synth"]
     out = Path(s["out"])
     if not fresh and _synth_is_current(out, s):
-        progress.info(f"[1/4] dataset {out} is current (seed {s['seed']}, {s['per_class']} per class); reusing it")
+        progress.info(f"[1/5] dataset {out} is current (seed {s['seed']}, {s['per_class']} per class); reusing it")
         manifest = load_manifest(out)
     else:
-        progress.info(f"[1/4] synthesizing {out}")
+        progress.info(f"[1/5] synthesizing {out}")
         from .data.documents import document_types
 
         with progress.bar("synthesizing", s["per_class"] * len(document_types())) as tick:
@@ -96,13 +109,13 @@ def run(params_path: str, fresh: bool) -> None:
     timings["data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    progress.info(f"[2/4] profiling -> {p['profile']['out']}")
+    progress.info(f"[2/5] profiling -> {p['profile']['out']}")
     with progress.bar("profiling", len(manifest.files)) as tick:
         profile = write_report(manifest, p["profile"]["out"], samples_per_class=p["profile"]["samples_per_class"], progress=tick)
     timings["profile"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    progress.info(f"[3/4] training ({p['train']['config']})")
+    progress.info(f"[3/5] training ({p['train']['config']})")
     cfg = load_config(p["train"]["config"], TRAIN_SCHEMA, [
         f"data.manifest={out / 'manifest.json'}", f"output.dir={p['train']['out']}", f"train.seed={p['train']['seed']}", f"train.epochs={p['train']['epochs']}",
     ])
@@ -117,7 +130,7 @@ def run(params_path: str, fresh: bool) -> None:
 
         generate_keys(key.with_suffix(""))
         progress.info(f"created signing key {key} and {key.with_suffix('.pub')} (keep the .key secret)")
-    progress.info(f"[4/4] building bundles for {', '.join(b['targets'])}")
+    progress.info(f"[4/5] building bundles for {', '.join(b['targets'])}")
     results = []
     for target in b["targets"]:
         results.append(build(model.path, target, key_path=key, data=str(out), out_root=b["out"]))
@@ -125,6 +138,14 @@ def run(params_path: str, fresh: bool) -> None:
     table = build_table(results)
     atomic_write(Path(b["report_dir"]) / "summary.md", table + "\n")
     timings["build"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    bp = p["bench"]
+    progress.info(f"[5/5] benchmarking PyTorch eager and the bundles, interleaved for {bp['seconds']:g} s; then the gate")
+    report = run_bench([str(model.path)] + [str(r.folder) for r in results], data=str(out), seconds=bp["seconds"])
+    write_bench(report, bp["out"])
+    verdict = run_gate(report, bp["baseline"], bp["policy"], remeasure_both=bp["remeasure"], record_missing=True)
+    timings["bench+gate"] = time.perf_counter() - t0
 
     card = model.card
     test = card["metrics"]["test"]
@@ -138,10 +159,22 @@ def run(params_path: str, fresh: bool) -> None:
         f"  mlflow      run {card['lineage']['mlflow']['run_id']}  (mlflow ui --backend-store-uri {card['lineage']['mlflow']['tracking_uri']})",
         f"  bundles     {b['out']}/{card['name']}/{results[0].manifest['version']}/  (verify: factory bundle verify BUNDLE --pubkey {key.with_suffix('.pub')})",
         "  time        " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()),
+        f"  reports     {b['report_dir']}/summary.md (build checks), {bp['out']}/report.md (+ latency.png, accuracy_vs_latency.png)",
         "",
+        "builds (quick batch-1 probe at build time; budgets from targets/*.yaml):",
         table,
+        "",
+        "benchmark (same run, interleaved, one process per artifact; speedup over PyTorch eager):",
+        markdown(report),
+        "",
     ]
+    if verdict.get("recorded_baseline"):
+        lines.append(f"gate: no baseline yet; recorded this run at {bp['baseline']} (the next run is gated against it)")
+    else:
+        lines += ["gate vs " + bp["baseline"] + ":"] + ["  " + c["text"] for c in verdict["checks"]]
     click.echo("\n".join(lines))
     failed = [r.manifest["target"] for r in results if not r.passed]
     if failed:
         raise ValidationError(f"bundles for {', '.join(failed)} failed their budgets (see the table and {b['report_dir']}/)")
+    if not verdict["passed"]:
+        raise GateFailure(f"the gate found a regression against {bp['baseline']} (see the lines above)")

@@ -178,12 +178,25 @@ def test_gate_remeasures_both_in_one_run(report, policy):
     assert "paired bootstrap" in result.stdout
 
 
-def test_save_baseline_then_gate(tmp_path, trained, bundles, policy):
-    base = tmp_path / "baseline.json"
-    result = invoke("bench", str(bundles / "cpu"), "--seconds", "0.5", "--no-accuracy", "--save-baseline", str(base))
+def test_save_baseline_then_gate_remeasures_the_saved_copy(tmp_path, trained, bundles, policy):
+    import shutil
+
+    work = tmp_path / "bundles"
+    shutil.copytree(bundles, work)
+    base = tmp_path / "baseline"
+    result = invoke("bench", str(work / "cpu"), "--seconds", "0.5", "--no-accuracy", "--save-baseline", str(base))
     assert result.exit_code == 0, result.output
+    saved = json.loads((base / "report.json").read_text())
+    assert saved["schema"] == "factory.bench/1" and str(base.resolve()) in saved["artifacts"][0]["path"]
+    shutil.rmtree(work)  # the original bundle is gone; the baseline keeps its own copy
     again = tmp_path / "again"
     assert invoke("bench", str(bundles / "cpu"), "--seconds", "0.5", "--no-accuracy", "--out", str(again)).exit_code == 0
-    gate = _gate(again, base, policy=policy)
-    assert gate.exit_code in (0, 1) and "latency" in gate.stdout
-    assert json.loads(base.read_text())["schema"] == "factory.bench/1"
+    gate = _gate(again, base, "--remeasure", policy=policy)
+    assert "latency" in gate.stdout and "paired" in gate.stdout
+    assert gate.exit_code in (0, 1)
+
+
+def test_gate_records_a_missing_baseline(tmp_path, report, policy):
+    result = _gate(report, tmp_path / "new-baseline", "--record-missing-baseline", policy=policy)
+    assert result.exit_code == 0 and "recorded this candidate as the baseline" in result.stdout
+    assert (tmp_path / "new-baseline" / "report.json").is_file()

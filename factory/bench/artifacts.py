@@ -169,7 +169,9 @@ def open_artifacts(paths: list[str], *, threads: int = 2, input_shape: str | Non
     for a in out:
         a.source = a.source or a.path
     ids = [a.id for a in out]
-    for a in out:  # make ids unique when two inputs share a label
+    seen: dict[str, int] = {}
+    for a in out:  # make ids unique when two inputs share a label (the same file twice: an A/A run)
         if ids.count(a.id) > 1:
-            a.id = f"{a.id}:{Path(a.path).parent.name}/{Path(a.path).name}"
+            seen[a.id] = seen.get(a.id, 0) + 1
+            a.id = f"{a.id}#{seen[a.id]}"
     return out

@@ -37,7 +37,8 @@ def run_bench(paths, *, data=None, seconds=10.0, rounds=100_000, warmup=20, thre
 @click.option("--pubkey", default=None, type=click.Path(dir_okay=False), help="Verify bundle signatures with this key first.")
 @click.option("--no-accuracy", is_flag=True, help="Latency only.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Write report.json, report.md, latency.png, accuracy_vs_latency.png.")
-@click.option("--save-baseline", default=None, type=click.Path(dir_okay=False), help="Also save the report as a baseline file for `factory gate`.")
+@click.option("--save-baseline", default=None, type=click.Path(file_okay=False),
+              help="Also save a baseline folder for `factory gate`: the report plus a copy of every artifact measured.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
 def bench_cmd(inputs, data, seconds, rounds, warmup, threads, input_shape, pubkey, no_accuracy, out, save_baseline, as_json) -> None:
     """Measure latency and accuracy of bundles and models on this host.
@@ -55,44 +56,26 @@ def bench_cmd(inputs, data, seconds, rounds, warmup, threads, input_shape, pubke
 
     Example: factory bench models/id-docs bundles/id-docs --out reports/bench
     """
-    from .._io import write_json
     from .report import markdown, write_report
+    from .report import save_baseline as write_baseline
 
     report = run_bench(inputs, data=data, seconds=seconds, rounds=rounds, warmup=warmup, threads=threads,
                        input_shape=input_shape, pubkey=pubkey, accuracy=not no_accuracy)
     if out:
         write_report(report, out)
     if save_baseline:
-        write_json(save_baseline, report)
+        write_baseline(report, save_baseline)
     click.echo(json.dumps(report, indent=2) if as_json else markdown(report))
-
-
-def _remeasure(candidate: dict, baseline: dict, policy: dict, pairs) -> tuple[dict, dict]:
-    """Run both sides again in one interleaved run; keep the (deterministic) accuracy figures."""
-    from .artifacts import open_artifacts
-    from .latency import measure_interleaved
-
-    with contextlib.ExitStack() as stack:
-        arts = []
-        for side, row in [("candidate", c) for c, _ in pairs] + [("baseline", b) for _, b in pairs]:
-            a = open_artifacts([row["path"]], threads=row["runtime"].get("threads") or 2, stack=stack)[0]
-            a.id = f"{side}:{row['id']}"
-            arts.append(a)
-        lat = measure_interleaved(arts, seconds=policy["remeasure"]["seconds"], warmup=policy["remeasure"]["warmup"])
-    for c, b in pairs:
-        c["latency"] = lat["artifacts"][f"candidate:{c['id']}"]
-        b["latency"] = lat["artifacts"][f"baseline:{b['id']}"]
-    candidate["settings"] = {k: v for k, v in lat.items() if k != "artifacts"}
-    return candidate, baseline
 
 
 @click.command("gate")
 @click.option("--candidate", required=True, type=click.Path(exists=True), help="Benchmark report of the change (report.json or its folder).")
-@click.option("--baseline", required=True, type=click.Path(exists=True), help="Benchmark report to compare against.")
+@click.option("--baseline", required=True, type=click.Path(), help="Baseline folder from `bench --save-baseline` (or a report.json).")
 @click.option("--policy", required=True, type=click.Path(exists=True, dir_okay=False), help="Gate policy YAML (see configs/gates.yaml).")
 @click.option("--remeasure", is_flag=True, help="Re-run both sides in one interleaved run on this host instead of trusting stored latencies.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the verdict as JSON.")
-def gate_cmd(candidate, baseline, policy, remeasure, out) -> None:
+@click.option("--record-missing-baseline", is_flag=True, help="If BASELINE does not exist yet, save the candidate as the baseline and pass.")
+def gate_cmd(candidate, baseline, policy, remeasure, out, record_missing_baseline) -> None:
     """Fail (exit 1) when the candidate regressed against the baseline; exit 0 when it did not.
 
     \b
@@ -105,19 +88,14 @@ def gate_cmd(candidate, baseline, policy, remeasure, out) -> None:
 
     Example: factory gate --candidate reports/bench --baseline baselines/main.json --policy configs/gates.yaml
     """
-    import copy
-
     from .._io import write_json
     from ..errors import GateFailure
-    from .gate import evaluate_gate, load_policy, pair_artifacts
-    from .report import load_report
+    from .gate import run_gate
 
-    pol = load_policy(policy)
-    cand, base = load_report(candidate), load_report(baseline)
-    if remeasure:
-        cand, base = copy.deepcopy(cand), copy.deepcopy(base)
-        cand, base = _remeasure(cand, base, pol, pair_artifacts(cand, base, pol["match"]))
-    verdict = evaluate_gate(cand, base, pol, paired=remeasure)
+    verdict = run_gate(candidate, baseline, policy, remeasure_both=remeasure, record_missing=record_missing_baseline)
+    if verdict.get("recorded_baseline"):
+        click.echo(f"no baseline at {baseline}: recorded this candidate as the baseline; gate passed trivially")
+        return
     for check in verdict["checks"]:
         click.echo(check["text"])
     if out:

@@ -1,8 +1,9 @@
 """`factory gate`: decide from a candidate and a baseline report whether a change regressed.
 
 Rules (each check gathers its figures first, then the policy decides):
-- latency: regression when the bootstrap interval of the candidate/baseline ratio of medians lies
-  wholly above 1 + tolerance (paired over rounds when both were measured in one interleaved run);
+- latency: regression when the bootstrap interval of the candidate/baseline latency ratio lies
+  wholly above 1 + tolerance. Separate runs: ratio of medians, independent block bootstrap. One
+  interleaved run (``--remeasure``): median of per-round ratios, bootstrap over rounds;
 - accuracy: regression when the interval of the drop (baseline - candidate, points) lies wholly
   above the allowed drop (paired over test images when both ran on the same test split);
 - budgets: the candidate's own target-profile budgets (p95 latency, size) and an absolute top-1 floor.
@@ -15,9 +16,9 @@ import numpy as np
 from ..config import Key, load_config
 from ..errors import InputError
 from .accuracy import unpack_bits
-from .stats import paired_drop_ci, ratio_of_medians_ci
+from .stats import paired_drop_ci, paired_ratio_ci, ratio_of_medians_ci
 
-__all__ = ["POLICY_SCHEMA", "load_policy", "pair_artifacts", "evaluate_gate"]
+__all__ = ["POLICY_SCHEMA", "load_policy", "pair_artifacts", "evaluate_gate", "remeasure", "run_gate"]
 
 
 def _fraction(v) -> str | None:
@@ -81,16 +82,22 @@ def _line(check: str, name: str, passed: bool, text: str) -> dict:
     return {"check": check, "artifact": name, "passed": passed, "text": f"{'PASS' if passed else 'FAIL'} {check:8s} {name}: {text}"}
 
 
-def _latency(name, c, b, policy, paired, block) -> dict:
+def _latency(name, c, b, policy, paired, settings) -> dict:
     lp = policy["latency"]
     cs, bs = np.asarray(c["latency"]["samples_ms"]), np.asarray(b["latency"]["samples_ms"])
-    ratio, ci = ratio_of_medians_ci(cs, bs, paired=paired and cs.size == bs.size, confidence=lp["confidence"],
-                                    n_boot=lp["bootstrap"], block=block)
+    if paired and cs.size == bs.size and settings.get("per_turn"):
+        # same interleaved rounds: each round's ratio cancels the drift that hit both sides
+        ratio, ci = paired_ratio_ci(cs, bs, settings["per_turn"], confidence=lp["confidence"], n_boot=lp["bootstrap"])
+        how = "median of per-round ratios, paired bootstrap over rounds"
+    else:  # separate runs: ratio of medians, ~1 s blocks (the drift timescale measured here)
+        ratio, ci = ratio_of_medians_ci(cs, bs, paired=False, confidence=lp["confidence"], n_boot=lp["bootstrap"],
+                                        block=settings.get("block_samples"))
+        how = "ratio of medians, independent block bootstrap"
     limit = 1 + lp["tolerance"]
     passed = not ci[0] > limit
     why = "interval lies wholly above" if not passed else ("interval reaches down to" if ci[1] > limit else "interval stays below")
-    row = _line("latency", name, passed, f"median ratio {ratio:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] ({np.median(cs):.3f} vs "
-                f"{np.median(bs):.3f} ms, {'paired' if paired else 'independent'} bootstrap); {why} {limit:.3f}")
+    row = _line("latency", name, passed, f"ratio {ratio:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] ({np.median(cs):.3f} vs "
+                f"{np.median(bs):.3f} ms; {how}); {why} {limit:.3f}")
     return row | {"ratio": ratio, "ci": ci, "limit": limit}
 
 
@@ -131,12 +138,53 @@ def _budgets(name, c, policy) -> list[dict]:
 
 def evaluate_gate(candidate: dict, baseline: dict, policy: dict, *, paired: bool = False) -> dict:
     checks = []
-    block = candidate.get("settings", {}).get("block_samples")  # ~1 s of rounds: the drift timescale
+    settings = candidate.get("settings", {})
     for c, b in pair_artifacts(candidate, baseline, policy["match"]):
         name = _key(c, policy["match"])
-        checks.append(_latency(name, c, b, policy, paired, block))
+        checks.append(_latency(name, c, b, policy, paired, settings))
         acc = _accuracy(name, c, b, policy)
         if acc:
             checks.append(acc)
         checks += _budgets(name, c, policy)
     return {"passed": all(x["passed"] for x in checks), "checks": checks, "paired": paired}
+
+
+def remeasure(candidate: dict, baseline: dict, policy: dict) -> tuple[dict, dict]:
+    """Run both sides again in one interleaved run; keep the (deterministic) accuracy figures."""
+    import contextlib
+    import copy
+
+    from .artifacts import open_artifacts
+    from .latency import measure_interleaved
+
+    candidate, baseline = copy.deepcopy(candidate), copy.deepcopy(baseline)
+    pairs = pair_artifacts(candidate, baseline, policy["match"])
+    with contextlib.ExitStack() as stack:
+        arts = []
+        for side, row in [("candidate", c) for c, _ in pairs] + [("baseline", b) for _, b in pairs]:
+            a = open_artifacts([row["path"]], threads=row["runtime"].get("threads") or 2, stack=stack)[0]
+            a.id = f"{side}:{row['id']}"
+            arts.append(a)
+        lat = measure_interleaved(arts, seconds=policy["remeasure"]["seconds"], warmup=policy["remeasure"]["warmup"])
+    for c, b in pairs:
+        c["latency"] = lat["artifacts"][f"candidate:{c['id']}"]
+        b["latency"] = lat["artifacts"][f"baseline:{b['id']}"]
+    candidate["settings"] = {k: v for k, v in lat.items() if k != "artifacts"}
+    return candidate, baseline
+
+
+def run_gate(candidate, baseline, policy_path, *, remeasure_both: bool = False, record_missing: bool = False) -> dict:
+    """Load the reports and the policy, optionally re-measure, and evaluate. Raises only usage errors."""
+    from pathlib import Path
+
+    from .report import load_report, save_baseline
+
+    policy = load_policy(policy_path)
+    cand = load_report(candidate) if not isinstance(candidate, dict) else candidate
+    if record_missing and not Path(baseline).exists():
+        save_baseline(cand, baseline)
+        return {"passed": True, "checks": [], "recorded_baseline": str(baseline)}
+    base = load_report(baseline)
+    if remeasure_both:
+        cand, base = remeasure(cand, base, policy)
+    return evaluate_gate(cand, base, policy, paired=remeasure_both)

@@ -10,7 +10,7 @@ import numpy as np
 from .._io import atomic_dir, atomic_write, read_json, write_json
 from ..errors import InputError
 
-__all__ = ["REPORT_SCHEMA", "assemble", "markdown", "write_report", "load_report"]
+__all__ = ["REPORT_SCHEMA", "assemble", "markdown", "write_report", "load_report", "save_baseline"]
 
 REPORT_SCHEMA = "factory.bench/1"
 
@@ -89,6 +89,30 @@ def write_report(report: dict, out: str | Path) -> Path:
         atomic_write(tmp / "report.md", markdown(report) + "\n")
         _plots(report, tmp)
     return Path(out)
+
+
+def save_baseline(report: dict, dest: str | Path) -> Path:
+    """A self-contained baseline folder: report.json plus a copy of every artifact it measured, so
+    `factory gate --remeasure` can run the baseline again next to a candidate, whatever happened to
+    the original files (a rebuild overwrites bundles of the same version)."""
+    import copy
+    import shutil
+
+    report = copy.deepcopy(report)
+    with atomic_dir(dest) as tmp:
+        for i, row in enumerate(report["artifacts"]):
+            src = Path(row["path"])
+            target = tmp / "artifacts" / f"{i:02d}-{''.join(ch if ch.isalnum() or ch in '-_.@' else '_' for ch in row['id'])}"
+            if src.is_dir():
+                shutil.copytree(src, target)
+            else:
+                target.mkdir(parents=True)
+                for f in [src, src.with_suffix(".bin")] if src.suffix == ".xml" else [src]:
+                    shutil.copy2(f, target / f.name)
+                target = target / src.name
+            row["path"] = str(Path(dest).resolve() / target.relative_to(tmp))
+        write_json(tmp / "report.json", report)
+    return Path(dest)
 
 
 def load_report(path: str | Path) -> dict:

@@ -79,6 +79,39 @@ def _run_batches(runner, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([runner(np.ascontiguousarray(x[i : i + batch])) for i in range(0, len(x), batch)])
 
 
+def _cached_export(backend, canonical, module, prune_facts, pruning, manifest_ds, work: Path, cache_dir: Path) -> Path:
+    """The backend's fp32 artifact, from the export cache when this exact export was made before.
+
+    Every precision of a target starts from the same fp32 export (a LiteRT conversion takes ~30 s),
+    so a recipe search converts once per (model, pruning, toolchain), not once per candidate.
+    """
+    import hashlib
+    import json
+    import shutil
+
+    from .._io import canonical_json
+    from .prune import PROCEDURE_VERSION
+
+    pruned = prune_facts["method"] != "none"
+    ident = {"backend": backend.name, "weights": canonical.card["files"]["weights"]["sha256"],
+             "pruning": pruning if pruned else None, "dataset": manifest_ds.dataset_hash if pruned else None,
+             "toolchain": package_versions(TOOLCHAIN), "procedure": PROCEDURE_VERSION}
+    cached = cache_dir / "exports" / hashlib.sha256(canonical_json(ident)).hexdigest()[:24]
+    if (cached / "export.json").is_file():
+        main = json.loads((cached / "export.json").read_text())["main"]
+        for f in cached.iterdir():
+            if f.name != "export.json":
+                shutil.copy2(f, work / f.name)
+        return work / main
+    onnx_path = export_onnx(module, work / "pruned.onnx", *canonical.input_hw) if pruned else canonical.onnx
+    artifact = backend.export(work, onnx_path=onnx_path, module_factory=lambda: module, input_hw=canonical.input_hw)
+    with atomic_dir(cached) as tmp:
+        for f in work.glob(f"{artifact.stem}.*"):
+            shutil.copy2(f, tmp / f.name)
+        (tmp / "export.json").write_text(json.dumps({"main": artifact.name, "ident": ident}))
+    return artifact
+
+
 def build(model_dir: str | Path, target: str, *, key_path: str | Path, data: str | None = None, out_root: str | Path = "bundles",
           version: str | None = None, targets_dir: str | Path | None = None, overrides: tuple[str, ...] = (),
           cache_dir: str | Path = ".factory/cache", track: bool = True) -> BuildResult:
@@ -111,10 +144,7 @@ def build(model_dir: str | Path, target: str, *, key_path: str | Path, data: str
     dest = bundle_dir(Path(out_root), canonical.card["name"], version, profile["name"])
     with tempfile.TemporaryDirectory(prefix="factory-build-") as work_dir, atomic_dir(dest) as out:
         work = Path(work_dir)
-        onnx_path = canonical.onnx
-        if prune_facts["method"] != "none":
-            onnx_path = export_onnx(module, work / "pruned.onnx", *hw)
-        artifact = backend.export(work, onnx_path=onnx_path, module_factory=lambda: module, input_hw=hw)
+        artifact = _cached_export(backend, canonical, module, prune_facts, recipe["pruning"], manifest_ds, work, Path(cache_dir))
         stage("export")
         calibration, quant_facts = None, {}
         if precision != "fp32":

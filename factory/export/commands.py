@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..errors import ValidationError
@@ -40,7 +42,13 @@ def build_table(results) -> str:
 @click.option("--cache-dir", default=".factory/cache", show_default=True, type=click.Path(file_okay=False), help="Cache for pruned, fine-tuned models.")
 @click.option("--no-track", is_flag=True, help="Do not log the build to MLflow.")
 @click.option("--report-dir", default=None, type=click.Path(file_okay=False), help="Also write REPORT_DIR/<target>.json with the headline figures.")
-def build_cmd(targets, model_dir, data, key_path, out_root, version, precision, prune, overrides, targets_dir, cache_dir, no_track, report_dir) -> None:
+@click.option("--search", "do_search", is_flag=True, help="Search the profile's recipe space and keep the fastest bundle within budget.")
+@click.option("--budget-minutes", default=None, type=float, help="With --search: stop building new candidates after this long.")
+@click.option("--remeasure", is_flag=True, help="With --search: benchmark the candidates again even if nothing changed.")
+@click.option("--search-dir", default="reports/search", show_default=True, type=click.Path(file_okay=False),
+              help="With --search: where the Pareto report goes (<dir>/<target>/search.{md,json}, pareto.png).")
+def build_cmd(targets, model_dir, data, key_path, out_root, version, precision, prune, overrides, targets_dir, cache_dir, no_track,
+              report_dir, do_search, budget_minutes, remeasure, search_dir) -> None:
     """Build a verified, signed bundle of the canonical model for each --target.
 
     \b
@@ -56,10 +64,20 @@ def build_cmd(targets, model_dir, data, key_path, out_root, version, precision, 
     The profile's budgets decide pass or fail; a failing bundle is still written (with
     validation.passed: false) and the command exits 1. Prints a Markdown table.
 
+    With --search, every candidate of the profile's search space (precision x pruning x threads...)
+    is built (or taken from the cache), validated and benchmarked together; the fastest one within
+    the budgets becomes the bundle, with the whole search in its manifest and a Pareto report.
+
     Example: factory build --target tflite --target cpu --precision int8-static
+             factory build --target cpu --search --budget-minutes 10
     """
     from .build import build
 
+    if do_search:
+        if precision or prune or overrides:
+            raise click.UsageError("--search explores the profile's search.space; do not combine it with --precision/--prune/--set")
+        _search(targets, model_dir, data, key_path, out_root, version, targets_dir, cache_dir, no_track, search_dir, budget_minutes, remeasure)
+        return
     extra = list(overrides)
     if precision:
         extra.append(f"recipe.precision={precision}")
@@ -95,3 +113,13 @@ def targets_cmd(targets_dir) -> None:
         caps = get_backend(p["backend"]).capabilities
         click.echo(f"{name:12s} {p['backend']:12s} {p['recipe']['precision']:16s} supports: {', '.join(caps.precisions)}"
                    f"   {p['description']}")
+
+
+def _search(targets, model_dir, data, key_path, out_root, version, targets_dir, cache_dir, no_track, search_dir, budget_minutes, remeasure):
+    from .search import search, search_markdown
+
+    for t in targets:
+        summary = search(model_dir, t, key_path=key_path, data=data, out_root=out_root, targets_dir=targets_dir, cache_dir=cache_dir,
+                         report_dir=search_dir, budget_minutes=budget_minutes, remeasure=remeasure, version=version, track=not no_track)
+        click.echo(search_markdown(summary))
+        click.echo(f"{summary['bundle']}  ({Path(summary['archive']).name}); report {summary['report']}/search.md, pareto.png")

@@ -46,6 +46,13 @@ PROFILE_SCHEMA = {
         },
     },
     "runtime": Key(dict, {}, "backend runtime options (threads, graph optimization...)"),
+    "search": {
+        "objective": Key(str, "p50_latency", "what the search minimizes among candidates within budget",
+                         choices=["p50_latency", "p95_latency", "size"]),
+        "space": Key(dict, {}, "override key -> candidate values, e.g. recipe.precision: [fp32, int8-static]"),
+        "bench_seconds": Key(float, 30.0, "interleaved benchmark of all candidates together"),
+        "budget_minutes": Key(float, 15.0, "stop building new candidates after this long"),
+    },
     "budgets": {
         "max_accuracy_drop_pt": Key(float, 1.0, "top-1 drop vs the canonical model on the test split, in points"),
         "min_top1_agreement": Key(float, 0.0, "share of test images where the artifact and canonical agree"),

@@ -1,0 +1,109 @@
+"""``factory device run`` and ``factory fleet simulate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+__all__ = ["device", "fleet"]
+
+
+@click.group()
+def device() -> None:
+    """Run the device agent (pull, verify, swap, infer, report)."""
+
+
+@device.command("run")
+@click.option("--registry", "url", default=None, help="Registry URL [default: $FACTORY_REGISTRY_URL].")
+@click.option("--token", default=None, help="Device token [default: $FACTORY_REGISTRY_TOKEN].")
+@click.option("--device-id", required=True)
+@click.option("--target", required=True, help="The device's target (cpu, openvino, tflite...).")
+@click.option("--model", default="id-docs", show_default=True)
+@click.option("--tags", default="", help="Comma-separated device tags, e.g. region-eu,shop-12.")
+@click.option("--source", required=True, help="Frames: a folder of images, a video file, or camera:0.")
+@click.option("--trusted-key", required=True, type=click.Path(exists=True, dir_okay=False), help="Public key bundles must be signed with.")
+@click.option("--state-dir", default=None, type=click.Path(file_okay=False), help="[default: ~/.factory-device/<device-id>]")
+@click.option("--window-seconds", default=60, show_default=True)
+@click.option("--poll-seconds", default=30.0, show_default=True)
+@click.option("--frames", "max_frames", default=None, type=int, help="Stop after this many frames (default: run forever).")
+@click.option("--fps", default=None, type=float, help="Limit the frame rate.")
+def run_cmd(url, token, device_id, target, model, tags, source, trusted_key, state_dir, window_seconds, poll_seconds, max_frames, fps) -> None:
+    """Serve a model on this device and keep it up to date.
+
+    Polls its assignment (ETag-aware), downloads the bundle (resumable), verifies sha256 and the
+    signature against --trusted-key, unpacks safely, swaps the active model atomically and keeps the
+    previous one. Runs inference on --source with the bundle's preprocessing and uploads compact
+    telemetry per window (buffered on disk while offline; retried with backoff; idempotent). If the
+    registry is unreachable or a new bundle fails to verify or load, the old model keeps serving.
+    """
+    import time
+
+    from ..bundle.signing import load_public_key
+    from ..registry.client import RegistryClient
+    from .agent import Agent
+    from .sources import frames
+
+    state = Path(state_dir or Path.home() / ".factory-device" / device_id)
+    client = RegistryClient(url, token)
+    agent = Agent(client, model=model, device_id=device_id, target=target, tags=[t for t in tags.split(",") if t], state_dir=state,
+                  bundle_key=load_public_key(trusted_key), window_seconds=window_seconds)
+    click.echo(f"device {device_id} ({target}) state in {state}; first poll: {agent.sync()}", err=True)
+
+    def paced():
+        for f in frames(source):
+            if fps:
+                time.sleep(1 / fps)
+            yield f
+
+    counts = agent.run(paced(), poll_seconds=poll_seconds, max_frames=max_frames)
+    click.echo(json.dumps(counts | {"release": agent.release_key, "last_error": agent.last_error}))
+
+
+@click.group()
+def fleet() -> None:
+    """Simulate device fleets against a registry."""
+
+
+@fleet.command("simulate")
+@click.option("--registry", "url", default=None)
+@click.option("--token", default=None, help="An admin token (the simulator also asks the monitor to evaluate).")
+@click.option("--devices", default=100, show_default=True)
+@click.option("--targets", default="cpu,tflite", show_default=True)
+@click.option("--model", default="id-docs", show_default=True)
+@click.option("--windows", default=10, show_default=True)
+@click.option("--window-seconds", default=60, show_default=True, help="Must match the registry's telemetry.window_seconds.")
+@click.option("--inferences", default=20, show_default=True, help="Inferences per device per window.")
+@click.option("--images", "image_dir", required=True, type=click.Path(exists=True), help="Dataset (manifest folder): its test images feed the devices.")
+@click.option("--via", type=click.Choice(["service", "manifest"]), default="service", show_default=True,
+              help="Ask the service per device, or compute assignments from the signed static manifest.")
+@click.option("--slow-release", default=None, help="Version whose latency is multiplied by --slowdown.")
+@click.option("--slowdown", default=1.3, show_default=True)
+@click.option("--dark-release", default=None, help="Version whose devices see darker inputs (drift).")
+@click.option("--dark-share", default=0.0, show_default=True, help="Share of devices that see darker inputs.")
+@click.option("--fail-share", default=0.0, show_default=True, help="Share of devices whose inferences fail half the time.")
+@click.option("--retry-share", default=0.0, show_default=True, help="Share of uploads sent twice (must not count twice).")
+@click.option("--cache", default=".factory/fleet-cache", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the per-window history as JSON.")
+def simulate_cmd(url, token, devices, targets, model, windows, window_seconds, inferences, image_dir, via, slow_release, slowdown,
+                 dark_release, dark_share, fail_share, retry_share, cache, out) -> None:
+    """Run N simulated devices that pull and report; print what the fleet ran and what the monitor decided."""
+    from .._io import write_json
+    from ..registry.client import RegistryClient
+    from .simulate import Fleet, Knobs, load_images
+
+    knobs = Knobs(slow_release=slow_release, slowdown=slowdown, dark_release=dark_release, dark_share=dark_share,
+                  fail_share=fail_share, retry_share=retry_share)
+    with RegistryClient(url, token) as client:
+        sim = Fleet(client, model=model, devices=devices, targets=targets.split(","), knobs=knobs, images=load_images(image_dir),
+                    cache=Path(cache), window_seconds=window_seconds)
+
+        def show(row):
+            running = ", ".join(f"{k.split('/')[1]}x{v}" for k, v in sorted(row["running"].items()))
+            acts = "; ".join(f"{d['action']} {d['rollout']}" for d in row["decisions"])
+            click.echo(f"window {row['window'] + 1}: running {running}; uploaded {row['uploaded']}{'; ' + acts if acts else ''}")
+
+        history = sim.simulate(windows, inferences=inferences, via=via, on_window=show)
+    if out:
+        write_json(out, history)

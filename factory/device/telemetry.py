@@ -1,0 +1,155 @@
+"""On-device telemetry: compact, mergeable summaries per device per window. Never raw images.
+
+A summary is counts only: inferences, errors, and fixed-bucket histograms of latency (log-spaced),
+top-1 confidence, predicted class and input brightness/contrast. Bucket edges are protocol constants
+(:mod:`factory.monitor.stats`), so any two summaries of a release merge by adding counts. Each
+summary carries an idempotency key: a retried upload is stored once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InputError
+from ..monitor.stats import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, LATENCY_EDGES_MS, histogram
+
+__all__ = ["SCHEMA", "HISTOGRAMS", "Window", "validate_summary", "merge", "percentile_from_hist"]
+
+SCHEMA = "factory.telemetry/1"
+HISTOGRAMS = {"latency_ms": LATENCY_EDGES_MS, "confidence": CONFIDENCE_EDGES, "brightness": BRIGHTNESS_EDGES, "contrast": CONTRAST_EDGES}
+_ID = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
+
+
+@dataclass
+class Window:
+    """Accumulates one window of inferences on a device."""
+
+    device_id: str
+    target: str
+    tags: list[str]
+    release: dict  # {name, version, target}
+    n_classes: int
+    start: float = field(default_factory=time.time)
+    seconds: int = 60
+    count: int = 0
+    errors: int = 0
+    latency: list[float] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)
+    brightness: list[float] = field(default_factory=list)
+    contrast: list[float] = field(default_factory=list)
+
+    def add(self, latency_ms: float, probs: np.ndarray | None, stats: tuple[float, float]) -> None:
+        self.count += 1
+        self.brightness.append(stats[0])
+        self.contrast.append(stats[1])
+        if probs is None:
+            self.errors += 1
+            return
+        self.latency.append(latency_ms)
+        self.confidence.append(float(probs.max()))
+        self.classes.append(int(probs.argmax()))
+
+    def summary(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "idempotency_key": f"{self.device_id}:{int(self.start * 1000)}:{uuid.uuid4().hex[:12]}",
+            "device_id": self.device_id, "target": self.target, "tags": list(self.tags), "release": self.release,
+            "window": {"start": self.start, "seconds": self.seconds},
+            "count": self.count, "errors": self.errors,
+            "latency_ms": histogram(self.latency, LATENCY_EDGES_MS),
+            "confidence": histogram(self.confidence, CONFIDENCE_EDGES),
+            "predicted_class": np.bincount(np.asarray(self.classes, int), minlength=self.n_classes).astype(int).tolist(),
+            "brightness": histogram(self.brightness, BRIGHTNESS_EDGES),
+            "contrast": histogram(self.contrast, CONTRAST_EDGES),
+        }
+
+
+def _counts(v, n: int | None, where: str) -> list[int]:
+    if not isinstance(v, list) or (n is not None and len(v) != n) or len(v) > 4096:
+        raise InputError(f"{where} must be a list of {n if n is not None else 'at most 4096'} counts")
+    if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 10**9 for x in v):
+        raise InputError(f"{where} must hold non-negative integer counts")
+    return v
+
+
+def validate_summary(s: object, *, max_bytes: int = 65536, now: float | None = None, max_age_days: float = 7) -> dict:
+    """Check a summary's shape and internal consistency; raise InputError (-> 4xx) saying what is wrong."""
+    if not isinstance(s, dict):
+        raise InputError("a telemetry summary is a JSON object")
+    if len(json.dumps(s)) > max_bytes:
+        raise InputError(f"summary larger than {max_bytes} bytes")
+    if s.get("schema") != SCHEMA:
+        raise InputError(f"schema must be {SCHEMA!r}")
+    for k in ("idempotency_key", "device_id", "target"):
+        v = s.get(k)
+        if not isinstance(v, str) or not 0 < len(v) <= 200 or not set(v) <= _ID:
+            raise InputError(f"{k} must be 1-200 characters of [A-Za-z0-9._:-]")
+    rel = s.get("release")
+    if not isinstance(rel, dict) or not all(isinstance(rel.get(k), str) and rel.get(k) for k in ("name", "version", "target")):
+        raise InputError("release must be {name, version, target}")
+    tags = s.get("tags", [])
+    if not isinstance(tags, list) or len(tags) > 50 or not all(isinstance(t, str) and len(t) <= 100 for t in tags):
+        raise InputError("tags must be a list of at most 50 short strings")
+    w = s.get("window")
+    if not isinstance(w, dict) or not isinstance(w.get("start"), (int, float)) or not isinstance(w.get("seconds"), int):
+        raise InputError("window must be {start: epoch seconds, seconds: int}")
+    now = time.time() if now is None else now
+    if not (now - max_age_days * 86400 <= w["start"] <= now + 300) or not 1 <= w["seconds"] <= 86400 or not math.isfinite(w["start"]):
+        raise InputError("window start is in the future or too old, or its length is out of range")
+    count, errors = s.get("count"), s.get("errors")
+    if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 10**9 for x in (count, errors)) or errors > count:
+        raise InputError("count and errors must be integers with 0 <= errors <= count")
+    ok = count - errors
+    for name, edges in HISTOGRAMS.items():
+        _counts(s.get(name), len(edges) - 1, name)
+    if sum(s["latency_ms"]) != ok or sum(s["confidence"]) != ok:
+        raise InputError("latency and confidence histograms must count every successful inference")
+    if sum(s["brightness"]) != count or sum(s["contrast"]) != count:
+        raise InputError("input histograms must count every inference")
+    if sum(_counts(s.get("predicted_class"), None, "predicted_class")) != ok:
+        raise InputError("predicted_class must count every successful inference")
+    return s
+
+
+def merge(summaries: list[dict]) -> dict:
+    """Add up summaries of one release: counts and histograms merge exactly."""
+    out = {"count": 0, "errors": 0, "devices": set()} | {k: np.zeros(len(e) - 1, np.int64) for k, e in HISTOGRAMS.items()}
+    classes = None
+    for s in summaries:
+        out["count"] += s["count"]
+        out["errors"] += s["errors"]
+        out["devices"].add(s["device_id"])
+        for k in HISTOGRAMS:
+            out[k] += np.asarray(s[k], np.int64)
+        pc = np.asarray(s["predicted_class"], np.int64)
+        if classes is None:
+            classes = pc.copy()
+        else:
+            if pc.size > classes.size:
+                classes = np.pad(classes, (0, pc.size - classes.size))
+            classes[: pc.size] += pc
+    out["predicted_class"] = classes if classes is not None else np.zeros(0, np.int64)
+    out["devices"] = len(out["devices"])
+    return out
+
+
+def percentile_from_hist(counts, edges, q: float) -> float | None:
+    """Percentile from a histogram (linear within the bucket)."""
+    counts = np.asarray(counts, np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return None
+    target = q / 100 * total
+    cum = np.cumsum(counts)
+    i = int(np.searchsorted(cum, target))
+    i = min(i, len(counts) - 1)
+    before = cum[i - 1] if i else 0.0
+    frac = (target - before) / counts[i] if counts[i] else 0.0
+    return float(edges[i] + frac * (edges[i + 1] - edges[i]))

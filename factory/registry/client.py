@@ -1,0 +1,160 @@
+"""A small HTTP client for the registry, used by the CLI and by device agents.
+
+``local=True`` (``factory ... --local``) runs the registry app in-process on the local database and
+blob store instead of talking to a server: one machine, no service to start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from ..errors import FactoryError, InputError
+
+__all__ = ["RegistryError", "Unreachable", "RegistryClient", "default_url"]
+
+
+class RegistryError(InputError):
+    """The registry refused a request (4xx); the message is the server's reason."""
+
+    def __init__(self, status: int, detail: str, hint: str | None = None):
+        super().__init__(f"registry said {status}: {detail}", hint=hint)
+        self.status = status
+
+
+class Unreachable(FactoryError):
+    """The registry could not be reached (network, DNS, refused, timeout)."""
+
+
+def default_url() -> str:
+    return os.environ.get("FACTORY_REGISTRY_URL", "http://127.0.0.1:8700")
+
+
+class RegistryClient:
+    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0, local_settings: dict | None = None):
+        import httpx
+
+        self.token = token or os.environ.get("FACTORY_REGISTRY_TOKEN")
+        self._local_token_name = None
+        if local_settings is not None:
+            from fastapi.testclient import TestClient
+
+            from .app import create_app
+            from .auth import create_token
+
+            app = create_app(local_settings)
+            self._local_token_name = f"local-cli-{os.getpid()}"
+            with app.state.engine.begin() as conn:
+                self.token = create_token(conn, self._local_token_name, "admin")
+            self._engine = app.state.engine
+            self._http = TestClient(app, base_url="http://local")
+        else:
+            self._http = httpx.Client(base_url=(url or default_url()).rstrip("/"), timeout=timeout)
+
+    def close(self) -> None:
+        if self._local_token_name:
+            from .auth import revoke_token
+
+            with self._engine.begin() as conn:
+                revoke_token(conn, self._local_token_name)
+        self._http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _headers(self, extra: dict | None = None) -> dict:
+        h = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return h | (extra or {})
+
+    def request(self, method: str, path: str, *, ok=(200, 201, 206, 304), **kw):
+        import httpx
+
+        try:
+            r = self._http.request(method, path, headers=self._headers(kw.pop("headers", None)), **kw)
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"registry at {self._http.base_url} is unreachable: {exc}",
+                              hint="is `factory registry serve` running? set --registry or FACTORY_REGISTRY_URL") from None
+        if r.status_code not in ok:
+            try:
+                body = r.json()
+                detail, hint = body.get("detail"), body.get("hint")
+            except ValueError:
+                detail, hint = r.text[:300], None
+            raise RegistryError(r.status_code, detail if isinstance(detail, str) else str(detail), hint)
+        return r
+
+    # ---- releases
+    def publish(self, archive: Path, allow_failed: bool = False) -> dict:
+        with open(archive, "rb") as f:
+            return self.request("POST", "/v1/releases", content=f.read(), params={"allow_failed": str(allow_failed).lower()},
+                                headers={"Content-Type": "application/gzip"}).json()
+
+    def releases(self, name: str | None = None) -> list[dict]:
+        return self.request("GET", "/v1/releases", params={"name": name} if name else None).json()
+
+    # ---- rollouts
+    def create_rollout(self, plan: dict) -> dict:
+        return self.request("POST", "/v1/rollouts", json=plan).json()
+
+    def rollout(self, name: str) -> dict:
+        return self.request("GET", f"/v1/rollouts/{name}").json()
+
+    def rollouts(self) -> list[dict]:
+        return self.request("GET", "/v1/rollouts").json()
+
+    def act(self, name: str, action: str, reason: str = "") -> dict:
+        return self.request("POST", f"/v1/rollouts/{name}/{action}", json={"reason": reason}).json()
+
+    def audit(self, rollout: str | None = None, limit: int = 200) -> list[dict]:
+        params = {"limit": limit} | ({"rollout": rollout} if rollout else {})
+        return self.request("GET", "/v1/audit", params=params).json()
+
+    def fleet_manifest(self) -> dict:
+        return self.request("GET", "/v1/fleet-manifest").json()
+
+    # ---- devices
+    def assignment(self, model: str, device_id: str, target: str, tags: list[str], etag: str | None = None):
+        headers = {"If-None-Match": etag} if etag else None
+        r = self.request("GET", "/v1/assignment", params={"model": model, "device_id": device_id, "target": target,
+                                                         "tags": ",".join(tags)}, headers=headers)
+        return (None if r.status_code == 304 else r.json()), r.headers.get("ETag")
+
+    def download(self, url: str, dest: Path, sha256: str, size: int | None = None) -> Path:
+        """Resumable download: bytes already in ``dest.part`` are kept and the rest is fetched with a
+        Range request; the sha256 of the whole file is checked before it is renamed to ``dest``."""
+        import httpx
+        from urllib.parse import urlsplit
+
+        part = dest.with_name(dest.name + ".part")
+        have = part.stat().st_size if part.exists() else 0
+        if size is not None and have > size:
+            part.unlink()
+            have = 0
+        if size is None or have < size:
+            headers = self._headers({"Range": f"bytes={have}-"} if have else None)
+            try:
+                with self._http.stream("GET", urlsplit(url).path, headers=headers) as r:
+                    if r.status_code not in (200, 206):
+                        r.read()
+                        raise RegistryError(r.status_code, r.text[:300])
+                    with open(part, "ab" if r.status_code == 206 else "wb") as f:
+                        for chunk in r.iter_bytes(1 << 16):
+                            f.write(chunk)
+            except httpx.HTTPError as exc:
+                raise Unreachable(f"download of {url} was interrupted: {exc}", hint="the next attempt resumes where it stopped") from None
+        h = hashlib.sha256()
+        with open(part, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != sha256:
+            part.unlink(missing_ok=True)
+            raise InputError(f"downloaded bundle has sha256 {h.hexdigest()[:16]}..., expected {sha256[:16]}...; discarded")
+        part.replace(dest)
+        return dest
+
+    def post_telemetry(self, summary: dict) -> dict:
+        return self.request("POST", "/v1/telemetry", json=summary, ok=(200, 201)).json()

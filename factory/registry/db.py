@@ -1,0 +1,147 @@
+"""Registry metadata in SQL (SQLite by default, PostgreSQL at scale) via SQLAlchemy Core.
+
+Tables: releases, tokens (hashed), rollouts, stable (the release each model/target runs outside
+rollouts), audit (append-only: the code only ever inserts), state (a version counter bumped on every
+change, so replicas know when to refresh their cached fleet state), devices and telemetry.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+
+__all__ = ["metadata", "releases", "tokens", "rollouts", "stable", "audit", "state", "devices", "telemetry",
+           "engine_for", "now", "bump_state", "state_version", "add_audit", "dumps"]
+
+metadata = sa.MetaData()
+
+releases = sa.Table(
+    "releases", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("version", sa.String(100), nullable=False),
+    sa.Column("target", sa.String(100), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("storage_key", sa.String(400), nullable=False),
+    sa.Column("manifest", sa.Text, nullable=False),
+    sa.Column("published_at", sa.String(40), nullable=False),
+    sa.Column("published_by", sa.String(200), nullable=False),
+    sa.UniqueConstraint("name", "version", "target", name="uq_release"),
+)
+
+tokens = sa.Table(
+    "tokens", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+)
+
+rollouts = sa.Table(
+    "rollouts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("plan", sa.Text, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("stage", sa.Integer, nullable=False),
+    sa.Column("stage_started_at", sa.String(40), nullable=False),
+    sa.Column("releases", sa.Text, nullable=False),  # target -> release key
+    sa.Column("previous", sa.Text, nullable=False),  # target -> release key devices fall back to
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+stable = sa.Table(
+    "stable", metadata,
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("target", sa.String(100), primary_key=True),
+    sa.Column("release_key", sa.String(500), nullable=False),
+)
+
+audit = sa.Table(
+    "audit", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("ts", sa.String(40), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(100), nullable=False),
+    sa.Column("rollout", sa.String(200)),
+    sa.Column("detail", sa.Text, nullable=False),
+)
+
+state = sa.Table(
+    "state", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+
+devices = sa.Table(
+    "devices", metadata,
+    sa.Column("device_id", sa.String(200), primary_key=True),
+    sa.Column("target", sa.String(100), nullable=False),
+    sa.Column("tags", sa.Text, nullable=False),
+    sa.Column("last_seen", sa.String(40), nullable=False),
+    sa.Column("current", sa.String(500)),
+)
+
+telemetry = sa.Table(
+    "telemetry", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=False, unique=True),
+    sa.Column("device_id", sa.String(200), nullable=False, index=True),
+    sa.Column("release_key", sa.String(500), nullable=False, index=True),
+    sa.Column("rollout", sa.String(200), index=True),
+    sa.Column("stage", sa.Integer),
+    sa.Column("window_start", sa.Float, nullable=False, index=True),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("summary", sa.Text, nullable=False),
+)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def engine_for(url: str) -> sa.Engine:
+    """An engine with the tables created; SQLite gets WAL mode and a busy timeout for concurrency."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(conn, _record):  # pragma: no cover - exercised through the engine
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        if conn.execute(sa.select(state.c.version).where(state.c.id == 1)).first() is None:
+            conn.execute(state.insert().values(id=1, version=0))
+    return engine
+
+
+def bump_state(conn) -> None:
+    conn.execute(state.update().where(state.c.id == 1).values(version=state.c.version + 1))
+
+
+def state_version(conn) -> int:
+    return int(conn.execute(sa.select(state.c.version).where(state.c.id == 1)).scalar_one())
+
+
+def add_audit(conn, actor: str, action: str, rollout: str | None, detail: dict) -> None:
+    conn.execute(audit.insert().values(ts=now(), actor=actor, action=action, rollout=rollout, detail=dumps(detail)))

@@ -1,0 +1,171 @@
+"""Rollout plans and their life cycle. Every decision is an append-only audit entry.
+
+    active --advance--> active (next stage) ... --advance at 100%--> completed (becomes stable)
+    active <--pause/resume--> paused
+    active|paused --halt (health)--> halted (everyone on the previous release; resume or roll back)
+    active|paused|halted --rollback--> rolled_back (everyone on the previous release)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import sqlalchemy as sa
+
+from ..config import Key, load_yaml, validate
+from ..errors import ConfigError, InputError
+from . import db
+
+__all__ = ["PLAN_SCHEMA", "load_plan", "check_plan", "create", "transition", "get", "RolloutConflict", "NotFound"]
+
+
+class RolloutConflict(InputError):
+    """The request conflicts with the current state (HTTP 409)."""
+
+
+class NotFound(InputError):
+    """No such release or rollout (HTTP 404)."""
+
+
+def _stages(v) -> str | None:
+    if not isinstance(v, list) or not v:
+        return "must be a non-empty list of {percent, min_duration_minutes, min_devices_reporting}"
+    last = 0.0
+    for i, st in enumerate(v):
+        if not isinstance(st, dict) or not isinstance(st.get("percent"), (int, float)):
+            return f"stage {i + 1} needs a percent"
+        unknown = set(st) - {"percent", "min_duration_minutes", "min_devices_reporting"}
+        if unknown:
+            return f"stage {i + 1} has unknown keys {sorted(unknown)}"
+        if not last < st["percent"] <= 100:
+            return f"stage {i + 1}: percents must increase within (0, 100]"
+        last = st["percent"]
+    return None if last == 100 else "the last stage must reach 100 percent"
+
+
+PLAN_SCHEMA = {
+    "name": Key(str, help="unique rollout name, e.g. id-docs-0.1.1"),
+    "release": {"name": Key(str, help="model name"), "version": Key(str, help="release version")},
+    "cohort": {
+        "targets": Key(list, [], "device targets (default: every target the release has)"),
+        "tags": Key(list, [], "devices must carry all of these tags"),
+        "devices": Key(list, [], "explicit device ids, always included"),
+        "exclude": Key(list, [], "device ids never included"),
+    },
+    "stages": Key(list, help="[{percent, min_duration_minutes, min_devices_reporting}], last at 100", check=_stages),
+    "health": {
+        "max_error_rate": Key(float, 0.02, "share of inferences that failed"),
+        "max_latency_p95_ratio": Key(float, 1.25, "device p95 / the bundle's measured p95, new vs previous release"),
+        "max_psi": Key(float, 0.25, "population stability index of inputs and predictions vs the reference profile"),
+        "max_js": Key(float, 0.1, "Jensen-Shannon divergence of predicted classes vs the reference"),
+        "min_inferences": Key(int, 50, "inferences a window needs before it is judged"),
+        "windows_to_halt": Key(int, 2, "consecutive unhealthy windows before the stage is halted"),
+        "auto_advance": Key(bool, True),
+        "auto_rollback": Key(bool, True),
+    },
+}
+
+
+def check_plan(plan: dict, source: str = "rollout plan") -> dict:
+    out = validate(plan, PLAN_SCHEMA, source)
+    for st in out["stages"]:
+        st.setdefault("min_duration_minutes", 0)
+        st.setdefault("min_devices_reporting", 0)
+    return out
+
+
+def load_plan(path) -> dict:
+    return check_plan(load_yaml(path), str(path))
+
+
+def _row_to_dict(r) -> dict:
+    return {"name": r.name, "model": r.model, "plan": json.loads(r.plan), "status": r.status, "stage": r.stage,
+            "stage_started_at": r.stage_started_at, "releases": json.loads(r.releases), "previous": json.loads(r.previous),
+            "created_at": r.created_at, "updated_at": r.updated_at}
+
+
+def get(conn, name: str) -> dict:
+    r = conn.execute(sa.select(db.rollouts).where(db.rollouts.c.name == name)).first()
+    if r is None:
+        raise NotFound(f"no rollout named {name!r}")
+    return _row_to_dict(r)
+
+
+def create(conn, plan: dict, actor: str) -> dict:
+    plan = check_plan(plan)
+    model, version = plan["release"]["name"], plan["release"]["version"]
+    if conn.execute(sa.select(db.rollouts.c.id).where(db.rollouts.c.name == plan["name"])).first():
+        raise RolloutConflict(f"a rollout named {plan['name']!r} already exists")
+    rows = conn.execute(sa.select(db.releases.c.target).where(db.releases.c.name == model, db.releases.c.version == version)).all()
+    available = sorted(r.target for r in rows)
+    targets = plan["cohort"]["targets"] or available
+    missing = sorted(set(targets) - set(available))
+    if not available or missing:
+        raise NotFound(f"release {model} {version} has no bundle for target(s) {missing or targets}; published: {available}",
+                       hint="publish the bundles first: factory release publish BUNDLE")
+    for r in conn.execute(sa.select(db.rollouts).where(db.rollouts.c.model == model, db.rollouts.c.status.in_(("active", "paused", "halted")))).all():
+        overlap = set(json.loads(r.releases)) & set(targets)
+        if overlap:
+            raise RolloutConflict(f"rollout {r.name!r} is still {r.status} for target(s) {sorted(overlap)}",
+                                  hint="complete or roll it back first")
+    stable = {r.target: r.release_key for r in conn.execute(sa.select(db.stable).where(db.stable.c.model == model)).all()}
+    releases = {t: f"{model}/{version}/{t}" for t in targets}
+    previous = {t: stable[t] for t in targets if t in stable and stable[t] != releases[t]}
+    ts = db.now()
+    conn.execute(db.rollouts.insert().values(
+        name=plan["name"], model=model, plan=db.dumps(plan), status="active", stage=0, stage_started_at=ts,
+        releases=db.dumps(releases), previous=db.dumps(previous), created_at=ts, updated_at=ts))
+    db.add_audit(conn, actor, "rollout.create", plan["name"], {"release": f"{model} {version}", "targets": targets,
+                                                              "previous": previous, "stage": plan["stages"][0]})
+    db.bump_state(conn)
+    return get(conn, plan["name"])
+
+
+_ALLOWED = {
+    "advance": ("active", "paused"),
+    "pause": ("active",),
+    "resume": ("paused", "halted"),
+    "halt": ("active", "paused"),
+    "rollback": ("active", "paused", "halted"),
+}
+
+
+def transition(conn, name: str, action: str, actor: str, reason: str = "", evidence: dict | None = None) -> dict:
+    """Apply ``action`` (advance | pause | resume | halt | rollback) and write the audit entry."""
+    if action not in _ALLOWED:
+        raise ConfigError(f"unknown rollout action {action!r}; valid: {', '.join(_ALLOWED)}")
+    r = get(conn, name)
+    if r["status"] not in _ALLOWED[action]:
+        raise RolloutConflict(f"cannot {action} rollout {name!r}: it is {r['status']}")
+    ts = db.now()
+    values: dict = {"updated_at": ts}
+    detail: dict = {"reason": reason, "from_status": r["status"], "from_stage": r["stage"]}
+    if evidence:
+        detail["evidence"] = evidence
+    event = f"rollout.{action}"
+    if action == "advance":
+        last = len(r["plan"]["stages"]) - 1
+        if r["stage"] < last:
+            values |= {"stage": r["stage"] + 1, "stage_started_at": ts, "status": "active"}
+            detail["to_stage"] = r["stage"] + 1
+            detail["percent"] = r["plan"]["stages"][r["stage"] + 1]["percent"]
+        else:
+            values |= {"status": "completed"}
+            event = "rollout.complete"
+            for target, key in r["releases"].items():
+                conn.execute(db.stable.delete().where(db.stable.c.model == r["model"], db.stable.c.target == target))
+                conn.execute(db.stable.insert().values(model=r["model"], target=target, release_key=key))
+            detail["stable"] = r["releases"]
+    else:
+        values["status"] = {"pause": "paused", "resume": "active", "halt": "halted", "rollback": "rolled_back"}[action]
+        if action == "resume":
+            values["stage_started_at"] = ts
+    conn.execute(db.rollouts.update().where(db.rollouts.c.name == name).values(**values))
+    db.add_audit(conn, actor, event, name, detail)
+    db.bump_state(conn)
+    return get(conn, name)
+
+
+def salt_for(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:16]

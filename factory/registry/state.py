@@ -1,0 +1,115 @@
+"""The fleet state (what :func:`factory.registry.assign.assign` reads) and its signed static form.
+
+A static rollout manifest is the fleet state signed with the fleet key:
+``{"payload": {...state...}, "signature": {"algorithm", "key_id", "signature"}}``. A device verifies
+it with its own trusted fleet key and refuses one that is unsigned, signed by another key, or older
+(a lower ``sequence``) than the manifest it already accepted: no rollback attacks through stale
+copies on a CDN.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import sqlalchemy as sa
+
+from .._io import canonical_json
+from ..errors import SignatureError
+from . import db
+from .assign import ACTIVE
+from .rollouts import salt_for
+
+__all__ = ["STATE_SCHEMA", "MANIFEST_SCHEMA", "build_state", "StateCache", "sign_state", "verify_state"]
+
+STATE_SCHEMA = "factory.fleet-state/1"
+MANIFEST_SCHEMA = "factory.rollout-manifest/1"
+
+
+def _release_entry(r, public_url: str) -> dict:
+    return {"name": r.name, "version": r.version, "target": r.target, "sha256": r.sha256, "size": int(r.size),
+            "url": f"{public_url.rstrip('/')}/v1/releases/{r.name}/{r.version}/{r.target}/bundle"}
+
+
+def build_state(conn, public_url: str) -> dict:
+    rollouts = []
+    needed: set[str] = set()
+    for r in conn.execute(sa.select(db.rollouts).where(db.rollouts.c.status.in_(ACTIVE)).order_by(db.rollouts.c.id)).all():
+        plan, rel, prev = json.loads(r.plan), json.loads(r.releases), json.loads(r.previous)
+        rollouts.append({"name": r.name, "model": r.model, "status": r.status, "stage": r.stage,
+                         "stage_started_at": r.stage_started_at, "stages": plan["stages"], "cohort": plan["cohort"],
+                         "salt": salt_for(r.name), "releases": rel, "previous": prev})
+        needed |= set(rel.values()) | set(prev.values())
+    stable = {f"{r.model}/{r.target}": r.release_key for r in conn.execute(sa.select(db.stable)).all()}
+    needed |= set(stable.values())
+    releases = {}
+    if needed:
+        for r in conn.execute(sa.select(db.releases)).all():
+            key = f"{r.name}/{r.version}/{r.target}"
+            if key in needed:
+                releases[key] = _release_entry(r, public_url)
+    return {"schema": STATE_SCHEMA, "sequence": db.state_version(conn), "issued_at": db.now(),
+            "releases": releases, "stable": stable, "rollouts": rollouts}
+
+
+class StateCache:
+    """A replica's cached fleet state, refreshed when the database's state version moves.
+
+    Assignment requests never touch the database more than once per ``ttl`` seconds, and a replica
+    sees another replica's change within ``ttl``.
+    """
+
+    def __init__(self, engine, public_url: str, ttl: float = 1.0):
+        self.engine, self.public_url, self.ttl = engine, public_url, ttl
+        self._state: dict | None = None
+        self._checked = 0.0
+
+    def get(self) -> dict:
+        now = time.monotonic()
+        if self._state is None or now - self._checked > self.ttl:
+            with self.engine.connect() as conn:
+                version = db.state_version(conn)
+                if self._state is None or version != self._state["sequence"]:
+                    self._state = build_state(conn, self.public_url)
+            self._checked = now
+        return self._state
+
+    def invalidate(self) -> None:
+        self._state = None
+
+
+def sign_state(state: dict, private_key) -> dict:
+    import base64
+
+    from ..bundle.signing import key_id
+
+    payload = canonical_json(state)
+    return {"schema": MANIFEST_SCHEMA, "payload": state,
+            "signature": {"algorithm": "ed25519", "key_id": key_id(private_key.public_key()),
+                          "signature": base64.b64encode(private_key.sign(payload)).decode()}}
+
+
+def verify_state(doc: dict, public_key, *, min_sequence: int | None = None) -> dict:
+    """Return the payload of a signed static manifest, or raise SignatureError saying why not."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+
+    from ..bundle.signing import key_id
+
+    if not isinstance(doc, dict) or doc.get("schema") != MANIFEST_SCHEMA or "payload" not in doc:
+        raise SignatureError("not a factory rollout manifest")
+    sig = doc.get("signature")
+    if not isinstance(sig, dict) or not sig.get("signature"):
+        raise SignatureError("the rollout manifest is unsigned")
+    if sig.get("key_id") != key_id(public_key):
+        raise SignatureError(f"the rollout manifest is signed by key {sig.get('key_id')!r}, not the trusted fleet key")
+    try:
+        public_key.verify(base64.b64decode(sig["signature"]), canonical_json(doc["payload"]))
+    except (InvalidSignature, ValueError):
+        raise SignatureError("the rollout manifest's signature does not verify (modified after signing)") from None
+    payload = doc["payload"]
+    if min_sequence is not None and int(payload.get("sequence", -1)) < min_sequence:
+        raise SignatureError(f"the rollout manifest is older (sequence {payload.get('sequence')}) than the one already "
+                             f"accepted ({min_sequence}); refusing a rollback to stale state")
+    return payload

@@ -1,0 +1,63 @@
+"""The status page: releases, rollouts and their stages, health per stage with drift and latency
+figures and their trend. One static HTML document that renders /v1/health in the browser."""
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Fleet status - edge model factory</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body{font:14px system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
+ h1{font-size:20px} h2{font-size:16px;margin-top:28px}
+ table{border-collapse:collapse;margin:8px 0 16px;background:#fff} td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
+ th{background:#f0f0f0} td.l,th.l{text-align:left}
+ .ok{color:#1a7f37;font-weight:600} .bad{color:#cf222e;font-weight:600} .muted{color:#888}
+ .pill{display:inline-block;padding:1px 8px;border-radius:10px;background:#eee;margin-left:6px}
+ .spark{font-family:monospace;letter-spacing:1px}
+</style></head>
+<body>
+<h1>Fleet status <span id="updated" class="muted"></span></h1>
+<div id="error" class="bad"></div>
+<h2>Rollouts</h2><div id="rollouts" class="muted">loading...</div>
+<h2>Stable releases</h2><div id="stable" class="muted">loading...</div>
+<h2>Retraining triggers</h2><div id="triggers" class="muted">loading...</div>
+<script>
+const BARS = "\\u2581\\u2582\\u2583\\u2584\\u2585\\u2586\\u2587\\u2588";
+function spark(vals){ const v = vals.filter(x => x !== null && x !== undefined); if(!v.length) return "";
+  const lo = Math.min(...v), hi = Math.max(...v); return vals.map(x => x === null || x === undefined ? " " :
+  BARS[Math.round((x - lo) / ((hi - lo) || 1) * 7)]).join(""); }
+function f(x, d=3){ return x === null || x === undefined ? "-" : Number(x).toFixed(d); }
+function maxDrift(w){ const v = Object.values(w.drift || {}).filter(x => x !== null); return v.length ? Math.max(...v) : null; }
+function windowsTable(ws){
+  if(!ws.length) return '<p class="muted">no telemetry yet</p>';
+  let h = '<table><tr><th class="l">window</th><th>inferences</th><th>devices</th><th>error rate</th><th>p50 ms</th><th>p95 ms</th>' +
+          '<th>p95 vs previous</th><th>PSI conf.</th><th>PSI bright.</th><th>JS class</th><th class="l">verdict</th></tr>';
+  for(const w of ws.slice(-8)){
+    const v = w.verdict || {}; const verdict = v.healthy === true ? '<span class="ok">healthy</span>' :
+      v.healthy === false ? '<span class="bad">unhealthy: ' + v.violations.join("; ") + '</span>' : '<span class="muted">' + (v.why || "") + '</span>';
+    h += `<tr><td class="l">${new Date(w.window_start*1000).toISOString().slice(11,19)}</td><td>${w.count}</td><td>${w.devices}</td>` +
+         `<td>${f(w.error_rate)}</td><td>${f(w.p50_ms,2)}</td><td>${f(w.p95_ms,2)}</td><td>${f(w.latency_p95_ratio,2)}</td>` +
+         `<td>${f(w.drift.psi_confidence)}</td><td>${f(w.drift.psi_brightness)}</td><td>${f(w.drift.js_class)}</td><td class="l">${verdict}</td></tr>`;
+  }
+  return h + '</table>' + `<div>trend p95 <span class="spark">${spark(ws.map(w => w.p95_ms))}</span> &nbsp; ` +
+         `max drift <span class="spark">${spark(ws.map(maxDrift))}</span></div>`;
+}
+async function refresh(){
+  try{
+    const r = await fetch("/v1/health"); if(!r.ok) throw new Error("GET /v1/health: " + r.status);
+    const h = await r.json(); document.getElementById("error").textContent = "";
+    document.getElementById("updated").textContent = "updated " + h.generated_at;
+    let out = "";
+    for(const ro of h.rollouts){
+      const cls = ro.status === "rolled_back" || ro.status === "halted" ? "bad" : "ok";
+      out += `<div class="rollout" data-name="${ro.name}"><b>${ro.name}</b><span class="pill ${cls}">${ro.status}</span>` +
+             `<span class="pill">stage ${ro.stage + 1}/${ro.stages} (${ro.percent}%)</span>`;
+      for(const [t, d] of Object.entries(ro.targets)){ out += `<p>${t}: <b>${d.release}</b> (previous ${d.previous || "none"})</p>` + windowsTable(d.windows); }
+      out += "</div>";
+    }
+    document.getElementById("rollouts").innerHTML = out || '<p class="muted">no rollouts</p>';
+    document.getElementById("stable").innerHTML = h.stable.map(s => `<p><b>${s.release}</b> (${s.target})</p>` + windowsTable(s.windows)).join("") || "none";
+    document.getElementById("triggers").innerHTML = h.triggers.map(t => `<p class="bad">${t.ts}: ${t.detail.release}: ${t.detail.reason}; start from dataset ${t.detail.start_from.dataset_hash}</p>`).join("") || "none";
+  }catch(e){ document.getElementById("error").textContent = String(e); }
+}
+refresh(); setInterval(refresh, 2000);
+</script></body></html>
+"""

@@ -1,0 +1,70 @@
+"""Bundle archives in a blob store: a local folder by default, any fsspec URL (s3://...) at scale.
+
+Blobs are content-addressed (``bundles/ab/<sha256>.tar.gz``), written under a temporary name and
+moved into place only when complete, so a crash mid-upload never leaves a readable half blob.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+__all__ = ["BlobStore"]
+
+
+class BlobStore:
+    def __init__(self, url: str):
+        import fsspec
+
+        if "://" not in url:
+            Path(url).mkdir(parents=True, exist_ok=True)
+            url = Path(url).resolve().as_posix()
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.root = self.root.rstrip("/")
+        self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
+
+    @staticmethod
+    def key_for(sha256: str) -> str:
+        return f"bundles/{sha256[:2]}/{sha256}.tar.gz"
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self._path(key))
+
+    def put_file(self, local: Path, key: str) -> None:
+        if self.exists(key):  # content-addressed: same key, same bytes
+            return
+        tmp = f"{self.root}/tmp/{uuid.uuid4().hex}"
+        self.fs.put_file(str(local), tmp)
+        self.fs.makedirs(self._path(key).rsplit("/", 1)[0], exist_ok=True)
+        self.fs.mv(tmp, self._path(key))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self._path(key)))
+
+    def iter_range(self, key: str, start: int = 0, end: int | None = None, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """Bytes [start, end] inclusive (HTTP Range semantics)."""
+        with self.fs.open(self._path(key), "rb") as f:
+            f.seek(start)
+            remaining = None if end is None else end - start + 1
+            while remaining is None or remaining > 0:
+                data = f.read(chunk if remaining is None else min(chunk, remaining))
+                if not data:
+                    break
+                if remaining is not None:
+                    remaining -= len(data)
+                yield data
+
+    def open(self, key: str) -> BinaryIO:
+        return self.fs.open(self._path(key), "rb")
+
+    def clean_tmp(self) -> int:
+        """Remove leftovers of uploads that never finished (after a crash)."""
+        n = 0
+        for p in self.fs.ls(f"{self.root}/tmp", detail=False):
+            self.fs.rm(p)
+            n += 1
+        return n
