@@ -119,7 +119,7 @@ def test_gate_fails_a_slower_candidate(tmp_path, report, policy):
 
     result = _gate(_variant(tmp_path, report, "slow", slower), report, "--out", str(tmp_path / "verdict.json"), policy=policy)
     assert result.exit_code == 1
-    assert "FAIL latency" in result.stdout and "median ratio 1.500" in result.stdout
+    assert "FAIL latency" in result.stdout and "ratio 1.500 [" in result.stdout
     verdict = json.loads((tmp_path / "verdict.json").read_text())
     assert verdict["passed"] is False
 
