@@ -144,6 +144,8 @@ def _validate(data: Any, schema: dict, prefix: str, problems: list[str]) -> dict
             if msg:
                 problems.append(f"'{dotted}' {msg}")
                 continue
+        if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # 0 and 0.0 are one setting: same resolved config, same cache keys
         out[name] = value
     return out
 

@@ -40,6 +40,8 @@ PIPELINE_SCHEMA = {
         "key": Key(str, "keys/signing.key", "signing key; created on first run if missing"),
         "out": Key(str, "bundles"),
         "report_dir": Key(str, "reports/build"),
+        "search_config": Key(str, "configs/search-quick.yaml", "search each target within this space; null: plain builds of the profiles",
+                             nullable=True),
     },
     "bench": {
         "out": Key(str, "reports/bench"),
@@ -49,6 +51,13 @@ PIPELINE_SCHEMA = {
         "remeasure": Key(bool, True, "gate by re-running the baseline beside the candidate"),
         "model": Key(str, "id-docs", "bundles/<model> folder the dvc bench stage measures"),
         "verdict": Key(str, "reports/gate.json", "where the dvc gate stage writes its verdict"),
+    },
+    "fleet": {
+        "enabled": Key(bool, True, "publish to a local registry and run the simulated staged rollouts"),
+        "out": Key(str, "reports/fleet-demo", "local registry, re-released bundles and the demo summary (recreated each run)"),
+        "devices": Key(int, 200),
+        "fault": Key(str, "latency", "what goes wrong with the bad release", choices=["latency", "drift"]),
+        "window_seconds": Key(int, 2, "telemetry window of the demo (simulated time)"),
     },
 }
 
@@ -98,10 +107,10 @@ def run(params_path: str, fresh: bool) -> None:
     s = p["synth"]
     out = Path(s["out"])
     if not fresh and _synth_is_current(out, s):
-        progress.info(f"[1/5] dataset {out} is current (seed {s['seed']}, {s['per_class']} per class); reusing it")
+        progress.info(f"[1/6] dataset {out} is current (seed {s['seed']}, {s['per_class']} per class); reusing it")
         manifest = load_manifest(out)
     else:
-        progress.info(f"[1/5] synthesizing {out}")
+        progress.info(f"[1/6] synthesizing {out}")
         from .data.documents import document_types
 
         with progress.bar("synthesizing", s["per_class"] * len(document_types())) as tick:
@@ -109,13 +118,13 @@ def run(params_path: str, fresh: bool) -> None:
     timings["data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    progress.info(f"[2/5] profiling -> {p['profile']['out']}")
+    progress.info(f"[2/6] profiling -> {p['profile']['out']}")
     with progress.bar("profiling", len(manifest.files)) as tick:
         profile = write_report(manifest, p["profile"]["out"], samples_per_class=p["profile"]["samples_per_class"], progress=tick)
     timings["profile"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    progress.info(f"[3/5] training ({p['train']['config']})")
+    progress.info(f"[3/6] training ({p['train']['config']})")
     cfg = load_config(p["train"]["config"], TRAIN_SCHEMA, [
         f"data.manifest={out / 'manifest.json'}", f"output.dir={p['train']['out']}", f"train.seed={p['train']['seed']}", f"train.epochs={p['train']['epochs']}",
     ])
@@ -130,10 +139,18 @@ def run(params_path: str, fresh: bool) -> None:
 
         generate_keys(key.with_suffix(""))
         progress.info(f"created signing key {key} and {key.with_suffix('.pub')} (keep the .key secret)")
-    progress.info(f"[4/5] building bundles for {', '.join(b['targets'])}")
+    progress.info(f"[4/6] building bundles for {', '.join(b['targets'])}")
     results = []
     for target in b["targets"]:
-        results.append(build(model.path, target, key_path=key, data=str(out), out_root=b["out"]))
+        if b["search_config"]:
+            from .export.build import BuildResult
+            from .export.search import load_search_config, search
+
+            s = search(model.path, target, key_path=key, data=str(out), out_root=b["out"], search_config=load_search_config(b["search_config"]))
+            results.append(BuildResult(Path(s["bundle"]), Path(s["archive"]), s["manifest"]))
+            progress.info(f"  {target}: {s['verdict']}")
+        else:
+            results.append(build(model.path, target, key_path=key, data=str(out), out_root=b["out"]))
         write_json(Path(b["report_dir"]) / f"{target}.json", build_report(results[-1]))
     table = build_table(results)
     atomic_write(Path(b["report_dir"]) / "summary.md", table + "\n")
@@ -141,11 +158,22 @@ def run(params_path: str, fresh: bool) -> None:
 
     t0 = time.perf_counter()
     bp = p["bench"]
-    progress.info(f"[5/5] benchmarking PyTorch eager and the bundles, interleaved for {bp['seconds']:g} s; then the gate")
+    progress.info(f"[5/6] benchmarking PyTorch eager and the bundles, interleaved for {bp['seconds']:g} s; then the gate")
     report = run_bench([str(model.path)] + [str(r.folder) for r in results], data=str(out), seconds=bp["seconds"])
     write_bench(report, bp["out"])
     verdict = run_gate(report, bp["baseline"], bp["policy"], remeasure_both=bp["remeasure"], record_missing=True)
     timings["bench+gate"] = time.perf_counter() - t0
+
+    demo = None
+    if p["fleet"]["enabled"]:
+        t0 = time.perf_counter()
+        from .device.demo import fleet_demo
+
+        fp = p["fleet"]
+        progress.info(f"[6/6] fleet: local registry in {fp['out']}, staged rollouts to {fp['devices']} simulated devices")
+        demo = fleet_demo([r.folder for r in results], key_path=key, dataset=str(out), out=Path(fp["out"]), devices=fp["devices"],
+                          fault=fp["fault"], window_seconds=fp["window_seconds"])
+        timings["fleet"] = time.perf_counter() - t0
 
     card = model.card
     test = card["metrics"]["test"]
@@ -168,6 +196,17 @@ def run(params_path: str, fresh: bool) -> None:
         markdown(report),
         "",
     ]
+    if demo:
+        lines += ["", f"fleet ({p['fleet']['devices']} simulated devices, local registry {demo['registry']}):"]
+        for label, r in demo["rollouts"].items():
+            lines.append(f"  {label:5s} release {demo['releases'][label]}: rollout {r['rollout']} ended {r['status']} "
+                         f"at stage {r['stage'] + 1} after {r['windows']} telemetry windows")
+        lines.append("  audit log:")
+        for a in demo["audit"]:
+            if a["action"].startswith(("rollout.", "retrain.")):
+                why = a["detail"].get("reason", "")
+                lines.append(f"    {a['ts']}  {a['actor']:10s} {a['action']:17s} {a['rollout'] or '':22s} {why}")
+        lines.append(f"  look: factory registry serve --config {demo['registry']}/registry.yaml, then http://127.0.0.1:8700/status")
     if verdict.get("recorded_baseline"):
         lines.append(f"gate: no baseline yet; recorded this run at {bp['baseline']} (the next run is gated against it)")
     else:

@@ -70,7 +70,9 @@ def test_main_command_end_to_end_on_tiny_params(tmp_path, loose_targets):
         "synth": {"out": "data/synth", "seed": 1, "per_class": 6, "size": "80x60"},
         "profile": {"out": "reports/data", "samples_per_class": 2},
         "train": {"config": "configs/train.yaml", "out": "models/tiny", "seed": 0, "epochs": 1},
+        "build": {"search_config": None},  # plain builds: the search has its own tests
         "bench": {"seconds": 1},
+        "fleet": {"devices": 100},
     }))
     result = invoke("run", cwd=tmp_path)
     assert result.exit_code == 0, result.output
@@ -84,6 +86,8 @@ def test_main_command_end_to_end_on_tiny_params(tmp_path, loose_targets):
         assert invoke("bundle", "verify", str(bundle), "--pubkey", str(tmp_path / "keys" / "signing.pub")).exit_code == 0
     assert "speedup vs eager" in result.stdout and "| pytorch-eager |" in result.stdout
     assert "recorded this run" in result.stdout and (tmp_path / "reports/baseline/report.json").is_file()
+    assert "audit log:" in result.stdout and "rollout.create" in result.stdout and "release" in result.stdout
+    assert (tmp_path / "reports/fleet-demo/summary.json").is_file() and (tmp_path / "reports/fleet-demo/fleet-manifest.json").is_file()
     again = invoke("run", cwd=tmp_path)
     assert again.exit_code in (0, 1), again.output  # 1 only if the gate saw a regression on this noisy machine
     assert "is current" in again.stderr

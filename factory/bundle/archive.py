@@ -8,6 +8,7 @@ links and device files, oversized members and too many members, and writes only 
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 from pathlib import Path, PurePosixPath
@@ -26,14 +27,20 @@ MAX_MEMBERS = 64
 
 
 def pack(folder: Path, archive: Path) -> Path:
-    """Write ``archive`` (.tar.gz) with the bundle's files, sorted, with fixed metadata."""
+    """Write ``archive`` (.tar.gz) with the bundle's files, sorted, with fixed metadata.
+
+    The bytes depend only on the files' names and contents (no timestamps, owners or gzip
+    header time), so packing the same bundle twice gives the same sha256: a registry can tell a
+    harmless re-publish from a conflicting one.
+    """
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for f in sorted(p for p in folder.iterdir() if p.is_file()):
             info = tar.gettarinfo(str(f), arcname=f.name)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             info.mode = 0o644
+            info.mtime = 0
             with open(f, "rb") as fh:
                 tar.addfile(info, fh)
     return atomic_write(archive, buf.getvalue())

@@ -10,7 +10,7 @@ from ..errors import BundleError, InputError
 from .archive import BUNDLE_SCHEMA, MANIFEST, SIGNATURE, read_manifest, verify_bundle
 from .signing import sign
 
-__all__ = ["SEMVER", "parse_version", "resolve_version", "file_entries", "write_signed", "open_bundle", "bundle_dir"]
+__all__ = ["SEMVER", "parse_version", "resolve_version", "file_entries", "write_signed", "open_bundle", "bundle_dir", "retag"]
 
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?$")
 
@@ -81,3 +81,21 @@ def open_bundle(folder: str | Path, public_key=None):
                 raise BundleError(f"{folder / name}: missing or does not match the manifest's sha256")
     runtime = manifest["runtime"]
     return manifest, get_backend(runtime["backend"]).load_runner(folder, runtime["options"])
+
+
+def retag(src: Path, dest: Path, version: str, private_key, note: str) -> dict:
+    """A copy of a bundle under another version, re-signed (same files; the manifest says why)."""
+    import shutil
+
+    from .._io import atomic_dir
+
+    parse_version(version)
+    manifest = read_manifest(Path(src))
+    with atomic_dir(dest) as tmp:
+        for f in Path(src).iterdir():
+            if f.name not in (MANIFEST, SIGNATURE):
+                shutil.copy2(f, tmp / f.name)
+        manifest["lineage"]["retagged_from"] = {"version": manifest["version"], "note": note}
+        manifest["version"] = version
+        write_signed(tmp, manifest, private_key)
+    return manifest

@@ -188,8 +188,10 @@ class Fleet:
         if not self.registered:
             self.register()
         history = []
-        start = time.time()
-        start -= start % self.window_seconds
+        if getattr(self, "_clock", None) is None:  # windows follow one another across calls
+            now = time.time()
+            self._clock = now - now % self.window_seconds
+        start = self._clock
         with progress.bar(f"simulating {len(self.devices)} devices", windows) as tick:
             for n in range(windows):
                 t0 = time.perf_counter()
@@ -202,6 +204,7 @@ class Fleet:
                        "decisions": decisions.get("decisions", []), "triggers": decisions.get("triggers", []),
                        "seconds": round(time.perf_counter() - t0, 3)}
                 history.append(row)
+                self._clock = w_start + self.window_seconds
                 if on_window:
                     on_window(row)
                 tick(1)

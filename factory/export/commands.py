@@ -47,8 +47,10 @@ def build_table(results) -> str:
 @click.option("--remeasure", is_flag=True, help="With --search: benchmark the candidates again even if nothing changed.")
 @click.option("--search-dir", default="reports/search", show_default=True, type=click.Path(file_okay=False),
               help="With --search: where the Pareto report goes (<dir>/<target>/search.{md,json}, pareto.png).")
+@click.option("--search-config", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="With --search: a YAML search section (objective, space, bench_seconds, budget_minutes) instead of the profile's.")
 def build_cmd(targets, model_dir, data, key_path, out_root, version, precision, prune, overrides, targets_dir, cache_dir, no_track,
-              report_dir, do_search, budget_minutes, remeasure, search_dir) -> None:
+              report_dir, do_search, budget_minutes, remeasure, search_dir, search_config) -> None:
     """Build a verified, signed bundle of the canonical model for each --target.
 
     \b
@@ -76,7 +78,9 @@ def build_cmd(targets, model_dir, data, key_path, out_root, version, precision, 
     if do_search:
         if precision or prune or overrides:
             raise click.UsageError("--search explores the profile's search.space; do not combine it with --precision/--prune/--set")
-        _search(targets, model_dir, data, key_path, out_root, version, targets_dir, cache_dir, no_track, search_dir, budget_minutes, remeasure)
+        results = _search(targets, model_dir, data, key_path, out_root, version, targets_dir, cache_dir, no_track, search_dir,
+                          budget_minutes, remeasure, search_config)
+        _write_reports(results, report_dir)
         return
     extra = list(overrides)
     if precision:
@@ -86,12 +90,7 @@ def build_cmd(targets, model_dir, data, key_path, out_root, version, precision, 
         extra += [f"recipe.pruning.method={method}", f"recipe.pruning.ratio={ratio or 0}"]
     results = [build(model_dir, t, key_path=key_path, data=data, out_root=out_root, version=version, targets_dir=targets_dir,
                      overrides=tuple(extra), cache_dir=cache_dir, track=not no_track) for t in targets]
-    if report_dir:
-        from .._io import write_json
-        from .build import build_report
-
-        for r in results:
-            write_json(f"{report_dir}/{r.manifest['target']}.json", build_report(r))
+    _write_reports(results, report_dir)
     click.echo(build_table(results))
     for r in results:
         click.echo(f"{r.folder}  ({r.archive.name})")
@@ -115,11 +114,27 @@ def targets_cmd(targets_dir) -> None:
                    f"   {p['description']}")
 
 
-def _search(targets, model_dir, data, key_path, out_root, version, targets_dir, cache_dir, no_track, search_dir, budget_minutes, remeasure):
-    from .search import search, search_markdown
+def _write_reports(results, report_dir) -> None:
+    if report_dir:
+        from .._io import write_json
+        from .build import build_report
 
+        for r in results:
+            write_json(f"{report_dir}/{r.manifest['target']}.json", build_report(r))
+
+
+def _search(targets, model_dir, data, key_path, out_root, version, targets_dir, cache_dir, no_track, search_dir, budget_minutes,
+            remeasure, search_config):
+    from .build import BuildResult
+    from .search import load_search_config, search, search_markdown
+
+    config = load_search_config(search_config) if search_config else None
+    results = []
     for t in targets:
         summary = search(model_dir, t, key_path=key_path, data=data, out_root=out_root, targets_dir=targets_dir, cache_dir=cache_dir,
-                         report_dir=search_dir, budget_minutes=budget_minutes, remeasure=remeasure, version=version, track=not no_track)
+                         report_dir=search_dir, budget_minutes=budget_minutes, remeasure=remeasure, version=version,
+                         track=not no_track, search_config=config)
         click.echo(search_markdown(summary))
         click.echo(f"{summary['bundle']}  ({Path(summary['archive']).name}); report {summary['report']}/search.md, pareto.png")
+        results.append(BuildResult(Path(summary["bundle"]), Path(summary["archive"]), summary["manifest"]))
+    return results

@@ -27,7 +27,7 @@ from ..errors import ConfigError, ExportError, FactoryError, ValidationError
 from ..lineage import package_versions
 from .targets import load_target
 
-__all__ = ["Candidate", "expand_space", "search", "search_markdown"]
+__all__ = ["Candidate", "expand_space", "search", "search_markdown", "load_search_config"]
 
 RUNTIME_ONLY = ("runtime.threads",)
 
@@ -235,9 +235,17 @@ def search_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def load_search_config(path) -> dict:
+    """A search section in its own file (e.g. the main job's reduced space), checked like a profile's."""
+    from ..config import load_config
+    from .targets import PROFILE_SCHEMA
+
+    return load_config(path, PROFILE_SCHEMA["search"])
+
+
 def search(model_dir, target: str, *, key_path, data=None, out_root="bundles", targets_dir=None, cache_dir=".factory/cache",
            report_dir="reports/search", budget_minutes: float | None = None, remeasure: bool = False, version: str | None = None,
-           track: bool = True) -> dict:
+           track: bool = True, search_config: dict | None = None) -> dict:
     from ..bundle.archive import pack, read_manifest
     from ..bundle.manifest import bundle_dir, resolve_version, write_signed
     from ..bundle.signing import load_private_key
@@ -246,22 +254,24 @@ def search(model_dir, target: str, *, key_path, data=None, out_root="bundles", t
     started = time.perf_counter()
     canonical = load_canonical(model_dir)
     base = load_target(target, targets_dir)
-    sp = base["search"]
+    sp = search_config or base["search"]
     key = load_private_key(key_path)
     cands = expand_space(sp["space"], base["source"])
     threads0 = base["runtime"].get("threads")
-    reference = {"recipe.precision": "fp32", "recipe.pruning": "none"} | ({"runtime.threads": threads0} if "runtime.threads" in sp["space"] else {})
-    if not any(c.overrides == reference for c in cands):
-        cands.insert(0, Candidate(reference))
+    # The yardstick: the runtime's fp32 export of the unpruned model. A candidate whose resolved
+    # recipe is the same (whatever keys the space spells out) is the reference; otherwise it is added.
+    reference = Candidate({"recipe.precision": "fp32", "recipe.pruning": "none"} | ({"runtime.threads": threads0} if "runtime.threads" in sp["space"] else {}))
     root = Path(cache_dir) / "search" / canonical.card["name"] / base["name"]
     budget = budget_minutes if budget_minutes is not None else sp["budget_minutes"]
-    for c in cands:
+    for c in [reference, *cands]:
         try:
             c.key = _key(load_target(target, targets_dir, _override_args(c.overrides)), canonical, {})
             build_ov = {k: v for k, v in c.overrides.items() if k not in RUNTIME_ONLY}
             c.build_key = _key(load_target(target, targets_dir, _override_args(build_ov)), canonical, {})
         except ConfigError as exc:
             c.status, c.reason = "failed", f"invalid recipe: {exc.message.splitlines()[0]}"
+    if not reference.key or not any(c.key == reference.key for c in cands):
+        cands.insert(0, reference)
     todo = [c for c in cands if c.status == "pending"]
     with progress.bar(f"search {target}: building", len(todo)) as tick:
         for i, c in enumerate(todo):
@@ -289,7 +299,7 @@ def search(model_dir, target: str, *, key_path, data=None, out_root="bundles", t
     bench = _benchmark(measured, root, sp["bench_seconds"], remeasure)
     for c in measured:
         c.latency = bench["latency"][c.key]
-    ref = next((c for c in measured if c.overrides == reference), None)
+    ref = next((c for c in measured if c.key == reference.key), None)
     front = _pareto(measured)
     feasible = []
     for c in measured:
@@ -302,7 +312,7 @@ def search(model_dir, target: str, *, key_path, data=None, out_root="bundles", t
     rows = []
     for c in cands:
         row = {"label": c.label, "overrides": c.overrides, "key": c.key, "status": c.status, "reason": c.reason,
-               "winner": c is winner, "reference": c.overrides == reference}
+               "winner": c is winner, "reference": c is ref}
         if c.latency:
             p = c.manifest["validation"]["parity"]
             row |= {"top1": p["top1"], "accuracy_drop_pt": p["accuracy_drop_pt"], "top1_agreement": p["top1_agreement"],

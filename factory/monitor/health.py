@@ -80,10 +80,19 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def series_for(conn, key: str, since: float, window_seconds: int) -> dict[float, dict]:
-    """Merged telemetry of one release per window (window start -> merged), since ``since``."""
-    rows = conn.execute(sa.select(db.telemetry.c.window_start, db.telemetry.c.summary)
-                        .where(db.telemetry.c.release_key == key, db.telemetry.c.window_start >= since - window_seconds)).all()
+def series_for(conn, key: str, since: float, window_seconds: int, stage: tuple[str, int] | None = None) -> dict[float, dict]:
+    """Merged telemetry of one release per window (window start -> merged).
+
+    With ``stage=(rollout, index)``: only the summaries the registry attributed to that stage when
+    it received them, so a stage is never judged on windows its predecessor already used, whatever
+    the devices' clocks say. Without it: windows that start from ``since`` (one window of slack).
+    """
+    where = [db.telemetry.c.release_key == key]
+    if stage is not None:
+        where += [db.telemetry.c.rollout == stage[0], db.telemetry.c.stage == stage[1]]
+    else:
+        where.append(db.telemetry.c.window_start >= since - window_seconds)
+    rows = conn.execute(sa.select(db.telemetry.c.window_start, db.telemetry.c.summary).where(*where)).all()
     groups: dict[float, list] = defaultdict(list)
     for r in rows:
         groups[r.window_start - r.window_start % window_seconds].append(json.loads(r.summary))
@@ -104,12 +113,10 @@ def evaluate_rollouts(engine, window_seconds: int, now: float, actor: str = "mon
             verdicts = []
             for target, key in r["releases"].items():
                 ref = release_reference(conn, key)
-                new = series_for(conn, key, started, window_seconds)
+                new = series_for(conn, key, started, window_seconds, stage=(name, r["stage"]))
                 prev_key = r["previous"].get(target)
-                prev = series_for(conn, prev_key, started, window_seconds) if prev_key else {}
+                prev = series_for(conn, prev_key, min(new, default=started), window_seconds) if prev_key else {}
                 for w, merged in new.items():
-                    if w + window_seconds < started:
-                        continue
                     fig = window_figures(merged, ref)
                     pf = window_figures(prev[w], release_reference(conn, prev_key)) if w in prev else None
                     verdicts.append((w, target, fig, judge(fig, pf, rules)))

@@ -43,9 +43,9 @@ def _status_for(exc: FactoryError) -> int:
         return 404
     if isinstance(exc, ro.RolloutConflict):
         return 409
-    if isinstance(exc, (BundleError, SignatureError, ConfigError)):
-        return 422
-    return 400 if isinstance(exc, InputError) else 500
+    # Bad bundles, plans and summaries are well-formed HTTP with content we refuse: 422, like
+    # FastAPI's own validation errors, so clients handle one status for "fix your input".
+    return 422 if isinstance(exc, (BundleError, SignatureError, ConfigError, InputError)) else 500
 
 
 def _trusted_keys(paths: list[str]):
@@ -308,7 +308,8 @@ def _telemetry_routes(app: FastAPI, engine, settings: dict, caller, admin, hooks
         with lock:  # one evaluation at a time per process; transitions are guarded by status checks in SQL
             now = _time.time()
             decisions = evaluate_rollouts(engine, tele["window_seconds"], now)
-            triggers = check_retraining(engine, tele["window_seconds"], now)
+            triggers = check_retraining(engine, tele["window_seconds"], now, windows=tele.get("retrain_windows", 3),
+                                        max_psi=tele.get("retrain_max_psi", 0.25), max_js=tele.get("retrain_max_js", 0.1))
         app.state.states.invalidate()
         return {"decisions": decisions, "triggers": triggers}
 

@@ -88,9 +88,16 @@ class RegistryClient:
         return r
 
     # ---- releases
-    def publish(self, archive: Path, allow_failed: bool = False) -> dict:
-        with open(archive, "rb") as f:
-            return self.request("POST", "/v1/releases", content=f.read(), params={"allow_failed": str(allow_failed).lower()},
+    def publish(self, bundle: Path, allow_failed: bool = False) -> dict:
+        """Publish a bundle archive, or a bundle folder (packed on the fly)."""
+        import tempfile
+
+        from ..bundle.archive import pack
+
+        bundle = Path(bundle)
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = pack(bundle, Path(tmp) / "bundle.tar.gz") if bundle.is_dir() else bundle
+            return self.request("POST", "/v1/releases", content=archive.read_bytes(), params={"allow_failed": str(allow_failed).lower()},
                                 headers={"Content-Type": "application/gzip"}).json()
 
     def releases(self, name: str | None = None) -> list[dict]:

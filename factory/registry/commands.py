@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import click
@@ -102,13 +101,9 @@ def release() -> None:
 @click.option("--allow-failed", is_flag=True, help="Publish even if the bundle failed its own budgets.")
 def publish_cmd(bundles, url, token, local, config_path, allow_failed) -> None:
     """Publish BUNDLES (folders or .tar.gz archives); the registry verifies each signature first."""
-    from ..bundle.archive import pack
-
-    with _client(url, token, local, config_path) as client, tempfile.TemporaryDirectory() as tmp:
+    with _client(url, token, local, config_path) as client:
         for b in bundles:
-            p = Path(b)
-            archive = pack(p, Path(tmp) / f"{p.name}.tar.gz") if p.is_dir() else p
-            r = client.publish(archive, allow_failed)
+            r = client.publish(Path(b), allow_failed)
             click.echo(f"{'published' if r['created'] else 'already there'}: {r['name']} {r['version']} {r['target']} (sha256 {r['sha256'][:16]})")
 
 

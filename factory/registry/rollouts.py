@@ -56,7 +56,7 @@ PLAN_SCHEMA = {
     "stages": Key(list, help="[{percent, min_duration_minutes, min_devices_reporting}], last at 100", check=_stages),
     "health": {
         "max_error_rate": Key(float, 0.02, "share of inferences that failed"),
-        "max_latency_p95_ratio": Key(float, 1.25, "device p95 / the bundle's measured p95, new vs previous release"),
+        "max_latency_p95_ratio": Key(float, 1.2, "device p95 of the new release / of the previous release, same window"),
         "max_psi": Key(float, 0.25, "population stability index of inputs and predictions vs the reference profile"),
         "max_js": Key(float, 0.1, "Jensen-Shannon divergence of predicted classes vs the reference"),
         "min_inferences": Key(int, 50, "inferences a window needs before it is judged"),

@@ -1,0 +1,63 @@
+"""A real registry server on loopback for tests: uvicorn in a subprocess, killable with -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, settings: dict, port: int | None = None):
+        self.settings, self.port = settings, port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Server":
+        env = os.environ | {"FACTORY_REGISTRY_SETTINGS": json.dumps(self.settings)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "factory.registry.serve:app", "--host", "127.0.0.1",
+                                      "--port", str(self.port), "--log-level", "warning"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"registry server exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("registry server did not come up")
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+def make_settings(tmp: Path, db_url: str, trusted: list[str], fleet_key: str, public_url: str = "http://127.0.0.1") -> dict:
+    from factory.registry.settings import default_settings
+
+    return default_settings(database=db_url, storage=str(tmp / "blobs"), trusted_keys=trusted, fleet_key=fleet_key,
+                            public_url=public_url, cache_seconds=0.0)
