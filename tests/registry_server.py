@@ -28,19 +28,26 @@ class Server:
 
     def start(self) -> "Server":
         env = os.environ | {"FACTORY_REGISTRY_SETTINGS": json.dumps(self.settings)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "factory.registry.serve:app", "--host", "127.0.0.1",
-                                      "--port", str(self.port), "--log-level", "warning"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # the server's log goes to a file (a pipe nobody reads would block the server once full)
+        self.log = Path(self.settings["storage"]).parent / f"server-{self.port}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "factory.registry.serve:app", "--host", "127.0.0.1",
+                                          "--port", str(self.port), "--log-level", "warning"], env=env,
+                                         stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"registry server exited: {self.proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"registry server exited: {self.log_tail()}")
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.2)
         raise RuntimeError("registry server did not come up")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else ""
 
     def kill9(self) -> None:
         if self.proc and self.proc.poll() is None:

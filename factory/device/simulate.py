@@ -40,7 +40,8 @@ class Knobs:
 class Behaviour:
     """What one release does on this host: outputs on held-out images (normal and dark), latencies."""
 
-    def __init__(self, folder: Path, images: list[np.ndarray], darkness: float, bundle_key=None, samples: int = 200):
+    def __init__(self, folder: Path, images: list[np.ndarray], darkness: float, bundle_key=None, samples: int = 200,
+                 latencies: dict | None = None):
         from ..bundle.manifest import open_bundle
 
         self.manifest, runner = open_bundle(folder, bundle_key)
@@ -52,6 +53,12 @@ class Behaviour:
             z = logits - logits.max(axis=1, keepdims=True)
             probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
             self.outputs[kind] = (probs.max(1), probs.argmax(1), np.array([image_stats(f) for f in frames]))
+        # Releases that ship the very same artifact share one latency sample: timing them apart on a
+        # noisy host would make identical models look 20% apart, and injected slowdowns meaningless.
+        artifact = self.manifest["files"][self.manifest["artifact"]["main"]]["sha256"]
+        if latencies is not None and artifact in latencies:
+            self.latency = latencies[artifact]
+            return
         x = preprocess(images[:1], pre)
         for _ in range(5):
             runner(x)
@@ -61,6 +68,8 @@ class Behaviour:
             runner(x)
             lat.append((time.perf_counter() - t0) * 1000)
         self.latency = np.asarray(lat)
+        if latencies is not None:
+            latencies[artifact] = self.latency
 
 
 @dataclass
@@ -88,6 +97,7 @@ class Fleet:
             region = "eu" if i % 2 else "us"
             self.devices.append(SimDevice(f"sim-{i:05d}", targets[i % len(targets)], [f"region-{region}"], dark, failing))
         self.behaviours: dict[str, Behaviour] = {}
+        self._latencies: dict[str, np.ndarray] = {}  # artifact sha256 -> latency sample (ms)
         self.downloads = 0
         self.registered = False
 
@@ -109,7 +119,7 @@ class Fleet:
             folder = self.cache / name
             if not folder.is_dir():
                 unpack(archive, folder)
-            self.behaviours[key] = Behaviour(folder, self.images, self.knobs.darkness, self.bundle_key)
+            self.behaviours[key] = Behaviour(folder, self.images, self.knobs.darkness, self.bundle_key, latencies=self._latencies)
             self.downloads += 1
         return self.behaviours[key]
 

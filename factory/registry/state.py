@@ -60,22 +60,30 @@ class StateCache:
     """
 
     def __init__(self, engine, public_url: str, ttl: float = 1.0):
+        import threading
+
         self.engine, self.public_url, self.ttl = engine, public_url, ttl
         self._state: dict | None = None
-        self._checked = 0.0
+        self._checked = float("-inf")
+        self._lock = threading.Lock()  # endpoints run in a thread pool: one refresh at a time
 
     def get(self) -> dict:
-        now = time.monotonic()
-        if self._state is None or now - self._checked > self.ttl:
-            with self.engine.connect() as conn:
-                version = db.state_version(conn)
-                if self._state is None or version != self._state["sequence"]:
-                    self._state = build_state(conn, self.public_url)
-            self._checked = now
-        return self._state
+        state = self._state
+        if state is not None and time.monotonic() - self._checked <= self.ttl:
+            return state
+        with self._lock:
+            state = self._state
+            if state is None or time.monotonic() - self._checked > self.ttl:
+                with self.engine.connect() as conn:
+                    version = db.state_version(conn)
+                    if state is None or version != state["sequence"]:
+                        state = build_state(conn, self.public_url)
+                self._state, self._checked = state, time.monotonic()
+            return state
 
     def invalidate(self) -> None:
-        self._state = None
+        """Force a refresh on the next read (readers holding the old state keep a consistent one)."""
+        self._checked = float("-inf")
 
 
 def sign_state(state: dict, private_key) -> dict:
