@@ -1,6 +1,6 @@
 """Calibrate the latency gate on this machine: false alarms (A/A) and detection power (A/B).
 
-    python benchmarks/gate_calibration.py [--model models/id-docs] [--trials 100] [--seconds 5]
+    python benchmarks/gate_calibration.py [--model models/id-docs] [--trials 100] [--seconds S]
 
 A is the canonical model's ONNX graph in ONNX Runtime. For A/A, two separate sessions of A are
 measured against each other in one interleaved run, as `factory gate --remeasure` does. For A/B,
@@ -74,12 +74,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/id-docs")
     ap.add_argument("--trials", type=int, default=100)
-    ap.add_argument("--seconds", type=float, default=5.0, help="measuring time per trial")
+    ap.add_argument("--seconds", type=float, default=None, help="measuring time per trial (default: the policy's remeasure.seconds)")
     ap.add_argument("--target-slowdown", type=float, default=0.20)
     ap.add_argument("--policy", default=str(ROOT / "configs" / "gates.yaml"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gate-calibration"))
     args = ap.parse_args()
     policy = load_policy(args.policy)
+    args.seconds = args.seconds or policy["remeasure"]["seconds"]
     limit = 1 + policy["latency"]["tolerance"]
     progress.set_enabled(False)
     canonical = load_canonical(args.model)
@@ -104,7 +105,7 @@ def main() -> None:
             depth += step
         rows = {"aa": [], "ab": []}
         started = time.perf_counter()
-        for kind, (x, y) in (("aa", (a1, a2)), ("ab", (a1, b))):
+        for kind, (x, y) in (("ab", (a1, b)), ("aa", (a1, a2))):
             for t in range(args.trials):
                 t0 = time.perf_counter()
                 r, ci = trial(x, y, args.seconds, policy, seed=t)
