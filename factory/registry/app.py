@@ -6,6 +6,7 @@ error is a 4xx with ``{"detail": ..., "hint": ...}``; a 5xx is a bug.
 
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -95,14 +96,16 @@ def create_app(settings: dict | None = None) -> FastAPI:
     async def _factory_error(_request, exc: FactoryError):
         return JSONResponse({"detail": exc.message, "hint": exc.hint}, status_code=_status_for(exc))
 
-    def caller(authorization: Annotated[str | None, Header()] = None) -> tuple[str, str]:
+    # caller, admin and assignment are async: they read in-memory caches (a database read at most
+    # once per cache ttl), so a thread-pool hop per request would cost more than the work itself.
+    async def caller(authorization: Annotated[str | None, Header()] = None) -> tuple[str, str]:
         token = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else None
         who = tokens.lookup(token)
         if who is None:
             raise HTTPException(401, "missing or unknown bearer token", headers={"WWW-Authenticate": "Bearer"})
         return who
 
-    def admin(who: Annotated[tuple[str, str], Depends(caller)]) -> str:
+    async def admin(who: Annotated[tuple[str, str], Depends(caller)]) -> str:
         if who[0] != "admin":
             raise HTTPException(403, f"token {who[1]!r} is a {who[0]} token; this needs an admin token")
         return who[1]
@@ -259,15 +262,13 @@ def create_app(settings: dict | None = None) -> FastAPI:
             return _audit(conn, rollout, limit)
 
     @app.get("/v1/assignment")
-    def assignment(who: Annotated[tuple, Depends(caller)], model: Annotated[str, Query(pattern=NAME)],
+    async def assignment(who: Annotated[tuple, Depends(caller)], model: Annotated[str, Query(pattern=NAME)],
                    device_id: Annotated[str, Query(pattern=DEVICE)], target: Annotated[str, Query(pattern=NAME)],
                    tags: Annotated[str, Query(pattern=TAGS)] = "",
                    if_none_match: Annotated[str | None, Header()] = None) -> Response:
         state = states.get()
         result = assign(state, model, device_id, target, [t for t in tags.split(",") if t])
         body = json.dumps(result.to_dict(), sort_keys=True, separators=(",", ":")).encode()
-        import hashlib
-
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         headers = {"ETag": etag, "Cache-Control": "private, max-age=30", "X-Fleet-State": str(state["sequence"])}
         if if_none_match == etag:

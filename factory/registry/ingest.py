@@ -72,6 +72,16 @@ class Ingestor:
             self._devices[device_id] = d
         return d
 
+    def _prefetch(self, conn, summaries: list) -> None:
+        """Load every device of a batch that is not cached yet in one query (not one per summary)."""
+        ids = {s.get("device_id") for s in summaries if isinstance(s, dict)}
+        missing = [d for d in ids if isinstance(d, str) and d not in self._devices]
+        for i in range(0, len(missing), 500):
+            rows = conn.execute(sa.select(db.devices.c.device_id, db.devices.c.target, db.devices.c.tags)
+                                .where(db.devices.c.device_id.in_(missing[i : i + 500]))).all()
+            for r in rows:
+                self._devices[r.device_id] = (r.target, json.loads(r.tags))
+
     def forget_device(self, device_id: str) -> None:
         self._devices.pop(device_id, None)
 
@@ -98,13 +108,14 @@ class Ingestor:
         raise NotAssigned(f"release {key} was never assigned to device {s['device_id']}; nothing stored")
 
     def check(self, conn, s: object, now: float) -> dict:
-        s = validate_summary(s, max_bytes=self.max_bytes, now=now)
+        text = db.dumps(s) if isinstance(s, dict) else None  # encoded once: size check and the stored row
+        s = validate_summary(s, max_bytes=self.max_bytes, now=now, encoded=text)
         target, tags = self._device(conn, s["device_id"])
         rollout, stage = self._attribute(s, target, tags)
         rel = s["release"]
         return {"idempotency_key": s["idempotency_key"], "device_id": s["device_id"],
                 "release_key": f"{rel['name']}/{rel['version']}/{rel['target']}", "rollout": rollout, "stage": stage,
-                "window_start": float(s["window"]["start"]), "received_at": now, "summary": db.dumps(s)}
+                "window_start": float(s["window"]["start"]), "received_at": now, "summary": text}
 
     def ingest(self, summaries: list, *, single: bool = False) -> list[dict]:
         """Store the valid, new summaries in one transaction; per item: accepted | duplicate | rejected."""
@@ -113,6 +124,7 @@ class Ingestor:
         rows: list[tuple[int, dict]] = []
         with self.engine.begin() as conn:
             self._refresh(conn)
+            self._prefetch(conn, summaries)
             for s in summaries:
                 try:
                     row = self.check(conn, s, now)
