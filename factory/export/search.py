@@ -196,21 +196,29 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        if r.get("p50_ms") is None:
-            continue
-        color = "#d62728" if r["winner"] else ("#1f77b4" if r["status"] == "feasible" else "#aaaaaa")
-        marker = "*" if r["winner"] else "o"
-        ax.scatter(r["p50_ms"], r["accuracy_drop_pt"], s=30 + 25 * r["size_mb"], c=color, marker=marker, alpha=0.8, edgecolors="k")
-        ax.annotate(r["label"], (r["p50_ms"], r["accuracy_drop_pt"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r["p50_ms"])
-    if front:
-        ax.plot([r["p50_ms"] for r in front], [r["accuracy_drop_pt"] for r in front], "--", c="#2ca02c", label="Pareto front")
-        ax.legend()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    measured = [r for r in rows if r.get("p50_ms") is not None]
+    styles = (("rejected", "#bbbbbb", "o", 2), ("feasible", "#1f77b4", "o", 3))
+    for status, color, marker, z in styles:
+        pts = [r for r in measured if r["status"] == status and not r["winner"]]
+        if pts:
+            ax.scatter([r["p50_ms"] for r in pts], [r["accuracy_drop_pt"] for r in pts], s=[30 + 25 * r["size_mb"] for r in pts],
+                       c=color, marker=marker, alpha=0.7, edgecolors="k", linewidths=0.5, zorder=z, label=f"{status} ({len(pts)})")
+    front = sorted((r for r in measured if r.get("pareto")), key=lambda r: r["p50_ms"])
+    if len(front) > 1:
+        ax.plot([r["p50_ms"] for r in front], [r["accuracy_drop_pt"] for r in front], "--", c="#2ca02c", zorder=4, label="Pareto front")
+    for r in measured:  # label only what a reader looks for: the front, the winner and the fp32 reference
+        if r["winner"] or r.get("pareto") or r.get("reference"):
+            tag = " (winner)" if r["winner"] else " (fp32 reference)" if r.get("reference") else ""
+            ax.annotate(r["label"] + tag, (r["p50_ms"], r["accuracy_drop_pt"]), textcoords="offset points",
+                        xytext=(6, -14) if tag == " (fp32 reference)" else (6, 8), fontsize=8, zorder=6)
+    for r in measured:
+        if r["winner"]:
+            ax.scatter([r["p50_ms"]], [r["accuracy_drop_pt"]], s=260, c="#d62728", marker="*", edgecolors="k", zorder=5, label="winner")
+    ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("p50 latency, ms (interleaved, same run)")
     ax.set_ylabel("top-1 drop vs canonical, points")
-    ax.set_title(title + "  (grey: rejected; star: winner; size ~ MB)")
+    ax.set_title(title + "  (marker area ~ size in MB)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
