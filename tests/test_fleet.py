@@ -234,6 +234,8 @@ def test_status_page_in_a_headless_browser(fleet_env, tmp_path):
 
 def test_input_drift_halts_a_rollout_and_sustained_drift_triggers_retraining(fleet_env):
     from factory.device.simulate import Fleet, Knobs, load_images
+    from factory.registry.assign import assign
+    from factory.registry.state import verify_state
 
     env = fleet_env
     client, model = env["client"], env["model"]
@@ -244,11 +246,16 @@ def test_input_drift_halts_a_rollout_and_sustained_drift_triggers_retraining(fle
                   cache=env["tmp"] / "dev-cache-2", window_seconds=WINDOW, seed=1)
     client.create_rollout({"name": "drifty", "release": {"name": model, "version": "1.2.0"},
                            "stages": [{"percent": 30, "min_devices_reporting": 3}, {"percent": 100}], "health": health})
+    windows = 0
     for _ in range(5):
         fleet.simulate(1, inferences=30)
+        windows += 1
         if client.rollout("drifty")["status"] == "rolled_back":
             break
     assert client.rollout("drifty")["status"] == "rolled_back", json.dumps(client.audit("drifty"), indent=1)[:6000]
+    assert windows <= 2  # halted within two evaluation windows
+    state = verify_state(client.fleet_manifest(), load_public_key(env["fleet_pub"]))
+    assert all(assign(state, model, d.device_id, "cpu").release["version"] != "1.2.0" for d in fleet.devices)
     entry = [a for a in client.audit("drifty") if a["action"] == "rollout.rollback"][0]
     assert any("psi_brightness" in v for w in entry["detail"]["evidence"]["windows"] for v in w["violations"])
     # now the whole fleet sees darker images on the stable release: a retraining trigger names the lineage

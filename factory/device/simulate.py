@@ -228,5 +228,7 @@ def load_images(dataset: str, split: str = "test", limit: int = 256) -> list[np.
     from ..data.manifest import load_manifest
 
     m = load_manifest(dataset)
-    recs = sorted(m.subset(split), key=lambda r: r.path)[:limit]
+    # ordered by content hash, not path: a prefix of a path-sorted list holds only the first few
+    # classes, and the fleet would "drift" from the reference class mix before anything changed
+    recs = sorted(m.subset(split), key=lambda r: r.sha256)[:limit]
     return [img for img in (cv2.imread(str(m.resolve(r)), cv2.IMREAD_COLOR) for r in recs) if img is not None]
