@@ -167,6 +167,17 @@ def test_a_tampered_bundle_is_never_activated(fleet_env, tmp_path):
         assert agent.runner is None and not (tmp_path / "s" / "active.json").exists()
 
 
+def _windows_until(fleet, client, rollout: str, status: str, limit: int, history: list | None = None) -> int:
+    """Simulate one window at a time until ``rollout`` reaches ``status`` (or ``limit``); windows used."""
+    for n in range(1, limit + 1):
+        rows = fleet.simulate(1, inferences=30)
+        if history is not None:
+            history += rows
+        if client.rollout(rollout)["status"] == status:
+            return n
+    return limit
+
+
 def test_health_driven_rollouts_end_to_end(fleet_env):
     """1.1.0 is healthy and reaches 100%; 1.2.0 is 30% slower and is rolled back within two windows."""
     from factory.device.simulate import Fleet, Knobs, load_images
@@ -182,18 +193,10 @@ def test_health_driven_rollouts_end_to_end(fleet_env):
                   images=load_images(str(env["dataset"])), cache=env["tmp"] / "dev-cache", window_seconds=WINDOW)
     client.create_rollout({"name": "good", "release": {"name": model, "version": "1.1.0"}, "stages": stages, "health": health})
     history = []
-    for _ in range(8):
-        history += fleet.simulate(1, inferences=30)
-        if client.rollout("good")["status"] == "completed":
-            break
+    _windows_until(fleet, client, "good", "completed", 8, history)
     assert client.rollout("good")["status"] == "completed", [h["decisions"] for h in history]
     client.create_rollout({"name": "bad", "release": {"name": model, "version": "1.2.0"}, "stages": stages, "health": health})
-    windows = 0
-    for _ in range(6):
-        fleet.simulate(1, inferences=30)
-        windows += 1
-        if client.rollout("bad")["status"] == "rolled_back":
-            break
+    windows = _windows_until(fleet, client, "bad", "rolled_back", 6)
     assert client.rollout("bad")["status"] == "rolled_back"
     assert windows <= 2
     state = verify_state(client.fleet_manifest(), load_public_key(env["fleet_pub"]))
@@ -246,12 +249,7 @@ def test_input_drift_halts_a_rollout_and_sustained_drift_triggers_retraining(fle
                   cache=env["tmp"] / "dev-cache-2", window_seconds=WINDOW, seed=1)
     client.create_rollout({"name": "drifty", "release": {"name": model, "version": "1.2.0"},
                            "stages": [{"percent": 30, "min_devices_reporting": 3}, {"percent": 100}], "health": health})
-    windows = 0
-    for _ in range(5):
-        fleet.simulate(1, inferences=30)
-        windows += 1
-        if client.rollout("drifty")["status"] == "rolled_back":
-            break
+    windows = _windows_until(fleet, client, "drifty", "rolled_back", 5)
     assert client.rollout("drifty")["status"] == "rolled_back", json.dumps(client.audit("drifty"), indent=1)[:6000]
     assert windows <= 2  # halted within two evaluation windows
     state = verify_state(client.fleet_manifest(), load_public_key(env["fleet_pub"]))

@@ -10,6 +10,7 @@ copies on a CDN.
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import sqlalchemy as sa
@@ -60,8 +61,6 @@ class StateCache:
     """
 
     def __init__(self, engine, public_url: str, ttl: float = 1.0):
-        import threading
-
         self.engine, self.public_url, self.ttl = engine, public_url, ttl
         self._state: dict | None = None
         self._checked = float("-inf")
