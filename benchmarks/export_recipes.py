@@ -11,7 +11,6 @@ Bundles go to a temporary folder; pruned fine-tunes are cached and shared across
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from factory import progress  # noqa: E402
 from factory._io import atomic_write, write_json  # noqa: E402
 from factory.bundle.signing import generate_keys  # noqa: E402
-from factory.export.build import build, build_report  # noqa: E402
+from factory.pipeline.build import build, build_report  # noqa: E402
 from factory.lineage import host_info  # noqa: E402
 
 RECIPES = {

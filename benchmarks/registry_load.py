@@ -109,18 +109,18 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed for the assignment benchmark: apt-get install wrk")
     import sqlalchemy as sa
-
-    from factory.bench.artifacts import _expand
-    from factory.bundle.archive import read_manifest
-    from factory.bundle.signing import generate_keys
-    from factory.registry import db
-    from factory.registry.auth import create_token
-    from factory.registry.client import RegistryClient
     from registry_server import Server, make_settings
 
+    from factory.bench.artifacts import _expand
+    from factory.bundle.manifest import Manifest
+    from factory.bundle.signing import generate_keys
+    from factory.device.client import RegistryClient
+    from factory.registry import db
+    from factory.registry.auth import create_token
+
     folders = _expand(Path(args.bundles))
-    cpu = next(f for f in folders if read_manifest(f)["target"] == "cpu")
-    manifest = read_manifest(cpu)
+    cpu = next(f for f in folders if Manifest.read(f).target == "cpu")
+    manifest = Manifest.read(cpu)
     result = {"host": host_info(), "workers": args.workers}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -152,7 +152,7 @@ def main() -> None:
                     time.sleep(0.2)
             with RegistryClient(srv.url, admin) as client:
                 client.publish(cpu)
-                model, version = manifest["name"], manifest["version"]
+                model, version = manifest.name, manifest.version
                 client.create_rollout({"name": "load", "release": {"name": model, "version": version},
                                        "stages": [{"percent": 50}, {"percent": 100}]})
                 result["assignment"] = [_wrk(srv.url, device, model, args.seconds, c, tmp) for c in args.connections]

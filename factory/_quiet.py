@@ -40,7 +40,7 @@ def native_quiet() -> Iterator[_Captured]:
                 warnings.simplefilter("ignore")
                 yield captured
         finally:
-            for fd, old in zip(fds, saved):
+            for fd, old in zip(fds, saved, strict=True):
                 os.dup2(old, fd)
                 os.close(old)
             sink.seek(0)

@@ -65,8 +65,9 @@ def _register() -> None:
     from .bundle.commands import bundle, keys
     from .data.commands import data
     from .device.commands import device, fleet
-    from .export.commands import build_cmd, targets_cmd
-    from .pipeline import run
+    from .export.commands import targets_cmd
+    from .pipeline.commands import build_cmd
+    from .pipeline.main import run
     from .registry.commands import registry, release, rollout
     from .train.commands import train_cmd
 

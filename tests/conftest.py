@@ -75,7 +75,7 @@ def trained(tmp_path_factory, synth_ds):
     from factory.train.canonical import load_canonical
 
     work = tmp_path_factory.mktemp("train")
-    cfg = write_train_config(work / "train.yaml", synth_ds / "manifest.json", work / "model")
+    cfg = write_train_config(work / "train.yaml", synth_ds / "dataset.json", work / "model")
     result = invoke("train", "--config", str(cfg))
     assert result.exit_code == 0, result.output
     return load_canonical(work / "model")

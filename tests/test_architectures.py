@@ -11,7 +11,7 @@ ARCHS = ["mobilenet_v3_small", "resnet18", "efficientnet_b0"]
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_architecture_builds_for_every_runtime(tmp_path, synth_ds, keypair, loose_targets, arch):
-    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "manifest.json", tmp_path / "model",
+    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "dataset.json", tmp_path / "model",
                              model__architecture=arch, train__epochs=1, tracking__log_model=False)
     trained = invoke("train", "--config", str(cfg))
     assert trained.exit_code == 0, trained.output

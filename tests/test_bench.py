@@ -1,6 +1,5 @@
 """factory bench and factory gate on real runtimes (tiny model, short time budgets)."""
 
-import copy
 import json
 
 import numpy as np

@@ -213,7 +213,7 @@ def test_report_finds_duplicates(tmp_path):
 
 def test_tampered_manifest_is_refused(tmp_path, synth_ds):
     shutil.copytree(synth_ds, tmp_path / "ds")
-    path = tmp_path / "ds" / "manifest.json"
+    path = tmp_path / "ds" / "dataset.json"
     raw = json.loads(path.read_text())
     raw["files"][0]["label"] = raw["classes"][1] if raw["files"][0]["label"] == raw["classes"][0] else raw["classes"][0]
     path.write_text(json.dumps(raw))

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from factory.bundle.archive import verify_bundle
-from factory.bundle.manifest import open_bundle
+from factory.device.loader import open_bundle
 from factory.bundle.signing import load_public_key
 from factory.export.base import backend_names, get_backend
 from tests.conftest import build_args, invoke
@@ -30,22 +30,22 @@ def test_build_every_backend_and_precision(tmp_path, trained, synth_ds, keypair,
     assert (folder.parent / f"{target}.tar.gz").is_file()
     checked = verify_bundle(folder, load_public_key(keypair[1]))
     m = checked["manifest"]
-    assert m["runtime"]["backend"] == backend and m["recipe"]["precision"] == precision
-    assert m["labels"] == trained.labels and m["preprocessing"] == trained.preprocessing
-    assert m["lineage"]["canonical"]["weights_sha256"] == trained.card["files"]["weights"]["sha256"]
-    parity = m["validation"]["parity"]
+    assert m.runtime["backend"] == backend and m.recipe["precision"] == precision
+    assert m.labels == trained.labels and m.preprocessing == trained.preprocessing
+    assert m.lineage["canonical"]["weights_sha256"] == trained.card["files"]["weights"]["sha256"]
+    parity = m.validation["parity"]
     assert parity["n"] == trained.card["metrics"]["test"]["n"]
-    assert m["latency"]["p50_ms"] > 0 and m["latency"]["host"]["cpu"]
+    assert m.latency["p50_ms"] > 0 and m.latency["host"]["cpu"]
     if precision == "fp32":
         assert parity["top1_agreement"] >= 0.995 and abs(parity["accuracy_drop_pt"]) <= 0.2
         assert parity["max_abs_diff"] <= 1e-3
     elif precision.startswith("int8"):
         assert parity["cosine_mean"] > 0.9
         if precision == "int8-static":
-            assert m["recipe"]["quantization_applied"]["calibration"]["n"] == 16
-            assert len(m["recipe"]["quantization_applied"]["calibration"]["tensor_sha256"]) == 64
+            assert m.recipe["quantization_applied"]["calibration"]["n"] == 16
+            assert len(m.recipe["quantization_applied"]["calibration"]["tensor_sha256"]) == 64
     manifest, runner = open_bundle(folder)
-    batch = np.random.default_rng(0).normal(size=(3, *m["input"]["shape"][1:])).astype(np.float32)
+    batch = np.random.default_rng(0).normal(size=(3, *m.input["shape"][1:])).astype(np.float32)
     assert runner(batch).shape == (3, len(trained.labels))
 
 
@@ -135,7 +135,7 @@ def test_build_is_tracked_and_registered_in_mlflow(tmp_path, trained, synth_ds, 
     import mlflow
     import mlflow.pyfunc
 
-    from factory.bundle.manifest import open_bundle
+    from factory.device.loader import open_bundle
 
     result = invoke(*build_args(trained.path, "cpu", keypair, loose_targets, tmp_path / "b", "--data", str(synth_ds)))
     assert result.exit_code == 0, result.output
@@ -170,7 +170,7 @@ def test_failed_conversion_names_stage_and_operator(tmp_path, synth_ds, keypair,
             return self.head(x.mean((2, 3)))
 
     register_model("odd-cnn")(Odd)
-    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "manifest.json", tmp_path / "model",
+    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "dataset.json", tmp_path / "model",
                              model__architecture="odd-cnn", train__epochs=1, tracking__log_model=False)
     assert invoke("train", "--config", str(cfg)).exit_code == 0
     result = invoke(*build_args(tmp_path / "model", "tflite", keypair, loose_targets, tmp_path / "b", "--data", str(synth_ds), "--no-track"))

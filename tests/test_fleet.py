@@ -2,13 +2,12 @@
 
 import json
 import shutil
-import time
 
 import httpx
 import numpy as np
 import pytest
 
-from factory.bundle.manifest import retag
+from factory.pipeline.fleet_demo import _retag as retag
 from factory.bundle.signing import generate_keys, load_private_key, load_public_key
 from tests.conftest import build_args, invoke
 from tests.registry_server import Server, make_settings
@@ -42,7 +41,7 @@ def fleet_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     srv.start()
     with db.engine_for(settings["database"]).begin() as conn:
         admin, device = create_token(conn, "admin", "admin"), create_token(conn, "devices", "device")
-    from factory.registry.client import RegistryClient
+    from factory.device.client import RegistryClient
 
     client = RegistryClient(srv.url, admin)
     for f in folders.values():
@@ -57,7 +56,7 @@ def fleet_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
 
 
 def _device_client(env):
-    from factory.registry.client import RegistryClient
+    from factory.device.client import RegistryClient
 
     return RegistryClient(env["server"].url, env["device"])
 
@@ -116,8 +115,8 @@ def test_bad_telemetry_is_rejected_and_nothing_is_stored(fleet_env):
 
 def test_agent_pulls_verifies_serves_and_reports(fleet_env, keypair, tmp_path):
     from factory.device.agent import Agent
+    from factory.device.client import RegistryClient
     from factory.device.sources import frames
-    from factory.registry.client import RegistryClient
 
     env = fleet_env
     with RegistryClient(env["server"].url, env["device"]) as c:
@@ -134,7 +133,7 @@ def test_agent_pulls_verifies_serves_and_reports(fleet_env, keypair, tmp_path):
 
 def test_agent_keeps_serving_when_the_registry_is_down(fleet_env, keypair, tmp_path):
     from factory.device.agent import Agent
-    from factory.registry.client import RegistryClient
+    from factory.device.client import RegistryClient
 
     env = fleet_env
     trusted = load_public_key(keypair[1])
@@ -148,14 +147,14 @@ def test_agent_keeps_serving_when_the_registry_is_down(fleet_env, keypair, tmp_p
         assert status.startswith("kept") and "unreachable" in status
         frame = np.full((72, 96, 3), 128, np.uint8)
         label, conf = agent.infer(frame)
-        assert label in agent.manifest["labels"] and 0 < conf <= 1
+        assert label in agent.manifest.labels and 0 < conf <= 1
         agent.close_window()
         assert agent.upload()["waiting"] == 1  # buffered on disk while offline
 
 
 def test_a_tampered_bundle_is_never_activated(fleet_env, tmp_path):
     from factory.device.agent import Agent
-    from factory.registry.client import RegistryClient
+    from factory.device.client import RegistryClient
 
     env = fleet_env
     other, other_pub = generate_keys(tmp_path / "other")
@@ -180,9 +179,9 @@ def _windows_until(fleet, client, rollout: str, status: str, limit: int, history
 
 def test_health_driven_rollouts_end_to_end(fleet_env):
     """1.1.0 is healthy and reaches 100%; 1.2.0 is 30% slower and is rolled back within two windows."""
+    from factory.device.assign import assign
+    from factory.device.fleetstate import verify_state
     from factory.device.simulate import Fleet, Knobs, load_images
-    from factory.registry.assign import assign
-    from factory.registry.state import verify_state
 
     env = fleet_env
     client, model = env["client"], env["model"]
@@ -236,9 +235,9 @@ def test_status_page_in_a_headless_browser(fleet_env, tmp_path):
 
 
 def test_input_drift_halts_a_rollout_and_sustained_drift_triggers_retraining(fleet_env):
+    from factory.device.assign import assign
+    from factory.device.fleetstate import verify_state
     from factory.device.simulate import Fleet, Knobs, load_images
-    from factory.registry.assign import assign
-    from factory.registry.state import verify_state
 
     env = fleet_env
     client, model = env["client"], env["model"]

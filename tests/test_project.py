@@ -4,7 +4,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from factory.config import load_config
@@ -77,7 +76,7 @@ def test_main_command_end_to_end_on_tiny_params(tmp_path, loose_targets):
     result = invoke("run", cwd=tmp_path)
     assert result.exit_code == 0, result.output
     assert "main job finished" in result.stdout
-    for f in ("data/synth/manifest.json", "reports/data/profile.json", "models/tiny/model_card.json", "models/tiny/model.onnx",
+    for f in ("data/synth/dataset.json", "reports/data/profile.json", "models/tiny/model_card.json", "models/tiny/model.onnx",
               "keys/signing.key", "reports/build/summary.md"):
         assert (tmp_path / f).is_file(), f
     for target in ("cpu", "openvino", "tflite"):

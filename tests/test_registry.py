@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from factory.bundle.signing import generate_keys, load_private_key, load_public_key
+from factory.device.assign import assign, bucket
+from factory.device.fleetstate import verify_state
 from factory.errors import SignatureError
-from factory.registry.assign import assign, bucket
-from factory.registry.state import sign_state, verify_state
+from factory.registry.state import sign_state
 from tests.conftest import build_args, invoke
 from tests.registry_server import Server, make_settings
 
@@ -95,7 +96,7 @@ def test_publish_inspect_download(server, bundles):
 
 @pytest.mark.parametrize("tamper", ["unsigned", "flipped", "foreign"])
 def test_bad_bundles_are_refused(server, bundles, tmp_path, tamper):
-    from factory.bundle.manifest import write_signed
+    from factory.bundle.manifest import Manifest
 
     copy = tmp_path / "cpu"
     shutil.copytree(bundles / "1.0.0" / "cpu", copy)
@@ -107,7 +108,7 @@ def test_bad_bundles_are_refused(server, bundles, tmp_path, tamper):
         (copy / "model.onnx").write_bytes(bytes(data))
     else:
         other, _ = generate_keys(tmp_path / "other")
-        write_signed(copy, json.loads((copy / "manifest.json").read_text()), load_private_key(other))
+        Manifest.read(copy).write_signed(copy, load_private_key(other))
     r = _publish(server, copy)
     assert r.status_code == 422, r.text
     assert r.json()["detail"]

@@ -1,4 +1,3 @@
-import json
 import shutil
 
 import numpy as np
@@ -54,7 +53,7 @@ def test_onnx_matches_pytorch_with_dynamic_batch(trained, synth_ds):
 
 
 def test_same_seed_same_predictions(tmp_path, trained, synth_ds):
-    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "manifest.json", tmp_path / "again")
+    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "dataset.json", tmp_path / "again")
     assert invoke("train", "--config", str(cfg)).exit_code == 0
     again = load_canonical(tmp_path / "again")
     batch = _test_batch(trained, synth_ds)
@@ -81,7 +80,7 @@ def test_mlflow_run_and_model_load_and_predict(trained, synth_ds):
 
 
 def test_unknown_architecture_lists_valid_ones(tmp_path, synth_ds):
-    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "manifest.json", tmp_path / "out", model__architecture="mobilenet_v9")
+    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "dataset.json", tmp_path / "out", model__architecture="mobilenet_v9")
     result = invoke("train", "--config", str(cfg))
     assert result.exit_code == 2
     assert "unknown architecture 'mobilenet_v9'" in result.stderr
@@ -90,7 +89,7 @@ def test_unknown_architecture_lists_valid_ones(tmp_path, synth_ds):
 
 
 def test_missing_config_key_is_named(tmp_path, synth_ds):
-    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "manifest.json", tmp_path / "out")
+    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "dataset.json", tmp_path / "out")
     text = cfg.read_text().replace("epochs: 2", "")
     cfg.write_text(text)
     result = invoke("train", "--config", str(cfg))
@@ -100,14 +99,14 @@ def test_missing_config_key_is_named(tmp_path, synth_ds):
 
 
 def test_misspelt_config_key_gets_a_suggestion(tmp_path, synth_ds):
-    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "manifest.json", tmp_path / "out", train__batchsize=8)
+    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "dataset.json", tmp_path / "out", train__batchsize=8)
     result = invoke("train", "--config", str(cfg))
     assert result.exit_code == 2
     assert "unknown key 'train.batchsize'; did you mean 'train.batch_size'?" in result.stderr
 
 
 def test_bad_override_type(tmp_path, synth_ds):
-    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "manifest.json", tmp_path / "out")
+    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "dataset.json", tmp_path / "out")
     result = invoke("train", "--config", str(cfg), "--set", "train.epochs=many")
     assert result.exit_code == 2
     assert "'train.epochs' must be int" in result.stderr
@@ -117,7 +116,7 @@ def test_pretrained_only_from_a_local_file(tmp_path):
     src = create_model("tiny-cnn", 5)
     torch.save({"state_dict": src.state_dict()}, tmp_path / "w.pth")
     dst = create_model("tiny-cnn", 5, pretrained=tmp_path / "w.pth")
-    for a, b in zip(src.state_dict().values(), dst.state_dict().values()):
+    for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     with pytest.raises(ModelError, match="does not exist"):
         create_model("tiny-cnn", 5, pretrained=tmp_path / "missing.pth")

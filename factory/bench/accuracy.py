@@ -9,8 +9,8 @@ import numpy as np
 
 from .. import progress
 from ..data.manifest import load_manifest
+from ..data.splits import load_split
 from ..errors import DataError
-from ..export.calibration import load_split
 from .stats import mcnemar_p, paired_drop_ci
 
 __all__ = ["measure_accuracy", "pack_bits", "unpack_bits"]

@@ -53,22 +53,19 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _bundle(folder: Path, public_key) -> Artifact:
-    from ..bundle.manifest import open_bundle
+    from ..device.loader import open_bundle
 
-    manifest, runner = open_bundle(folder, public_key)
-    rt = manifest["runtime"]
+    m, runner = open_bundle(folder, public_key)
+    rt = m.runtime
     return Artifact(
-        id=f"{manifest['target']}@{manifest['version']}", kind="bundle", path=str(folder), runner=runner,
-        input_shape=(1, *manifest["input"]["shape"][1:]),
-        identity={"model": manifest["name"], "version": manifest["version"], "target": manifest["target"],
-                  "dataset_hash": manifest["validation"]["dataset_hash"],
-                  "canonical_weights_sha256": manifest["lineage"]["canonical"]["weights_sha256"],
+        id=f"{m.target}@{m.version}", kind="bundle", path=str(folder), runner=runner, input_shape=(1, *m.input["shape"][1:]),
+        identity={"model": m.name, "version": m.version, "target": m.target, "dataset_hash": m.validation.get("dataset_hash"),
+                  "canonical_weights_sha256": m.lineage.get("canonical", {}).get("weights_sha256"),
                   "sha256": sha256_file(folder / "manifest.json")},
-        runtime={"backend": rt["backend"], "version": rt["built_with"], "threads": rt["options"].get("threads"),
-                 "precision": manifest["recipe"]["precision"], "options": rt["options"]},
-        size_bytes=manifest["artifact"]["size_bytes"], labels=manifest["labels"], preprocessing=manifest["preprocessing"],
-        budgets=manifest["validation"]["budgets"], canonical_path=manifest["lineage"]["canonical"]["path"],
-        extra={"macs": manifest["artifact"]["macs"]},
+        runtime={"backend": rt["backend"], "version": rt.get("built_with"), "threads": rt["options"].get("threads"),
+                 "precision": m.recipe["precision"], "options": rt["options"]},
+        size_bytes=m.artifact["size_bytes"], labels=m.labels, preprocessing=m.preprocessing, budgets=m.validation["budgets"],
+        canonical_path=m.lineage.get("canonical", {}).get("path"), extra={"macs": m.artifact.get("macs")},
     )
 
 
@@ -97,12 +94,12 @@ def _canonical(folder: Path, threads: int) -> Artifact:
 
 
 def _file(path: Path, threads: int, shape: tuple[int, ...] | None) -> Artifact:
-    from ..export.base import backend_for_file
+    from ..device.runtimes import runtime_for_file
 
-    backend = backend_for_file(path)
+    backend = runtime_for_file(path)
     try:
         declared = backend.declared_input_shape(path)
-        runner = backend.runner_for_file(path, {"threads": threads})
+        runner = backend.load_file(path, {"threads": threads})
     except InputError:
         raise
     except Exception as exc:  # each runtime raises its own types for a corrupt file
@@ -114,7 +111,7 @@ def _file(path: Path, threads: int, shape: tuple[int, ...] | None) -> Artifact:
             raise InputError(f"{path} declares input {declared} with dynamic dimension(s) {missing}",
                              hint="pass --input-shape, e.g. --input-shape 1,3,224,224")
         shape = (1, *declared[1:])
-    elif len(shape) != len(declared) or any(d is not None and d != s for i, (d, s) in enumerate(zip(declared, shape)) if i):
+    elif len(shape) != len(declared) or any(d is not None and d != s for i, (d, s) in enumerate(zip(declared, shape, strict=True)) if i):
         shown = ",".join("?" if d is None else str(d) for d in declared)
         raise InputError(f"input shape {','.join(map(str, shape))} does not fit {path}, which declares [{shown}]")
     elif declared[0] is not None and shape[0] != declared[0]:
@@ -123,7 +120,7 @@ def _file(path: Path, threads: int, shape: tuple[int, ...] | None) -> Artifact:
     return Artifact(
         id=path.name, kind="file", path=str(path), runner=runner, input_shape=tuple(shape),
         identity={"model": path.stem, "sha256": sha256_file(path)},
-        runtime={"backend": backend.name, "version": backend.runtime_version(), "threads": threads, "precision": "unknown"},
+        runtime={"backend": backend.name, "version": backend.version(), "threads": threads, "precision": "unknown"},
         size_bytes=size,
     )
 
@@ -135,9 +132,9 @@ def _expand(path: Path) -> list[Path]:
     targets = sorted(p for p in path.iterdir() if (p / "manifest.json").is_file())
     if targets:
         return targets
-    from ..bundle.manifest import SEMVER, _version_key
+    from ..bundle.manifest import SEMVER, version_key
 
-    versions = sorted((p for p in path.iterdir() if p.is_dir() and SEMVER.match(p.name)), key=lambda p: _version_key(p.name))
+    versions = sorted((p for p in path.iterdir() if p.is_dir() and SEMVER.match(p.name)), key=lambda p: version_key(p.name))
     if versions:
         return sorted(p for p in versions[-1].iterdir() if (p / "manifest.json").is_file())
     raise InputError(f"{path} is neither a bundle, a canonical model, nor a folder of bundles")

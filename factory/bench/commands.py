@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import click
 
-__all__ = ["bench_cmd", "gate_cmd", "run_bench"]
-
-
-def run_bench(paths, *, data=None, seconds=10.0, rounds=100_000, warmup=20, threads=2, input_shape=None, pubkey=None,
-              accuracy=True) -> dict:
-    from ..bundle.signing import load_public_key
-    from .accuracy import measure_accuracy
-    from .artifacts import open_artifacts
-    from .latency import measure_interleaved
-    from .report import assemble
-
-    key = load_public_key(pubkey) if pubkey else None
-    with contextlib.ExitStack() as stack:
-        artifacts = open_artifacts(list(paths), threads=threads, input_shape=input_shape, public_key=key, stack=stack)
-        acc = measure_accuracy(artifacts, data=data) if accuracy else {}
-        lat = measure_interleaved(artifacts, seconds=seconds, max_rounds=rounds, warmup=warmup)
-        return assemble(artifacts, lat, acc)
+__all__ = ["bench_cmd", "gate_cmd"]
 
 
 @click.command("bench")
@@ -58,6 +41,7 @@ def bench_cmd(inputs, data, seconds, rounds, warmup, threads, input_shape, pubke
     """
     from .report import markdown, write_report
     from .report import save_baseline as write_baseline
+    from .run import run_bench
 
     report = run_bench(inputs, data=data, seconds=seconds, rounds=rounds, warmup=warmup, threads=threads,
                        input_shape=input_shape, pubkey=pubkey, accuracy=not no_accuracy)

@@ -16,6 +16,7 @@ import numpy as np
 from ..config import Key, load_config
 from ..errors import InputError
 from .accuracy import unpack_bits
+from .budgets import check_budgets
 from .stats import paired_drop_ci, paired_ratio_ci, ratio_of_medians_ci
 
 __all__ = ["POLICY_SCHEMA", "load_policy", "pair_artifacts", "evaluate_gate", "remeasure", "run_gate"]
@@ -121,19 +122,11 @@ def _accuracy(name, c, b, policy) -> dict | None:
 
 
 def _budgets(name, c, policy) -> list[dict]:
-    rows = []
-    budgets = c.get("budgets") or {}
-    if policy["budgets"]["from_target_profile"]:
-        if budgets.get("max_latency_ms") is not None:
-            p95 = c["latency"]["p95_ms"]
-            rows.append(_line("budget", name, p95 <= budgets["max_latency_ms"], f"p95 {p95:.3f} ms vs budget {budgets['max_latency_ms']:g} ms"))
-        if budgets.get("max_size_mb") is not None:
-            mb = c["size_bytes"] / 1e6
-            rows.append(_line("budget", name, mb <= budgets["max_size_mb"], f"size {mb:.2f} MB vs budget {budgets['max_size_mb']:g} MB"))
-    floor = policy["budgets"]["min_top1"]
-    if floor is not None and "top1" in c["accuracy"]:
-        rows.append(_line("budget", name, c["accuracy"]["top1"] >= floor, f"top-1 {c['accuracy']['top1']:.4f} vs floor {floor:g}"))
-    return rows
+    """The candidate's own profile budgets (p95, size) and the policy's top-1 floor, by the one checker."""
+    budgets = (c.get("budgets") or {}) if policy["budgets"]["from_target_profile"] else {}
+    checks = check_budgets({k: budgets.get(k) for k in ("max_latency_ms", "max_size_mb")}, latency_p95_ms=c["latency"]["p95_ms"],
+                           size_mb=c["size_bytes"] / 1e6, top1=c["accuracy"].get("top1"), min_top1=policy["budgets"]["min_top1"])
+    return [_line("budget", name, ch.passed, ch.why) | {"budget": ch.check} for ch in checks]
 
 
 def evaluate_gate(candidate: dict, baseline: dict, policy: dict, *, paired: bool = False) -> dict:

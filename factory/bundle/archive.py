@@ -13,14 +13,13 @@ import io
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from .._io import atomic_dir, atomic_write, read_json, sha256_file
+from .._io import atomic_dir, atomic_write, sha256_file
 from ..errors import BundleError
+from .manifest import MANIFEST, SIGNATURE, Manifest
 from .signing import verify_signature
 
-__all__ = ["MANIFEST", "SIGNATURE", "BUNDLE_SCHEMA", "pack", "unpack", "verify_bundle", "read_manifest"]
+__all__ = ["pack", "unpack", "verify_bundle"]
 
-MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
-BUNDLE_SCHEMA = "factory.bundle/1"
 MAX_MEMBER_BYTES = 2 << 30
 MAX_TOTAL_BYTES = 4 << 30
 MAX_MEMBERS = 64
@@ -90,21 +89,11 @@ def unpack(archive: str | Path, dest: str | Path) -> Path:
     return Path(dest)
 
 
-def read_manifest(folder: Path) -> dict:
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{folder} has no {MANIFEST}; is it a bundle folder?")
-    try:
-        manifest = read_json(path)
-    except ValueError as exc:
-        raise BundleError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != BUNDLE_SCHEMA:
-        raise BundleError(f"{path}: schema {manifest.get('schema') if isinstance(manifest, dict) else None!r}, expected {BUNDLE_SCHEMA!r}")
-    return manifest
-
-
 def verify_bundle(folder: str | Path, public_key) -> dict:
-    """Check the signature with the given key, then every file's sha256 and size; nothing extra allowed."""
+    """Check the signature with the given key, then every file's sha256 and size; nothing extra allowed.
+
+    Returns ``{"key_id", "files", "manifest": Manifest}``.
+    """
     folder = Path(folder)
     sig_path = folder / SIGNATURE
     if not sig_path.is_file():
@@ -113,8 +102,8 @@ def verify_bundle(folder: str | Path, public_key) -> dict:
     if not raw:
         raise BundleError(f"{folder} has no {MANIFEST}")
     signer = verify_signature(raw, sig_path.read_bytes(), public_key)
-    manifest = read_manifest(folder)
-    files = manifest.get("files", {})
+    manifest = Manifest.read(folder)
+    files = manifest.files
     problems = []
     for name, entry in files.items():
         f = folder / name

@@ -64,7 +64,7 @@ def verify_cmd(bundle_path: str, pubkey: str) -> None:
     with contextlib.ExitStack() as stack:
         result = verify_bundle(_folder(bundle_path, stack), key)
     m = result["manifest"]
-    click.echo(f"OK {m['name']} {m['version']} {m['target']}: signature by key {result['key_id']}, {result['files']} file(s) match")
+    click.echo(f"OK {m.name} {m.version} {m.target}: signature by key {result['key_id']}, {result['files']} file(s) match")
 
 
 @bundle.command("inspect")
@@ -74,23 +74,26 @@ def inspect_cmd(bundle_path: str, as_json: bool) -> None:
     """Show what a bundle holds and what was measured (does not verify; see `bundle verify`)."""
     import contextlib
 
-    from .archive import read_manifest
+    from .manifest import Manifest
 
     with contextlib.ExitStack() as stack:
-        m = read_manifest(_folder(bundle_path, stack))
+        m = Manifest.read(_folder(bundle_path, stack))
     if as_json:
-        click.echo(json.dumps(m, indent=2))
+        click.echo(json.dumps(m.to_dict(), indent=2))
         return
-    p, lat = m["validation"]["parity"], m["latency"]
+    p, lat, rt = m.validation["parity"], m.latency, m.runtime
     lines = [
-        f"{m['name']} {m['version']}  target {m['target']}  ({m['runtime']['backend']} {m['runtime']['built_with']}, needs >= {m['runtime']['min_version']})",
-        f"  precision   {m['recipe']['precision']}   pruning {m['recipe']['pruning']['method']} {m['recipe']['pruning']['ratio']}",
-        f"  accuracy    top-1 {p['top1']:.4f} (canonical {p['canonical_top1']:.4f}, drop {p['accuracy_drop_pt']:+.2f} pt, agreement {p['top1_agreement']:.4f}) on {p['n']} test images",
+        f"{m.name} {m.version}  target {m.target}  ({rt['backend']} {rt.get('built_with')}, needs >= {rt['min_version']})",
+        f"  precision   {m.recipe['precision']}   pruning {m.recipe['pruning'].get('method')} {m.recipe['pruning'].get('ratio')}",
+        f"  accuracy    top-1 {p['top1']:.4f} (canonical {p['canonical_top1']:.4f}, drop {p['accuracy_drop_pt']:+.2f} pt, "
+        f"agreement {p['top1_agreement']:.4f}) on {p['n']} test images",
         f"  parity      max abs diff {p['max_abs_diff']:.3g}, cosine min {p['cosine_min']}, SNR {p['snr_db']} dB",
-        f"  latency     p50 {lat['p50_ms']:.3f} ms, p95 {lat['p95_ms']:.3f} ms (batch 1, {lat['threads']} threads, {lat['host']['cpu']})",
-        f"  size        {m['artifact']['size_bytes'] / 1e6:.2f} MB ({m['artifact']['size_gzip_bytes'] / 1e6:.2f} MB gzip), {m['artifact']['macs'] / 1e6:.1f} M MACs",
-        f"  verdict     {'pass' if m['validation']['passed'] else 'FAIL'}: " + "; ".join(f"{c['check']} {c['why']}" for c in m["validation"]["checks"]),
-        "  files       " + ", ".join(f"{n} ({e['size']} B)" for n, e in m["files"].items()),
+        f"  latency     p50 {lat['p50_ms']:.3f} ms, p95 {lat['p95_ms']:.3f} ms (batch 1, {lat.get('threads')} threads, "
+        f"{(lat.get('host') or {}).get('cpu')}; {lat.get('source', 'quick probe at build time')})",
+        f"  size        {m.artifact['size_bytes'] / 1e6:.2f} MB ({m.artifact.get('size_gzip_bytes', 0) / 1e6:.2f} MB gzip), "
+        f"{(m.artifact.get('macs') or 0) / 1e6:.1f} M MACs",
+        f"  verdict     {'pass' if m.passed else 'FAIL'}: " + "; ".join(f"{c['check']} {c['why']}" for c in m.validation["checks"]),
+        "  files       " + ", ".join(f"{n} ({e['size']} B)" for n, e in m.files.items()),
     ]
     click.echo("\n".join(lines))
 

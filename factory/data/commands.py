@@ -32,7 +32,7 @@ def _summary(manifest) -> str:
 
 @click.group()
 def data() -> None:
-    """Make, import and profile datasets (images + manifest.json).
+    """Make, import and profile datasets (images + dataset.json).
 
     A dataset folder holds its images and a manifest listing every file with its sha256, label,
     split (train/val/test, decided by hash so adding files never reshuffles old ones) and the
@@ -53,7 +53,7 @@ def synth_cmd(out: str, seed: int, per_class: int, size: str, types: str | None,
     Each image is a document of one of several types (ID card, passport, driving licence, ...)
     warped by a random perspective onto a cluttered background, with uneven light, glare, blur,
     noise and JPEG artefacts. Writes images/, annotations.xml (CVAT for images 1.1: a tag with the
-    type and a polygon with the four corners per image) and manifest.json.
+    type and a polygon with the four corners per image) and dataset.json.
 
     Example: factory data synth --out data/synth --per-class 300 --seed 0
     """
@@ -116,7 +116,7 @@ def import_cmd(fmt: str, src: str, out: str, annotations: str | None, classes: s
 @click.option("--samples-per-class", default=6, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Also print the profile JSON on stdout.")
 def report_cmd(dataset: str, out: str, samples_per_class: int, as_json: bool) -> None:
-    """Profile DATASET (a folder with manifest.json): the EDA step.
+    """Profile DATASET (a folder with dataset.json): the EDA step.
 
     Class counts per split, image sizes, brightness/contrast statistics and reference histograms,
     per-class means (a class that is simply darker is a shortcut), duplicates by content hash.

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 SCHEMA = "factory.dataset/1"
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = "dataset.json"  # not manifest.json: that name is the bundle manifest's
 DEFAULT_SPLIT = {"train": 0.6, "val": 0.2, "test": 0.2}
 SPLITS = ("train", "val", "test")
 
@@ -169,12 +169,15 @@ def build_manifest(
 
 
 def load_manifest(path: str | Path) -> DatasetManifest:
-    """Load ``manifest.json`` (or a dataset folder holding one); malformed files are DataErrors."""
+    """Load ``dataset.json`` (or a dataset folder holding one); malformed files are DataErrors."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
     if not path.is_file():
-        raise DataError(f"no dataset manifest at {path}", hint="create one with `factory data synth` or `factory data import`")
+        old = path.with_name("manifest.json")
+        hint = (f"{old} looks like a dataset manifest of an older factory: rename it to {MANIFEST_NAME}"
+                if old.is_file() and path.name == MANIFEST_NAME else "create one with `factory data synth` or `factory data import`")
+        raise DataError(f"no dataset manifest at {path}", hint=hint)
     try:
         raw = read_json(path)
         if raw.get("schema") != SCHEMA:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._io import atomic_dir, write_json
 from ..errors import DataError
-from ..monitor.stats import BRIGHTNESS_EDGES, CONTRAST_EDGES, histogram, image_stats
+from ..stats import BRIGHTNESS_EDGES, CONTRAST_EDGES, histogram, image_stats
 from .manifest import DatasetManifest
 
 __all__ = ["profile_dataset", "write_report"]

@@ -133,7 +133,7 @@ def synthesize(
     fractions: dict[str, float] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> DatasetManifest:
-    """Write ``out/images/<type>/*.jpg``, ``out/annotations.xml`` (CVAT 1.1) and ``out/manifest.json``."""
+    """Write ``out/images/<type>/*.jpg``, ``out/annotations.xml`` (CVAT 1.1) and ``out/dataset.json``."""
     classes = list(classes or document_types())
     for c in classes:
         get_document(c)  # unknown types fail before anything is written

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from .._io import read_json, write_json
+from ..bundle.manifest import Manifest
 from ..errors import FactoryError
-from ..monitor.stats import image_stats
 from ..preprocess import preprocess
+from ..stats import image_stats
 from .telemetry import Window
 
 __all__ = ["Agent"]
@@ -42,7 +43,7 @@ class Agent:
         self.state_dir, self.bundle_key, self.window_seconds, self.keep = Path(state_dir), bundle_key, window_seconds, keep_releases
         for sub in ("releases", "downloads", "outbox"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        self.manifest: dict | None = None
+        self.manifest: Manifest | None = None
         self.runner = None
         self.etag: str | None = None
         self.last_error: str | None = None
@@ -55,7 +56,7 @@ class Agent:
     # ------------------------------------------------------------------ model management
     def _load_active(self) -> None:
         """Resume from the state folder: the active bundle is re-verified before it serves."""
-        from ..bundle.manifest import open_bundle
+        from .loader import open_bundle
 
         path = self.state_dir / "active.json"
         if not path.is_file():
@@ -73,11 +74,11 @@ class Agent:
     def release_key(self) -> str | None:
         if not self.manifest:
             return None
-        return f"{self.manifest['name']}/{self.manifest['version']}/{self.manifest['target']}"
+        return self.manifest.key
 
     def _activate(self, release: dict) -> None:
         from ..bundle.archive import unpack
-        from ..bundle.manifest import open_bundle
+        from .loader import open_bundle
 
         key = f"{release['name']}-{release['version']}-{release['target']}"
         archive = self.state_dir / "downloads" / f"{key}.tar.gz"
@@ -87,7 +88,7 @@ class Agent:
         if not folder.is_dir():
             unpack(archive, folder)  # safe unpack: no absolute paths, '..', links
         manifest, runner = open_bundle(folder, self.bundle_key)  # signature + every file hash, then a load
-        runner(np.zeros((1, *manifest["input"]["shape"][1:]), np.float32))  # it must actually run
+        runner(np.zeros((1, *manifest.input["shape"][1:]), np.float32))  # it must actually run
         previous = {"release": self.release_key, "folder": str(self._folder_of(self.release_key))} if self.manifest else None
         write_json(self.state_dir / "active.json", {"release": f"{release['name']}/{release['version']}/{release['target']}",
                                                     "folder": str(folder), "previous": previous})
@@ -138,7 +139,7 @@ class Agent:
         stats = image_stats(frame)
         t0 = time.perf_counter()
         try:
-            logits = self.runner(preprocess(frame, self.manifest["preprocessing"]))[0]
+            logits = self.runner(preprocess(frame, self.manifest.preprocessing))[0]
         except Exception:  # an inference error is data for telemetry, not a crash
             self.window.add(0.0, None, stats)
             return None
@@ -146,16 +147,16 @@ class Agent:
         probs = _softmax(logits.astype(np.float64))
         self.window.add(ms, probs, stats)
         i = int(probs.argmax())
-        return self.manifest["labels"][i], float(probs[i])
+        return self.manifest.labels[i], float(probs[i])
 
     def _new_window(self, now: float) -> Window:
-        rel = {"name": self.manifest["name"], "version": self.manifest["version"], "target": self.manifest["target"]}
+        rel = {"name": self.manifest.name, "version": self.manifest.version, "target": self.manifest.target}
         start = now - now % self.window_seconds
-        return Window(self.device_id, self.target, self.tags, rel, len(self.manifest["labels"]), start=start, seconds=self.window_seconds)
+        return Window(self.device_id, self.target, self.tags, rel, len(self.manifest.labels), start=start, seconds=self.window_seconds)
 
     def _roll_window(self, now: float) -> None:
         if self.window is not None and (now >= self.window.start + self.window_seconds or
-                                        self.window.release["version"] != self.manifest["version"]):
+                                        self.window.release["version"] != self.manifest.version):
             self.close_window()
         if self.window is None:
             self.window = self._new_window(now)
@@ -171,7 +172,7 @@ class Agent:
 
     def upload(self, now: float | None = None) -> dict:
         """Send the outbox oldest first; stop at the first network error and back off (with jitter)."""
-        from ..registry.client import RegistryError, Unreachable
+        from .client import RegistryError, Unreachable
 
         now = time.time() if now is None else now
         if now < self.next_upload:

@@ -41,8 +41,8 @@ def run_cmd(url, token, device_id, target, model, tags, source, trusted_key, sta
     import time
 
     from ..bundle.signing import load_public_key
-    from ..registry.client import RegistryClient
     from .agent import Agent
+    from .client import RegistryClient
     from .sources import frames
 
     state = Path(state_dir or Path.home() / ".factory-device" / device_id)
@@ -90,7 +90,7 @@ def simulate_cmd(url, token, devices, targets, model, windows, window_seconds, i
                  dark_release, dark_share, fail_share, retry_share, cache, out) -> None:
     """Run N simulated devices that pull and report; print what the fleet ran and what the monitor decided."""
     from .._io import write_json
-    from ..registry.client import RegistryClient
+    from .client import RegistryClient
     from .simulate import Fleet, Knobs, load_images
 
     knobs = Knobs(slow_release=slow_release, slowdown=slowdown, dark_release=dark_release, dark_share=dark_share,

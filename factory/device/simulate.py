@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import progress
-from ..monitor.stats import image_stats
 from ..preprocess import preprocess
+from ..stats import image_stats
 from .telemetry import Window
 
 __all__ = ["Knobs", "Behaviour", "SimDevice", "Fleet", "load_images"]
@@ -42,10 +42,10 @@ class Behaviour:
 
     def __init__(self, folder: Path, images: list[np.ndarray], darkness: float, bundle_key=None, samples: int = 200,
                  latencies: dict | None = None):
-        from ..bundle.manifest import open_bundle
+        from .loader import open_bundle
 
         self.manifest, runner = open_bundle(folder, bundle_key)
-        pre = self.manifest["preprocessing"]
+        pre = self.manifest.preprocessing
         self.outputs = {}
         for kind, factor in (("normal", 1.0), ("dark", darkness)):
             frames = [np.clip(im.astype(np.float32) * factor, 0, 255).astype(np.uint8) for im in images]
@@ -55,7 +55,7 @@ class Behaviour:
             self.outputs[kind] = (probs.max(1), probs.argmax(1), np.array([image_stats(f) for f in frames]))
         # Releases that ship the very same artifact share one latency sample: timing them apart on a
         # noisy host would make identical models look 20% apart, and injected slowdowns meaningless.
-        artifact = self.manifest["files"][self.manifest["artifact"]["main"]]["sha256"]
+        artifact = self.manifest.files[self.manifest.main_file]["sha256"]
         if latencies is not None and artifact in latencies:
             self.latency = latencies[artifact]
             return
@@ -125,11 +125,11 @@ class Fleet:
 
     def poll(self, via: str = "service") -> dict:
         """Every device asks which release to run (service per device, or one signed static manifest)."""
-        from ..registry.assign import assign
+        from .assign import assign
 
         state = None
         if via == "manifest":
-            from ..registry.state import verify_state
+            from .fleetstate import verify_state
 
             doc = self.client.fleet_manifest()
             state = verify_state(doc, self.fleet_key) if self.fleet_key is not None else doc["payload"]
@@ -158,8 +158,8 @@ class Fleet:
             version = d.release.split("/")[1]
             dark = d.dark or (k.dark_release is not None and version == k.dark_release)
             conf, cls, stats = b.outputs["dark" if dark else "normal"]
-            w = Window(d.device_id, d.target, d.tags, {"name": b.manifest["name"], "version": b.manifest["version"],
-                                                       "target": b.manifest["target"]}, len(b.manifest["labels"]),
+            m = b.manifest
+            w = Window(d.device_id, d.target, d.tags, {"name": m.name, "version": m.version, "target": m.target}, len(m.labels),
                        start=start, seconds=self.window_seconds)
             pick = self.rng.integers(0, len(conf), inferences)
             lat = b.latency[self.rng.integers(0, len(b.latency), inferences)]
@@ -169,7 +169,7 @@ class Fleet:
             for j, i in enumerate(pick):
                 probs = None
                 if not fails[j]:
-                    probs = np.zeros(len(b.manifest["labels"]))
+                    probs = np.zeros(len(m.labels))
                     probs[cls[i]] = conf[i]
                 w.add(float(lat[j]), probs, tuple(stats[i]))
             d.outbox.append(w.summary())

@@ -2,7 +2,7 @@
 
 A summary is counts only: inferences, errors, and fixed-bucket histograms of latency (log-spaced),
 top-1 confidence, predicted class and input brightness/contrast. Bucket edges are protocol constants
-(:mod:`factory.monitor.stats`), so any two summaries of a release merge by adding counts. Each
+(:mod:`factory.stats`), so any two summaries of a release merge by adding counts. Each
 summary carries an idempotency key: a retried upload is stored once.
 """
 
@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from ..monitor.stats import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, LATENCY_EDGES_MS, histogram
+from ..stats import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, HISTOGRAMS, LATENCY_EDGES_MS, histogram
 
-__all__ = ["SCHEMA", "HISTOGRAMS", "Window", "validate_summary", "merge", "percentile_from_hist"]
+__all__ = ["SCHEMA", "Window", "validate_summary"]
 
 SCHEMA = "factory.telemetry/1"
-HISTOGRAMS = {"latency_ms": LATENCY_EDGES_MS, "confidence": CONFIDENCE_EDGES, "brightness": BRIGHTNESS_EDGES, "contrast": CONTRAST_EDGES}
 _ID = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
 
 
@@ -121,40 +120,3 @@ def validate_summary(s: object, *, max_bytes: int = 65536, now: float | None = N
     if sum(_counts(s.get("predicted_class"), None, "predicted_class")) != ok:
         raise InputError("predicted_class must count every successful inference")
     return s
-
-
-def merge(summaries: list[dict]) -> dict:
-    """Add up summaries of one release: counts and histograms merge exactly."""
-    out = {"count": 0, "errors": 0, "devices": set()} | {k: np.zeros(len(e) - 1, np.int64) for k, e in HISTOGRAMS.items()}
-    classes = None
-    for s in summaries:
-        out["count"] += s["count"]
-        out["errors"] += s["errors"]
-        out["devices"].add(s["device_id"])
-        for k in HISTOGRAMS:
-            out[k] += np.asarray(s[k], np.int64)
-        pc = np.asarray(s["predicted_class"], np.int64)
-        if classes is None:
-            classes = pc.copy()
-        else:
-            if pc.size > classes.size:
-                classes = np.pad(classes, (0, pc.size - classes.size))
-            classes[: pc.size] += pc
-    out["predicted_class"] = classes if classes is not None else np.zeros(0, np.int64)
-    out["devices"] = len(out["devices"])
-    return out
-
-
-def percentile_from_hist(counts, edges, q: float) -> float | None:
-    """Percentile from a histogram (linear within the bucket)."""
-    counts = np.asarray(counts, np.float64)
-    total = counts.sum()
-    if total <= 0:
-        return None
-    target = q / 100 * total
-    cum = np.cumsum(counts)
-    i = int(np.searchsorted(cum, target))
-    i = min(i, len(counts) - 1)
-    before = cum[i - 1] if i else 0.0
-    frac = (target - before) / counts[i] if counts[i] else 0.0
-    return float(edges[i] + frac * (edges[i + 1] - edges[i]))

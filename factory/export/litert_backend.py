@@ -1,9 +1,7 @@
 """LiteRT (TFLite) backend: litert-torch conversion, ai-edge-quantizer or PT2E int8, XNNPACK check.
 
 litert-torch cannot export a dynamic batch for torchvision classifiers (the flatten before the head
-fails to lower), so the artifact has batch 1 and the runner resizes its input for larger batches.
-Static int8 models have int8 input/output tensors; the runner quantizes and dequantizes with the
-scales stored in the model, so callers always pass and receive float32.
+fails to lower), so the artifact has batch 1; the runtime's runner resizes it for larger batches.
 """
 
 from __future__ import annotations
@@ -14,21 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from .._quiet import native_quiet
+from ..device.runtimes.litert_runtime import interpreter_class, xnnpack_partitions
 from ..errors import ExportError
 from .base import Backend, Capabilities, register_backend, require
 
-__all__ = ["LiteRtBackend", "xnnpack_partitions"]
+__all__ = ["LiteRtBackend"]
 
 MODEL = "model.tflite"
-
-
-def _interpreter_cls():
-    return require("ai_edge_litert.interpreter", "ai-edge-litert", "litert", "the litert backend").Interpreter
-
-
-def xnnpack_partitions(interpreter) -> int:
-    """How many subgraphs the XNNPACK delegate took over (0 means it ran on the slow reference kernels)."""
-    return sum(1 for op in interpreter._get_ops_details() if op.get("op_name") == "DELEGATE")
 
 
 def _operator_from(text: str) -> str | None:
@@ -36,40 +26,6 @@ def _operator_from(text: str) -> str | None:
         if token.startswith(("aten.", "aten::", "torch.ops.")):
             return token.strip("'\"`,.:")
     return None
-
-
-class _Runner:
-    def __init__(self, path: Path, threads: int):
-        self._path, self._threads = str(path), threads
-        self._by_batch: dict[int, object] = {}
-
-    def _interp(self, batch: int):
-        it = self._by_batch.get(batch)
-        if it is None:
-            with native_quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
-                it = _interpreter_cls()(model_path=self._path, num_threads=self._threads)
-            d = it.get_input_details()[0]
-            if int(d["shape"][0]) != batch:
-                it.resize_tensor_input(d["index"], [batch, *d["shape"][1:]], strict=False)
-            it.allocate_tensors()
-            self._by_batch[batch] = it
-        return it
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        it = self._interp(len(batch))
-        d, o = it.get_input_details()[0], it.get_output_details()[0]
-        x = batch
-        if d["dtype"] != np.float32:
-            scale, zero = d["quantization"]
-            info = np.iinfo(d["dtype"])
-            x = np.clip(np.round(batch / scale + zero), info.min, info.max).astype(d["dtype"])
-        it.set_tensor(d["index"], x)
-        it.invoke()
-        y = it.get_tensor(o["index"])
-        if o["dtype"] != np.float32:
-            scale, zero = o["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        return np.array(y, dtype=np.float32, copy=True)
 
 
 def _aeq(artifact: Path, out: Path, precision: str, calibration: np.ndarray) -> dict:
@@ -88,7 +44,7 @@ def _aeq(artifact: Path, out: Path, precision: str, calibration: np.ndarray) -> 
     name = {"int8-static": "static_wi8_ai8", "int8-dynamic": "dynamic_wi8_afp32", "int8-weight-only": "weight_only_wi8_afp32"}[precision]
     qt = q.quantizer.Quantizer(str(artifact), getattr(recipe, name)())
     if precision == "int8-static":
-        it = _interpreter_cls()(model_path=str(artifact))
+        it = interpreter_class()(model_path=str(artifact))
         sig = it.get_signature_list()
         key = next(iter(sig))
         arg = sig[key]["inputs"][0]
@@ -124,14 +80,8 @@ def _pt2e(module, out: Path, calibration: np.ndarray, input_hw: tuple[int, int])
 class LiteRtBackend(Backend):
     name = "litert"
     capabilities = Capabilities(
-        runtime_package="ai-edge-litert",
-        min_runtime_version="1.0",
-        artifact_files=(MODEL,),
-        file_suffixes=(".tflite",),
         precisions=("fp32", "fp16", "int8-static", "int8-dynamic", "int8-weight-only"),
-        dynamic_batch=False,
         parity_tolerance={"fp32": 1e-4, "fp16": 5e-2, "int8-static": None, "int8-dynamic": None, "int8-weight-only": None},
-        runtime_options={"threads": 2},
         notes={
             "fp16": "fp16 weights (float casting), fp32 compute on CPU",
             "int8-static": "full int8 with int8 input/output (ai-edge-quantizer static_wi8_ai8, or PT2E with engine: pt2e)",
@@ -167,7 +117,7 @@ class LiteRtBackend(Backend):
         shutil.copyfile(artifact, out / MODEL)
         try:
             with native_quiet():
-                it = _interpreter_cls()(model_path=str(out / MODEL), num_threads=int(runtime["threads"]))
+                it = interpreter_class()(model_path=str(out / MODEL), num_threads=int(runtime["threads"]))
                 it.allocate_tensors()
         except Exception as exc:
             raise ExportError("litert-load", f"the model does not load in LiteRT: {exc}") from exc
@@ -182,14 +132,3 @@ class LiteRtBackend(Backend):
             "output_dtype": np.dtype(o["dtype"]).name,
             "fixed_batch": int(d["shape"][0]),
         }
-
-    def runner_for_file(self, path, runtime):
-        runtime = {**self.capabilities.runtime_options, **runtime}
-        return _Runner(Path(path), int(runtime["threads"]))
-
-    def declared_input_shape(self, path):
-        with native_quiet():
-            d = _interpreter_cls()(model_path=str(path)).get_input_details()[0]
-        sig = d.get("shape_signature", d["shape"])
-        # LiteRT models here have a fixed batch of 1 that the runner resizes: treat batch as free
-        return [None] + [int(v) if v > 0 else None for v in list(sig)[1:]]

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-
 from .._quiet import native_quiet
+from ..device.runtimes.openvino_runtime import compile_config
 from ..errors import ExportError
 from .base import Backend, Capabilities, register_backend, require
 
 __all__ = ["OpenVinoBackend"]
 
-XML, BIN = "model.xml", "model.bin"
+XML = "model.xml"
 
 
 def _ov():
@@ -23,51 +20,18 @@ def _nncf():
     return require("nncf", "nncf", "openvino", "OpenVINO int8 quantization")
 
 
-def _config(runtime: dict) -> dict:
-    return {
-        "INFERENCE_NUM_THREADS": int(runtime["threads"]),
-        "PERFORMANCE_HINT": runtime["performance_hint"],
-        "INFERENCE_PRECISION_HINT": runtime["inference_precision"],
-    }
-
-
-class _Runner:
-    def __init__(self, xml: Path, runtime: dict):
-        ov = _ov()
-        core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", _config(runtime))
-        self.request = self.compiled.create_infer_request()
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        self.request.infer({0: batch})
-        return np.array(self.request.get_output_tensor(0).data, copy=True)
-
-
 @register_backend
 class OpenVinoBackend(Backend):
     name = "openvino"
     capabilities = Capabilities(
-        runtime_package="openvino",
-        min_runtime_version="2024.0",
-        artifact_files=(XML, BIN),
-        file_suffixes=(".xml",),
         precisions=("fp32", "fp16", "int8-static", "int8-weight-only"),
-        dynamic_batch=True,
         parity_tolerance={"fp32": 1e-4, "fp16": 5e-2, "int8-static": None, "int8-weight-only": None},
-        runtime_options={"threads": 2, "performance_hint": "LATENCY", "inference_precision": "auto"},
         notes={
             "fp16": "fp16 weights in the IR and an f16 inference hint; CPUs without native fp16 run f32 (recorded as effective precision)",
             "int8-static": "nncf.quantize (post-training, PERFORMANCE preset, fast bias correction)",
             "int8-weight-only": "nncf.compress_weights INT8_ASYM: ~4x smaller, weights decompressed at run time",
         },
     )
-
-    def resolve_runtime(self, runtime, precision):
-        out = dict(runtime)
-        if out["inference_precision"] == "auto":
-            # Always explicit: CPUs with bf16/AMX otherwise pick bf16 silently and change accuracy.
-            out["inference_precision"] = "f16" if precision == "fp16" else "f32"
-        return out
 
     def export(self, work, *, onnx_path, module_factory, input_hw):
         ov = _ov()
@@ -107,7 +71,7 @@ class OpenVinoBackend(Backend):
         fp16_weights = precision == "fp16"
         ov.save_model(core.read_model(str(artifact)), str(out / XML), compress_to_fp16=fp16_weights)
         try:
-            compiled = core.compile_model(core.read_model(str(out / XML)), "CPU", _config(runtime))
+            compiled = core.compile_model(core.read_model(str(out / XML)), "CPU", compile_config(runtime))
         except Exception as exc:
             raise ExportError("openvino-compile", f"the IR does not compile on CPU: {str(exc).splitlines()[0][:400]}") from exc
         return {
@@ -117,11 +81,3 @@ class OpenVinoBackend(Backend):
             "cpu_capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
             "weights_fp16": fp16_weights,
         }
-
-    def runner_for_file(self, path, runtime):
-        runtime = self.resolve_runtime({**self.capabilities.runtime_options, **runtime}, "fp32")
-        return _Runner(Path(path), runtime)
-
-    def declared_input_shape(self, path):
-        shape = _ov().Core().read_model(str(path)).inputs[0].get_partial_shape()
-        return [d.get_length() if d.is_static else None for d in shape]

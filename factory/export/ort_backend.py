@@ -3,50 +3,20 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
-import numpy as np
-
+from ..device.runtimes.ort_runtime import session
 from ..errors import ExportError
 from .base import Backend, Capabilities, register_backend, require
 
 __all__ = ["OnnxRuntimeBackend"]
 
-_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 MODEL = "model.onnx"
-
-
-def _ort():
-    return require("onnxruntime", "onnxruntime", "onnxruntime", "the onnxruntime backend")
-
-
-def _session(path: Path, threads: int, level: str, save_to: Path | None = None):
-    ort = _ort()
-    if level not in _LEVELS:
-        raise ExportError("ort-compile", f"graph_optimization {level!r} is not one of {', '.join(_LEVELS)}")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
-    if save_to is not None:
-        opts.optimized_model_filepath = str(save_to)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-class _Runner:
-    def __init__(self, path: Path, threads: int, level: str):
-        self.session = _session(path, threads, level)
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
 
 
 class _Reader:
     """onnxruntime CalibrationDataReader over a preprocessed calibration tensor, one image at a time."""
 
-    def __init__(self, calibration: np.ndarray, name: str = "input"):
+    def __init__(self, calibration, name: str = "input"):
         self._rows = iter([{name: calibration[i : i + 1]} for i in range(len(calibration))])
 
     def get_next(self):
@@ -57,14 +27,8 @@ class _Reader:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     capabilities = Capabilities(
-        runtime_package="onnxruntime",
-        min_runtime_version="1.20",
-        artifact_files=(MODEL,),
-        file_suffixes=(".onnx",),
         precisions=("fp32", "fp16", "int8-static", "int8-dynamic"),
-        dynamic_batch=True,
         parity_tolerance={"fp32": 1e-4, "fp16": 5e-2, "int8-static": None, "int8-dynamic": None},
-        runtime_options={"threads": 2, "graph_optimization": "extended"},
         notes={
             "fp16": "fp16 weights and compute inside, fp32 input/output; halves the size, no CPU speedup expected",
             "int8-static": "QDQ per-channel; uint8 activations with reduce_range on hosts without VNNI (int8 ones saturate or run slower there)",
@@ -80,7 +44,6 @@ class OnnxRuntimeBackend(Backend):
     def quantize(self, artifact, work, *, precision, calibration, options, module_factory, input_hw):
         if precision == "fp16":
             import onnx
-
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
             out = work / "fp16.onnx"
@@ -113,7 +76,7 @@ class OnnxRuntimeBackend(Backend):
         import onnx
 
         target = out / MODEL
-        _session(artifact, runtime["threads"], runtime["graph_optimization"], save_to=target)
+        session(artifact, runtime["threads"], runtime["graph_optimization"], save_to=target)
         if not target.is_file():
             raise ExportError("ort-compile", "ONNX Runtime did not write the optimized model")
         return {
@@ -121,12 +84,3 @@ class OnnxRuntimeBackend(Backend):
             "nodes_before": len(onnx.load(str(artifact)).graph.node),
             "nodes_after": len(onnx.load(str(target)).graph.node),
         }
-
-    def runner_for_file(self, path, runtime):
-        # A bundle's artifact is already optimized; re-running the (idempotent) optimizer costs milliseconds.
-        runtime = {**self.capabilities.runtime_options, **runtime}
-        return _Runner(Path(path), runtime["threads"], runtime["graph_optimization"])
-
-    def declared_input_shape(self, path):
-        dims = _session(Path(path), 1, "disable").get_inputs()[0].shape
-        return [d if isinstance(d, int) and d > 0 else None for d in dims]

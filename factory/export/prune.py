@@ -95,7 +95,7 @@ def recalibrate_bn(module, images, spec: dict, batch: int = 32, max_batches: int
             chunk = [images[j] for j in order[i : i + batch]]
             module(torch.from_numpy(preprocess(chunk, spec)))
             seen += len(chunk)
-    for m, mom in zip(bns, saved):
+    for m, mom in zip(bns, saved, strict=True):
         m.momentum = mom
     module.eval()
     return seen

@@ -82,7 +82,8 @@ def load_target(name: str, folder: str | Path | None = None, overrides: Iterable
     profile["name"] = profile["name"] or name
     if profile["backend"] not in backend_names():
         raise ConfigError(f"{path}: unknown backend {profile['backend']!r}; valid backends: {', '.join(backend_names())}")
-    caps = get_backend(profile["backend"]).capabilities
+    backend = get_backend(profile["backend"])
+    caps, runtime = backend.capabilities, backend.runtime
     precision = profile["recipe"]["precision"]
     if precision not in caps.precisions:
         known = "" if precision in PRECISIONS else " (not a precision at all)"
@@ -90,10 +91,10 @@ def load_target(name: str, folder: str | Path | None = None, overrides: Iterable
             f"{path}: precision {precision!r}{known} is not supported by backend {profile['backend']!r}; "
             f"valid: {', '.join(caps.precisions)}"
         )
-    unknown = sorted(set(profile["runtime"]) - set(caps.runtime_options))
+    unknown = sorted(set(profile["runtime"]) - set(runtime.options))
     if unknown:
         raise ConfigError(f"{path}: unknown runtime option(s) {unknown} for {profile['backend']}; "
-                          f"valid: {', '.join(caps.runtime_options)}")
-    profile["runtime"] = {**caps.runtime_options, **profile["runtime"]}
+                          f"valid: {', '.join(runtime.options)}")
+    profile["runtime"] = {**runtime.options, **profile["runtime"]}
     profile["source"] = str(path)
     return profile

@@ -25,9 +25,10 @@ def _settings(config_path: str | None) -> dict:
 
 
 def _client(url, token, local, config_path):
-    from .client import RegistryClient
+    from ..device.client import RegistryClient
+    from .local import local_client
 
-    return RegistryClient(url, token, local_settings=_settings(config_path) if local else None)
+    return local_client(_settings(config_path)) if local else RegistryClient(url, token)
 
 
 @click.group()

@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 __all__ = ["metadata", "releases", "tokens", "rollouts", "stable", "audit", "state", "devices", "telemetry",
-           "engine_for", "now", "bump_state", "state_version", "add_audit", "dumps"]
+           "engine_for", "now", "bump_state", "state_version", "add_audit", "audit_entries", "dumps"]
 
 metadata = sa.MetaData()
 
@@ -105,10 +105,12 @@ telemetry = sa.Table(
 
 
 def now() -> str:
+    """UTC now, ISO 8601 with milliseconds."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def dumps(obj) -> str:
+    """Compact, key-sorted JSON for stored columns."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
@@ -136,12 +138,24 @@ def engine_for(url: str) -> sa.Engine:
 
 
 def bump_state(conn) -> None:
+    """Move the fleet-state version on: every replica rebuilds its cached state."""
     conn.execute(state.update().where(state.c.id == 1).values(version=state.c.version + 1))
 
 
 def state_version(conn) -> int:
+    """The current fleet-state version."""
     return int(conn.execute(sa.select(state.c.version).where(state.c.id == 1)).scalar_one())
 
 
 def add_audit(conn, actor: str, action: str, rollout: str | None, detail: dict) -> None:
+    """Append one entry to the audit log (never updated or deleted)."""
     conn.execute(audit.insert().values(ts=now(), actor=actor, action=action, rollout=rollout, detail=dumps(detail)))
+
+
+def audit_entries(conn, rollout: str | None = None, limit: int = 200) -> list[dict]:
+    """The newest ``limit`` audit entries (of one rollout, if named), oldest first."""
+    q = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
+    if rollout:
+        q = q.where(audit.c.rollout == rollout)
+    return [{"id": r.id, "ts": r.ts, "actor": r.actor, "action": r.action, "rollout": r.rollout, "detail": json.loads(r.detail)}
+            for r in reversed(conn.execute(q).all())]

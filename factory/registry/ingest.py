@@ -11,10 +11,10 @@ import time
 
 import sqlalchemy as sa
 
+from ..device.assign import bucket, in_cohort
 from ..device.telemetry import validate_summary
 from ..errors import InputError
 from . import db
-from .assign import bucket, in_cohort
 from .rollouts import NotFound, RolloutConflict, salt_for
 
 __all__ = ["register_device", "Ingestor", "Duplicate", "UnknownDevice", "NotAssigned"]

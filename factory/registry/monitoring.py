@@ -13,8 +13,9 @@ import time
 
 import sqlalchemy as sa
 
-from ..monitor.health import judge, release_reference, series_for, window_figures
+from ..monitor.health import judge, window_figures
 from . import db
+from .health import release_reference, series_for
 
 __all__ = ["health_report", "check_retraining", "Metrics"]
 

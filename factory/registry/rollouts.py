@@ -17,7 +17,7 @@ from ..config import Key, load_yaml, validate
 from ..errors import ConfigError, InputError
 from . import db
 
-__all__ = ["PLAN_SCHEMA", "load_plan", "check_plan", "create", "transition", "get", "RolloutConflict", "NotFound"]
+__all__ = ["PLAN_SCHEMA", "load_plan", "check_plan", "create", "transition", "get", "list_all", "salt_for", "RolloutConflict", "NotFound"]
 
 
 class RolloutConflict(InputError):
@@ -169,3 +169,8 @@ def transition(conn, name: str, action: str, actor: str, reason: str = "", evide
 
 def salt_for(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def list_all(conn) -> list[dict]:
+    """Every rollout, oldest first."""
+    return [_row_to_dict(r) for r in conn.execute(sa.select(db.rollouts).order_by(db.rollouts.c.id)).all()]

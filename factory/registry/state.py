@@ -1,10 +1,10 @@
-"""The fleet state (what :func:`factory.registry.assign.assign` reads) and its signed static form.
+"""The fleet state (what :func:`factory.device.assign.assign` reads), built from the database and signed.
 
 A static rollout manifest is the fleet state signed with the fleet key:
 ``{"payload": {...state...}, "signature": {"algorithm", "key_id", "signature"}}``. A device verifies
 it with its own trusted fleet key and refuses one that is unsigned, signed by another key, or older
 (a lower ``sequence``) than the manifest it already accepted: no rollback attacks through stale
-copies on a CDN.
+copies on a CDN. The verification side lives with the devices (:mod:`factory.device.fleetstate`).
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ import time
 import sqlalchemy as sa
 
 from .._io import canonical_json
-from ..errors import SignatureError
+from ..device.assign import ACTIVE
+from ..device.fleetstate import MANIFEST_SCHEMA, STATE_SCHEMA
 from . import db
-from .assign import ACTIVE
 from .rollouts import salt_for
 
-__all__ = ["STATE_SCHEMA", "MANIFEST_SCHEMA", "build_state", "StateCache", "sign_state", "verify_state"]
-
-STATE_SCHEMA = "factory.fleet-state/1"
-MANIFEST_SCHEMA = "factory.rollout-manifest/1"
+__all__ = ["build_state", "StateCache", "sign_state"]
 
 
 def _release_entry(r, public_url: str) -> dict:
@@ -86,6 +83,7 @@ class StateCache:
 
 
 def sign_state(state: dict, private_key) -> dict:
+    """The static rollout manifest: the fleet state and an Ed25519 signature over its canonical JSON."""
     import base64
 
     from ..bundle.signing import key_id
@@ -94,29 +92,3 @@ def sign_state(state: dict, private_key) -> dict:
     return {"schema": MANIFEST_SCHEMA, "payload": state,
             "signature": {"algorithm": "ed25519", "key_id": key_id(private_key.public_key()),
                           "signature": base64.b64encode(private_key.sign(payload)).decode()}}
-
-
-def verify_state(doc: dict, public_key, *, min_sequence: int | None = None) -> dict:
-    """Return the payload of a signed static manifest, or raise SignatureError saying why not."""
-    import base64
-
-    from cryptography.exceptions import InvalidSignature
-
-    from ..bundle.signing import key_id
-
-    if not isinstance(doc, dict) or doc.get("schema") != MANIFEST_SCHEMA or "payload" not in doc:
-        raise SignatureError("not a factory rollout manifest")
-    sig = doc.get("signature")
-    if not isinstance(sig, dict) or not sig.get("signature"):
-        raise SignatureError("the rollout manifest is unsigned")
-    if sig.get("key_id") != key_id(public_key):
-        raise SignatureError(f"the rollout manifest is signed by key {sig.get('key_id')!r}, not the trusted fleet key")
-    try:
-        public_key.verify(base64.b64decode(sig["signature"]), canonical_json(doc["payload"]))
-    except (InvalidSignature, ValueError):
-        raise SignatureError("the rollout manifest's signature does not verify (modified after signing)") from None
-    payload = doc["payload"]
-    if min_sequence is not None and int(payload.get("sequence", -1)) < min_sequence:
-        raise SignatureError(f"the rollout manifest is older (sequence {payload.get('sequence')}) than the one already "
-                             f"accepted ({min_sequence}); refusing a rollback to stale state")
-    return payload

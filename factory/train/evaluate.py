@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..monitor.stats import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, histogram
+from ..stats import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, histogram
 
 __all__ = ["softmax", "classification_metrics", "confusion_matrix", "plot_confusion", "reference_profile"]
 

@@ -16,9 +16,19 @@ from ..config import config_hash
 from ..data.manifest import load_manifest
 from ..errors import DataError, ExportError
 from ..lineage import git_revision, package_versions
-from ..monitor.stats import image_stats
 from ..preprocess import input_spec, make_spec, preprocess
-from .canonical import CARD_NAME, CARD_SCHEMA, ONNX_NAME, ONNX_OPSET, WEIGHTS_NAME, CanonicalModel, count_macs, export_onnx, onnx_logits
+from ..stats import image_stats
+from .canonical import (
+    CARD_NAME,
+    CARD_SCHEMA,
+    ONNX_NAME,
+    ONNX_OPSET,
+    WEIGHTS_NAME,
+    CanonicalModel,
+    count_macs,
+    export_onnx,
+    onnx_logits,
+)
 from .evaluate import classification_metrics, plot_confusion, reference_profile
 from .models import create_model, set_bn_momentum
 
@@ -200,7 +210,6 @@ def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
             model_uri = None
             if cfg["tracking"]["log_model"]:
                 import onnx
-
                 from mlflow.models import infer_signature
 
                 signature = infer_signature({"input": parity_batch[:2]}, {"logits": ref_logits[:2]})

@@ -23,7 +23,7 @@ def _range(v) -> str | None:
 
 TRAIN_SCHEMA = {
     "data": {
-        "manifest": Key(str, help="dataset manifest.json (or its folder) from `factory data synth|import`"),
+        "manifest": Key(str, help="dataset manifest dataset.json (or its folder) from `factory data synth|import`"),
     },
     "model": {
         "name": Key(str, "id-docs", "model name used for bundles and the MLflow registry"),

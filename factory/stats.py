@@ -1,7 +1,9 @@
 """Fixed-bucket histograms shared by the dataset profile, the model card, device telemetry and drift.
 
 The bucket edges are constants of the protocol: a histogram made on a device merges with one made
-in training only because both use these edges. Changing them is a schema change.
+in training only because both use these edges. Changing them is a schema change. This module is on
+the floor of the package (it imports nothing of the factory), so data, train, device and monitor
+all read the same definitions.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ __all__ = [
     "CONTRAST_EDGES",
     "CONFIDENCE_EDGES",
     "LATENCY_EDGES_MS",
+    "HISTOGRAMS",
     "image_stats",
     "histogram",
+    "percentile_from_hist",
 ]
 
 # Mean grey level (0-255) and its standard deviation (0-128) of an image, 16 buckets each.
@@ -27,14 +31,14 @@ CONFIDENCE_EDGES: list[float] = [round(float(x), 2) for x in np.linspace(0, 1, 1
 # Latency in milliseconds: 0.05 ms .. ~13 s, 16 buckets per decade (each 10**(1/16) ~ 1.155x wider),
 # fine enough that a p95 read from a merged histogram tells a 30% regression from noise.
 LATENCY_EDGES_MS: list[float] = [round(0.05 * 10 ** (k / 16), 6) for k in range(88)]
+# The histograms every telemetry summary carries, by field name.
+HISTOGRAMS: dict[str, list[float]] = {"latency_ms": LATENCY_EDGES_MS, "confidence": CONFIDENCE_EDGES,
+                                      "brightness": BRIGHTNESS_EDGES, "contrast": CONTRAST_EDGES}
 
 
 def image_stats(image: np.ndarray) -> tuple[float, float]:
     """(brightness, contrast) of a uint8 image: mean and standard deviation of its grey level."""
-    if image.ndim == 3:
-        grey = image.astype(np.float32).mean(axis=2)
-    else:
-        grey = image.astype(np.float32)
+    grey = image.astype(np.float32).mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
     return float(grey.mean()), float(grey.std())
 
 
@@ -45,3 +49,17 @@ def histogram(values: Iterable[float], edges: list[float]) -> list[int]:
         return [0] * (len(edges) - 1)
     idx = np.clip(np.searchsorted(np.asarray(edges), v, side="right") - 1, 0, len(edges) - 2)
     return np.bincount(idx, minlength=len(edges) - 1).astype(int).tolist()
+
+
+def percentile_from_hist(counts, edges, q: float) -> float | None:
+    """Percentile from a histogram (linear within the bucket); None for an empty histogram."""
+    counts = np.asarray(counts, np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return None
+    target = q / 100 * total
+    cum = np.cumsum(counts)
+    i = min(int(np.searchsorted(cum, target)), len(counts) - 1)
+    before = cum[i - 1] if i else 0.0
+    frac = (target - before) / counts[i] if counts[i] else 0.0
+    return float(edges[i] + frac * (edges[i + 1] - edges[i]))

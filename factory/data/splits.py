@@ -1,4 +1,7 @@
-"""Evaluation and calibration tensors drawn from a dataset manifest, with hashes for lineage."""
+"""Evaluation and calibration tensors drawn from a dataset manifest, with hashes for lineage.
+
+Build validation, benchmarks and quantization read images through here, preprocessed exactly as a
+model card or bundle manifest says (:func:`factory.preprocess.preprocess`)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import cv2
 import numpy as np
 
 from .._io import canonical_json
-from ..data.manifest import DatasetManifest, Record
+from .manifest import DatasetManifest, Record
 from ..errors import DataError
 from ..preprocess import preprocess
 

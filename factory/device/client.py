@@ -1,7 +1,8 @@
-"""A small HTTP client for the registry, used by the CLI and by device agents.
+"""A small HTTP client for the registry, used by device agents and by the CLI.
 
-``local=True`` (``factory ... --local``) runs the registry app in-process on the local database and
-blob store instead of talking to a server: one machine, no service to start.
+It speaks the registry's HTTP API and nothing else, so a device needs only ``httpx``. For one
+machine without a server (``factory ... --local``), :func:`factory.registry.local.local_client`
+hands it an in-process transport to the registry app.
 """
 
 from __future__ import annotations
@@ -32,32 +33,20 @@ def default_url() -> str:
 
 
 class RegistryClient:
-    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0, local_settings: dict | None = None):
+    """Registry API calls; ``http`` may be any httpx-compatible client (an in-process one for --local)."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0, http=None,
+                 on_close=None):
         import httpx
 
         self.token = token or os.environ.get("FACTORY_REGISTRY_TOKEN")
-        self._local_token_name = None
-        if local_settings is not None:
-            from fastapi.testclient import TestClient
-
-            from .app import create_app
-            from .auth import create_token
-
-            app = create_app(local_settings)
-            self._local_token_name = f"local-cli-{os.getpid()}"
-            with app.state.engine.begin() as conn:
-                self.token = create_token(conn, self._local_token_name, "admin")
-            self._engine = app.state.engine
-            self._http = TestClient(app, base_url="http://local")
-        else:
-            self._http = httpx.Client(base_url=(url or default_url()).rstrip("/"), timeout=timeout)
+        self._http = http if http is not None else httpx.Client(base_url=(url or default_url()).rstrip("/"), timeout=timeout)
+        self._on_close = on_close
 
     def close(self) -> None:
-        if self._local_token_name:
-            from .auth import revoke_token
-
-            with self._engine.begin() as conn:
-                revoke_token(conn, self._local_token_name)
+        """Close the connection (and whatever the creator asked to run then)."""
+        if self._on_close is not None:
+            self._on_close()
         self._http.close()
 
     def __enter__(self):
@@ -133,8 +122,9 @@ class RegistryClient:
     def download(self, url: str, dest: Path, sha256: str, size: int | None = None) -> Path:
         """Resumable download: bytes already in ``dest.part`` are kept and the rest is fetched with a
         Range request; the sha256 of the whole file is checked before it is renamed to ``dest``."""
-        import httpx
         from urllib.parse import urlsplit
+
+        import httpx
 
         part = dest.with_name(dest.name + ".part")
         have = part.stat().st_size if part.exists() else 0

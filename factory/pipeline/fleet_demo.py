@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import progress
 from .._io import write_json
-from ..bundle.manifest import parse_version, retag
+from ..bundle.manifest import Manifest, copy_resigned, parse_version
 
 __all__ = ["fleet_demo"]
 
@@ -25,15 +25,26 @@ def _bump(version: str, n: int) -> str:
     return f"{major}.{minor}.{patch + n}"
 
 
+def _retag(src: Path, dest: Path, version: str, key, note: str) -> Manifest:
+    """A copy of a bundle under another version, re-signed (same files; the manifest says why)."""
+    parse_version(version)
+
+    def edit(m: Manifest) -> None:
+        m.lineage["retagged_from"] = {"version": m.version, "note": note}
+        m.version = version
+
+    return copy_resigned(src, dest, key, edit)
+
+
 def fleet_demo(bundles: list[Path], *, key_path: Path, dataset: str, out: Path, devices: int = 200, fault: str = "latency",
                window_seconds: int = 2, max_windows: int = 12) -> dict:
+    """Publish, roll out a healthy and a faulty re-release to a simulated fleet; the summary with the audit log."""
     import yaml
 
-    from ..bundle.archive import read_manifest
     from ..bundle.signing import generate_keys, load_private_key
-    from ..registry.client import RegistryClient
+    from ..device.simulate import Fleet, Knobs, load_images
+    from ..registry.local import local_client
     from ..registry.settings import default_settings
-    from .simulate import Fleet, Knobs, load_images
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -44,21 +55,21 @@ def fleet_demo(bundles: list[Path], *, key_path: Path, dataset: str, out: Path, 
     settings["telemetry"] = settings["telemetry"] | {"window_seconds": window_seconds, "evaluate_seconds": 0.0}
     (out / "registry.yaml").write_text(yaml.safe_dump(settings | {"public_url": "http://127.0.0.1:8700"}))
     key = load_private_key(key_path)
-    first = read_manifest(bundles[0])
-    model, v0 = first["name"], first["version"]
+    first = Manifest.read(bundles[0])
+    model, v0 = first.name, first.version
     good, bad = _bump(v0, 100), _bump(v0, 101)
     stages = [{"percent": 10, "min_duration_minutes": 0, "min_devices_reporting": 5},
               {"percent": 50, "min_duration_minutes": 0, "min_devices_reporting": 5},
               {"percent": 100, "min_duration_minutes": 0, "min_devices_reporting": 5}]
     summary: dict = {"registry": str(out), "model": model, "releases": {"stable": v0, "good": good, "bad": bad}, "fault": fault}
-    with RegistryClient(local_settings=settings) as client:
+    with local_client(settings) as client:
         for b in bundles:
             client.publish(b)
             for version, note in ((good, "demo re-release: healthy"), (bad, f"demo re-release: injected {fault} fault")):
                 copy = out / "bundles" / version / b.name
-                retag(b, copy, version, key, note)
+                _retag(b, copy, version, key, note)
                 client.publish(copy)
-        targets = [read_manifest(b)["target"] for b in bundles]
+        targets = [Manifest.read(b).target for b in bundles]
         client.create_rollout({"name": f"{model}-{v0}", "release": {"name": model, "version": v0}, "stages": [{"percent": 100}]})
         client.act(f"{model}-{v0}", "advance", "first release of this model: straight to stable")
         knobs = Knobs(slow_release=bad if fault == "latency" else None, slowdown=1.3, dark_release=bad if fault == "drift" else None)

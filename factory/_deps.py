@@ -1,0 +1,18 @@
+"""Optional dependencies: import one, or raise an error that names the pip command (never install)."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import MissingDependencyError
+
+__all__ = ["require"]
+
+
+def require(module: str, package: str, extra: str, purpose: str) -> ModuleType:
+    """Import an optional dependency or raise MissingDependencyError naming ``pip install ...[extra]``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(package, extra, purpose) from None

@@ -1,0 +1,30 @@
+"""Open a bundle folder for inference: verify it (when given a trusted key), then load its runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._io import sha256_file
+from ..bundle.archive import verify_bundle
+from ..bundle.manifest import Manifest
+from ..errors import BundleError
+from .runtimes import Runner, get_runtime
+
+__all__ = ["open_bundle"]
+
+
+def open_bundle(folder: str | Path, public_key=None) -> tuple[Manifest, Runner]:
+    """(manifest, runner) for a bundle folder.
+
+    With a trusted ``public_key``: the signature and every file's hash and size are checked first.
+    Without one (the factory's own folders): every listed file must still match its sha256.
+    """
+    folder = Path(folder)
+    if public_key is not None:
+        manifest = verify_bundle(folder, public_key)["manifest"]
+    else:
+        manifest = Manifest.read(folder)
+        for name, entry in manifest.files.items():
+            if not (folder / name).is_file() or sha256_file(folder / name) != entry["sha256"]:
+                raise BundleError(f"{folder / name}: missing or does not match the manifest's sha256")
+    return manifest, get_runtime(manifest.runtime["backend"]).load(folder, manifest.runtime["options"])

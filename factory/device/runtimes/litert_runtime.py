@@ -1,0 +1,85 @@
+"""LiteRT (TFLite) with the XNNPACK delegate.
+
+litert-torch cannot export a dynamic batch for torchvision classifiers (the flatten before the head
+fails to lower), so artifacts have batch 1 and the runner resizes its input for larger batches.
+Static int8 models have int8 input/output tensors; the runner quantizes and dequantizes with the
+scales stored in the model, so callers always pass and receive float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..._deps import require
+from ..._quiet import native_quiet
+from . import Runtime, register_runtime
+
+__all__ = ["LiteRtRuntime", "interpreter_class", "xnnpack_partitions"]
+
+
+def interpreter_class():
+    """``ai_edge_litert.interpreter.Interpreter`` (or an error naming the pip command)."""
+    return require("ai_edge_litert.interpreter", "ai-edge-litert", "device-litert", "the litert runtime").Interpreter
+
+
+def xnnpack_partitions(interpreter) -> int:
+    """How many subgraphs the XNNPACK delegate took over (0 means it ran on the slow reference kernels)."""
+    return sum(1 for op in interpreter._get_ops_details() if op.get("op_name") == "DELEGATE")
+
+
+class _Runner:
+    def __init__(self, path: Path, threads: int):
+        self._path, self._threads = str(path), threads
+        self._by_batch: dict[int, object] = {}
+
+    def _interp(self, batch: int):
+        it = self._by_batch.get(batch)
+        if it is None:
+            with native_quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+                it = interpreter_class()(model_path=self._path, num_threads=self._threads)
+            d = it.get_input_details()[0]
+            if int(d["shape"][0]) != batch:
+                it.resize_tensor_input(d["index"], [batch, *d["shape"][1:]], strict=False)
+            it.allocate_tensors()
+            self._by_batch[batch] = it
+        return it
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        it = self._interp(len(batch))
+        d, o = it.get_input_details()[0], it.get_output_details()[0]
+        x = batch
+        if d["dtype"] != np.float32:
+            scale, zero = d["quantization"]
+            info = np.iinfo(d["dtype"])
+            x = np.clip(np.round(batch / scale + zero), info.min, info.max).astype(d["dtype"])
+        it.set_tensor(d["index"], x)
+        it.invoke()
+        y = it.get_tensor(o["index"])
+        if o["dtype"] != np.float32:
+            scale, zero = o["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return np.array(y, dtype=np.float32, copy=True)
+
+
+@register_runtime
+class LiteRtRuntime(Runtime):
+    name = "litert"
+    package = "ai-edge-litert"
+    min_version = "1.0"
+    artifact_files = ("model.tflite",)
+    file_suffixes = (".tflite",)
+    dynamic_batch = False
+    options = {"threads": 2}
+
+    def load_file(self, path, options):
+        options = {**self.options, **options}
+        return _Runner(Path(path), int(options["threads"]))
+
+    def declared_input_shape(self, path):
+        with native_quiet():
+            d = interpreter_class()(model_path=str(path)).get_input_details()[0]
+        sig = d.get("shape_signature", d["shape"])
+        # LiteRT models here have a fixed batch of 1 that the runner resizes: treat batch as free
+        return [None] + [int(v) if v > 0 else None for v in list(sig)[1:]]

@@ -1,0 +1,101 @@
+"""The conversion steps of a build: prune -> export -> calibrate + quantize -> compile.
+
+:func:`convert` turns the canonical model and one resolved target profile into the runtime's files
+in an output folder, and returns what it did (the facts that go into the manifest's recipe). It
+measures nothing and signs nothing: validation, latency, budgets and publishing are the build's
+(:mod:`factory.pipeline.build`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import progress
+from .._io import atomic_dir, canonical_json
+from ..data.manifest import DatasetManifest
+from ..data.splits import calibration_set
+from ..lineage import package_versions
+from ..train.canonical import CanonicalModel, export_onnx
+from .base import Backend
+from .prune import PROCEDURE_VERSION, prepare_module
+
+__all__ = ["TOOLCHAIN", "Converted", "convert"]
+
+TOOLCHAIN = ["torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "litert-torch", "ai-edge-litert",
+             "ai-edge-quantizer", "torch-pruning", "numpy"]
+
+
+@dataclass
+class Converted:
+    """What :func:`convert` made: the files it wrote, and the facts of each step."""
+
+    files: list[str]  # bundle file names in the output folder, main one first
+    prune: dict
+    quantization: dict
+    compile: dict
+    seconds: dict[str, float]
+
+
+def _cached_export(backend: Backend, canonical: CanonicalModel, module, prune_facts: dict, pruning: dict,
+                   dataset: DatasetManifest, work: Path, cache_dir: Path) -> Path:
+    """The backend's fp32 artifact, from the export cache when this exact export was made before.
+
+    Every precision of a target starts from the same fp32 export (a LiteRT conversion takes ~30 s),
+    so a recipe search converts once per (model, pruning, toolchain), not once per candidate.
+    """
+    pruned = prune_facts["method"] != "none"
+    ident = {"backend": backend.name, "weights": canonical.card["files"]["weights"]["sha256"],
+             "pruning": pruning if pruned else None, "dataset": dataset.dataset_hash if pruned else None,
+             "toolchain": package_versions(TOOLCHAIN), "procedure": PROCEDURE_VERSION}
+    cached = cache_dir / "exports" / hashlib.sha256(canonical_json(ident)).hexdigest()[:24]
+    if (cached / "export.json").is_file():
+        main = json.loads((cached / "export.json").read_text())["main"]
+        for f in cached.iterdir():
+            if f.name != "export.json":
+                shutil.copy2(f, work / f.name)
+        return work / main
+    onnx_path = export_onnx(module, work / "pruned.onnx", *canonical.input_hw) if pruned else canonical.onnx
+    artifact = backend.export(work, onnx_path=onnx_path, module_factory=lambda: module, input_hw=canonical.input_hw)
+    with atomic_dir(cached) as tmp:
+        for f in work.glob(f"{artifact.stem}.*"):
+            shutil.copy2(f, tmp / f.name)
+        (tmp / "export.json").write_text(json.dumps({"main": artifact.name, "ident": ident}))
+    return artifact
+
+
+def convert(canonical: CanonicalModel, backend: Backend, profile: dict, runtime: dict, dataset: DatasetManifest,
+            work: Path, out: Path, cache_dir: Path) -> Converted:
+    """Prune, export, quantize and compile into ``out``; ``work`` is scratch space."""
+    import time
+
+    recipe, precision = profile["recipe"], profile["recipe"]["precision"]
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(now - clock, 2)
+        clock = now
+
+    progress.info(f"[{profile['name']}] {backend.name} {precision}, pruning {recipe['pruning']['method']}")
+    module, prune_facts = prepare_module(canonical, dataset, recipe["pruning"], cache_dir)
+    step("prune")
+    artifact = _cached_export(backend, canonical, module, prune_facts, recipe["pruning"], dataset, work, cache_dir)
+    step("export")
+    quant_facts: dict = {}
+    if precision != "fp32":
+        q = recipe["quantization"]
+        calibration, calib_info = calibration_set(dataset, canonical.preprocessing, q["calibration_images"], q["calibration_seed"])
+        artifact, quant_facts = backend.quantize(artifact, work, precision=precision, calibration=calibration, options=dict(q),
+                                                 module_factory=lambda: module, input_hw=canonical.input_hw)
+        quant_facts["calibration"] = calib_info
+    step("quantize")
+    compile_facts = backend.compile(artifact, out, runtime, precision)
+    step("compile")
+    files = [f for f in backend.runtime.artifact_files if (out / f).is_file()]
+    return Converted(files, prune_facts, quant_facts, compile_facts, seconds)

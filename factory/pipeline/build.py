@@ -1,0 +1,167 @@
+"""``factory build``: canonical model + target profile -> verified, signed bundle.
+
+convert (prune -> export -> quantize -> compile) -> validate parity -> quick latency -> budgets ->
+manifest -> publish (sign, pack, MLflow). Every figure is measured and written into the manifest
+before a verdict; the profile's budgets decide pass or fail. A failing build still leaves a
+complete, signed bundle whose manifest says ``validation.passed: false`` (and the command exits 1);
+an *error* leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__, progress
+from .._io import atomic_dir, sha256_file
+from ..bench.budgets import check_budgets
+from ..bench.quick import quick_latency
+from ..bundle.manifest import Manifest, bundle_dir, file_entries, resolve_version
+from ..bundle.signing import load_private_key
+from ..data.manifest import DatasetManifest, load_manifest
+from ..data.splits import load_split
+from ..errors import DataError
+from ..export.base import get_backend
+from ..export.convert import TOOLCHAIN, Converted, convert
+from ..export.parity import parity_metrics
+from ..export.targets import load_target
+from ..lineage import host_info, package_versions
+from ..train.canonical import CanonicalModel, load_canonical, onnx_logits
+from .publish import BuildResult, publish
+
+__all__ = ["BuildContext", "BuildResult", "load_context", "make_bundle", "build", "build_report"]
+
+
+@dataclass
+class BuildContext:
+    """What every build of one canonical model needs, loaded once: the model, its dataset, the
+    preprocessed test split and the canonical model's own outputs on it (the parity reference)."""
+
+    canonical: CanonicalModel
+    dataset: DatasetManifest
+    x_test: np.ndarray
+    y_test: np.ndarray
+    reference: np.ndarray
+
+
+def load_context(model_dir: str | Path, data: str | None = None) -> BuildContext:
+    """Open the canonical model and the dataset it is validated on (``data`` or the card's own)."""
+    canonical = load_canonical(model_dir)
+    path = data or canonical.card["lineage"].get("dataset_manifest")
+    if not path or not Path(path).exists():
+        raise DataError(f"the evaluation dataset {path!r} of this model is not here",
+                        hint="pass --data PATH/TO/dataset (the one the model was trained on)")
+    dataset = load_manifest(path)
+    if dataset.dataset_hash != canonical.card["lineage"]["dataset_hash"]:
+        progress.info(f"note: dataset {dataset.location} has hash {dataset.dataset_hash[:12]}, "
+                      f"the model was trained on {canonical.card['lineage']['dataset_hash'][:12]}")
+    x_test, y_test = load_split(dataset, "test", canonical.preprocessing, canonical.labels)
+    return BuildContext(canonical, dataset, x_test, y_test, onnx_logits(canonical.onnx, x_test))
+
+
+def build_report(result: BuildResult) -> dict:
+    """The headline figures of one build, for CI and DVC metrics (the manifest has everything)."""
+    m = result.manifest
+    p = m.validation["parity"]
+    return {
+        "target": m.target, "name": m.name, "version": m.version, "backend": m.runtime["backend"],
+        "precision": m.recipe["precision"], "pruning": m.recipe["pruning"], "bundle": str(result.folder),
+        "archive": str(result.archive), "archive_sha256": sha256_file(result.archive),
+        "top1": p["top1"], "accuracy_drop_pt": p["accuracy_drop_pt"], "top1_agreement": p["top1_agreement"],
+        "latency_p50_ms": m.latency["p50_ms"], "latency_p95_ms": m.latency["p95_ms"], "latency_source": m.latency.get("source"),
+        "size_bytes": m.artifact["size_bytes"], "macs": m.artifact["macs"], "passed": m.passed,
+        "build_seconds": m.lineage.get("build_seconds"), "mlflow": m.lineage.get("mlflow"),
+    }
+
+
+def _run_batches(runner, x: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([runner(np.ascontiguousarray(x[i : i + batch])) for i in range(0, len(x), batch)])
+
+
+def _validate(ctx: BuildContext, backend, out: Path, runtime: dict) -> tuple[dict, dict]:
+    """Parity on the test split, then the quick batch-1 latency probe, both with the bundle's own runner."""
+    runner = backend.runtime.load(out, runtime)
+    parity = parity_metrics(_run_batches(runner, ctx.x_test, 32), ctx.reference, ctx.y_test)
+    latency = quick_latency(runner, ctx.x_test) | {"threads": runtime.get("threads"), "host": host_info(),
+                                                   "source": "quick probe at build time (separate run)"}
+    return parity, latency
+
+
+def _manifest(ctx: BuildContext, profile: dict, backend, runtime: dict, version: str, out: Path, done: Converted,
+              parity: dict, latency: dict, seconds: dict) -> Manifest:
+    canonical, recipe = ctx.canonical, profile["recipe"]
+    precision = recipe["precision"]
+    size = sum((out / f).stat().st_size for f in done.files)
+    gz = sum(len(zlib.compress((out / f).read_bytes(), 6)) for f in done.files)
+    # The numeric tolerance applies only to conversions meant to be exact; a pruned model is a new model.
+    tolerance = backend.capabilities.parity_tolerance.get(precision) if done.prune["method"] == "none" else None
+    checks = check_budgets(profile["budgets"], accuracy_drop_pt=parity["accuracy_drop_pt"], top1_agreement=parity["top1_agreement"],
+                           max_abs_diff=parity["max_abs_diff"], tolerance=tolerance, latency_p95_ms=latency["p95_ms"],
+                           size_mb=size / 1e6)
+    rt = backend.runtime
+    return Manifest(
+        name=canonical.card["name"], version=version, target=profile["name"],
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        runtime={"backend": backend.name, "package": rt.package, "min_version": rt.min_version, "built_with": rt.version(),
+                 "options": runtime, "dynamic_batch": rt.dynamic_batch and done.compile.get("fixed_batch") is None},
+        artifact={"main": done.files[0], "precision": precision, "size_bytes": size, "size_gzip_bytes": gz,
+                  "macs": done.prune.get("macs_after") or canonical.card["complexity"]["macs"],
+                  "canonical_macs": canonical.card["complexity"]["macs"], "compile": done.compile},
+        files=file_entries(out, done.files), input=canonical.card["input"], output=canonical.card["output"],
+        preprocessing=canonical.preprocessing, labels=canonical.labels,
+        recipe={**recipe, "quantization_applied": done.quantization, "pruning_applied": done.prune,
+                "note": backend.capabilities.notes.get(precision)},
+        validation={"split": "test", "dataset_hash": ctx.dataset.dataset_hash, "parity": parity, "budgets": profile["budgets"],
+                    "checks": [c.to_dict() for c in checks], "passed": all(c.passed for c in checks)},
+        latency=latency,
+        lineage={
+            "canonical": {"path": str(canonical.path), "weights_sha256": canonical.card["files"]["weights"]["sha256"],
+                          "onnx_sha256": canonical.card["files"]["onnx"]["sha256"], "architecture": canonical.card["architecture"],
+                          "test_top1": canonical.card["metrics"]["test"]["top1"]},
+            "training": {k: canonical.card["lineage"].get(k) for k in ("dataset", "dataset_hash", "config_hash", "seed", "git", "mlflow")},
+            "target_profile": {"path": profile["source"], "sha256": sha256_file(profile["source"])},
+            "toolchain": package_versions(TOOLCHAIN) | {"edge-model-factory": __version__},
+            "build_seconds": seconds,
+        },
+        reference_profile=canonical.card["reference_profile"],
+    )
+
+
+def make_bundle(ctx: BuildContext, profile: dict, dest: Path, key, version: str, cache_dir: Path) -> Manifest:
+    """Convert, validate and measure one resolved profile into a signed bundle folder at ``dest``.
+
+    Not packed, not tracked: a search keeps its candidates like this in its cache, and
+    :func:`build` publishes one (see :mod:`factory.pipeline.publish`).
+    """
+    started = time.perf_counter()
+    backend = get_backend(profile["backend"])
+    runtime = backend.runtime.resolve_options(profile["runtime"], profile["recipe"]["precision"])
+    with tempfile.TemporaryDirectory(prefix="factory-build-") as work, atomic_dir(dest) as out:
+        done = convert(ctx.canonical, backend, profile, runtime, ctx.dataset, Path(work), out, cache_dir)
+        t0 = time.perf_counter()
+        parity, latency = _validate(ctx, backend, out, runtime)
+        seconds = done.seconds | {"validate": round(time.perf_counter() - t0, 2), "total": round(time.perf_counter() - started, 2)}
+        manifest = _manifest(ctx, profile, backend, runtime, version, out, done, parity, latency, seconds)
+        manifest.write_signed(out, key)
+    return manifest
+
+
+def build(model_dir: str | Path, target: str, *, key_path: str | Path, data: str | None = None, out_root: str | Path = "bundles",
+          version: str | None = None, targets_dir: str | Path | None = None, overrides: tuple[str, ...] = (),
+          cache_dir: str | Path = ".factory/cache", track: bool = True, context: BuildContext | None = None) -> BuildResult:
+    """Build, validate, sign, pack and (with ``track``) register one target's bundle."""
+    ctx = context or load_context(model_dir, data)
+    profile = load_target(target, targets_dir, overrides)
+    key = load_private_key(key_path)
+    card = ctx.canonical.card
+    version = resolve_version(Path(out_root), card["name"], card["files"]["weights"]["sha256"], version)
+    dest = bundle_dir(Path(out_root), card["name"], version, profile["name"])
+    with tempfile.TemporaryDirectory(prefix=f"factory-{profile['name']}-staging-") as staging:
+        make_bundle(ctx, profile, Path(staging) / "bundle", key, version, Path(cache_dir))
+        return publish(Path(staging) / "bundle", dest, key, track=track)

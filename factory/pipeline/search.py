@@ -1,0 +1,345 @@
+"""Recipe search: build every candidate recipe of a target, measure them together, pick the best.
+
+The target profile's ``search:`` section lists the space as override keys with candidate values
+(``recipe.precision: [fp32, int8-static]``, ``recipe.pruning: [none, structured:0.5]``,
+``runtime.threads: [1, 2]``...). Each combination is built like ``factory build`` would (cached by
+a hash of canonical weights, resolved recipe and toolchain, so a repeated search rebuilds nothing),
+validated against the canonical model, then all candidates are benchmarked in one interleaved run.
+The objective (lowest p50 or p95 latency, or smallest size) picks among the candidates that meet
+every budget; the winner is published like any build (:mod:`factory.pipeline.publish`), with the
+whole search in its lineage. Candidates that differ only in ``runtime.threads`` share one build
+(threads do not change the artifact) and are re-signed with their own runtime options.
+
+Steps: :func:`plan_search` -> :func:`build_candidates` -> :func:`benchmark_candidates` ->
+:func:`rank` -> report -> :func:`publish_winner`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__, progress
+from .._io import canonical_json, read_json, write_json
+from ..bench.budgets import check_budgets, failed
+from ..bundle.manifest import Manifest, bundle_dir, copy_resigned, resolve_version
+from ..bundle.signing import load_private_key
+from ..config import load_config
+from ..errors import BundleError, ConfigError, ExportError, FactoryError, ValidationError
+from ..export.targets import PROFILE_SCHEMA, load_target
+from ..lineage import package_versions
+from .build import BuildContext, load_context, make_bundle
+from .publish import BuildResult, publish
+from .search_report import search_markdown, track_search, write_search_report
+
+__all__ = ["Candidate", "SearchPlan", "expand_space", "load_search_config", "plan_search", "build_candidates",
+           "benchmark_candidates", "rank", "publish_winner", "search", "search_markdown"]
+
+RUNTIME_ONLY = ("runtime.threads",)
+CANDIDATE_VERSION = "0.0.0-search"  # cached candidates are not releases; the winner gets the real version
+
+
+@dataclass
+class Candidate:
+    """One recipe of the space: its overrides, cache keys, status and what was measured."""
+
+    overrides: dict  # dotted key -> value
+    key: str = ""
+    build_key: str = ""
+    status: str = "pending"  # built | cached -> feasible | rejected; or failed | skipped
+    from_cache: bool = False
+    reason: str = ""
+    folder: str | None = None
+    manifest: Manifest | None = None
+    latency: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Short human name, e.g. ``int8-static structured:0.5 threads=1``."""
+        parts = []
+        for k, v in self.overrides.items():
+            short = k.split(".")[-1]
+            parts.append(f"{v}" if short in ("precision", "pruning") else f"{short}={v}")
+        return " ".join(parts)
+
+
+@dataclass
+class SearchPlan:
+    """Everything a search needs, resolved before any candidate is built."""
+
+    ctx: BuildContext
+    profile: dict
+    config: dict  # the search section: objective, space, bench_seconds, budget_minutes
+    key: object
+    root: Path  # the candidates' cache folder
+    reference: Candidate  # the runtime's fp32 export of the unpruned model
+    candidates: list[Candidate]
+    targets_dir: str | Path | None
+    cache_dir: Path
+    started: float
+
+
+def _override_args(overrides: dict) -> tuple[str, ...]:
+    out = []
+    for k, v in overrides.items():
+        if k == "recipe.pruning":
+            method, _, ratio = str(v).partition(":")
+            out += [f"recipe.pruning.method={method}", f"recipe.pruning.ratio={ratio or 0}"]
+        else:
+            out.append(f"{k}={v}")
+    return tuple(out)
+
+
+def expand_space(space: dict, profile_path: str) -> list[Candidate]:
+    """Every distinct combination of the space's values (quantization knobs dropped for float precisions)."""
+    if not space or any(not isinstance(v, list) or not v for v in space.values()):
+        raise ConfigError(f"{profile_path}: search.space is empty or has a key without candidate values",
+                          hint="list values per key, e.g. recipe.precision: [fp32, int8-static]")
+    keys = list(space)
+    seen, out = set(), []
+    for combo in itertools.product(*(space[k] for k in keys)):
+        ov = dict(zip(keys, combo, strict=True))
+        if ov.get("recipe.precision", "fp32") in ("fp32", "fp16"):  # quantization knobs do not apply
+            ov = {k: v for k, v in ov.items() if not k.startswith("recipe.quantization.")}
+        ident = json.dumps(ov, sort_keys=True)
+        if ident not in seen:
+            seen.add(ident)
+            out.append(Candidate(ov))
+    return out
+
+
+def load_search_config(path) -> dict:
+    """A search section in its own file (e.g. the main job's reduced space), checked like a profile's."""
+    return load_config(path, PROFILE_SCHEMA["search"])
+
+
+def _key(profile: dict, canonical) -> str:
+    ident = {"weights": canonical.card["files"]["weights"]["sha256"], "recipe": profile["recipe"], "runtime": profile["runtime"],
+             "backend": profile["backend"], "toolchain": package_versions(["torch", "onnxruntime", "openvino", "nncf", "litert-torch",
+                                                                              "ai-edge-litert", "ai-edge-quantizer", "torch-pruning"]),
+             "factory": __version__}
+    return hashlib.sha256(canonical_json(ident)).hexdigest()[:20]
+
+
+def _valid_bundle(folder: Path) -> bool:
+    if not (folder / "manifest.json").is_file():
+        return False
+    try:
+        m = Manifest.read(folder)
+    except BundleError:
+        return False
+    return all((folder / n).is_file() and (folder / n).stat().st_size == e["size"] for n, e in m.files.items())
+
+
+def plan_search(model_dir, target: str, *, key_path, data=None, targets_dir=None, cache_dir=".factory/cache",
+                search_config: dict | None = None, context: BuildContext | None = None) -> SearchPlan:
+    """Load the model and profile, expand the space, and key every candidate (invalid recipes fail here)."""
+    started = time.perf_counter()
+    ctx = context or load_context(model_dir, data)
+    base = load_target(target, targets_dir)
+    sp = search_config or base["search"]
+    cands = expand_space(sp["space"], base["source"])
+    threads0 = base["runtime"].get("threads")
+    # The yardstick: the runtime's fp32 export of the unpruned model. A candidate whose resolved
+    # recipe is the same (whatever keys the space spells out) is the reference; otherwise it is added.
+    reference = Candidate({"recipe.precision": "fp32", "recipe.pruning": "none"}
+                          | ({"runtime.threads": threads0} if "runtime.threads" in sp["space"] else {}))
+    for c in [reference, *cands]:
+        try:
+            c.key = _key(load_target(target, targets_dir, _override_args(c.overrides)), ctx.canonical)
+            build_ov = {k: v for k, v in c.overrides.items() if k not in RUNTIME_ONLY}
+            c.build_key = _key(load_target(target, targets_dir, _override_args(build_ov)), ctx.canonical)
+        except ConfigError as exc:
+            c.status, c.reason = "failed", f"invalid recipe: {exc.message.splitlines()[0]}"
+    if not reference.key or not any(c.key == reference.key for c in cands):
+        cands.insert(0, reference)
+    else:
+        reference = next(c for c in cands if c.key == reference.key)
+    root = Path(cache_dir) / "search" / ctx.canonical.card["name"] / base["name"]
+    return SearchPlan(ctx, base, sp, load_private_key(key_path), root, reference, cands, targets_dir, Path(cache_dir), started)
+
+
+def _build_one(plan: SearchPlan, cand: Candidate) -> None:
+    folder = plan.root / cand.key
+    if _valid_bundle(folder):
+        cand.status, cand.folder = "cached", str(folder)
+        return
+    build_dir = plan.root / "builds" / cand.build_key
+    if not _valid_bundle(build_dir):
+        build_ov = {k: v for k, v in cand.overrides.items() if k not in RUNTIME_ONLY}
+        profile = load_target(plan.profile["name"], plan.targets_dir, _override_args(build_ov))
+        make_bundle(plan.ctx, profile, build_dir, plan.key, CANDIDATE_VERSION, plan.cache_dir)
+    runtime = {k.split(".", 1)[1]: v for k, v in cand.overrides.items() if k in RUNTIME_ONLY}
+
+    def with_runtime(m: Manifest) -> None:
+        m.runtime["options"] = {**m.runtime["options"], **runtime}
+        m.latency["threads"] = m.runtime["options"].get("threads")
+        m.latency["note"] = "quick probe of the build with the original runtime options; see the search benchmark"
+
+    copy_resigned(build_dir, folder, plan.key, with_runtime)
+    cand.status, cand.folder = "built", str(folder)
+
+
+def build_candidates(plan: SearchPlan, budget_minutes: float) -> list[Candidate]:
+    """Build (or take from the cache) every pending candidate; return those that can be measured."""
+    todo = [c for c in plan.candidates if c.status == "pending"]
+    with progress.bar(f"search {plan.profile['name']}: building", len(todo)) as tick:
+        for i, c in enumerate(todo):
+            if (time.perf_counter() - plan.started) / 60 > budget_minutes and not _valid_bundle(plan.root / c.key):
+                c.status, c.reason = "skipped", f"--budget-minutes {budget_minutes:g} reached"
+                tick(1)
+                continue
+            progress.info(f"[{i + 1}/{len(todo)}] {c.label}")
+            try:
+                _build_one(plan, c)
+                c.manifest = Manifest.read(Path(c.folder))
+            except (ExportError, ValidationError) as exc:
+                c.status, c.reason = "failed", str(exc).splitlines()[0][:300]
+            except FactoryError as exc:
+                if exc.exit_code == 2 and not isinstance(exc, ConfigError):
+                    raise  # a broken model or dataset is not a candidate's fault
+                c.status, c.reason = "failed", str(exc).splitlines()[0][:300]
+            tick(1)
+    for c in plan.candidates:
+        c.from_cache = c.status == "cached"
+    measured = [c for c in plan.candidates if c.status in ("built", "cached")]
+    if not measured:
+        raise ValidationError(f"search for {plan.profile['name']}: no candidate could be built",
+                              hint="; ".join(f"{c.label}: {c.reason}" for c in plan.candidates)[:800])
+    return measured
+
+
+def benchmark_candidates(measured: list[Candidate], root: Path, seconds: float, remeasure: bool) -> dict:
+    """All candidates in one interleaved latency run (reused from the cache when nothing changed)."""
+    from ..bench.run import run_bench
+
+    ident = hashlib.sha256(canonical_json({"keys": sorted(c.key for c in measured), "seconds": seconds})).hexdigest()[:20]
+    cached = root / f"bench-{ident}.json"
+    if cached.is_file() and not remeasure:
+        progress.info(f"benchmark of these {len(measured)} candidates from cache ({cached.name})")
+        bench = read_json(cached) | {"cached": True}
+    else:
+        progress.info(f"benchmarking {len(measured)} candidates together, interleaved, for {seconds:g} s")
+        report = run_bench([c.folder for c in measured], seconds=seconds, accuracy=False)
+        by_path = {a["path"]: a for a in report["artifacts"]}
+        bench = {"settings": report["settings"],
+                 "latency": {c.key: {k: v for k, v in by_path[c.folder]["latency"].items() if k != "samples_ms"} for c in measured}}
+        write_json(cached, bench)
+        bench["cached"] = False
+    for c in measured:
+        c.latency = bench["latency"][c.key]
+    return bench
+
+
+def _checks(c: Candidate, budgets: dict):
+    p = c.manifest.validation["parity"]
+    return check_budgets(budgets, accuracy_drop_pt=p["accuracy_drop_pt"], top1_agreement=p["top1_agreement"],
+                         latency_p95_ms=c.latency["p95_ms"], size_mb=c.manifest.artifact["size_bytes"] / 1e6)
+
+
+def _objective(c: Candidate, objective: str) -> tuple:
+    drop = c.manifest.validation["parity"]["accuracy_drop_pt"]
+    size = c.manifest.artifact["size_bytes"]
+    if objective == "size":
+        return (size, c.latency["p50_ms"], drop)
+    stat = "p95_ms" if objective == "p95_latency" else "p50_ms"
+    return (c.latency[stat], drop, size)
+
+
+def _pareto(cands: list[Candidate]) -> set[str]:
+    pts = {c.key: (c.latency["p50_ms"], c.manifest.validation["parity"]["accuracy_drop_pt"]) for c in cands}
+    return {k for k, (lat, d) in pts.items()
+            if not any((l2 <= lat and d2 <= d) and (l2 < lat or d2 < d) for k2, (l2, d2) in pts.items() if k2 != k)}
+
+
+def _row(c: Candidate, winner, ref, front: set[str]) -> dict:
+    row = {"label": c.label, "overrides": c.overrides, "key": c.key, "status": c.status, "reason": c.reason,
+           "winner": c is winner, "reference": c is ref}
+    if c.latency:
+        p, a = c.manifest.validation["parity"], c.manifest.artifact
+        row |= {"top1": p["top1"], "accuracy_drop_pt": p["accuracy_drop_pt"], "top1_agreement": p["top1_agreement"],
+                "p50_ms": c.latency["p50_ms"], "p95_ms": c.latency["p95_ms"], "median_ci": c.latency.get("median_ci"),
+                "size_mb": a["size_bytes"] / 1e6, "macs": a["macs"], "precision": c.manifest.recipe["precision"],
+                "pareto": c.key in front,
+                "speedup_vs_reference": (ref.latency["p50_ms"] / c.latency["p50_ms"]) if ref and ref.latency else None}
+    return row
+
+
+def rank(plan: SearchPlan, measured: list[Candidate], bench: dict) -> tuple[Candidate | None, dict]:
+    """Judge every measured candidate by the budgets, pick the winner by the objective; the summary."""
+    budgets, objective = plan.profile["budgets"], plan.config["objective"]
+    ref = plan.reference if plan.reference in measured else None
+    feasible = []
+    for c in measured:
+        missed = failed(_checks(c, budgets))
+        c.reason = "; ".join(f"{m.check} {m.why}" for m in missed)
+        c.status = "rejected" if missed else "feasible"
+        if not missed:
+            feasible.append(c)
+    winner = min(feasible, key=lambda c: _objective(c, objective)) if feasible else None
+    front = _pareto(measured)
+    rows = [_row(c, winner, ref, front) for c in plan.candidates]
+    counts = {s: sum(c.status == s for c in plan.candidates) for s in ("feasible", "rejected", "failed", "skipped")}
+    counts |= {"measured": len(measured), "from_cache": sum(c.from_cache for c in measured)}
+    card = plan.ctx.canonical.card
+    summary = {"model": card["name"], "target": plan.profile["name"], "backend": plan.profile["backend"], "objective": objective,
+               "budgets": budgets, "space": plan.config["space"], "bench_seconds": plan.config["bench_seconds"],
+               "benchmark_cached": bench["cached"], "environment": bench["settings"]["environment"],
+               "counts": counts, "candidates": rows, "seconds": round(time.perf_counter() - plan.started, 1)}
+    if winner is None:
+        def distance(c: Candidate) -> float:
+            return sum(abs(m.value - m.limit) / max(abs(m.limit), 1e-9) for m in failed(_checks(c, budgets)))
+
+        closest = min(measured, key=distance)
+        summary["verdict"] = f"No candidate meets the budgets; closest: {closest.label} ({closest.reason})."
+    else:
+        speed = f", {ref.latency['p50_ms'] / winner.latency['p50_ms']:.2f}x faster (p50) than {ref.label}" if ref else ""
+        summary["verdict"] = (f"Winner: {winner.label}: p50 {winner.latency['p50_ms']:.3f} ms, drop "
+                              f"{winner.manifest.validation['parity']['accuracy_drop_pt']:+.2f} pt{speed}.")
+    return winner, summary
+
+
+def publish_winner(plan: SearchPlan, winner: Candidate, summary: dict, bench: dict, *, out_root, version: str | None,
+                   track: bool) -> BuildResult:
+    """The winner becomes the target's bundle: the search's latency and verdict in its manifest, then published."""
+    card = plan.ctx.canonical.card
+    version = resolve_version(Path(out_root), card["name"], card["files"]["weights"]["sha256"], version)
+    dest = bundle_dir(Path(out_root), card["name"], version, plan.profile["name"])
+
+    def finish(m: Manifest) -> None:
+        m.version = version
+        m.latency = {**m.latency, **{k: winner.latency[k] for k in ("p50_ms", "p95_ms")},
+                     "source": "search benchmark (interleaved, same run as every candidate)",
+                     "median_ci": winner.latency.get("median_ci"), "host": bench["settings"]["environment"]["host"]}
+        m.lineage["search"] = {k: summary[k] for k in ("objective", "space", "budgets", "bench_seconds", "counts", "verdict")} | {
+            "winner": winner.key, "candidates": [{k: r.get(k) for k in ("label", "status", "reason", "top1", "accuracy_drop_pt",
+                                                                          "p50_ms", "p95_ms", "size_mb", "pareto", "winner")}
+                                                 for r in summary["candidates"]]}
+
+    return publish(Path(winner.folder), dest, plan.key, track=track, edit=finish)
+
+
+def search(model_dir, target: str, *, key_path, data=None, out_root="bundles", targets_dir=None, cache_dir=".factory/cache",
+           report_dir="reports/search", budget_minutes: float | None = None, remeasure: bool = False, version: str | None = None,
+           track: bool = True, search_config: dict | None = None, context: BuildContext | None = None) -> tuple[BuildResult, dict]:
+    """Search one target's recipe space; return the published winner and the search summary.
+
+    Raises ValidationError (exit 1) when no candidate meets the budgets; the report is written either way.
+    """
+    plan = plan_search(model_dir, target, key_path=key_path, data=data, targets_dir=targets_dir, cache_dir=cache_dir,
+                       search_config=search_config, context=context)
+    budget = budget_minutes if budget_minutes is not None else plan.config["budget_minutes"]
+    measured = build_candidates(plan, budget)
+    bench = benchmark_candidates(measured, plan.root, plan.config["bench_seconds"], remeasure)
+    winner, summary = rank(plan, measured, bench)
+    rdir = write_search_report(summary, Path(report_dir) / plan.profile["name"])
+    summary["report"] = str(rdir)
+    if track:
+        track_search(summary, (plan.ctx.canonical.card["lineage"].get("mlflow") or {}).get("run_id"))
+    if winner is None:
+        raise ValidationError(f"search for {target}: {summary['verdict']}", hint=f"see {rdir}/search.md; relax budgets or widen the space")
+    return publish_winner(plan, winner, summary, bench, out_root=out_root, version=version, track=track), summary

@@ -1,0 +1,47 @@
+"""``/v1/assignment`` and ``/v1/fleet-manifest``: which release each device runs, live or signed for a CDN."""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.responses import Response
+
+from ...bundle.signing import load_private_key
+from ...device.assign import assign
+from .. import rollouts as ro
+from ..services import DEVICE, NAME, TAGS, Services
+from ..state import sign_state
+
+__all__ = ["router"]
+
+
+def router(svc: Services) -> APIRouter:
+    """Routes for assignments and the static fleet manifest."""
+    api = APIRouter()
+    caller, _ = svc.auth()
+    states, settings = svc.states, svc.settings
+
+    @api.get("/v1/assignment")
+    async def assignment(who: Annotated[tuple, Depends(caller)], model: Annotated[str, Query(pattern=NAME)],
+                         device_id: Annotated[str, Query(pattern=DEVICE)], target: Annotated[str, Query(pattern=NAME)],
+                         tags: Annotated[str, Query(pattern=TAGS)] = "",
+                         if_none_match: Annotated[str | None, Header()] = None) -> Response:
+        state = states.get()
+        result = assign(state, model, device_id, target, [t for t in tags.split(",") if t])
+        body = json.dumps(result.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=30", "X-Fleet-State": str(state["sequence"])}
+        if if_none_match == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="application/json", headers=headers)
+
+    @api.get("/v1/fleet-manifest")
+    def fleet_manifest(who: Annotated[tuple, Depends(caller)]) -> dict:
+        if not Path(settings["fleet_key"]).is_file():
+            raise ro.NotFound("this registry has no fleet key to sign static manifests with",
+                              hint="create one (factory keys generate --out keys/fleet) and set fleet_key")
+        return sign_state(states.get(), load_private_key(settings["fleet_key"]))
+
+    return api

@@ -1,0 +1,61 @@
+"""``/healthz``, ``/v1/health``, ``/metrics`` and ``/status``: the registry's own health and the fleet's."""
+
+import logging
+import threading
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, Response
+
+from ... import __version__
+from .. import db
+from ..monitoring import health_report
+from ..services import Services
+from ..status_page import PAGE
+
+__all__ = ["router", "start_evaluator"]
+
+
+def router(svc: Services, metrics) -> APIRouter:
+    """Routes for liveness, the health report, Prometheus metrics and the status page."""
+    api = APIRouter()
+    engine, tele = svc.engine, svc.settings["telemetry"]
+
+    @api.get("/healthz")
+    def healthz() -> dict:
+        with engine.connect() as conn:
+            return {"status": "ok", "version": __version__, "state_version": db.state_version(conn)}
+
+    @api.get("/v1/health")
+    def health() -> dict:
+        report = health_report(engine, tele["window_seconds"])
+        metrics.update(report)
+        return report
+
+    @api.get("/metrics")
+    def prometheus() -> Response:
+        metrics.update(health_report(engine, tele["window_seconds"]))
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @api.get("/status", response_class=HTMLResponse)
+    def status_page() -> str:
+        return PAGE
+
+    return api
+
+
+def start_evaluator(svc: Services, evaluate) -> None:
+    """Evaluate rollout health every ``telemetry.evaluate_seconds`` in a daemon thread (0: only on request)."""
+    seconds = svc.settings["telemetry"]["evaluate_seconds"]
+    if seconds <= 0:
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(seconds):
+            try:
+                evaluate()
+            except Exception:  # keep evaluating; a transient database error must not kill the loop
+                logging.getLogger("factory.registry").exception("health evaluation failed")
+
+    svc.hooks["start"].append(lambda: threading.Thread(target=loop, name="health-evaluator", daemon=True).start())
+    svc.hooks["stop"].append(stop.set)

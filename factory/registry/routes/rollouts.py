@@ -1,0 +1,52 @@
+"""``/v1/rollouts`` and ``/v1/audit``: create and steer staged rollouts (admin), read them and the audit log."""
+
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Query
+from fastapi import Path as PathParam
+
+from .. import db
+from .. import rollouts as ro
+from ..services import NAME, Name, Services
+
+__all__ = ["router"]
+
+
+def router(svc: Services) -> APIRouter:
+    """Routes for rollouts and the audit log."""
+    api = APIRouter()
+    caller, admin = svc.auth()
+    engine = svc.engine
+
+    @api.post("/v1/rollouts", status_code=201)
+    def create_rollout(plan: Annotated[dict, Body()], actor: Annotated[str, Depends(admin)]) -> dict:
+        with engine.begin() as conn:
+            return ro.create(conn, plan, actor)
+
+    @api.get("/v1/rollouts")
+    def list_rollouts(who: Annotated[tuple, Depends(caller)]) -> list[dict]:
+        with engine.connect() as conn:
+            return ro.list_all(conn)
+
+    @api.get("/v1/rollouts/{name}")
+    def rollout_status(name: Name, who: Annotated[tuple, Depends(caller)]) -> dict:
+        with engine.connect() as conn:
+            out = ro.get(conn, name)
+            out["audit"] = db.audit_entries(conn, name, 50)
+        return out
+
+    @api.post("/v1/rollouts/{name}/{action}")
+    def rollout_action(name: Name, action: Annotated[str, PathParam(pattern="^(advance|pause|resume|rollback)$")],
+                       actor: Annotated[str, Depends(admin)], body: Annotated[dict | None, Body()] = None) -> dict:
+        reason = str((body or {}).get("reason", ""))[:1000]
+        with engine.begin() as conn:
+            return ro.transition(conn, name, action, actor, reason)
+
+    @api.get("/v1/audit")
+    def audit_log(actor: Annotated[str, Depends(admin)], rollout: Annotated[str | None, Query(pattern=NAME)] = None,
+                  limit: Annotated[int, Query(ge=1, le=10000)] = 200) -> list[dict]:
+        with engine.connect() as conn:
+            return db.audit_entries(conn, rollout, limit)
+
+    return api
