@@ -1,5 +1,6 @@
 """The project's own wiring: the README commands, CI, the Dockerfile, the DVC pipeline, params."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -54,7 +55,10 @@ def test_dvc_understands_the_pipeline():
 
 
 def test_main_command_end_to_end_on_tiny_params(tmp_path, loose_targets):
-    """`factory run` with a tiny params file: dataset, profile, canonical model, three bundles; then reuse."""
+    """`factory run` with a tiny params file: dataset, profile, canonical model, a searched bundle per target,
+    each published the one way (signed, packed, registered in MLflow under its target's alias); then reuse."""
+    import mlflow
+
     shutil.copytree(loose_targets, tmp_path / "targets")
     (tmp_path / "configs").mkdir()
     train_cfg = yaml.safe_load((ROOT / "configs" / "train.yaml").read_text())
@@ -65,11 +69,13 @@ def test_main_command_end_to_end_on_tiny_params(tmp_path, loose_targets):
     gates["budgets"]["min_top1"] = None  # a one-epoch tiny model is not accurate
     gates["remeasure"]["seconds"] = 1
     (tmp_path / "configs" / "gates.yaml").write_text(yaml.safe_dump(gates))
+    search = {"objective": "p50_latency", "space": {"recipe.precision": ["fp32", "int8-static"]}, "bench_seconds": 1}
+    (tmp_path / "configs" / "search-tiny.yaml").write_text(yaml.safe_dump(search))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "synth": {"out": "data/synth", "seed": 1, "per_class": 6, "size": "80x60"},
         "profile": {"out": "reports/data", "samples_per_class": 2},
         "train": {"config": "configs/train.yaml", "out": "models/tiny", "seed": 0, "epochs": 1},
-        "build": {"search_config": None},  # plain builds: the search has its own tests
+        "build": {"search_config": "configs/search-tiny.yaml"},  # the path the real main job takes
         "bench": {"seconds": 1},
         "fleet": {"devices": 100},
     }))
@@ -79,10 +85,21 @@ def test_main_command_end_to_end_on_tiny_params(tmp_path, loose_targets):
     for f in ("data/synth/dataset.json", "reports/data/profile.json", "models/tiny/model_card.json", "models/tiny/model.onnx",
               "keys/signing.key", "reports/build/summary.md"):
         assert (tmp_path / f).is_file(), f
+    card = json.loads((tmp_path / "models/tiny/model_card.json").read_text())
+    client = mlflow.MlflowClient()
     for target in ("cpu", "openvino", "tflite"):
         assert f"| {target} |" in result.stdout
         bundle = next((tmp_path / "bundles").glob(f"*/*/{target}"))
         assert invoke("bundle", "verify", str(bundle), "--pubkey", str(tmp_path / "keys" / "signing.pub")).exit_code == 0
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert manifest["lineage"]["search"]["verdict"].startswith("Winner:")
+        lineage = manifest["lineage"]["mlflow"]  # the signed manifest leads back to its build run
+        version = client.get_model_version_by_alias(card["name"], target)
+        assert version.run_id == lineage["run_id"] and lineage["model_uri"] == f"models:/{card['name']}@{target}"
+        assert client.get_run(lineage["run_id"]).data.tags["mlflow.parentRunId"] == card["lineage"]["mlflow"]["run_id"]
+        report = json.loads((tmp_path / "reports/build" / f"{target}.json").read_text())
+        assert report["mlflow"]["run_id"] == lineage["run_id"] and report["latency_source"].startswith("search benchmark")
+    assert all(f"models:/{card['name']}@{t}" in result.stdout for t in ("cpu", "openvino", "tflite"))  # the summary says where
     assert "speedup vs eager" in result.stdout and "| pytorch-eager |" in result.stdout
     assert "recorded this run" in result.stdout and (tmp_path / "reports/baseline/report.json").is_file()
     assert "audit log:" in result.stdout and "rollout.create" in result.stdout and "release" in result.stdout

@@ -6,6 +6,7 @@ import copy
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -141,15 +142,16 @@ def fit(model, train_ds, val_images, val_labels, spec, cfg, log_metrics, teacher
     return {"best_epoch": best["epoch"], "epochs_run": len(history), "best_val_top1": best["top1"], "history": history}
 
 
-def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
-    import mlflow
-    import mlflow.onnx
-    import torch
+@dataclass
+class _Splits:
+    """The dataset's images and label indices per split, decoded once."""
 
-    from .data import ImageDataset, load_images
-    from .tracking import setup_experiment
+    manifest: object
+    images: dict
+    labels: dict
 
-    t, m = cfg["train"], cfg["model"]
+
+def _checked_manifest(cfg: dict):
     manifest = load_manifest(cfg["data"]["manifest"])
     classes = manifest.classes
     if len(classes) < 2:
@@ -158,102 +160,150 @@ def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
     empty = [s for s, recs in splits.items() if not recs]
     if empty:
         raise DataError(f"dataset {manifest.name!r} has no images in split(s) {empty}", hint="add images or change the split fractions")
-    h, w = m["image_size"]
-    spec = make_spec(h, w)
-    torch.manual_seed(t["seed"])
-    # One torch thread per core not used by augmentation workers: on a 2-core machine an
-    # oversubscribed OpenMP pool trains 5-10x slower (measured), so never exceed the cores.
-    torch.set_num_threads(t["threads"] or max(1, (os.cpu_count() or 1) - t["workers"]))
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    model = create_model(m["architecture"], len(classes), m["pretrained"])  # unknown names fail before data loading
-    set_bn_momentum(model, t["bn_momentum"])
+    return manifest
 
+
+def _load_splits(cfg: dict, manifest) -> _Splits:
+    from .data import load_images
+
+    classes = manifest.classes
+    splits = {s: manifest.subset(s) for s in ("train", "val", "test")}
+    h, w = cfg["model"]["image_size"]
     index = {c: i for i, c in enumerate(classes)}
     images, labels = {}, {}
     with progress.bar("loading images", len(manifest.files)) as tick:
         for s, recs in splits.items():
             images[s] = load_images(manifest, recs, max_side=2 * max(h, w), progress=tick)
             labels[s] = [index[r.label] for r in recs]
-    train_ds = ImageDataset(images["train"], labels["train"], spec, augment_cfg=cfg["augment"], seed=t["seed"])
+    return _Splits(manifest, images, labels)
 
-    cfg_hash = config_hash(cfg)
+
+def _make_model(cfg: dict, n_classes: int):
+    import torch
+
+    t, m = cfg["train"], cfg["model"]
+    torch.manual_seed(t["seed"])
+    # One torch thread per core not used by augmentation workers: on a 2-core machine an
+    # oversubscribed OpenMP pool trains 5-10x slower (measured), so never exceed the cores.
+    torch.set_num_threads(t["threads"] or max(1, (os.cpu_count() or 1) - t["workers"]))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    model = create_model(m["architecture"], n_classes, m["pretrained"])  # unknown names fail before data loading
+    set_bn_momentum(model, t["bn_momentum"])
+    return model
+
+
+def _onnx_checked(model, folder: Path, cfg: dict, test_images: list, spec: dict) -> tuple[float, int, np.ndarray, np.ndarray]:
+    """Export ONNX into ``folder`` and compare it with PyTorch on test images; (max diff, n, batch, logits)."""
+    import torch
+
+    h, w = cfg["model"]["image_size"]
+    progress.info("exporting ONNX graph...")
+    export_onnx(model, folder / ONNX_NAME, h, w)
+    n = min(cfg["eval"]["parity_images"], len(test_images))
+    batch = preprocess(test_images[:n], spec)
+    with torch.no_grad():
+        ref_logits = model(torch.from_numpy(batch)).numpy()
+    diff = float(np.abs(onnx_logits(folder / ONNX_NAME, batch) - ref_logits).max())
+    if diff > cfg["eval"]["parity_tolerance"]:
+        raise ExportError("onnx-parity", f"ONNX logits differ from PyTorch by {diff:.3g} on {n} test images "
+                                         f"(tolerance {cfg['eval']['parity_tolerance']:g})")
+    return diff, n, batch, ref_logits
+
+
+def _log_onnx_model(folder: Path, batch: np.ndarray, logits: np.ndarray) -> str:
+    import mlflow.onnx
+    import onnx
+    from mlflow.models import infer_signature
+
+    signature = infer_signature({"input": batch[:2]}, {"logits": logits[:2]})
+    info = mlflow.onnx.log_model(onnx.load(str(folder / ONNX_NAME)), name="model", signature=signature,
+                                 save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"])
+    return info.model_uri
+
+
+def _card(cfg: dict, config_path, folder: Path, model, spec: dict, data: _Splits, fitted: dict, test: dict, ref: dict,
+          parity: tuple, train_seconds: float, run, model_uri) -> dict:
+    import mlflow
+
+    m, t = cfg["model"], cfg["train"]
+    h, w = m["image_size"]
+    classes, manifest = data.manifest.classes, data.manifest
+    return {
+        "schema": CARD_SCHEMA,
+        "name": m["name"],
+        "architecture": m["architecture"],
+        "labels": classes,
+        "input": input_spec(spec),
+        "preprocessing": spec,
+        "output": {"name": "logits", "shape": ["batch", len(classes)], "dtype": "float32", "activation": "none (apply softmax)"},
+        "files": {
+            "weights": {"path": WEIGHTS_NAME, "sha256": sha256_file(folder / WEIGHTS_NAME), "format": "torch state_dict"},
+            "onnx": {"path": ONNX_NAME, "sha256": sha256_file(folder / ONNX_NAME), "opset": ONNX_OPSET, "dynamic_batch": True},
+        },
+        "complexity": {"params": int(sum(p.numel() for p in model.parameters())), "macs": count_macs(model, h, w)},
+        "metrics": {
+            "test": test,
+            "val": {"top1": round(fitted["best_val_top1"], 6), "n": len(data.labels["val"])},
+            "training": {k: fitted[k] for k in ("best_epoch", "epochs_run")} | {"seconds": round(train_seconds, 1)},
+        },
+        "onnx_parity": {"n": parity[1], "max_abs_diff": parity[0], "tolerance": cfg["eval"]["parity_tolerance"]},
+        "history": fitted["history"],
+        "lineage": {
+            "dataset": manifest.name,
+            "dataset_hash": manifest.dataset_hash,
+            "dataset_manifest": str(manifest.location),
+            "config": config_path,
+            "config_hash": config_hash(cfg),
+            "config_values": cfg,
+            "seed": t["seed"],
+            "git": git_revision(),
+            "mlflow": {"tracking_uri": mlflow.get_tracking_uri(), "run_id": run.info.run_id,
+                       "experiment_id": run.info.experiment_id, "model_uri": model_uri},
+            "packages": package_versions(PACKAGES) | {"edge-model-factory": __version__},
+        },
+        "reference_profile": ref,
+    }
+
+
+def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
+    """Train, evaluate and export the canonical model directory; one MLflow run with everything."""
+    import mlflow
+    import torch
+
+    from .data import ImageDataset
+    from .tracking import setup_experiment
+
+    m = cfg["model"]
+    manifest = _checked_manifest(cfg)
+    classes = manifest.classes
+    model = _make_model(cfg, len(classes))  # an unknown architecture fails before the images are decoded
+    data = _load_splits(cfg, manifest)
+    spec = make_spec(*m["image_size"])
+    train_ds = ImageDataset(data.images["train"], data.labels["train"], spec, augment_cfg=cfg["augment"], seed=cfg["train"]["seed"])
     setup_experiment(cfg["tracking"]["experiment"])
     started = time.perf_counter()
     with mlflow.start_run(run_name=f"train-{m['name']}-{m['architecture']}") as run:
         mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg).items()})
-        mlflow.set_tags({"factory.stage": "train", "factory.dataset_hash": manifest.dataset_hash,
-                         "factory.dataset": manifest.name, "factory.config_hash": cfg_hash})
+        mlflow.set_tags({"factory.stage": "train", "factory.dataset_hash": data.manifest.dataset_hash,
+                         "factory.dataset": data.manifest.name, "factory.config_hash": config_hash(cfg)})
         mlflow.log_dict(cfg, "config.json")
-        fitted = fit(model, train_ds, images["val"], labels["val"], spec, cfg,
-                   lambda row, step: mlflow.log_metrics(row, step=step))
+        fitted = fit(model, train_ds, data.images["val"], data.labels["val"], spec, cfg, lambda row, step: mlflow.log_metrics(row, step=step))
         train_seconds = time.perf_counter() - started
         model.eval()
-        test_logits = predict_logits(model, images["test"], spec)
-        test = classification_metrics(np.asarray(labels["test"]), test_logits, classes)
-        val_logits = predict_logits(model, images["val"], spec)
-        ref = reference_profile(val_logits, classes, [image_stats(im) for im in images["val"]], "val")
+        test = classification_metrics(np.asarray(data.labels["test"]), predict_logits(model, data.images["test"], spec), classes)
+        ref = reference_profile(predict_logits(model, data.images["val"], spec), classes,
+                                [image_stats(im) for im in data.images["val"]], "val")
         mlflow.log_metrics({"test_top1": test["top1"], "best_val_top1": fitted["best_val_top1"], "train_seconds": train_seconds})
-
         out = Path(cfg["output"]["dir"])
         with atomic_dir(out) as tmp:
             torch.save(model.state_dict(), tmp / WEIGHTS_NAME)
-            progress.info("exporting ONNX graph...")
-            export_onnx(model, tmp / ONNX_NAME, h, w)
-            n = min(cfg["eval"]["parity_images"], len(images["test"]))
-            parity_batch = preprocess(images["test"][:n], spec)
-            with torch.no_grad():
-                ref_logits = model(torch.from_numpy(parity_batch)).numpy()
-            diff = float(np.abs(onnx_logits(tmp / ONNX_NAME, parity_batch) - ref_logits).max())
-            if diff > cfg["eval"]["parity_tolerance"]:
-                raise ExportError("onnx-parity", f"ONNX logits differ from PyTorch by {diff:.3g} on {n} test images (tolerance {cfg['eval']['parity_tolerance']:g})")
+            parity = _onnx_checked(model, tmp, cfg, data.images["test"], spec)
             plot_confusion(test["confusion_matrix"], classes, tmp / "confusion_matrix.png", f"{m['architecture']} test top-1 {test['top1']:.4f}")
-            model_uri = None
-            if cfg["tracking"]["log_model"]:
-                import onnx
-                from mlflow.models import infer_signature
-
-                signature = infer_signature({"input": parity_batch[:2]}, {"logits": ref_logits[:2]})
-                info = mlflow.onnx.log_model(onnx.load(str(tmp / ONNX_NAME)), name="model", signature=signature,
-                                             save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"])
-                model_uri = info.model_uri
-            card = {
-                "schema": CARD_SCHEMA,
-                "name": m["name"],
-                "architecture": m["architecture"],
-                "labels": classes,
-                "input": input_spec(spec),
-                "preprocessing": spec,
-                "output": {"name": "logits", "shape": ["batch", len(classes)], "dtype": "float32", "activation": "none (apply softmax)"},
-                "files": {
-                    "weights": {"path": WEIGHTS_NAME, "sha256": sha256_file(tmp / WEIGHTS_NAME), "format": "torch state_dict"},
-                    "onnx": {"path": ONNX_NAME, "sha256": sha256_file(tmp / ONNX_NAME), "opset": ONNX_OPSET, "dynamic_batch": True},
-                },
-                "complexity": {"params": int(sum(p.numel() for p in model.parameters())), "macs": count_macs(model, h, w)},
-                "metrics": {
-                    "test": test,
-                    "val": {"top1": round(fitted["best_val_top1"], 6), "n": len(labels["val"])},
-                    "training": {k: fitted[k] for k in ("best_epoch", "epochs_run")} | {"seconds": round(train_seconds, 1)},
-                },
-                "onnx_parity": {"n": n, "max_abs_diff": diff, "tolerance": cfg["eval"]["parity_tolerance"]},
-                "history": fitted["history"],
-                "lineage": {
-                    "dataset": manifest.name,
-                    "dataset_hash": manifest.dataset_hash,
-                    "dataset_manifest": str(manifest.location),
-                    "config": config_path,
-                    "config_hash": cfg_hash,
-                    "config_values": cfg,
-                    "seed": t["seed"],
-                    "git": git_revision(),
-                    "mlflow": {"tracking_uri": mlflow.get_tracking_uri(), "run_id": run.info.run_id,
-                               "experiment_id": run.info.experiment_id, "model_uri": model_uri},
-                    "packages": package_versions(PACKAGES) | {"edge-model-factory": __version__},
-                },
-                "reference_profile": ref,
-            }
+            model_uri = _log_onnx_model(tmp, parity[2], parity[3]) if cfg["tracking"]["log_model"] else None
+            card = _card(cfg, config_path, tmp, model, spec, data, fitted, test, ref, parity, train_seconds, run, model_uri)
             write_json(tmp / CARD_NAME, card)
             write_json(tmp / "metrics.json", {"test_top1": test["top1"], "val_top1": round(fitted["best_val_top1"], 6),
-                                              "onnx_max_abs_diff": diff, "epochs_run": fitted["epochs_run"]})
+                                              "onnx_max_abs_diff": parity[0], "epochs_run": fitted["epochs_run"]})
             mlflow.log_artifact(str(tmp / CARD_NAME))
             mlflow.log_artifact(str(tmp / "confusion_matrix.png"))
     return CanonicalModel(out, card)
