@@ -79,6 +79,7 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``factory`` console script."""
     cli.main(args=argv, prog_name="factory")
 
 

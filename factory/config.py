@@ -81,6 +81,7 @@ def parse_overrides(pairs: Iterable[str]) -> dict:
 
 
 def merge(base: dict, over: dict) -> dict:
+    """``over`` merged into ``base`` recursively (``over`` wins); neither is modified."""
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
@@ -157,4 +158,5 @@ def load_config(path: str | Path, schema: dict, overrides: Iterable[str] = ()) -
 
 
 def config_hash(cfg: dict) -> str:
+    """sha256 of a config's canonical JSON."""
     return hashlib.sha256(canonical_json(cfg)).hexdigest()

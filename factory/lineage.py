@@ -12,6 +12,7 @@ __all__ = ["git_revision", "package_versions", "host_info"]
 
 
 def git_revision(cwd: str | Path = ".") -> dict:
+    """The git commit and whether the work tree is dirty (None outside a repository)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if rev.returncode != 0:
@@ -23,6 +24,7 @@ def git_revision(cwd: str | Path = ".") -> dict:
 
 
 def package_versions(names: list[str]) -> dict[str, str | None]:
+    """Installed version of each distribution (None if missing)."""
     out: dict[str, str | None] = {}
     for name in names:
         try:

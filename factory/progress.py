@@ -14,6 +14,7 @@ _enabled = True
 
 
 def set_enabled(value: bool) -> None:
+    """Show (True) or hide (``factory -q``) progress output."""
     global _enabled
     _enabled = value
 

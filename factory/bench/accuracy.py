@@ -17,10 +17,12 @@ __all__ = ["measure_accuracy", "pack_bits", "unpack_bits"]
 
 
 def pack_bits(correct: np.ndarray) -> str:
+    """Per-image correctness as base64 bits (compact enough for a report)."""
     return base64.b64encode(np.packbits(np.asarray(correct, bool)).tobytes()).decode()
 
 
 def unpack_bits(text: str, n: int) -> np.ndarray:
+    """The inverse of :func:`pack_bits` for ``n`` images."""
     return np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8))[:n].astype(bool)
 
 

@@ -43,6 +43,7 @@ class Artifact:
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
+    """``1,3,224,224`` (or ``1x3x224x224``) as a tuple of positive ints; InputError otherwise."""
     try:
         shape = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
@@ -142,6 +143,7 @@ def _expand(path: Path) -> list[Path]:
 
 def open_artifacts(paths: list[str], *, threads: int = 2, input_shape: str | None = None, public_key=None,
                    stack: contextlib.ExitStack) -> list[Artifact]:
+    """Open every input (bundles, archives, canonical models, bare model files) behind one interface."""
     from ..bundle.archive import unpack
 
     shape = parse_shape(input_shape) if input_shape else None

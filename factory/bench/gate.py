@@ -50,6 +50,7 @@ POLICY_SCHEMA = {
 
 
 def load_policy(path) -> dict:
+    """A gate policy YAML, validated (see configs/gates.yaml)."""
     return load_config(path, POLICY_SCHEMA)
 
 
@@ -130,6 +131,7 @@ def _budgets(name, c, policy) -> list[dict]:
 
 
 def evaluate_gate(candidate: dict, baseline: dict, policy: dict, *, paired: bool = False) -> dict:
+    """Every check of every paired artifact, then the verdict: ``{passed, checks, paired}``."""
     checks = []
     settings = candidate.get("settings", {})
     for c, b in pair_artifacts(candidate, baseline, policy["match"]):

@@ -27,6 +27,7 @@ __all__ = ["measure_interleaved", "environment"]
 
 
 def environment(artifacts) -> dict:
+    """Host facts, load average, runtimes and threads of a benchmark run."""
     from ..lineage import host_info
 
     try:

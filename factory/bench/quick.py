@@ -12,6 +12,7 @@ __all__ = ["quick_latency"]
 
 def quick_latency(runner: Callable[[np.ndarray], np.ndarray], sample: np.ndarray, *, warmup: int = 10,
                   iterations: int = 300, max_seconds: float = 4.0) -> dict:
+    """Batch-1 latency of one runner in this process: warm-up, then up to ``iterations`` timed runs."""
     x = np.ascontiguousarray(sample[:1])
     for _ in range(warmup):
         runner(x)

@@ -16,6 +16,7 @@ REPORT_SCHEMA = "factory.bench/1"
 
 
 def assemble(artifacts, latency: dict, accuracy: dict) -> dict:
+    """The report dict: one row per artifact with its latency and accuracy, plus the run's settings."""
     rows = []
     for a in artifacts:
         rows.append({
@@ -36,6 +37,7 @@ def _fmt_ci(ci) -> str:
 
 
 def markdown(report: dict) -> str:
+    """The report as a Markdown table with the host line under it."""
     lines = ["| artifact | backend | precision | top-1 | drop pt [95% CI] | agreement | p50 ms [95% CI] | p95 ms | size MB | speedup vs eager |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["artifacts"]:
@@ -84,6 +86,7 @@ def _plots(report: dict, folder: Path) -> None:
 
 
 def write_report(report: dict, out: str | Path) -> Path:
+    """``out/report.json``, ``report.md`` and the two plots, written atomically."""
     with atomic_dir(out) as tmp:
         write_json(tmp / "report.json", report)
         atomic_write(tmp / "report.md", markdown(report) + "\n")

@@ -13,6 +13,7 @@ __all__ = ["summarize", "median_ci", "ratio_of_medians_ci", "paired_ratio_ci", "
 
 
 def summarize(samples_ms: np.ndarray) -> dict:
+    """Percentiles, mean, std, min and max of latency samples (ms)."""
     a = np.asarray(samples_ms, dtype=np.float64)
     p = np.percentile(a, [50, 90, 95, 99])
     return {"n": int(a.size), "p50_ms": float(p[0]), "p90_ms": float(p[1]), "p95_ms": float(p[2]), "p99_ms": float(p[3]),
@@ -36,6 +37,7 @@ def _interval(values: np.ndarray, confidence: float) -> list[float]:
 
 def median_ci(samples: np.ndarray, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0,
               block: int | None = None) -> list[float]:
+    """Block-bootstrap interval of the median (blocks keep autocorrelated runs together)."""
     a = np.asarray(samples, dtype=np.float64)
     idx = _block_indices(a.size, n_boot, np.random.default_rng(seed), block)
     lo, hi = _interval(np.median(a[idx], axis=1), confidence)

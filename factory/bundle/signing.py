@@ -28,6 +28,7 @@ def _crypto():
 
 
 def key_id(public_key) -> str:
+    """16 hex digits of the sha256 of the raw public key."""
     serialization, _ = _crypto()
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -49,6 +50,7 @@ def generate_keys(prefix: str | Path, *, overwrite: bool = False) -> tuple[Path,
 
 
 def load_private_key(path: str | Path):
+    """An unencrypted Ed25519 PEM private key; InputError saying what is wrong otherwise."""
     serialization, ed25519 = _crypto()
     path = Path(path)
     if not path.is_file():
@@ -63,6 +65,7 @@ def load_private_key(path: str | Path):
 
 
 def load_public_key(path: str | Path):
+    """An Ed25519 PEM public key; InputError saying what is wrong otherwise."""
     serialization, ed25519 = _crypto()
     path = Path(path)
     if not path.is_file():

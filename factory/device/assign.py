@@ -28,6 +28,7 @@ def bucket(salt: str, device_id: str) -> float:
 
 
 def in_cohort(cohort: dict, device_id: str, target: str, tags: list[str]) -> bool:
+    """Does the rollout's cohort include this device (exclusions first, then explicit ids, targets, tags)?"""
     if device_id in (cohort.get("exclude") or []):
         return False
     if device_id in (cohort.get("devices") or []):

@@ -29,6 +29,7 @@ class Unreachable(FactoryError):
 
 
 def default_url() -> str:
+    """``$FACTORY_REGISTRY_URL`` or the local default."""
     return os.environ.get("FACTORY_REGISTRY_URL", "http://127.0.0.1:8700")
 
 

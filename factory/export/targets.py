@@ -63,10 +63,12 @@ PROFILE_SCHEMA = {
 
 
 def targets_dir(explicit: str | Path | None = None) -> Path:
+    """The folder of target profiles: explicit, else ``$FACTORY_TARGETS``, else ``./targets``."""
     return Path(explicit or os.environ.get("FACTORY_TARGETS") or "targets")
 
 
 def target_names(folder: str | Path | None = None) -> list[str]:
+    """Names of the profiles in the targets folder."""
     d = targets_dir(folder)
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 

@@ -27,6 +27,7 @@ def _proportions(counts, eps: float) -> np.ndarray:
 
 
 def psi(reference, observed, eps: float = 1e-4) -> float | None:
+    """Population stability index of ``observed`` against ``reference`` counts; None if either is empty."""
     if np.asarray(observed).sum() <= 0 or np.asarray(reference).sum() <= 0:
         return None
     r, o = _proportions(reference, eps), _proportions(observed, eps)
@@ -34,6 +35,7 @@ def psi(reference, observed, eps: float = 1e-4) -> float | None:
 
 
 def js_divergence(reference, observed, eps: float = 1e-12) -> float | None:
+    """Jensen-Shannon divergence (base 2, 0..1) of two count histograms; None if either is empty."""
     if np.asarray(observed).sum() <= 0 or np.asarray(reference).sum() <= 0:
         return None
     n = max(len(reference), len(observed))

@@ -21,10 +21,12 @@ ROLES = ("admin", "device")
 
 
 def hash_token(token: str) -> str:
+    """What the database stores of a token: its sha256."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 def create_token(conn, name: str, role: str) -> str:
+    """Create a token with a role; returns it (the only time it is visible)."""
     if role not in ROLES:
         raise InputError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
     token = f"fct_{role[0]}_{secrets.token_urlsafe(32)}"
@@ -34,6 +36,7 @@ def create_token(conn, name: str, role: str) -> str:
 
 
 def revoke_token(conn, name: str) -> int:
+    """Revoke every token of this name; returns how many."""
     n = conn.execute(db.tokens.update().where(db.tokens.c.name == name).values(revoked=True)).rowcount
     db.add_audit(conn, "cli", "token.revoke", None, {"name": name, "count": n})
     return n

@@ -33,6 +33,7 @@ class NotAssigned(RolloutConflict):
 
 
 def register_device(conn, device_id: str, target: str, tags: list[str]) -> dict:
+    """Insert or update a device's target and tags."""
     row = {"device_id": device_id, "target": target, "tags": db.dumps(sorted(tags)), "last_seen": db.now()}
     if conn.execute(sa.select(db.devices.c.device_id).where(db.devices.c.device_id == device_id)).first():
         conn.execute(db.devices.update().where(db.devices.c.device_id == device_id).values(**row))

@@ -37,6 +37,7 @@ def _series(conn, key: str, since: float, window_seconds: int, rules: dict | Non
 
 
 def health_report(engine, window_seconds: int, now: float | None = None, history_windows: int = 30) -> dict:
+    """Recent rollouts and stable releases with their windows' figures and verdicts; retraining triggers."""
     now = time.time() if now is None else now
     since = now - history_windows * window_seconds
     report = {"generated_at": db.now(), "window_seconds": window_seconds, "rollouts": [], "stable": [], "triggers": []}

@@ -68,6 +68,7 @@ PLAN_SCHEMA = {
 
 
 def check_plan(plan: dict, source: str = "rollout plan") -> dict:
+    """A rollout plan validated against PLAN_SCHEMA, stage defaults filled in."""
     out = validate(plan, PLAN_SCHEMA, source)
     for st in out["stages"]:
         st.setdefault("min_duration_minutes", 0)
@@ -76,6 +77,7 @@ def check_plan(plan: dict, source: str = "rollout plan") -> dict:
 
 
 def load_plan(path) -> dict:
+    """A rollout plan from a YAML file, validated."""
     return check_plan(load_yaml(path), str(path))
 
 
@@ -86,6 +88,7 @@ def _row_to_dict(r) -> dict:
 
 
 def get(conn, name: str) -> dict:
+    """One rollout as a dict; NotFound (404) if there is none of that name."""
     r = conn.execute(sa.select(db.rollouts).where(db.rollouts.c.name == name)).first()
     if r is None:
         raise NotFound(f"no rollout named {name!r}")
@@ -93,6 +96,7 @@ def get(conn, name: str) -> dict:
 
 
 def create(conn, plan: dict, actor: str) -> dict:
+    """Create a rollout from a plan (releases must be published; one active rollout per model and target)."""
     plan = check_plan(plan)
     model, version = plan["release"]["name"], plan["release"]["version"]
     if conn.execute(sa.select(db.rollouts.c.id).where(db.rollouts.c.name == plan["name"])).first():
@@ -168,6 +172,7 @@ def transition(conn, name: str, action: str, actor: str, reason: str = "", evide
 
 
 def salt_for(name: str) -> str:
+    """The rollout's salt for stable per-device buckets."""
     return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 

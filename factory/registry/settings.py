@@ -43,6 +43,7 @@ def _env(cfg: dict) -> dict:
 
 
 def load_settings(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Registry settings from a YAML file (or the defaults), then environment overrides."""
     cfg = load_config(path, SETTINGS_SCHEMA) if path else validate({}, SETTINGS_SCHEMA, "registry defaults")
     cfg = _env(cfg)
     for k, v in (overrides or {}).items():
@@ -51,4 +52,5 @@ def load_settings(path: str | Path | None = None, overrides: dict | None = None)
 
 
 def default_settings(**overrides) -> dict:
+    """The defaults with ``overrides`` applied."""
     return load_settings(None, overrides)

@@ -30,6 +30,7 @@ def _release_entry(r, public_url: str) -> dict:
 
 
 def build_state(conn, public_url: str) -> dict:
+    """The fleet state from the database: active rollouts, stable releases and the releases they need."""
     rollouts = []
     needed: set[str] = set()
     for r in conn.execute(sa.select(db.rollouts).where(db.rollouts.c.status.in_(ACTIVE)).order_by(db.rollouts.c.id)).all():

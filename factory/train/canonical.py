@@ -59,6 +59,7 @@ def export_onnx(module, path: str | Path, height: int, width: int, opset: int = 
 
 
 def onnx_logits(path: str | Path, batch: np.ndarray, threads: int = 0) -> np.ndarray:
+    """Run an ONNX model on a batch with ONNX Runtime (CPU)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

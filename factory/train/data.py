@@ -51,6 +51,7 @@ def load_images(manifest: DatasetManifest, records: list[Record], max_side: int,
 
 
 def augment(img: np.ndarray, rng: np.random.Generator, cfg: dict) -> np.ndarray:
+    """One random document-photo augmentation of a BGR image (seeded by ``rng``)."""
     h, w = img.shape[:2]
     src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
     s = rng.uniform(*cfg["scale"])

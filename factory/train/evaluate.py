@@ -16,18 +16,21 @@ __all__ = ["softmax", "classification_metrics", "confusion_matrix", "plot_confus
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, numerically stable."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    """``n`` x ``n`` counts, rows true class, columns predicted."""
     cm = np.zeros((n, n), np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
     return cm
 
 
 def classification_metrics(y_true: np.ndarray, logits: np.ndarray, classes: list[str]) -> dict:
+    """Top-1, per-class precision/recall and the confusion matrix."""
     y_true = np.asarray(y_true)
     y_pred = logits.argmax(axis=1)
     cm = confusion_matrix(y_true, y_pred, len(classes))
@@ -48,6 +51,7 @@ def classification_metrics(y_true: np.ndarray, logits: np.ndarray, classes: list
 
 
 def plot_confusion(cm: list[list[int]], classes: list[str], path: str | Path, title: str) -> None:
+    """The confusion matrix as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -60,6 +60,7 @@ def _lr_at(epoch: int, step: int, steps: int, cfg: dict) -> float:
 
 
 def predict_logits(model, images: list[np.ndarray], spec: dict, batch: int = 64) -> np.ndarray:
+    """Logits of a torch module on images, preprocessed as the spec says, in batches."""
     import torch
 
     outs = []

@@ -20,6 +20,7 @@ _LOCAL: dict[str, Callable[[int], nn.Module]] = {}
 
 
 def register_model(name: str):
+    """Decorator: register a model factory ``fn(num_classes) -> nn.Module`` under ``name``."""
     def deco(fn: Callable[[int], nn.Module]):
         _LOCAL[name] = fn
         return fn
@@ -34,6 +35,7 @@ def _torchvision_names() -> list[str]:
 
 
 def list_models() -> list[str]:
+    """Every architecture ``create_model`` accepts: torchvision classifiers and local ones."""
     return sorted(set(_torchvision_names()) | set(_LOCAL))
 
 
@@ -51,6 +53,7 @@ def tiny_cnn(num_classes: int) -> nn.Module:
 
 
 def create_model(name: str, num_classes: int, pretrained: str | Path | None = None) -> nn.Module:
+    """A classifier by name with ``num_classes`` outputs; weights only from a local file."""
     if name in _LOCAL:
         model = _LOCAL[name](num_classes)
     else:

@@ -14,6 +14,7 @@ DEFAULT_DIR = Path("mlruns")
 
 
 def tracking_uri(base: str | Path | None = None) -> str:
+    """``$MLFLOW_TRACKING_URI``, else a SQLite store in the project's mlruns/."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
