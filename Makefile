@@ -2,7 +2,7 @@
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-all install clean
+.PHONY: run test test-quick lint install clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt scripts/install.sh
 	./scripts/install.sh $(VENV)
@@ -13,11 +13,15 @@ install: $(STAMP)
 run: $(STAMP)       ## the main job end to end on embedded defaults (params.yaml)
 	$(VENV)/bin/factory run
 
-test: $(STAMP)      ## the default (fast) test suite
+test: $(STAMP)      ## the whole test suite (what CI runs, after `make lint`)
+	$(VENV)/bin/python -m pytest
+
+test-quick: $(STAMP)  ## while developing: everything but the tests marked slow
 	$(VENV)/bin/python -m pytest -m "not slow"
 
-test-all: $(STAMP)  ## everything, including slow tests (full trainings, real builds)
-	$(VENV)/bin/python -m pytest
+lint: $(STAMP)      ## ruff: pyflakes, bugbear, import order, docstrings, line length 120, formatting
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf data models bundles reports mlruns .pytest_cache

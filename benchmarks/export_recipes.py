@@ -22,12 +22,19 @@ sys.path.insert(0, str(ROOT))
 from factory import progress  # noqa: E402
 from factory._io import atomic_write, write_json  # noqa: E402
 from factory.bundle.signing import generate_keys  # noqa: E402
-from factory.pipeline.build import build, build_report  # noqa: E402
 from factory.lineage import host_info  # noqa: E402
+from factory.pipeline.build import build, build_report  # noqa: E402
 
 RECIPES = {
     "cpu": ["fp32", "fp16", "int8-static", "int8-dynamic", "fp32+structured:0.5", "int8-static+structured:0.5"],
-    "openvino": ["fp32", "fp16", "int8-static", "int8-weight-only", "fp32+structured:0.5", "int8-static+structured:0.5"],
+    "openvino": [
+        "fp32",
+        "fp16",
+        "int8-static",
+        "int8-weight-only",
+        "fp32+structured:0.5",
+        "int8-static+structured:0.5",
+    ],
     "tflite": ["fp32", "fp16", "int8-static", "int8-dynamic", "int8-weight-only", "fp32+structured:0.5"],
 }
 
@@ -55,25 +62,39 @@ def main() -> None:
             for recipe in RECIPES[target]:
                 started = time.perf_counter()
                 progress.info(f"== {target} {recipe}")
-                r = build(args.model, target, key_path=key, data=args.data, out_root=Path(tmp) / "bundles",
-                          targets_dir=ROOT / "targets", overrides=overrides(recipe), track=False)
+                r = build(
+                    args.model,
+                    target,
+                    key_path=key,
+                    data=args.data,
+                    out_root=Path(tmp) / "bundles",
+                    targets_dir=ROOT / "targets",
+                    overrides=overrides(recipe),
+                    track=False,
+                )
                 row = build_report(r) | {"recipe": recipe, "wall_seconds": round(time.perf_counter() - started, 1)}
                 rows.append(row)
     for row in rows:
         base = next(x for x in rows if x["target"] == row["target"] and x["recipe"] == "fp32")
         row["speedup_vs_fp32_p50"] = round(base["latency_p50_ms"] / row["latency_p50_ms"], 3)
     lines = [
-        f"# Export recipes on {host_info()['cpu']} ({host_info()['cores']} cores, flags: {', '.join(host_info()['flags'])})",
+        f"# Export recipes on {host_info()['cpu']} ({host_info()['cores']} cores, flags: "
+        f"{', '.join(host_info()['flags'])})",
         "",
         "Quick batch-1 latency from each build (not interleaved); `speedup` is against the same runtime's fp32.",
         "",
-        "| target | recipe | top-1 | drop (pt) | agreement | p50 ms | p95 ms | speedup | size MB | MACs (M) | build s | budgets |",
+        "| target | recipe | top-1 | drop (pt) | agreement | p50 ms | p95 ms | speedup | size MB | MACs (M) | build s "
+        "| budgets |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['target']} | {r['recipe']} | {r['top1']:.4f} | {r['accuracy_drop_pt']:+.2f} | {r['top1_agreement']:.4f} | "
-                     f"{r['latency_p50_ms']:.3f} | {r['latency_p95_ms']:.3f} | {r['speedup_vs_fp32_p50']:.2f}x | {r['size_bytes'] / 1e6:.2f} | "
-                     f"{r['macs'] / 1e6:.1f} | {r['wall_seconds']:.0f} | {'pass' if r['passed'] else 'fail'} |")
+        lines.append(
+            f"| {r['target']} | {r['recipe']} | {r['top1']:.4f} | {r['accuracy_drop_pt']:+.2f} | "
+            f"{r['top1_agreement']:.4f} | "
+            f"{r['latency_p50_ms']:.3f} | {r['latency_p95_ms']:.3f} | {r['speedup_vs_fp32_p50']:.2f}x | "
+            f"{r['size_bytes'] / 1e6:.2f} | "
+            f"{r['macs'] / 1e6:.1f} | {r['wall_seconds']:.0f} | {'pass' if r['passed'] else 'fail'} |"
+        )
     lines += ["", f"Reproduce: `python benchmarks/export_recipes.py --model {args.model} --data {args.data}`", ""]
     write_json(args.out + ".json", {"host": host_info(), "rows": rows})
     atomic_write(args.out + ".md", "\n".join(lines))

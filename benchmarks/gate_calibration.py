@@ -45,7 +45,9 @@ def slower_onnx(model_dir: str, depth: int, path: Path) -> Path:
     base = canonical.build_module()
     features = getattr(base, "features", None)
     if not isinstance(features, nn.Sequential):
-        raise SystemExit("this calibration needs an architecture with a `features` Sequential (e.g. mobilenet_v3_small)")
+        raise SystemExit(
+            "this calibration needs an architecture with a `features` Sequential (e.g. mobilenet_v3_small)"
+        )
     import copy
 
     # copies, fed a shifted input: the ONNX optimizer would otherwise merge the identical computation
@@ -66,15 +68,23 @@ def slower_onnx(model_dir: str, depth: int, path: Path) -> Path:
 def trial(a, b, seconds: float, policy: dict, seed: int) -> tuple[float, list[float]]:
     lat = measure_interleaved([a, b], seconds=seconds, warmup=policy["remeasure"]["warmup"], seed=seed)
     assert a.id != b.id
-    return paired_ratio_ci(np.asarray(lat["artifacts"][b.id]["samples_ms"]), np.asarray(lat["artifacts"][a.id]["samples_ms"]),
-                           lat["per_turn"], confidence=policy["latency"]["confidence"], n_boot=policy["latency"]["bootstrap"], seed=seed)
+    return paired_ratio_ci(
+        np.asarray(lat["artifacts"][b.id]["samples_ms"]),
+        np.asarray(lat["artifacts"][a.id]["samples_ms"]),
+        lat["per_turn"],
+        confidence=policy["latency"]["confidence"],
+        n_boot=policy["latency"]["bootstrap"],
+        seed=seed,
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/id-docs")
     ap.add_argument("--trials", type=int, default=100)
-    ap.add_argument("--seconds", type=float, default=None, help="measuring time per trial (default: the policy's remeasure.seconds)")
+    ap.add_argument(
+        "--seconds", type=float, default=None, help="measuring time per trial (default: the policy's remeasure.seconds)"
+    )
     ap.add_argument("--target-slowdown", type=float, default=0.20)
     ap.add_argument("--policy", default=str(ROOT / "configs" / "gates.yaml"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gate-calibration"))
@@ -93,10 +103,14 @@ def main() -> None:
         depth, ratio = 7, 1.0
         tried = {}
         for _ in range(8):
-            b = open_artifacts([str(slower_onnx(args.model, depth, tmp / f"slower-{depth}.onnx"))], threads=2, stack=stack)[0]
+            b = open_artifacts(
+                [str(slower_onnx(args.model, depth, tmp / f"slower-{depth}.onnx"))], threads=2, stack=stack
+            )[0]
             ratio, _ = trial(a1, b, 5.0, policy, seed=999)
             tried[depth] = ratio
-            print(f"tuning: re-running the first {depth} feature blocks -> measured slowdown {ratio - 1:+.1%}", flush=True)
+            print(
+                f"tuning: re-running the first {depth} feature blocks -> measured slowdown {ratio - 1:+.1%}", flush=True
+            )
             if abs(ratio - 1 - args.target_slowdown) <= 0.04:
                 break
             step = 1 if ratio - 1 < args.target_slowdown else -1
@@ -109,38 +123,54 @@ def main() -> None:
             for t in range(args.trials):
                 t0 = time.perf_counter()
                 r, ci = trial(x, y, args.seconds, policy, seed=t)
-                rows[kind].append({"ratio": r, "ci": ci, "flagged": ci[0] > limit, "seconds": round(time.perf_counter() - t0, 2)})
+                rows[kind].append(
+                    {"ratio": r, "ci": ci, "flagged": ci[0] > limit, "seconds": round(time.perf_counter() - t0, 2)}
+                )
                 if t % 10 == 9:
                     flagged = sum(row["flagged"] for row in rows[kind])
                     print(f"{kind} trial {t + 1}/{args.trials}: flagged so far {flagged}", flush=True)
     aa, ab = rows["aa"], rows["ab"]
     result = {
-        "host": host_info(), "policy": policy["latency"], "trials": args.trials, "seconds_per_trial": args.seconds,
-        "slower_depth": depth, "false_alarm_rate": sum(r["flagged"] for r in aa) / len(aa),
+        "host": host_info(),
+        "policy": policy["latency"],
+        "trials": args.trials,
+        "seconds_per_trial": args.seconds,
+        "slower_depth": depth,
+        "false_alarm_rate": sum(r["flagged"] for r in aa) / len(aa),
         "detection_rate": sum(r["flagged"] for r in ab) / len(ab),
         "aa_ratio": {"median": float(np.median([r["ratio"] for r in aa])), "max_ci_low": max(r["ci"][0] for r in aa)},
-        "ab_ratio": {"median": float(np.median([r["ratio"] for r in ab])), "min_ci_low": min(r["ci"][0] for r in ab),
-                     "min": min(r["ratio"] for r in ab)},
-        "max_trial_seconds": max(r["seconds"] for r in aa + ab), "total_minutes": round((time.perf_counter() - started) / 60, 1),
+        "ab_ratio": {
+            "median": float(np.median([r["ratio"] for r in ab])),
+            "min_ci_low": min(r["ci"][0] for r in ab),
+            "min": min(r["ratio"] for r in ab),
+        },
+        "max_trial_seconds": max(r["seconds"] for r in aa + ab),
+        "total_minutes": round((time.perf_counter() - started) / 60, 1),
         "rows": rows,
     }
     md = [
         f"# Gate calibration on {result['host']['cpu']} ({result['host']['cores']} cores)",
         "",
-        f"Rule (as `factory gate --remeasure`): regression when the {policy['latency']['confidence']:.0%} bootstrap interval of the median per-round latency ratio B/A "
-        f"lies wholly above {limit:.2f}. {args.trials} trials each, {args.seconds:g} s of interleaved measuring per trial "
+        f"Rule (as `factory gate --remeasure`): regression when the {policy['latency']['confidence']:.0%} bootstrap "
+        "interval of the median per-round latency ratio B/A "
+        f"lies wholly above {limit:.2f}. {args.trials} trials each, {args.seconds:g} s of interleaved measuring per "
+        "trial "
         f"(longest trial incl. warm-up: {result['max_trial_seconds']:.1f} s).",
         "",
         "| experiment | true slowdown | median measured ratio | flagged | rate |",
         "|---|---|---|---|---|",
-        f"| A/A (same model, two sessions) | none | {result['aa_ratio']['median']:.3f} | {sum(r['flagged'] for r in aa)}/{len(aa)} | "
+        f"| A/A (same model, two sessions) | none | {result['aa_ratio']['median']:.3f} | "
+        f"{sum(r['flagged'] for r in aa)}/{len(aa)} | "
         f"false alarms {result['false_alarm_rate']:.1%} |",
-        f"| A/B (B = A + its first {depth} feature blocks again) | ~{args.target_slowdown:.0%} | {result['ab_ratio']['median']:.3f} | "
+        f"| A/B (B = A + its first {depth} feature blocks again) | ~{args.target_slowdown:.0%} | "
+        f"{result['ab_ratio']['median']:.3f} | "
         f"{sum(r['flagged'] for r in ab)}/{len(ab)} | detection {result['detection_rate']:.1%} |",
         "",
-        f"Highest A/A interval low end: {result['aa_ratio']['max_ci_low']:.3f}; lowest A/B interval low end: {result['ab_ratio']['min_ci_low']:.3f}.",
+        f"Highest A/A interval low end: {result['aa_ratio']['max_ci_low']:.3f}; lowest A/B interval low end: "
+        f"{result['ab_ratio']['min_ci_low']:.3f}.",
         "",
-        f"Reproduce: `python benchmarks/gate_calibration.py --model {args.model} --trials {args.trials} --seconds {args.seconds:g}`",
+        f"Reproduce: `python benchmarks/gate_calibration.py --model {args.model} --trials {args.trials} --seconds "
+        f"{args.seconds:g}`",
         "",
     ]
     write_json(args.out + ".json", result)

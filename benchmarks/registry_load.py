@@ -36,7 +36,8 @@ counter = 0
 request = function()
   counter = counter + 1
   local id = counter % 10000
-  return wrk.format("GET", "/v1/assignment?model=@MODEL@&target=cpu&tags=region-eu&device_id=dev-" .. id, {["Authorization"] = "Bearer @TOKEN@"})
+  local path = "/v1/assignment?model=@MODEL@&target=cpu&tags=region-eu&device_id=dev-" .. id
+  return wrk.format("GET", path, {["Authorization"] = "Bearer @TOKEN@"})
 end
 """
 
@@ -44,8 +45,12 @@ end
 def _wrk(url: str, token: str, model: str, seconds: int, connections: int, tmp: Path) -> dict:
     script = tmp / "assign.lua"
     script.write_text(LUA.replace("@MODEL@", model).replace("@TOKEN@", token))
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
     def ms(label: str) -> float:
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", out, re.M)
@@ -53,9 +58,16 @@ def _wrk(url: str, token: str, model: str, seconds: int, connections: int, tmp: 
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]), "p50_ms": ms("50"),
-            "p90_ms": ms("90"), "p99_ms": ms("99"), "errors": int(non2xx[1]) if non2xx else 0, "connections": connections,
-            "seconds": seconds, "raw": out}
+    return {
+        "requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
+        "p50_ms": ms("50"),
+        "p90_ms": ms("90"),
+        "p99_ms": ms("99"),
+        "errors": int(non2xx[1]) if non2xx else 0,
+        "connections": connections,
+        "seconds": seconds,
+        "raw": out,
+    }
 
 
 def _telemetry(url: str, token: str, model: str, version: str, devices: int, batches: int, uploaders: int) -> dict:
@@ -70,7 +82,15 @@ def _telemetry(url: str, token: str, model: str, version: str, devices: int, bat
         chunk = []
         for i in range(500):
             d = (b * 500 + i) % devices
-            w = Window(f"dev-{d}", "cpu", ["region-eu"], {"name": model, "version": version, "target": "cpu"}, 8, start=start + b, seconds=60)
+            w = Window(
+                f"dev-{d}",
+                "cpu",
+                ["region-eu"],
+                {"name": model, "version": version, "target": "cpu"},
+                8,
+                start=start + b,
+                seconds=60,
+            )
             for j, lat in enumerate(rng_lat):
                 import numpy as np
 
@@ -82,15 +102,22 @@ def _telemetry(url: str, token: str, model: str, version: str, devices: int, bat
     from concurrent.futures import ThreadPoolExecutor
 
     def upload(bodies: list[str]) -> int:
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, timeout=120) as c:
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, timeout=120
+        ) as c:
             return sum(c.post("/v1/telemetry/batch", content=body).json()["accepted"] for body in bodies)
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(uploaders) as pool:  # gateways upload in parallel; each uvicorn worker takes one
         accepted = sum(pool.map(upload, [payloads[i::uploaders] for i in range(uploaders)]))
     elapsed = time.perf_counter() - t0
-    return {"summaries": accepted, "seconds": round(elapsed, 2), "summaries_per_second": round(accepted / elapsed, 1), "batch": 500,
-            "uploaders": uploaders}
+    return {
+        "summaries": accepted,
+        "seconds": round(elapsed, 2),
+        "summaries_per_second": round(accepted / elapsed, 1),
+        "batch": 500,
+        "uploaders": uploaders,
+    }
 
 
 def main() -> None:
@@ -125,22 +152,46 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         fleet, fleet_pub = generate_keys(tmp / "fleet")
-        settings = make_settings(tmp, f"sqlite:///{tmp / 'load.db'}", [str(Path(args.key).with_suffix(".pub").resolve())], str(fleet))
+        settings = make_settings(
+            tmp, f"sqlite:///{tmp / 'load.db'}", [str(Path(args.key).with_suffix(".pub").resolve())], str(fleet)
+        )
         settings["telemetry"]["evaluate_seconds"] = 0.0
         engine = db.engine_for(settings["database"])
         with engine.begin() as conn:
             admin = create_token(conn, "bench-admin", "admin")
             device = create_token(conn, "bench-devices", "device")
-            conn.execute(db.devices.insert(), [{"device_id": f"dev-{i}", "target": "cpu", "tags": '["region-eu"]', "last_seen": db.now()}
-                                              for i in range(10_000)])
+            conn.execute(
+                db.devices.insert(),
+                [
+                    {"device_id": f"dev-{i}", "target": "cpu", "tags": '["region-eu"]', "last_seen": db.now()}
+                    for i in range(10_000)
+                ],
+            )
         srv = Server(settings)
         settings["public_url"] = srv.url
-        env_cmd = [sys.executable, "-m", "uvicorn", "factory.registry.serve:app", "--host", "127.0.0.1", "--port", str(srv.port),
-                   "--workers", str(args.workers), "--log-level", "warning", "--no-access-log"]
+        env_cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "factory.registry.serve:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(srv.port),
+            "--workers",
+            str(args.workers),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
         import os
 
-        proc = subprocess.Popen(env_cmd, env=os.environ | {"FACTORY_REGISTRY_SETTINGS": json.dumps(settings)},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            env_cmd,
+            env=os.environ | {"FACTORY_REGISTRY_SETTINGS": json.dumps(settings)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             import httpx
 
@@ -153,53 +204,91 @@ def main() -> None:
             with RegistryClient(srv.url, admin) as client:
                 client.publish(cpu)
                 model, version = manifest.name, manifest.version
-                client.create_rollout({"name": "load", "release": {"name": model, "version": version},
-                                       "stages": [{"percent": 50}, {"percent": 100}]})
+                client.create_rollout(
+                    {
+                        "name": "load",
+                        "release": {"name": model, "version": version},
+                        "stages": [{"percent": 50}, {"percent": 100}],
+                    }
+                )
                 result["assignment"] = [_wrk(srv.url, device, model, args.seconds, c, tmp) for c in args.connections]
                 # complete the rollout: every device is then assigned the release its summaries name
                 client.request("POST", "/v1/rollouts/load/advance", json={"reason": "benchmark"})
-                result["telemetry"] = _telemetry(srv.url, device, model, version, 10_000, args.telemetry_batches, args.workers)
+                result["telemetry"] = _telemetry(
+                    srv.url, device, model, version, 10_000, args.telemetry_batches, args.workers
+                )
                 from factory.device.simulate import Fleet, Knobs, load_images
 
-                sim = Fleet(client, model=model, devices=args.sim_devices, targets=["cpu"], knobs=Knobs(),
-                            images=load_images(args.dataset, limit=64), cache=tmp / "sim", window_seconds=60)
+                sim = Fleet(
+                    client,
+                    model=model,
+                    devices=args.sim_devices,
+                    targets=["cpu"],
+                    knobs=Knobs(),
+                    images=load_images(args.dataset, limit=64),
+                    cache=tmp / "sim",
+                    window_seconds=60,
+                )
                 with engine.begin() as conn:  # registered in bulk: registration speed is not what this measures
                     conn.execute(db.devices.delete().where(db.devices.c.device_id.like("sim-%")))
-                    conn.execute(db.devices.insert(), [{"device_id": d.device_id, "target": d.target, "tags": json.dumps(d.tags),
-                                                        "last_seen": db.now()} for d in sim.devices])
+                    conn.execute(
+                        db.devices.insert(),
+                        [
+                            {
+                                "device_id": d.device_id,
+                                "target": d.target,
+                                "tags": json.dumps(d.tags),
+                                "last_seen": db.now(),
+                            }
+                            for d in sim.devices
+                        ],
+                    )
                 sim.registered = True
                 t0 = time.perf_counter()
                 history = sim.simulate(args.sim_windows, inferences=10, via="manifest", evaluate=False)
-                result["simulator"] = {"devices": args.sim_devices, "windows": args.sim_windows,
-                                       "seconds_per_window": round((time.perf_counter() - t0) / args.sim_windows, 2),
-                                       "summaries_per_window": history[-1]["uploaded"]["accepted"],
-                                       "per_window": [h["seconds"] for h in history]}
+                result["simulator"] = {
+                    "devices": args.sim_devices,
+                    "windows": args.sim_windows,
+                    "seconds_per_window": round((time.perf_counter() - t0) / args.sim_windows, 2),
+                    "summaries_per_window": history[-1]["uploaded"]["accepted"],
+                    "per_window": [h["seconds"] for h in history],
+                }
                 with engine.connect() as conn:
-                    result["telemetry_rows"] = conn.execute(sa.select(sa.func.count()).select_from(db.telemetry)).scalar_one()
+                    result["telemetry_rows"] = conn.execute(
+                        sa.select(sa.func.count()).select_from(db.telemetry)
+                    ).scalar_one()
         finally:
             proc.terminate()
             proc.wait(timeout=20)
     a, t, s = result["assignment"], result["telemetry"], result["simulator"]
     md = [
-        f"# Registry load on {result['host']['cpu']} ({result['host']['cores']} cores), loopback, SQLite, {args.workers} uvicorn worker(s)",
+        f"# Registry load on {result['host']['cpu']} ({result['host']['cores']} cores), loopback, SQLite, "
+        f"{args.workers} uvicorn worker(s)",
         "",
         "| measure | result | goal |",
         "|---|---|---|",
     ]
     for run in a:
-        md += [f"| assignment requests/s (wrk, {run['connections']} connections, {run['seconds']} s, 10,000 device ids, 50% rollout) | "
-               f"{run['requests_per_second']:,.0f} | >= 2,000 |",
-               f"| assignment latency p50 / p90 / p99 at {run['connections']} connections | {run['p50_ms']:.2f} / {run['p90_ms']:.2f} / "
-               f"{run['p99_ms']:.2f} ms | p99 < 20 ms |"]
+        md += [
+            f"| assignment requests/s (wrk, {run['connections']} connections, {run['seconds']} s, 10,000 device ids, "
+            "50% rollout) | "
+            f"{run['requests_per_second']:,.0f} | >= 2,000 |",
+            f"| assignment latency p50 / p90 / p99 at {run['connections']} connections | {run['p50_ms']:.2f} / "
+            f"{run['p90_ms']:.2f} / "
+            f"{run['p99_ms']:.2f} ms | p99 < 20 ms |",
+        ]
     md += [
         f"| non-2xx responses | {sum(run['errors'] for run in a)} | 0 |",
-        f"| telemetry ingestion (batches of {t['batch']}, {t['uploaders']} concurrent uploaders) | {t['summaries_per_second']:,.0f} summaries/s ({t['summaries']} in {t['seconds']} s) | >= 5,000/s |",
-        f"| simulator: {s['devices']:,} devices, static manifest, 10 inferences each | {s['seconds_per_window']} s per window "
+        f"| telemetry ingestion (batches of {t['batch']}, {t['uploaders']} concurrent uploaders) | "
+        f"{t['summaries_per_second']:,.0f} summaries/s ({t['summaries']} in {t['seconds']} s) | >= 5,000/s |",
+        f"| simulator: {s['devices']:,} devices, static manifest, 10 inferences each | {s['seconds_per_window']} s per "
+        "window "
         f"({s['summaries_per_window']:,} summaries) | - |",
         "",
         "The load generator (wrk) runs on the same 2 cores as the server.",
         "",
-        f"Reproduce: `python benchmarks/registry_load.py --workers {args.workers}` (after `make run`; needs `apt-get install wrk`).",
+        f"Reproduce: `python benchmarks/registry_load.py --workers {args.workers}` (after `make run`; needs `apt-get "
+        "install wrk`).",
         "",
     ]
     for run in a:

@@ -71,7 +71,22 @@ def _register() -> None:
     from .registry.commands import registry, release, rollout
     from .train.commands import train_cmd
 
-    for command in (data, train_cmd, build_cmd, targets_cmd, keys, bundle, bench_cmd, gate_cmd, registry, release, rollout, device, fleet, run):
+    for command in (
+        data,
+        train_cmd,
+        build_cmd,
+        targets_cmd,
+        keys,
+        bundle,
+        bench_cmd,
+        gate_cmd,
+        registry,
+        release,
+        rollout,
+        device,
+        fleet,
+        run,
+    ):
         cli.add_command(command)
 
 

@@ -21,8 +21,13 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-def make_spec(height: int, width: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-              interpolation: str = "area") -> dict:
+def make_spec(
+    height: int,
+    width: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "area",
+) -> dict:
     """The ``preprocessing`` block: how a BGR uint8 frame from OpenCV becomes a model input."""
     return {
         "resize": [int(height), int(width)],

@@ -32,8 +32,12 @@ CONFIDENCE_EDGES: list[float] = [round(float(x), 2) for x in np.linspace(0, 1, 1
 # fine enough that a p95 read from a merged histogram tells a 30% regression from noise.
 LATENCY_EDGES_MS: list[float] = [round(0.05 * 10 ** (k / 16), 6) for k in range(88)]
 # The histograms every telemetry summary carries, by field name.
-HISTOGRAMS: dict[str, list[float]] = {"latency_ms": LATENCY_EDGES_MS, "confidence": CONFIDENCE_EDGES,
-                                      "brightness": BRIGHTNESS_EDGES, "contrast": CONTRAST_EDGES}
+HISTOGRAMS: dict[str, list[float]] = {
+    "latency_ms": LATENCY_EDGES_MS,
+    "confidence": CONFIDENCE_EDGES,
+    "brightness": BRIGHTNESS_EDGES,
+    "contrast": CONTRAST_EDGES,
+}
 
 
 def image_stats(image: np.ndarray) -> tuple[float, float]:

@@ -94,12 +94,31 @@ def loose_targets(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("targets")
     for src in (ROOT / "targets").glob("*.yaml"):
         profile = yaml.safe_load(src.read_text())
-        profile["budgets"] = {"max_accuracy_drop_pt": 100.0, "min_top1_agreement": 0.0, "max_latency_ms": None, "max_size_mb": None}
+        profile["budgets"] = {
+            "max_accuracy_drop_pt": 100.0,
+            "min_top1_agreement": 0.0,
+            "max_latency_ms": None,
+            "max_size_mb": None,
+        }
         profile["recipe"].setdefault("quantization", {})["calibration_images"] = 16
         (folder / src.name).write_text(yaml.safe_dump(profile))
     return folder
 
 
 def build_args(model: Path, target: str, keypair, targets: Path, out: Path, *extra: str) -> list[str]:
-    return ["build", "--target", target, "--model", str(model), "--key", str(keypair[0]), "--targets-dir", str(targets),
-            "--out", str(out), "--cache-dir", str(out.parent / "cache"), *extra]
+    return [
+        "build",
+        "--target",
+        target,
+        "--model",
+        str(model),
+        "--key",
+        str(keypair[0]),
+        "--targets-dir",
+        str(targets),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(out.parent / "cache"),
+        *extra,
+    ]

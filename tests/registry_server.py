@@ -32,9 +32,23 @@ class Server:
         self.log = Path(self.settings["storage"]).parent / f"server-{self.port}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "factory.registry.serve:app", "--host", "127.0.0.1",
-                                          "--port", str(self.port), "--log-level", "warning"], env=env,
-                                         stdout=subprocess.DEVNULL, stderr=log)
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "factory.registry.serve:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -63,8 +77,16 @@ class Server:
                 self.kill9()
 
 
-def make_settings(tmp: Path, db_url: str, trusted: list[str], fleet_key: str, public_url: str = "http://127.0.0.1") -> dict:
+def make_settings(
+    tmp: Path, db_url: str, trusted: list[str], fleet_key: str, public_url: str = "http://127.0.0.1"
+) -> dict:
     from factory.registry.settings import default_settings
 
-    return default_settings(database=db_url, storage=str(tmp / "blobs"), trusted_keys=trusted, fleet_key=fleet_key,
-                            public_url=public_url, cache_seconds=0.0)
+    return default_settings(
+        database=db_url,
+        storage=str(tmp / "blobs"),
+        trusted_keys=trusted,
+        fleet_key=fleet_key,
+        public_url=public_url,
+        cache_seconds=0.0,
+    )

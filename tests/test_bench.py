@@ -14,7 +14,9 @@ from tests.conftest import ROOT, build_args, invoke
 def bundles(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     out = tmp_path_factory.mktemp("bench") / "bundles"
     for target in ("cpu", "tflite"):
-        result = invoke(*build_args(trained.path, target, keypair, loose_targets, out, "--data", str(synth_ds), "--no-track"))
+        result = invoke(
+            *build_args(trained.path, target, keypair, loose_targets, out, "--data", str(synth_ds), "--no-track")
+        )
         assert result.exit_code == 0, result.output
     return next(out.glob("*/*"))  # bundles/<model>/<version>
 
@@ -22,7 +24,9 @@ def bundles(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, trained, bundles, synth_ds):
     out = tmp_path_factory.mktemp("report") / "r"
-    result = invoke("bench", str(trained.path), str(bundles), "--seconds", "1.5", "--data", str(synth_ds), "--out", str(out))
+    result = invoke(
+        "bench", str(trained.path), str(bundles), "--seconds", "1.5", "--data", str(synth_ds), "--out", str(out)
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -30,7 +34,11 @@ def report(tmp_path_factory, trained, bundles, synth_ds):
 def test_bench_report_has_everything(report, trained):
     data = json.loads((report / "report.json").read_text())
     ids = [a["id"] for a in data["artifacts"]]
-    assert ids[0] == "pytorch-eager" and any(i.startswith("cpu@") for i in ids) and any(i.startswith("tflite@") for i in ids)
+    assert (
+        ids[0] == "pytorch-eager"
+        and any(i.startswith("cpu@") for i in ids)
+        and any(i.startswith("tflite@") for i in ids)
+    )
     rounds = data["settings"]["rounds"]
     assert rounds >= 30 and data["settings"]["interleaved"] is True
     env = data["settings"]["environment"]
@@ -116,7 +124,9 @@ def test_gate_fails_a_slower_candidate(tmp_path, report, policy):
         for a in d["artifacts"]:
             a["latency"]["samples_ms"] = [v * 1.5 for v in a["latency"]["samples_ms"]]
 
-    result = _gate(_variant(tmp_path, report, "slow", slower), report, "--out", str(tmp_path / "verdict.json"), policy=policy)
+    result = _gate(
+        _variant(tmp_path, report, "slow", slower), report, "--out", str(tmp_path / "verdict.json"), policy=policy
+    )
     assert result.exit_code == 1
     assert "FAIL latency" in result.stdout and "ratio 1.500 [" in result.stdout
     verdict = json.loads((tmp_path / "verdict.json").read_text())
@@ -129,6 +139,7 @@ def test_gate_fails_a_less_accurate_candidate(tmp_path, report, policy):
             for a in d["artifacts"]:
                 acc = a["accuracy"]
                 acc["correct_bits"], acc["top1"] = pack_bits(np.full(acc["n"], value)), float(value)
+
         return change
 
     baseline = _variant(tmp_path, report, "all-right", correct(True))
@@ -147,7 +158,9 @@ def test_gate_refuses_reports_of_another_model_or_dataset(tmp_path, report, poli
             a["accuracy"]["dataset_hash"] = "f" * 64
 
     for name, change, text in (("m", other_model, "candidate is model"), ("d", other_data, "different datasets")):
-        result = _gate(_variant(tmp_path, report, name, change), report, "--out", str(tmp_path / f"{name}.verdict"), policy=policy)
+        result = _gate(
+            _variant(tmp_path, report, name, change), report, "--out", str(tmp_path / f"{name}.verdict"), policy=policy
+        )
         assert result.exit_code == 2, result.output
         assert text in result.stderr
         assert not (tmp_path / f"{name}.verdict").exists()
@@ -166,7 +179,7 @@ def test_gate_policy_with_a_missing_key(tmp_path, report):
 
 def test_gate_corrupt_report(tmp_path, report, policy):
     bad = tmp_path / "bad.json"
-    bad.write_text("{\"schema\": \"factory.bench/1\", \"artifacts\": [")
+    bad.write_text('{"schema": "factory.bench/1", "artifacts": [')
     result = _gate(bad, report, policy=policy)
     assert result.exit_code == 2 and "not valid JSON" in result.stderr
 
@@ -189,7 +202,9 @@ def test_save_baseline_then_gate_remeasures_the_saved_copy(tmp_path, trained, bu
     assert saved["schema"] == "factory.bench/1" and str(base.resolve()) in saved["artifacts"][0]["path"]
     shutil.rmtree(work)  # the original bundle is gone; the baseline keeps its own copy
     again = tmp_path / "again"
-    assert invoke("bench", str(bundles / "cpu"), "--seconds", "0.5", "--no-accuracy", "--out", str(again)).exit_code == 0
+    assert (
+        invoke("bench", str(bundles / "cpu"), "--seconds", "0.5", "--no-accuracy", "--out", str(again)).exit_code == 0
+    )
     gate = _gate(again, base, "--remeasure", policy=policy)
     assert "latency" in gate.stdout and "paired" in gate.stdout
     assert gate.exit_code in (0, 1)

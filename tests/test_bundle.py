@@ -13,7 +13,9 @@ from tests.conftest import build_args, invoke
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     out = tmp_path_factory.mktemp("bundles") / "b"
-    result = invoke(*build_args(trained.path, "cpu", keypair, loose_targets, out, "--data", str(synth_ds), "--no-track"))
+    result = invoke(
+        *build_args(trained.path, "cpu", keypair, loose_targets, out, "--data", str(synth_ds), "--no-track")
+    )
     assert result.exit_code == 0, result.output
     return next(out.glob("*/*/cpu"))
 

@@ -5,13 +5,29 @@ from tests.conftest import invoke
 
 
 def test_public_surface_is_pinned():
-    assert sorted(factory.__all__) == sorted([
-        "__version__", "FactoryError", "InputError", "ConfigError", "UnknownNameError", "DataError", "ModelError",
-        "BundleError", "SignatureError", "MissingDependencyError", "ExportError", "ValidationError", "GateFailure",
-    ])
+    assert sorted(factory.__all__) == sorted(
+        [
+            "__version__",
+            "FactoryError",
+            "InputError",
+            "ConfigError",
+            "UnknownNameError",
+            "DataError",
+            "ModelError",
+            "BundleError",
+            "SignatureError",
+            "MissingDependencyError",
+            "ExportError",
+            "ValidationError",
+            "GateFailure",
+        ]
+    )
 
 
-@pytest.mark.parametrize("args", [[], ["data"], ["data", "synth"], ["data", "import"], ["data", "report"], ["data", "types"], ["train"], ["run"]])
+@pytest.mark.parametrize(
+    "args",
+    [[], ["data"], ["data", "synth"], ["data", "import"], ["data", "report"], ["data", "types"], ["train"], ["run"]],
+)
 def test_every_command_explains_itself(args):
     result = invoke(*args, "--help")
     assert result.exit_code == 0, result.output

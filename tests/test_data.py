@@ -58,7 +58,9 @@ def test_manifest_lists_every_file_with_its_hash(synth_ds):
 
 
 def test_split_by_hash_is_stable_when_files_are_added():
-    recs = [Record(path=f"{i}.jpg", sha256=f"{i:064x}", label="a" if i % 2 else "b", width=1, height=1) for i in range(400)]
+    recs = [
+        Record(path=f"{i}.jpg", sha256=f"{i:064x}", label="a" if i % 2 else "b", width=1, height=1) for i in range(400)
+    ]
     small = build_manifest("x", [Record(**vars(r)) for r in recs[:200]], ["a", "b"])
     big = build_manifest("x", [Record(**vars(r)) for r in recs], ["a", "b"])
     before = {r.path: r.split for r in small.files}
@@ -69,7 +71,10 @@ def test_split_by_hash_is_stable_when_files_are_added():
 
 def test_groups_share_a_split():
     assert len({split_of("clip-7", {"train": 0.6, "val": 0.2, "test": 0.2}) for _ in range(3)}) == 1
-    recs = [Record(path=f"{i}.jpg", sha256=f"{i:064x}", label="a", width=1, height=1, group=f"g{i // 10}") for i in range(100)]
+    recs = [
+        Record(path=f"{i}.jpg", sha256=f"{i:064x}", label="a", width=1, height=1, group=f"g{i // 10}")
+        for i in range(100)
+    ]
     m = build_manifest("x", recs, ["a"])
     for g in {r.group for r in m.files}:
         assert len({r.split for r in m.files if r.group == g}) == 1
@@ -122,7 +127,16 @@ def test_import_label_not_in_class_list(tmp_path):
 
 
 def test_import_cvat_round_trip(tmp_path, synth_ds):
-    result = invoke("data", "import", "cvat", str(synth_ds), "--annotations", str(synth_ds / "annotations.xml"), "--out", str(tmp_path / "ds"))
+    result = invoke(
+        "data",
+        "import",
+        "cvat",
+        str(synth_ds),
+        "--annotations",
+        str(synth_ds / "annotations.xml"),
+        "--out",
+        str(tmp_path / "ds"),
+    )
     assert result.exit_code == 0, result.output
     a, b = load_manifest(synth_ds), load_manifest(tmp_path / "ds")
     assert a.classes == b.classes
@@ -167,9 +181,15 @@ def _midv(root: Path) -> Path:
             (root / doc / "ground_truth" / cond).mkdir(parents=True)
             for f in range(3):
                 name = f"{cond}{doc[:2]}_{f + 1:02d}"
-                cv2.imwrite(str(root / doc / "images" / cond / f"{name}.tif"), np.full((60, 40, 3), 30 * f + len(doc), np.uint8))
-                (root / doc / "ground_truth" / cond / f"{name}.json").write_text(json.dumps({"quad": [[1, 2], [30, 2], [30, 50], [1, 50]]}))
-        cv2.imwrite(str(root / doc / "images" / f"{doc}.tif"), np.zeros((10, 10, 3), np.uint8))  # template scan: skipped
+                cv2.imwrite(
+                    str(root / doc / "images" / cond / f"{name}.tif"), np.full((60, 40, 3), 30 * f + len(doc), np.uint8)
+                )
+                (root / doc / "ground_truth" / cond / f"{name}.json").write_text(
+                    json.dumps({"quad": [[1, 2], [30, 2], [30, 50], [1, 50]]})
+                )
+        cv2.imwrite(
+            str(root / doc / "images" / f"{doc}.tif"), np.zeros((10, 10, 3), np.uint8)
+        )  # template scan: skipped
     return root
 
 

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from factory.bundle.archive import verify_bundle
-from factory.device.loader import open_bundle
 from factory.bundle.signing import load_public_key
+from factory.device.loader import open_bundle
 from factory.export.base import backend_names, get_backend
 from tests.conftest import build_args, invoke
 
@@ -25,9 +25,11 @@ def test_discovery_finds_every_backend_and_runtime_after_one_was_imported_by_han
     import subprocess
     import sys
 
-    code = ("import factory.export.litert_backend, factory.device.runtimes.litert_runtime\n"
-            "from factory.export.base import backend_names\nfrom factory.device.runtimes import runtime_names\n"
-            "print(backend_names(), runtime_names())")
+    code = (
+        "import factory.export.litert_backend, factory.device.runtimes.litert_runtime\n"
+        "from factory.export.base import backend_names\nfrom factory.device.runtimes import runtime_names\n"
+        "print(backend_names(), runtime_names())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['litert', 'onnxruntime', 'openvino'] ['litert', 'onnxruntime', 'openvino']"
@@ -36,8 +38,20 @@ def test_discovery_finds_every_backend_and_runtime_after_one_was_imported_by_han
 @pytest.mark.parametrize("backend,precision", CASES, ids=[f"{b}-{p}" for b, p in CASES])
 def test_build_every_backend_and_precision(tmp_path, trained, synth_ds, keypair, loose_targets, backend, precision):
     target = TARGET_OF[backend]
-    result = invoke(*build_args(trained.path, target, keypair, loose_targets, tmp_path / "bundles", "--precision", precision,
-                                "--data", str(synth_ds), "--no-track"))
+    result = invoke(
+        *build_args(
+            trained.path,
+            target,
+            keypair,
+            loose_targets,
+            tmp_path / "bundles",
+            "--precision",
+            precision,
+            "--data",
+            str(synth_ds),
+            "--no-track",
+        )
+    )
     assert result.exit_code == 0, result.output
     folder = next((tmp_path / "bundles").glob(f"*/*/{target}"))
     assert (folder.parent / f"{target}.tar.gz").is_file()
@@ -81,7 +95,9 @@ def test_profile_with_unknown_precision(tmp_path, trained, keypair, loose_target
 
 
 def test_precision_the_backend_lacks(tmp_path, trained, keypair, loose_targets):
-    result = invoke(*build_args(trained.path, "openvino", keypair, loose_targets, tmp_path / "b", "--precision", "int8-dynamic"))
+    result = invoke(
+        *build_args(trained.path, "openvino", keypair, loose_targets, tmp_path / "b", "--precision", "int8-dynamic")
+    )
     assert result.exit_code == 2
     assert "not supported by backend 'openvino'" in result.stderr
 
@@ -108,8 +124,20 @@ def test_corrupt_canonical_model_leaves_no_bundle(tmp_path, trained, keypair, lo
 
 
 def test_budget_failure_writes_the_figures_and_exits_1(tmp_path, trained, synth_ds, keypair, loose_targets):
-    result = invoke(*build_args(trained.path, "cpu", keypair, loose_targets, tmp_path / "b", "--data", str(synth_ds),
-                                "--set", "budgets.max_size_mb=0.000001", "--no-track"))
+    result = invoke(
+        *build_args(
+            trained.path,
+            "cpu",
+            keypair,
+            loose_targets,
+            tmp_path / "b",
+            "--data",
+            str(synth_ds),
+            "--set",
+            "budgets.max_size_mb=0.000001",
+            "--no-track",
+        )
+    )
     assert result.exit_code == 1
     assert "budget checks failed for target(s) cpu" in result.stderr
     m = json.loads(next((tmp_path / "b").glob("*/*/cpu/manifest.json")).read_text())
@@ -119,8 +147,20 @@ def test_budget_failure_writes_the_figures_and_exits_1(tmp_path, trained, synth_
 
 
 def test_structured_pruning_cuts_macs_and_is_cached(tmp_path, trained, synth_ds, keypair, loose_targets):
-    args = build_args(trained.path, "cpu", keypair, loose_targets, tmp_path / "b", "--data", str(synth_ds),
-                      "--prune", "structured:0.5", "--set", "recipe.pruning.finetune_epochs=1", "--no-track")
+    args = build_args(
+        trained.path,
+        "cpu",
+        keypair,
+        loose_targets,
+        tmp_path / "b",
+        "--data",
+        str(synth_ds),
+        "--prune",
+        "structured:0.5",
+        "--set",
+        "recipe.pruning.finetune_epochs=1",
+        "--no-track",
+    )
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     m = json.loads(next((tmp_path / "b").glob("*/*/cpu/manifest.json")).read_text())
@@ -134,8 +174,22 @@ def test_structured_pruning_cuts_macs_and_is_cached(tmp_path, trained, synth_ds,
 
 
 def test_unstructured_pruning_says_it_gives_no_speedup(tmp_path, trained, synth_ds, keypair, loose_targets):
-    result = invoke(*build_args(trained.path, "cpu", keypair, loose_targets, tmp_path / "b", "--data", str(synth_ds),
-                                "--prune", "unstructured:0.5", "--set", "recipe.pruning.finetune_epochs=0", "--no-track"))
+    result = invoke(
+        *build_args(
+            trained.path,
+            "cpu",
+            keypair,
+            loose_targets,
+            tmp_path / "b",
+            "--data",
+            str(synth_ds),
+            "--prune",
+            "unstructured:0.5",
+            "--set",
+            "recipe.pruning.finetune_epochs=0",
+            "--no-track",
+        )
+    )
     assert result.exit_code == 0, result.output
     m = json.loads(next((tmp_path / "b").glob("*/*/cpu/manifest.json")).read_text())
     applied = m["recipe"]["pruning_applied"]
@@ -183,10 +237,20 @@ def test_failed_conversion_names_stage_and_operator(tmp_path, synth_ds, keypair,
             return self.head(x.mean((2, 3)))
 
     monkeypatch.setitem(models._LOCAL, "odd-cnn", Odd)  # registered for this test only
-    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "dataset.json", tmp_path / "model",
-                             model__architecture="odd-cnn", train__epochs=1, tracking__log_model=False)
+    cfg = write_train_config(
+        tmp_path / "t.yaml",
+        synth_ds / "dataset.json",
+        tmp_path / "model",
+        model__architecture="odd-cnn",
+        train__epochs=1,
+        tracking__log_model=False,
+    )
     assert invoke("train", "--config", str(cfg)).exit_code == 0
-    result = invoke(*build_args(tmp_path / "model", "tflite", keypair, loose_targets, tmp_path / "b", "--data", str(synth_ds), "--no-track"))
+    result = invoke(
+        *build_args(
+            tmp_path / "model", "tflite", keypair, loose_targets, tmp_path / "b", "--data", str(synth_ds), "--no-track"
+        )
+    )
     assert result.exit_code == 1
     assert "[litert-convert]" in result.stderr and "logcumsumexp" in result.stderr
     assert not list((tmp_path / "b").rglob("manifest.json"))  # nothing published (rglob of a missing folder is empty)

@@ -7,8 +7,8 @@ import httpx
 import numpy as np
 import pytest
 
-from factory.pipeline.fleet_demo import _retag as retag
 from factory.bundle.signing import generate_keys, load_private_key, load_public_key
+from factory.pipeline.fleet_demo import _retag as retag
 from tests.conftest import build_args, invoke
 from tests.registry_server import Server, make_settings
 
@@ -22,8 +22,20 @@ def fleet_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     from factory.registry.auth import create_token
 
     tmp = tmp_path_factory.mktemp("fleet")
-    r = invoke(*build_args(trained.path, "cpu", keypair, loose_targets, tmp / "bundles", "--data", str(synth_ds), "--no-track",
-                           "--version", "1.0.0"))
+    r = invoke(
+        *build_args(
+            trained.path,
+            "cpu",
+            keypair,
+            loose_targets,
+            tmp / "bundles",
+            "--data",
+            str(synth_ds),
+            "--no-track",
+            "--version",
+            "1.0.0",
+        )
+    )
     assert r.exit_code == 0, r.output
     base = next((tmp / "bundles").glob("*/1.0.0/cpu"))
     key = load_private_key(keypair[0])
@@ -34,8 +46,14 @@ def fleet_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     fleet_key, fleet_pub = generate_keys(tmp / "fleet")
     settings = make_settings(tmp, f"sqlite:///{tmp / 'fleet.db'}", [str(keypair[1])], str(fleet_key))
     # drift limits far above the tiny model's noise (its reference profile has 29 images), below a real shift
-    settings["telemetry"] = {"window_seconds": WINDOW, "max_summary_bytes": 65536, "evaluate_seconds": 0.0,
-                             "retrain_windows": 3, "retrain_max_psi": 3.0, "retrain_max_js": 1.0}
+    settings["telemetry"] = {
+        "window_seconds": WINDOW,
+        "max_summary_bytes": 65536,
+        "evaluate_seconds": 0.0,
+        "retrain_windows": 3,
+        "retrain_max_psi": 3.0,
+        "retrain_max_js": 1.0,
+    }
     srv = Server(settings)
     settings["public_url"] = srv.url
     srv.start()
@@ -47,10 +65,22 @@ def fleet_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     for f in folders.values():
         client.publish(f)
     model = trained.card["name"]
-    client.create_rollout({"name": "base", "release": {"name": model, "version": "1.0.0"}, "stages": [{"percent": 100}]})
+    client.create_rollout(
+        {"name": "base", "release": {"name": model, "version": "1.0.0"}, "stages": [{"percent": 100}]}
+    )
     client.act("base", "advance", "first release")
-    yield {"server": srv, "client": client, "admin": admin, "device": device, "model": model, "tmp": tmp, "folders": folders,
-           "fleet_pub": fleet_pub, "dataset": synth_ds, "settings": settings}
+    yield {
+        "server": srv,
+        "client": client,
+        "admin": admin,
+        "device": device,
+        "model": model,
+        "tmp": tmp,
+        "folders": folders,
+        "fleet_pub": fleet_pub,
+        "dataset": synth_ds,
+        "settings": settings,
+    }
     client.close()
     srv.stop()
 
@@ -75,9 +105,11 @@ def _summary(env, device_id, version="1.0.0", **changes):
 
 
 def _post(env, body, raw=None):
-    return httpx.post(env["server"].url + "/v1/telemetry", headers={"Authorization": f"Bearer {env['device']}",
-                                                                    "Content-Type": "application/json"},
-                      content=raw if raw is not None else json.dumps(body))
+    return httpx.post(
+        env["server"].url + "/v1/telemetry",
+        headers={"Authorization": f"Bearer {env['device']}", "Content-Type": "application/json"},
+        content=raw if raw is not None else json.dumps(body),
+    )
 
 
 def _stored(env) -> int:
@@ -120,8 +152,16 @@ def test_agent_pulls_verifies_serves_and_reports(fleet_env, keypair, tmp_path):
 
     env = fleet_env
     with RegistryClient(env["server"].url, env["device"]) as c:
-        agent = Agent(c, model=env["model"], device_id="agent-1", target="cpu", tags=["lab"], state_dir=tmp_path / "state",
-                      bundle_key=load_public_key(keypair[1]), window_seconds=WINDOW)
+        agent = Agent(
+            c,
+            model=env["model"],
+            device_id="agent-1",
+            target="cpu",
+            tags=["lab"],
+            state_dir=tmp_path / "state",
+            bundle_key=load_public_key(keypair[1]),
+            window_seconds=WINDOW,
+        )
         status = agent.sync()
         assert status.startswith("switched None ->") and agent.release_key.endswith("/1.0.0/cpu")
         assert agent.sync() == "unchanged (304)"  # ETag-aware polling
@@ -138,8 +178,16 @@ def test_agent_keeps_serving_when_the_registry_is_down(fleet_env, keypair, tmp_p
     env = fleet_env
     trusted = load_public_key(keypair[1])
     with RegistryClient(env["server"].url, env["device"]) as c:
-        agent = Agent(c, model=env["model"], device_id="agent-2", target="cpu", tags=[], state_dir=tmp_path / "s", bundle_key=trusted,
-                      window_seconds=WINDOW)
+        agent = Agent(
+            c,
+            model=env["model"],
+            device_id="agent-2",
+            target="cpu",
+            tags=[],
+            state_dir=tmp_path / "s",
+            bundle_key=trusted,
+            window_seconds=WINDOW,
+        )
         assert agent.sync().startswith("switched")
     with RegistryClient("http://127.0.0.1:9", env["device"], timeout=2) as dead:  # nothing listens there
         agent.client = dead
@@ -159,8 +207,16 @@ def test_a_tampered_bundle_is_never_activated(fleet_env, tmp_path):
     env = fleet_env
     other, other_pub = generate_keys(tmp_path / "other")
     with RegistryClient(env["server"].url, env["device"]) as c:
-        agent = Agent(c, model=env["model"], device_id="agent-3", target="cpu", tags=[], state_dir=tmp_path / "s",
-                      bundle_key=load_public_key(other_pub), window_seconds=WINDOW)
+        agent = Agent(
+            c,
+            model=env["model"],
+            device_id="agent-3",
+            target="cpu",
+            tags=[],
+            state_dir=tmp_path / "s",
+            bundle_key=load_public_key(other_pub),
+            window_seconds=WINDOW,
+        )
         status = agent.sync()  # the bundle is signed by the factory key, not the one this device trusts
         assert status.startswith("kept None") and "not by the trusted key" in status
         assert agent.runner is None and not (tmp_path / "s" / "active.json").exists()
@@ -185,23 +241,41 @@ def test_health_driven_rollouts_end_to_end(fleet_env):
 
     env = fleet_env
     client, model = env["client"], env["model"]
-    stages = [{"percent": 20, "min_devices_reporting": 3}, {"percent": 60, "min_devices_reporting": 3}, {"percent": 100}]
+    stages = [
+        {"percent": 20, "min_devices_reporting": 3},
+        {"percent": 60, "min_devices_reporting": 3},
+        {"percent": 100},
+    ]
     # the tiny test model's reference profile comes from 29 validation images: drift figures are noise here
     health = {"min_inferences": 40, "windows_to_halt": 2, "max_psi": 50.0, "max_js": 1.0}
-    fleet = Fleet(client, model=model, devices=60, targets=["cpu"], knobs=Knobs(slow_release="1.2.0", slowdown=1.3, retry_share=0.3),
-                  images=load_images(str(env["dataset"])), cache=env["tmp"] / "dev-cache", window_seconds=WINDOW)
-    client.create_rollout({"name": "good", "release": {"name": model, "version": "1.1.0"}, "stages": stages, "health": health})
+    fleet = Fleet(
+        client,
+        model=model,
+        devices=60,
+        targets=["cpu"],
+        knobs=Knobs(slow_release="1.2.0", slowdown=1.3, retry_share=0.3),
+        images=load_images(str(env["dataset"])),
+        cache=env["tmp"] / "dev-cache",
+        window_seconds=WINDOW,
+    )
+    client.create_rollout(
+        {"name": "good", "release": {"name": model, "version": "1.1.0"}, "stages": stages, "health": health}
+    )
     history = []
     _windows_until(fleet, client, "good", "completed", 8, history)
     assert client.rollout("good")["status"] == "completed", [h["decisions"] for h in history]
-    client.create_rollout({"name": "bad", "release": {"name": model, "version": "1.2.0"}, "stages": stages, "health": health})
+    client.create_rollout(
+        {"name": "bad", "release": {"name": model, "version": "1.2.0"}, "stages": stages, "health": health}
+    )
     windows = _windows_until(fleet, client, "bad", "rolled_back", 6)
     assert client.rollout("bad")["status"] == "rolled_back"
     assert windows <= 2
     state = verify_state(client.fleet_manifest(), load_public_key(env["fleet_pub"]))
     assert all(assign(state, model, d.device_id, "cpu").release["version"] == "1.1.0" for d in fleet.devices)
     entry = [a for a in client.audit("bad") if a["action"] == "rollout.rollback"][0]
-    assert entry["actor"] == "monitor" and any("p95" in v for w in entry["detail"]["evidence"]["windows"] for v in w["violations"])
+    assert entry["actor"] == "monitor" and any(
+        "p95" in v for w in entry["detail"]["evidence"]["windows"] for v in w["violations"]
+    )
     # forced retries happened and nothing was counted twice
     import sqlalchemy as sa
 
@@ -224,13 +298,25 @@ def test_status_page_in_a_headless_browser(fleet_env, tmp_path):
     import subprocess
 
     url = fleet_env["server"].url + "/status"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
     dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     assert "Fleet status" in dom and "loading..." not in dom
     assert 'data-name="base"' in dom and "stage 1/1" in dom
     shot = tmp_path / "status.png"
-    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,900", url], capture_output=True, timeout=120)
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,900", url], capture_output=True, timeout=120
+    )
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 
@@ -244,10 +330,25 @@ def test_input_drift_halts_a_rollout_and_sustained_drift_triggers_retraining(fle
     images = load_images(str(env["dataset"]))
     # the tiny model's 29-image reference makes clean windows read psi ~2 (noise); 0.3x darkening reads ~16
     health = {"min_inferences": 40, "windows_to_halt": 2, "max_psi": 5.0, "max_js": 1.0, "max_latency_p95_ratio": 5.0}
-    fleet = Fleet(client, model=model, devices=60, targets=["cpu"], knobs=Knobs(dark_release="1.2.0", darkness=0.3), images=images,
-                  cache=env["tmp"] / "dev-cache-2", window_seconds=WINDOW, seed=1)
-    client.create_rollout({"name": "drifty", "release": {"name": model, "version": "1.2.0"},
-                           "stages": [{"percent": 30, "min_devices_reporting": 3}, {"percent": 100}], "health": health})
+    fleet = Fleet(
+        client,
+        model=model,
+        devices=60,
+        targets=["cpu"],
+        knobs=Knobs(dark_release="1.2.0", darkness=0.3),
+        images=images,
+        cache=env["tmp"] / "dev-cache-2",
+        window_seconds=WINDOW,
+        seed=1,
+    )
+    client.create_rollout(
+        {
+            "name": "drifty",
+            "release": {"name": model, "version": "1.2.0"},
+            "stages": [{"percent": 30, "min_devices_reporting": 3}, {"percent": 100}],
+            "health": health,
+        }
+    )
     windows = _windows_until(fleet, client, "drifty", "rolled_back", 5)
     assert client.rollout("drifty")["status"] == "rolled_back", json.dumps(client.audit("drifty"), indent=1)[:6000]
     assert windows <= 2  # halted within two evaluation windows
@@ -256,8 +357,17 @@ def test_input_drift_halts_a_rollout_and_sustained_drift_triggers_retraining(fle
     entry = [a for a in client.audit("drifty") if a["action"] == "rollout.rollback"][0]
     assert any("psi_brightness" in v for w in entry["detail"]["evidence"]["windows"] for v in w["violations"])
     # now the whole fleet sees darker images on the stable release: a retraining trigger names the lineage
-    dark = Fleet(client, model=model, devices=60, targets=["cpu"], knobs=Knobs(dark_share=1.0, darkness=0.3), images=images,
-                 cache=env["tmp"] / "dev-cache-3", window_seconds=WINDOW, seed=2)
+    dark = Fleet(
+        client,
+        model=model,
+        devices=60,
+        targets=["cpu"],
+        knobs=Knobs(dark_share=1.0, darkness=0.3),
+        images=images,
+        cache=env["tmp"] / "dev-cache-3",
+        window_seconds=WINDOW,
+        seed=2,
+    )
     dark._clock = fleet._clock
     triggers = []
     for _ in range(5):

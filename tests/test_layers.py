@@ -98,15 +98,18 @@ def test_imports_only_point_down():
     assert not problems, "upward imports:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("module,source,expected", [
-    ("factory.data.profile", "from ..monitor.stats import histogram", True),  # data below monitor
-    ("factory.monitor.health", "from ..registry import db", True),
-    ("factory.export.build", "def f():\n    from ..bench.quick import quick_latency", True),  # lazy imports count
-    ("factory.device.agent", "import factory.registry.client", True),
-    ("factory._io", "from .bundle import manifest", True),  # the floor imports nothing above it
-    ("factory.bench.gate", "from ..export.base import get_backend", False),  # left within a row
-    ("factory.pipeline.build", "from ..registry.local import local_client", False),
-    ("factory.registry.app", "from . import db\nfrom .. import progress", False),
-])
+@pytest.mark.parametrize(
+    "module,source,expected",
+    [
+        ("factory.data.profile", "from ..monitor.stats import histogram", True),  # data below monitor
+        ("factory.monitor.health", "from ..registry import db", True),
+        ("factory.export.build", "def f():\n    from ..bench.quick import quick_latency", True),  # lazy imports count
+        ("factory.device.agent", "import factory.registry.client", True),
+        ("factory._io", "from .bundle import manifest", True),  # the floor imports nothing above it
+        ("factory.bench.gate", "from ..export.base import get_backend", False),  # left within a row
+        ("factory.pipeline.build", "from ..registry.local import local_client", False),
+        ("factory.registry.app", "from . import db\nfrom .. import progress", False),
+    ],
+)
 def test_the_checker_catches_upward_imports(module, source, expected):
     assert bool(violations(module, source)) is expected

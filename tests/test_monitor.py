@@ -10,8 +10,16 @@ from factory.monitor.health import decide, judge, window_figures
 from factory.monitor.summaries import merge
 from factory.stats import HISTOGRAMS, histogram, percentile_from_hist
 
-RULES = {"min_inferences": 50, "max_error_rate": 0.02, "max_latency_p95_ratio": 1.2, "max_psi": 0.25, "max_js": 0.1,
-         "windows_to_halt": 2, "auto_advance": True, "auto_rollback": True}
+RULES = {
+    "min_inferences": 50,
+    "max_error_rate": 0.02,
+    "max_latency_p95_ratio": 1.2,
+    "max_psi": 0.25,
+    "max_js": 0.1,
+    "windows_to_halt": 2,
+    "auto_advance": True,
+    "auto_rollback": True,
+}
 
 
 def test_psi_of_identical_histograms_is_zero_and_grows_with_the_shift():
@@ -35,17 +43,24 @@ def test_js_divergence_bounds():
 
 def _summary(count=100, errors=0, latency_ms=1.0, conf=0.95, classes=(50, 50), brightness=120.0, device="d1"):
     ok = count - errors
-    return {"device_id": device, "count": count, "errors": errors,
-            "latency_ms": histogram([latency_ms] * ok, HISTOGRAMS["latency_ms"]),
-            "confidence": histogram([conf] * ok, HISTOGRAMS["confidence"]),
-            "predicted_class": [int(c * ok / sum(classes)) for c in classes],
-            "brightness": histogram([brightness] * count, HISTOGRAMS["brightness"]),
-            "contrast": histogram([30.0] * count, HISTOGRAMS["contrast"])}
+    return {
+        "device_id": device,
+        "count": count,
+        "errors": errors,
+        "latency_ms": histogram([latency_ms] * ok, HISTOGRAMS["latency_ms"]),
+        "confidence": histogram([conf] * ok, HISTOGRAMS["confidence"]),
+        "predicted_class": [int(c * ok / sum(classes)) for c in classes],
+        "brightness": histogram([brightness] * count, HISTOGRAMS["brightness"]),
+        "contrast": histogram([30.0] * count, HISTOGRAMS["contrast"]),
+    }
 
 
 def _reference():
     s = _summary(count=1000)
-    return {"profile": {k: {"counts": s[k]} for k in ("confidence", "brightness", "contrast")} | {"predicted_class": {"counts": [500, 500]}}}
+    return {
+        "profile": {k: {"counts": s[k]} for k in ("confidence", "brightness", "contrast")}
+        | {"predicted_class": {"counts": [500, 500]}}
+    }
 
 
 def test_merge_adds_counts_and_counts_devices():
@@ -109,7 +124,9 @@ def test_a_healthy_stage_advances_only_after_its_minimum_duration_with_enough_de
     assert decide(_verdicts([True, True]), RULES, STAGE, 1, elapsed_min=4.9) is None
     assert decide(_verdicts([True, True]), RULES, STAGE, 1, elapsed_min=5)["action"] == "advance"
     assert decide(_verdicts([True, True]), RULES, STAGE | {"min_devices_reporting": 11}, 1, elapsed_min=5) is None
-    assert decide(_verdicts([True, None]), RULES, STAGE, 1, elapsed_min=5)["action"] == "advance"  # unjudged windows do not count
+    assert (
+        decide(_verdicts([True, None]), RULES, STAGE, 1, elapsed_min=5)["action"] == "advance"
+    )  # unjudged windows do not count
 
 
 def test_rules_can_turn_automation_off():

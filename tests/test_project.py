@@ -71,26 +71,38 @@ def test_main_command_end_to_end_on_tiny_params(tmp_path, loose_targets):
     (tmp_path / "configs" / "gates.yaml").write_text(yaml.safe_dump(gates))
     search = {"objective": "p50_latency", "space": {"recipe.precision": ["fp32", "int8-static"]}, "bench_seconds": 1}
     (tmp_path / "configs" / "search-tiny.yaml").write_text(yaml.safe_dump(search))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "synth": {"out": "data/synth", "seed": 1, "per_class": 6, "size": "80x60"},
-        "profile": {"out": "reports/data", "samples_per_class": 2},
-        "train": {"config": "configs/train.yaml", "out": "models/tiny", "seed": 0, "epochs": 1},
-        "build": {"search_config": "configs/search-tiny.yaml"},  # the path the real main job takes
-        "bench": {"seconds": 1},
-        "fleet": {"devices": 100},
-    }))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "synth": {"out": "data/synth", "seed": 1, "per_class": 6, "size": "80x60"},
+                "profile": {"out": "reports/data", "samples_per_class": 2},
+                "train": {"config": "configs/train.yaml", "out": "models/tiny", "seed": 0, "epochs": 1},
+                "build": {"search_config": "configs/search-tiny.yaml"},  # the path the real main job takes
+                "bench": {"seconds": 1},
+                "fleet": {"devices": 100},
+            }
+        )
+    )
     result = invoke("run", cwd=tmp_path)
     assert result.exit_code == 0, result.output
     assert "main job finished" in result.stdout
-    for f in ("data/synth/dataset.json", "reports/data/profile.json", "models/tiny/model_card.json", "models/tiny/model.onnx",
-              "keys/signing.key", "reports/build/summary.md"):
+    for f in (
+        "data/synth/dataset.json",
+        "reports/data/profile.json",
+        "models/tiny/model_card.json",
+        "models/tiny/model.onnx",
+        "keys/signing.key",
+        "reports/build/summary.md",
+    ):
         assert (tmp_path / f).is_file(), f
     card = json.loads((tmp_path / "models/tiny/model_card.json").read_text())
     client = mlflow.MlflowClient()
     for target in ("cpu", "openvino", "tflite"):
         assert f"| {target} |" in result.stdout
         bundle = next((tmp_path / "bundles").glob(f"*/*/{target}"))
-        assert invoke("bundle", "verify", str(bundle), "--pubkey", str(tmp_path / "keys" / "signing.pub")).exit_code == 0
+        assert (
+            invoke("bundle", "verify", str(bundle), "--pubkey", str(tmp_path / "keys" / "signing.pub")).exit_code == 0
+        )
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert manifest["lineage"]["search"]["verdict"].startswith("Winner:")
         lineage = manifest["lineage"]["mlflow"]  # the signed manifest leads back to its build run
@@ -98,12 +110,18 @@ def test_main_command_end_to_end_on_tiny_params(tmp_path, loose_targets):
         assert version.run_id == lineage["run_id"] and lineage["model_uri"] == f"models:/{card['name']}@{target}"
         assert client.get_run(lineage["run_id"]).data.tags["mlflow.parentRunId"] == card["lineage"]["mlflow"]["run_id"]
         report = json.loads((tmp_path / "reports/build" / f"{target}.json").read_text())
-        assert report["mlflow"]["run_id"] == lineage["run_id"] and report["latency_source"].startswith("search benchmark")
-    assert all(f"models:/{card['name']}@{t}" in result.stdout for t in ("cpu", "openvino", "tflite"))  # the summary says where
+        assert report["mlflow"]["run_id"] == lineage["run_id"] and report["latency_source"].startswith(
+            "search benchmark"
+        )
+    assert all(
+        f"models:/{card['name']}@{t}" in result.stdout for t in ("cpu", "openvino", "tflite")
+    )  # the summary says where
     assert "speedup vs eager" in result.stdout and "| pytorch-eager |" in result.stdout
     assert "recorded this run" in result.stdout and (tmp_path / "reports/baseline/report.json").is_file()
     assert "audit log:" in result.stdout and "rollout.create" in result.stdout and "release" in result.stdout
-    assert (tmp_path / "reports/fleet-demo/summary.json").is_file() and (tmp_path / "reports/fleet-demo/fleet-manifest.json").is_file()
+    assert (tmp_path / "reports/fleet-demo/summary.json").is_file() and (
+        tmp_path / "reports/fleet-demo/fleet-manifest.json"
+    ).is_file()
     again = invoke("run", cwd=tmp_path)
     assert again.exit_code in (0, 1), again.output  # 1 only if the gate saw a regression on this noisy machine
     assert "is current" in again.stderr

@@ -40,7 +40,20 @@ def bundles(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     out = tmp_path_factory.mktemp("reg") / "bundles"
     for version in ("1.0.0", "1.1.0"):
         for target in ("cpu", "tflite"):
-            r = invoke(*build_args(trained.path, target, keypair, loose_targets, out, "--data", str(synth_ds), "--no-track", "--version", version))
+            r = invoke(
+                *build_args(
+                    trained.path,
+                    target,
+                    keypair,
+                    loose_targets,
+                    out,
+                    "--data",
+                    str(synth_ds),
+                    "--no-track",
+                    "--version",
+                    version,
+                )
+            )
             assert r.exit_code == 0, r.output
     return out / trained.card["name"]
 
@@ -73,7 +86,12 @@ def _publish(server, folder, token=None):
     from factory.bundle.archive import pack
 
     archive = pack(folder, server.tmp / f"{folder.parent.name}-{folder.name}.tar.gz")
-    return httpx.post(server.url + "/v1/releases", content=archive.read_bytes(), headers=_h(token or server.admin) | {"Content-Type": "application/gzip"}, timeout=60)
+    return httpx.post(
+        server.url + "/v1/releases",
+        content=archive.read_bytes(),
+        headers=_h(token or server.admin) | {"Content-Type": "application/gzip"},
+        timeout=60,
+    )
 
 
 def test_publish_inspect_download(server, bundles):
@@ -122,11 +140,16 @@ def test_device_tokens_cannot_publish_or_steer(server, bundles):
 
 
 def _state(server) -> dict:
-    return verify_state(httpx.get(server.url + "/v1/fleet-manifest", headers=_h(server.device)).json(), load_public_key(server.fleet_pub))
+    return verify_state(
+        httpx.get(server.url + "/v1/fleet-manifest", headers=_h(server.device)).json(),
+        load_public_key(server.fleet_pub),
+    )
 
 
 def _act(server, name, action):
-    r = httpx.post(server.url + f"/v1/rollouts/{name}/{action}", headers=_h(server.admin), json={"reason": f"test {action}"})
+    r = httpx.post(
+        server.url + f"/v1/rollouts/{name}/{action}", headers=_h(server.admin), json={"reason": f"test {action}"}
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -138,9 +161,17 @@ def test_staged_rollout_assignment_and_rollback(server, bundles):
     model = bundles.name
     stages = [{"percent": p} for p in (1, 10, 50, 100)]
     base = {"release": {"name": model, "version": "1.0.0"}, "stages": [{"percent": 100}]}
-    assert httpx.post(server.url + "/v1/rollouts", headers=_h(server.admin), json=base | {"name": "first"}).status_code == 201
+    assert (
+        httpx.post(server.url + "/v1/rollouts", headers=_h(server.admin), json=base | {"name": "first"}).status_code
+        == 201
+    )
     _act(server, "first", "advance")  # 100% -> completed: 1.0.0 becomes stable
-    plan = {"name": "second", "release": {"name": model, "version": "1.1.0"}, "cohort": {"targets": ["cpu"]}, "stages": stages}
+    plan = {
+        "name": "second",
+        "release": {"name": model, "version": "1.1.0"},
+        "cohort": {"targets": ["cpu"]},
+        "stages": stages,
+    }
     r = httpx.post(server.url + "/v1/rollouts", headers=_h(server.admin), json=plan)
     assert r.status_code == 201, r.text
     dup = httpx.post(server.url + "/v1/rollouts", headers=_h(server.admin), json=plan | {"name": "third"})
@@ -154,7 +185,9 @@ def test_staged_rollout_assignment_and_rollback(server, bundles):
         assert abs(len(members) / len(ids) * 100 - pct) <= 2, (stage, len(members))
         assert members_before <= members  # a device in the 1% stays in for 10%
         assert all(v == "1.0.0" for d, v in got.items() if d not in members)
-        assert all(assign(state, model, d, "tflite").release["version"] == "1.0.0" for d in ids[:200])  # outside the cohort
+        assert all(
+            assign(state, model, d, "tflite").release["version"] == "1.0.0" for d in ids[:200]
+        )  # outside the cohort
         members_before = members
         if stage < 3:
             _act(server, "second", "advance")
@@ -162,14 +195,24 @@ def test_staged_rollout_assignment_and_rollback(server, bundles):
     state = _state(server)
     assert all(assign(state, model, d, "cpu").release["version"] == "1.0.0" for d in ids)
     audit = httpx.get(server.url + "/v1/audit", params={"rollout": "second"}, headers=_h(server.admin)).json()
-    assert [a["action"] for a in audit] == ["rollout.create", "rollout.advance", "rollout.advance", "rollout.advance", "rollout.rollback"]
+    assert [a["action"] for a in audit] == [
+        "rollout.create",
+        "rollout.advance",
+        "rollout.advance",
+        "rollout.advance",
+        "rollout.rollback",
+    ]
     assert all(a["actor"] == "test-admin" and a["ts"] for a in audit)
 
 
 def test_static_manifest_matches_the_service_for_10000_devices(server, bundles):
     model = bundles.name
-    plan = {"name": "static", "release": {"name": model, "version": "1.1.0"}, "cohort": {"targets": ["tflite"]},
-            "stages": [{"percent": 30}, {"percent": 100}]}
+    plan = {
+        "name": "static",
+        "release": {"name": model, "version": "1.1.0"},
+        "cohort": {"targets": ["tflite"]},
+        "stages": [{"percent": 30}, {"percent": 100}],
+    }
     r = httpx.post(server.url + "/v1/rollouts", headers=_h(server.admin), json=plan)
     assert r.status_code in (201, 409), r.text
     doc = httpx.get(server.url + "/v1/fleet-manifest", headers=_h(server.device)).json()
@@ -222,8 +265,10 @@ def test_killed_mid_upload_leaves_nothing_and_restarts(server, bundles, tmp_path
         token = create_token(conn, "kill-test", "admin")
     before = httpx.get(srv.url + "/v1/releases", headers=_h(token)).json()
     sock = socket.create_connection(("127.0.0.1", srv.port))
-    head = (f"POST /v1/releases HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/gzip\r\n"
-            f"Content-Length: {len(archive) + 10_000_000}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/releases HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/gzip\r\n"
+        f"Content-Length: {len(archive) + 10_000_000}\r\n\r\n"
+    ).encode()
     sock.sendall(head + archive + b"\0" * 1_000_000)  # more is promised than sent: the upload is mid-way
     time.sleep(1.0)
     srv.kill9()

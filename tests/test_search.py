@@ -18,9 +18,26 @@ def _profile(folder, loose_targets, name, space, **budgets):
 
 
 def _search(trained, keypair, targets, tmp_path, name, *extra):
-    return invoke("build", "--search", "--target", name, "--model", str(trained.path), "--key", str(keypair[0]),
-                  "--targets-dir", str(targets), "--out", str(tmp_path / "bundles"), "--cache-dir", str(tmp_path / "cache"),
-                  "--search-dir", str(tmp_path / "search"), "--no-track", *extra)
+    return invoke(
+        "build",
+        "--search",
+        "--target",
+        name,
+        "--model",
+        str(trained.path),
+        "--key",
+        str(keypair[0]),
+        "--targets-dir",
+        str(targets),
+        "--out",
+        str(tmp_path / "bundles"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--search-dir",
+        str(tmp_path / "search"),
+        "--no-track",
+        *extra,
+    )
 
 
 SPACE = {"recipe.precision": ["fp32", "int8-static"], "runtime.threads": [1, 2]}
@@ -40,7 +57,12 @@ def test_search_picks_a_winner_and_caches_everything(tmp_path, trained, keypair,
     assert len(manifest["lineage"]["search"]["candidates"]) == 4
     winner = next(r for r in summary["candidates"] if r["winner"])
     assert manifest["runtime"]["options"]["threads"] == winner["overrides"].get("runtime.threads", 2)
-    assert invoke("bundle", "verify", str(next((tmp_path / "bundles").glob("*/*/edge"))), "--pubkey", str(keypair[1])).exit_code == 0
+    assert (
+        invoke(
+            "bundle", "verify", str(next((tmp_path / "bundles").glob("*/*/edge"))), "--pubkey", str(keypair[1])
+        ).exit_code
+        == 0
+    )
     second = _search(trained, keypair, targets, tmp_path, "edge")
     assert second.exit_code == 0, second.output
     again = json.loads((tmp_path / "search" / "edge" / "search.json").read_text())
@@ -52,16 +74,36 @@ def _candidate(key, precision, p50, drop, size=1_000_000):
     from factory.bundle.manifest import Manifest
     from factory.pipeline.search import Candidate
 
-    m = Manifest(name="m", version="0.0.0-search", target="edge", created_at="now",
-                 runtime={"backend": "onnxruntime", "package": "onnxruntime", "min_version": "1", "options": {"threads": 1}},
-                 artifact={"main": "model.onnx", "precision": precision, "size_bytes": size, "macs": 10},
-                 files={"model.onnx": {"sha256": "0" * 64, "size": size}}, input={"shape": ["batch", 3, 8, 8]}, output={},
-                 preprocessing={"resize": [8, 8], "mean": [0, 0, 0], "std": [1, 1, 1]}, labels=["a", "b"],
-                 recipe={"precision": precision, "pruning": {"method": "none", "ratio": 0.0}},
-                 validation={"passed": True, "checks": [], "budgets": {},
-                             "parity": {"top1": 0.9, "accuracy_drop_pt": drop, "top1_agreement": 1 - drop / 100}},
-                 latency={"p50_ms": p50, "p95_ms": p50}, lineage={}, reference_profile={})
-    return Candidate({"recipe.precision": precision}, key=key, status="built", manifest=m, latency={"p50_ms": p50, "p95_ms": 1.1 * p50})
+    m = Manifest(
+        name="m",
+        version="0.0.0-search",
+        target="edge",
+        created_at="now",
+        runtime={"backend": "onnxruntime", "package": "onnxruntime", "min_version": "1", "options": {"threads": 1}},
+        artifact={"main": "model.onnx", "precision": precision, "size_bytes": size, "macs": 10},
+        files={"model.onnx": {"sha256": "0" * 64, "size": size}},
+        input={"shape": ["batch", 3, 8, 8]},
+        output={},
+        preprocessing={"resize": [8, 8], "mean": [0, 0, 0], "std": [1, 1, 1]},
+        labels=["a", "b"],
+        recipe={"precision": precision, "pruning": {"method": "none", "ratio": 0.0}},
+        validation={
+            "passed": True,
+            "checks": [],
+            "budgets": {},
+            "parity": {"top1": 0.9, "accuracy_drop_pt": drop, "top1_agreement": 1 - drop / 100},
+        },
+        latency={"p50_ms": p50, "p95_ms": p50},
+        lineage={},
+        reference_profile={},
+    )
+    return Candidate(
+        {"recipe.precision": precision},
+        key=key,
+        status="built",
+        manifest=m,
+        latency={"p50_ms": p50, "p95_ms": 1.1 * p50},
+    )
 
 
 def _rank(cands, objective="p50_latency", max_drop=0.2):
@@ -70,11 +112,23 @@ def _rank(cands, objective="p50_latency", max_drop=0.2):
 
     from factory.pipeline.search import rank
 
-    plan = SimpleNamespace(profile={"name": "edge", "backend": "onnxruntime",
-                                    "budgets": {"max_accuracy_drop_pt": max_drop, "min_top1_agreement": 0.0,
-                                                "max_latency_ms": None, "max_size_mb": None}},
-                           config={"objective": objective, "space": {}, "bench_seconds": 1}, reference=cands[0], candidates=cands,
-                           ctx=SimpleNamespace(canonical=SimpleNamespace(card={"name": "m"})), started=time.perf_counter())
+    plan = SimpleNamespace(
+        profile={
+            "name": "edge",
+            "backend": "onnxruntime",
+            "budgets": {
+                "max_accuracy_drop_pt": max_drop,
+                "min_top1_agreement": 0.0,
+                "max_latency_ms": None,
+                "max_size_mb": None,
+            },
+        },
+        config={"objective": objective, "space": {}, "bench_seconds": 1},
+        reference=cands[0],
+        candidates=cands,
+        ctx=SimpleNamespace(canonical=SimpleNamespace(card={"name": "m"})),
+        started=time.perf_counter(),
+    )
     return rank(plan, cands, {"cached": False, "settings": {"environment": {}}})
 
 
@@ -112,10 +166,16 @@ def test_empty_search_space(tmp_path, trained, keypair, loose_targets):
 
 
 def test_budgets_no_candidate_meets(tmp_path, trained, keypair, loose_targets):
-    targets = _profile(tmp_path / "targets", loose_targets, "edge", {"recipe.precision": ["fp32", "int8-static"]}, max_size_mb=0.00001)
+    targets = _profile(
+        tmp_path / "targets", loose_targets, "edge", {"recipe.precision": ["fp32", "int8-static"]}, max_size_mb=0.00001
+    )
     result = _search(trained, keypair, targets, tmp_path, "edge")
     assert result.exit_code == 1
-    assert "No candidate meets the budgets; closest:" in result.stderr and "size " in result.stderr and "violates <= 1e-05 MB" in result.stderr
+    assert (
+        "No candidate meets the budgets; closest:" in result.stderr
+        and "size " in result.stderr
+        and "violates <= 1e-05 MB" in result.stderr
+    )
     assert not list((tmp_path / "bundles").glob("*/*/edge"))  # no bundle published (glob of a missing folder is empty)
     summary = json.loads((tmp_path / "search" / "edge" / "search.json").read_text())
     assert all(r["status"] == "rejected" for r in summary["candidates"])

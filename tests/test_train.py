@@ -80,7 +80,9 @@ def test_mlflow_run_and_model_load_and_predict(trained, synth_ds):
 
 
 def test_unknown_architecture_lists_valid_ones(tmp_path, synth_ds):
-    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "dataset.json", tmp_path / "out", model__architecture="mobilenet_v9")
+    cfg = write_train_config(
+        tmp_path / "t.yaml", synth_ds / "dataset.json", tmp_path / "out", model__architecture="mobilenet_v9"
+    )
     result = invoke("train", "--config", str(cfg))
     assert result.exit_code == 2
     assert "unknown architecture 'mobilenet_v9'" in result.stderr

@@ -56,7 +56,9 @@ def measure_accuracy(artifacts, *, data: str | None = None, confidence: float = 
             out[a.id] = {"skipped": "its dataset is not on this machine (pass --data)"}
             continue
         if a.identity.get("dataset_hash") not in (None, manifest.dataset_hash) and data is None:
-            raise DataError(f"{a.id} was validated on dataset {a.identity['dataset_hash'][:12]}, not {manifest.dataset_hash[:12]}")
+            raise DataError(
+                f"{a.id} was validated on dataset {a.identity['dataset_hash'][:12]}, not {manifest.dataset_hash[:12]}"
+            )
         key = (str(manifest.location), a.canonical_path)
         if key not in cache:
             progress.info(f"accuracy: loading the test split of {manifest.name}")
@@ -69,12 +71,23 @@ def measure_accuracy(artifacts, *, data: str | None = None, confidence: float = 
         pred = logits.argmax(1)
         correct = pred == y
         recall = {c: (float(correct[y == i].mean()) if (y == i).any() else None) for i, c in enumerate(a.labels)}
-        row = {"n": int(len(y)), "dataset_hash": dataset_hash, "top1": float(correct.mean()), "per_class_recall": recall,
-               "correct_bits": pack_bits(correct), "predictions": pred.astype(int).tolist()}
+        row = {
+            "n": int(len(y)),
+            "dataset_hash": dataset_hash,
+            "top1": float(correct.mean()),
+            "per_class_recall": recall,
+            "correct_bits": pack_bits(correct),
+            "predictions": pred.astype(int).tolist(),
+        }
         if ref is not None:
             ref_correct = ref.argmax(1) == y
             drop, ci = paired_drop_ci(ref_correct, correct, confidence)
-            row |= {"canonical_top1": float(ref_correct.mean()), "drop_pt": drop, "drop_ci_pt": ci,
-                    "mcnemar_p": mcnemar_p(ref_correct, correct), "agreement": float((pred == ref.argmax(1)).mean())}
+            row |= {
+                "canonical_top1": float(ref_correct.mean()),
+                "drop_pt": drop,
+                "drop_ci_pt": ci,
+                "mcnemar_p": mcnemar_p(ref_correct, correct),
+                "agreement": float((pred == ref.argmax(1)).mean()),
+            }
         out[a.id] = row
     return out

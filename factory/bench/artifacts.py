@@ -59,14 +59,32 @@ def _bundle(folder: Path, public_key) -> Artifact:
     m, runner = open_bundle(folder, public_key)
     rt = m.runtime
     return Artifact(
-        id=f"{m.target}@{m.version}", kind="bundle", path=str(folder), runner=runner, input_shape=(1, *m.input["shape"][1:]),
-        identity={"model": m.name, "version": m.version, "target": m.target, "dataset_hash": m.validation.get("dataset_hash"),
-                  "canonical_weights_sha256": m.lineage.get("canonical", {}).get("weights_sha256"),
-                  "sha256": sha256_file(folder / "manifest.json")},
-        runtime={"backend": rt["backend"], "version": rt.get("built_with"), "threads": rt["options"].get("threads"),
-                 "precision": m.recipe["precision"], "options": rt["options"]},
-        size_bytes=m.artifact["size_bytes"], labels=m.labels, preprocessing=m.preprocessing, budgets=m.validation["budgets"],
-        canonical_path=m.lineage.get("canonical", {}).get("path"), extra={"macs": m.artifact.get("macs")},
+        id=f"{m.target}@{m.version}",
+        kind="bundle",
+        path=str(folder),
+        runner=runner,
+        input_shape=(1, *m.input["shape"][1:]),
+        identity={
+            "model": m.name,
+            "version": m.version,
+            "target": m.target,
+            "dataset_hash": m.validation.get("dataset_hash"),
+            "canonical_weights_sha256": m.lineage.get("canonical", {}).get("weights_sha256"),
+            "sha256": sha256_file(folder / "manifest.json"),
+        },
+        runtime={
+            "backend": rt["backend"],
+            "version": rt.get("built_with"),
+            "threads": rt["options"].get("threads"),
+            "precision": m.recipe["precision"],
+            "options": rt["options"],
+        },
+        size_bytes=m.artifact["size_bytes"],
+        labels=m.labels,
+        preprocessing=m.preprocessing,
+        budgets=m.validation["budgets"],
+        canonical_path=m.lineage.get("canonical", {}).get("path"),
+        extra={"macs": m.artifact.get("macs")},
     )
 
 
@@ -85,12 +103,23 @@ def _canonical(folder: Path, threads: int) -> Artifact:
 
     card = model.card
     return Artifact(
-        id="pytorch-eager", kind="canonical", path=str(folder), runner=runner, input_shape=(1, 3, *model.input_hw),
-        identity={"model": card["name"], "dataset_hash": card["lineage"]["dataset_hash"],
-                  "canonical_weights_sha256": card["files"]["weights"]["sha256"], "sha256": card["files"]["weights"]["sha256"]},
+        id="pytorch-eager",
+        kind="canonical",
+        path=str(folder),
+        runner=runner,
+        input_shape=(1, 3, *model.input_hw),
+        identity={
+            "model": card["name"],
+            "dataset_hash": card["lineage"]["dataset_hash"],
+            "canonical_weights_sha256": card["files"]["weights"]["sha256"],
+            "sha256": card["files"]["weights"]["sha256"],
+        },
         runtime={"backend": "pytorch-eager", "version": torch.__version__, "threads": threads, "precision": "fp32"},
-        size_bytes=model.weights.stat().st_size, labels=card["labels"], preprocessing=card["preprocessing"],
-        canonical_path=str(folder), extra={"macs": card["complexity"]["macs"]},
+        size_bytes=model.weights.stat().st_size,
+        labels=card["labels"],
+        preprocessing=card["preprocessing"],
+        canonical_path=str(folder),
+        extra={"macs": card["complexity"]["macs"]},
     )
 
 
@@ -104,22 +133,32 @@ def _file(path: Path, threads: int, shape: tuple[int, ...] | None) -> Artifact:
     except InputError:
         raise
     except Exception as exc:  # each runtime raises its own types for a corrupt file
-        raise ModelError(f"{path}: {backend.name} cannot load this model file ({str(exc).splitlines()[0][:300]})",
-                         hint="is the file complete and of the type its suffix says?") from None
+        raise ModelError(
+            f"{path}: {backend.name} cannot load this model file ({str(exc).splitlines()[0][:300]})",
+            hint="is the file complete and of the type its suffix says?",
+        ) from None
     if shape is None:
         missing = [i for i, d in enumerate(declared) if d is None and i != 0]
         if missing:
-            raise InputError(f"{path} declares input {declared} with dynamic dimension(s) {missing}",
-                             hint="pass --input-shape, e.g. --input-shape 1,3,224,224")
+            raise InputError(
+                f"{path} declares input {declared} with dynamic dimension(s) {missing}",
+                hint="pass --input-shape, e.g. --input-shape 1,3,224,224",
+            )
         shape = (1, *declared[1:])
-    elif len(shape) != len(declared) or any(d is not None and d != s for i, (d, s) in enumerate(zip(declared, shape, strict=True)) if i):
+    elif len(shape) != len(declared) or any(
+        d is not None and d != s for i, (d, s) in enumerate(zip(declared, shape, strict=True)) if i
+    ):
         shown = ",".join("?" if d is None else str(d) for d in declared)
         raise InputError(f"input shape {','.join(map(str, shape))} does not fit {path}, which declares [{shown}]")
     elif declared[0] is not None and shape[0] != declared[0]:
         raise InputError(f"{path} has a fixed batch of {declared[0]}; --input-shape asks for {shape[0]}")
     size = sum(p.stat().st_size for p in [path, path.with_suffix(".bin")] if p.is_file())
     return Artifact(
-        id=path.name, kind="file", path=str(path), runner=runner, input_shape=tuple(shape),
+        id=path.name,
+        kind="file",
+        path=str(path),
+        runner=runner,
+        input_shape=tuple(shape),
         identity={"model": path.stem, "sha256": sha256_file(path)},
         runtime={"backend": backend.name, "version": backend.version(), "threads": threads, "precision": "unknown"},
         size_bytes=size,
@@ -135,14 +174,17 @@ def _expand(path: Path) -> list[Path]:
         return targets
     from ..bundle.manifest import SEMVER, version_key
 
-    versions = sorted((p for p in path.iterdir() if p.is_dir() and SEMVER.match(p.name)), key=lambda p: version_key(p.name))
+    versions = sorted(
+        (p for p in path.iterdir() if p.is_dir() and SEMVER.match(p.name)), key=lambda p: version_key(p.name)
+    )
     if versions:
         return sorted(p for p in versions[-1].iterdir() if (p / "manifest.json").is_file())
     raise InputError(f"{path} is neither a bundle, a canonical model, nor a folder of bundles")
 
 
-def open_artifacts(paths: list[str], *, threads: int = 2, input_shape: str | None = None, public_key=None,
-                   stack: contextlib.ExitStack) -> list[Artifact]:
+def open_artifacts(
+    paths: list[str], *, threads: int = 2, input_shape: str | None = None, public_key=None, stack: contextlib.ExitStack
+) -> list[Artifact]:
     """Open every input (bundles, archives, canonical models, bare model files) behind one interface."""
     from ..bundle.archive import unpack
 

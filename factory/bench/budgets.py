@@ -44,9 +44,18 @@ def _at_least(name: str, value: float, limit: float, unit: str = "") -> Check:
     return Check(name, value, limit, value >= limit, ">=", unit)
 
 
-def check_budgets(budgets: dict, *, accuracy_drop_pt: float | None = None, top1_agreement: float | None = None,
-                  max_abs_diff: float | None = None, tolerance: float | None = None, latency_p95_ms: float | None = None,
-                  size_mb: float | None = None, top1: float | None = None, min_top1: float | None = None) -> list[Check]:
+def check_budgets(
+    budgets: dict,
+    *,
+    accuracy_drop_pt: float | None = None,
+    top1_agreement: float | None = None,
+    max_abs_diff: float | None = None,
+    tolerance: float | None = None,
+    latency_p95_ms: float | None = None,
+    size_mb: float | None = None,
+    top1: float | None = None,
+    min_top1: float | None = None,
+) -> list[Check]:
     """One check per budget that is set and whose figure was measured (``None`` figures are skipped).
 
     ``budgets`` is a target profile's ``budgets`` section (``max_accuracy_drop_pt``,

@@ -11,19 +11,41 @@ __all__ = ["bench_cmd", "gate_cmd"]
 
 @click.command("bench")
 @click.argument("inputs", nargs=-1, required=True, metavar="BUNDLE_OR_MODEL...")
-@click.option("--data", default=None, type=click.Path(), help="Dataset for accuracy [default: the one the model was trained on].")
+@click.option(
+    "--data", default=None, type=click.Path(), help="Dataset for accuracy [default: the one the model was trained on]."
+)
 @click.option("--seconds", default=10.0, show_default=True, help="Time budget for the interleaved latency loop.")
 @click.option("--rounds", default=100_000, show_default=True, help="Stop after this many rounds even if time is left.")
 @click.option("--warmup", default=20, show_default=True, help="Untimed runs per artifact first.")
-@click.option("--threads", default=2, show_default=True, help="Threads for PyTorch eager and bare model files (bundles use their profile's).")
-@click.option("--input-shape", default=None, help="Input shape for a bare model file with dynamic dimensions, e.g. 1,3,224,224.")
-@click.option("--pubkey", default=None, type=click.Path(dir_okay=False), help="Verify bundle signatures with this key first.")
+@click.option(
+    "--threads",
+    default=2,
+    show_default=True,
+    help="Threads for PyTorch eager and bare model files (bundles use their profile's).",
+)
+@click.option(
+    "--input-shape", default=None, help="Input shape for a bare model file with dynamic dimensions, e.g. 1,3,224,224."
+)
+@click.option(
+    "--pubkey", default=None, type=click.Path(dir_okay=False), help="Verify bundle signatures with this key first."
+)
 @click.option("--no-accuracy", is_flag=True, help="Latency only.")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Write report.json, report.md, latency.png, accuracy_vs_latency.png.")
-@click.option("--save-baseline", default=None, type=click.Path(file_okay=False),
-              help="Also save a baseline folder for `factory gate`: the report plus a copy of every artifact measured.")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Write report.json, report.md, latency.png, accuracy_vs_latency.png.",
+)
+@click.option(
+    "--save-baseline",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Also save a baseline folder for `factory gate`: the report plus a copy of every artifact measured.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
-def bench_cmd(inputs, data, seconds, rounds, warmup, threads, input_shape, pubkey, no_accuracy, out, save_baseline, as_json) -> None:
+def bench_cmd(
+    inputs, data, seconds, rounds, warmup, threads, input_shape, pubkey, no_accuracy, out, save_baseline, as_json
+) -> None:
     """Measure latency and accuracy of bundles and models on this host.
 
     \b
@@ -43,8 +65,17 @@ def bench_cmd(inputs, data, seconds, rounds, warmup, threads, input_shape, pubke
     from .report import save_baseline as write_baseline
     from .run import run_bench
 
-    report = run_bench(inputs, data=data, seconds=seconds, rounds=rounds, warmup=warmup, threads=threads,
-                       input_shape=input_shape, pubkey=pubkey, accuracy=not no_accuracy)
+    report = run_bench(
+        inputs,
+        data=data,
+        seconds=seconds,
+        rounds=rounds,
+        warmup=warmup,
+        threads=threads,
+        input_shape=input_shape,
+        pubkey=pubkey,
+        accuracy=not no_accuracy,
+    )
     if out:
         write_report(report, out)
     if save_baseline:
@@ -53,12 +84,35 @@ def bench_cmd(inputs, data, seconds, rounds, warmup, threads, input_shape, pubke
 
 
 @click.command("gate")
-@click.option("--candidate", required=True, type=click.Path(exists=True), help="Benchmark report of the change (report.json or its folder).")
-@click.option("--baseline", required=True, type=click.Path(), help="Baseline folder from `bench --save-baseline` (or a report.json).")
-@click.option("--policy", required=True, type=click.Path(exists=True, dir_okay=False), help="Gate policy YAML (see configs/gates.yaml).")
-@click.option("--remeasure", is_flag=True, help="Re-run both sides in one interleaved run on this host instead of trusting stored latencies.")
+@click.option(
+    "--candidate",
+    required=True,
+    type=click.Path(exists=True),
+    help="Benchmark report of the change (report.json or its folder).",
+)
+@click.option(
+    "--baseline",
+    required=True,
+    type=click.Path(),
+    help="Baseline folder from `bench --save-baseline` (or a report.json).",
+)
+@click.option(
+    "--policy",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Gate policy YAML (see configs/gates.yaml).",
+)
+@click.option(
+    "--remeasure",
+    is_flag=True,
+    help="Re-run both sides in one interleaved run on this host instead of trusting stored latencies.",
+)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the verdict as JSON.")
-@click.option("--record-missing-baseline", is_flag=True, help="If BASELINE does not exist yet, save the candidate as the baseline and pass.")
+@click.option(
+    "--record-missing-baseline",
+    is_flag=True,
+    help="If BASELINE does not exist yet, save the candidate as the baseline and pass.",
+)
 def gate_cmd(candidate, baseline, policy, remeasure, out, record_missing_baseline) -> None:
     """Fail (exit 1) when the candidate regressed against the baseline; exit 0 when it did not.
 
@@ -88,4 +142,3 @@ def gate_cmd(candidate, baseline, policy, remeasure, out, record_missing_baselin
         failed = sum(not c["passed"] for c in verdict["checks"])
         raise GateFailure(f"gate failed: {failed} of {len(verdict['checks'])} checks found a regression")
     click.echo(f"gate passed: {len(verdict['checks'])} checks")
-

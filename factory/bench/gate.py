@@ -67,21 +67,33 @@ def pair_artifacts(candidate: dict, baseline: dict, match: str) -> list[tuple[di
         if b is None:
             continue
         if c["identity"].get("model") != b["identity"].get("model"):
-            raise InputError(f"{_key(c, match)}: candidate is model {c['identity'].get('model')!r}, baseline {b['identity'].get('model')!r}",
-                             hint="compare reports of the same model")
+            raise InputError(
+                f"{_key(c, match)}: candidate is model {c['identity'].get('model')!r}, baseline "
+                f"{b['identity'].get('model')!r}",
+                hint="compare reports of the same model",
+            )
         cd, bd = c["accuracy"].get("dataset_hash"), b["accuracy"].get("dataset_hash")
         if cd and bd and cd != bd:
-            raise InputError(f"{_key(c, match)}: reports were measured on different datasets ({cd[:12]} vs {bd[:12]})",
-                             hint="benchmark both on the same test split")
+            raise InputError(
+                f"{_key(c, match)}: reports were measured on different datasets ({cd[:12]} vs {bd[:12]})",
+                hint="benchmark both on the same test split",
+            )
         pairs.append((c, b))
     if not pairs:
-        raise InputError(f"no artifact of the candidate matches one of the baseline by {match}",
-                         hint=f"candidate: {[_key(r, match) for r in candidate['artifacts']]}, baseline: {list(base)}")
+        raise InputError(
+            f"no artifact of the candidate matches one of the baseline by {match}",
+            hint=f"candidate: {[_key(r, match) for r in candidate['artifacts']]}, baseline: {list(base)}",
+        )
     return pairs
 
 
 def _line(check: str, name: str, passed: bool, text: str) -> dict:
-    return {"check": check, "artifact": name, "passed": passed, "text": f"{'PASS' if passed else 'FAIL'} {check:8s} {name}: {text}"}
+    return {
+        "check": check,
+        "artifact": name,
+        "passed": passed,
+        "text": f"{'PASS' if passed else 'FAIL'} {check:8s} {name}: {text}",
+    }
 
 
 def _latency(name, c, b, policy, paired, settings) -> dict:
@@ -92,14 +104,29 @@ def _latency(name, c, b, policy, paired, settings) -> dict:
         ratio, ci = paired_ratio_ci(cs, bs, settings["per_turn"], confidence=lp["confidence"], n_boot=lp["bootstrap"])
         how = "median of per-round ratios, paired bootstrap over rounds"
     else:  # separate runs: ratio of medians, ~1 s blocks (the drift timescale measured here)
-        ratio, ci = ratio_of_medians_ci(cs, bs, paired=False, confidence=lp["confidence"], n_boot=lp["bootstrap"],
-                                        block=settings.get("block_samples"))
+        ratio, ci = ratio_of_medians_ci(
+            cs,
+            bs,
+            paired=False,
+            confidence=lp["confidence"],
+            n_boot=lp["bootstrap"],
+            block=settings.get("block_samples"),
+        )
         how = "ratio of medians, independent block bootstrap"
     limit = 1 + lp["tolerance"]
     passed = not ci[0] > limit
-    why = "interval lies wholly above" if not passed else ("interval reaches down to" if ci[1] > limit else "interval stays below")
-    row = _line("latency", name, passed, f"ratio {ratio:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] ({np.median(cs):.3f} vs "
-                f"{np.median(bs):.3f} ms; {how}); {why} {limit:.3f}")
+    why = (
+        "interval lies wholly above"
+        if not passed
+        else ("interval reaches down to" if ci[1] > limit else "interval stays below")
+    )
+    row = _line(
+        "latency",
+        name,
+        passed,
+        f"ratio {ratio:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] ({np.median(cs):.3f} vs "
+        f"{np.median(bs):.3f} ms; {how}); {why} {limit:.3f}",
+    )
     return row | {"ratio": ratio, "ci": ci, "limit": limit}
 
 
@@ -109,24 +136,38 @@ def _accuracy(name, c, b, policy) -> dict | None:
     if "top1" not in ca or "top1" not in ba:
         return None
     if ca.get("correct_bits") and ba.get("correct_bits") and ca["n"] == ba["n"]:
-        drop, ci = paired_drop_ci(unpack_bits(ba["correct_bits"], ba["n"]), unpack_bits(ca["correct_bits"], ca["n"]),
-                                  ap["confidence"], ap["bootstrap"])
+        drop, ci = paired_drop_ci(
+            unpack_bits(ba["correct_bits"], ba["n"]),
+            unpack_bits(ca["correct_bits"], ca["n"]),
+            ap["confidence"],
+            ap["bootstrap"],
+        )
     else:  # different splits: normal approximation of two independent proportions
         drop = 100 * (ba["top1"] - ca["top1"])
         se = 100 * np.sqrt(ba["top1"] * (1 - ba["top1"]) / ba["n"] + ca["top1"] * (1 - ca["top1"]) / ca["n"])
         z = {0.9: 1.645, 0.95: 1.96, 0.99: 2.576}.get(ap["confidence"], 1.96)
         ci = [drop - z * se, drop + z * se]
     passed = not ci[0] > ap["max_drop_pt"]
-    row = _line("accuracy", name, passed, f"top-1 {ca['top1']:.4f} vs {ba['top1']:.4f}: drop {drop:+.2f} pt "
-                f"[{ci[0]:+.2f}, {ci[1]:+.2f}]; regression only if the interval lies wholly above {ap['max_drop_pt']:g} pt")
+    row = _line(
+        "accuracy",
+        name,
+        passed,
+        f"top-1 {ca['top1']:.4f} vs {ba['top1']:.4f}: drop {drop:+.2f} pt "
+        f"[{ci[0]:+.2f}, {ci[1]:+.2f}]; regression only if the interval lies wholly above {ap['max_drop_pt']:g} pt",
+    )
     return row | {"drop_pt": drop, "ci": ci}
 
 
 def _budgets(name, c, policy) -> list[dict]:
     """The candidate's own profile budgets (p95, size) and the policy's top-1 floor, by the one checker."""
     budgets = (c.get("budgets") or {}) if policy["budgets"]["from_target_profile"] else {}
-    checks = check_budgets({k: budgets.get(k) for k in ("max_latency_ms", "max_size_mb")}, latency_p95_ms=c["latency"]["p95_ms"],
-                           size_mb=c["size_bytes"] / 1e6, top1=c["accuracy"].get("top1"), min_top1=policy["budgets"]["min_top1"])
+    checks = check_budgets(
+        {k: budgets.get(k) for k in ("max_latency_ms", "max_size_mb")},
+        latency_p95_ms=c["latency"]["p95_ms"],
+        size_mb=c["size_bytes"] / 1e6,
+        top1=c["accuracy"].get("top1"),
+        min_top1=policy["budgets"]["min_top1"],
+    )
     return [_line("budget", name, ch.passed, ch.why) | {"budget": ch.check} for ch in checks]
 
 

@@ -34,14 +34,29 @@ def environment(artifacts) -> dict:
         load = list(os.getloadavg())
     except OSError:  # pragma: no cover - not on Linux
         load = None
-    return {"host": host_info(), "load_average": load,
-            "runtimes": sorted({f"{a.runtime['backend']} {a.runtime['version']}" for a in artifacts}),
-            "threads": {a.id: a.runtime.get("threads") for a in artifacts}}
+    return {
+        "host": host_info(),
+        "load_average": load,
+        "runtimes": sorted({f"{a.runtime['backend']} {a.runtime['version']}" for a in artifacts}),
+        "threads": {a.id: a.runtime.get("threads") for a in artifacts},
+    }
 
 
-def measure_interleaved(artifacts, *, seconds: float = 10.0, max_rounds: int = 100_000, warmup: int = 20,
-                        min_rounds: int = 30, seed: int = 0, confidence: float = 0.95, settle_ms: float = 5.0,
-                        per_turn: int = 5, gap_ms: float = 0.0, warmup_seconds: float = 1.0, block_seconds: float = 1.0) -> dict:
+def measure_interleaved(
+    artifacts,
+    *,
+    seconds: float = 10.0,
+    max_rounds: int = 100_000,
+    warmup: int = 20,
+    min_rounds: int = 30,
+    seed: int = 0,
+    confidence: float = 0.95,
+    settle_ms: float = 5.0,
+    per_turn: int = 5,
+    gap_ms: float = 0.0,
+    warmup_seconds: float = 1.0,
+    block_seconds: float = 1.0,
+) -> dict:
     """Return {artifact id: latency stats with raw samples} plus the settings and environment.
 
     Each artifact runs in its own worker process (see :mod:`factory.bench.worker`).
@@ -50,7 +65,10 @@ def measure_interleaved(artifacts, *, seconds: float = 10.0, max_rounds: int = 1
 
     rng = np.random.default_rng(seed)
     env_before = environment(artifacts)
-    workers = [Worker(WorkerSpec(a.source or a.path, int(a.runtime.get("threads") or 2), tuple(a.input_shape), seed)) for a in artifacts]
+    workers = [
+        Worker(WorkerSpec(a.source or a.path, int(a.runtime.get("threads") or 2), tuple(a.input_shape), seed))
+        for a in artifacts
+    ]
     try:
         for w in workers:
             w.wait_ready()
@@ -90,7 +108,19 @@ def measure_interleaved(artifacts, *, seconds: float = 10.0, max_rounds: int = 1
         results[a.id] = stats
     env = environment(artifacts)
     env["load_average_before"] = env_before["load_average"]
-    return {"rounds": rounds, "seconds": seconds, "warmup": warmup, "settle_ms": settle_ms, "per_turn": per_turn, "gap_ms": gap_ms,
-            "block_samples": block,
-            "batch": 1, "confidence": confidence, "interleaved": True, "process_isolated": True, "seed": seed,
-            "environment": env, "artifacts": results}
+    return {
+        "rounds": rounds,
+        "seconds": seconds,
+        "warmup": warmup,
+        "settle_ms": settle_ms,
+        "per_turn": per_turn,
+        "gap_ms": gap_ms,
+        "block_samples": block,
+        "batch": 1,
+        "confidence": confidence,
+        "interleaved": True,
+        "process_isolated": True,
+        "seed": seed,
+        "environment": env,
+        "artifacts": results,
+    }

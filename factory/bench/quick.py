@@ -10,8 +10,14 @@ import numpy as np
 __all__ = ["quick_latency"]
 
 
-def quick_latency(runner: Callable[[np.ndarray], np.ndarray], sample: np.ndarray, *, warmup: int = 10,
-                  iterations: int = 300, max_seconds: float = 4.0) -> dict:
+def quick_latency(
+    runner: Callable[[np.ndarray], np.ndarray],
+    sample: np.ndarray,
+    *,
+    warmup: int = 10,
+    iterations: int = 300,
+    max_seconds: float = 4.0,
+) -> dict:
     """Batch-1 latency of one runner in this process: warm-up, then up to ``iterations`` timed runs."""
     x = np.ascontiguousarray(sample[:1])
     for _ in range(warmup):
@@ -23,5 +29,10 @@ def quick_latency(runner: Callable[[np.ndarray], np.ndarray], sample: np.ndarray
         runner(x)
         times.append((time.perf_counter() - t0) * 1000)
     a = np.asarray(times)
-    return {"batch": 1, "n": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 4),
-            "p95_ms": round(float(np.percentile(a, 95)), 4), "mean_ms": round(float(a.mean()), 4)}
+    return {
+        "batch": 1,
+        "n": int(a.size),
+        "p50_ms": round(float(np.percentile(a, 50)), 4),
+        "p95_ms": round(float(np.percentile(a, 95)), 4),
+        "mean_ms": round(float(a.mean()), 4),
+    }

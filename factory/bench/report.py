@@ -19,17 +19,30 @@ def assemble(artifacts, latency: dict, accuracy: dict) -> dict:
     """The report dict: one row per artifact with its latency and accuracy, plus the run's settings."""
     rows = []
     for a in artifacts:
-        rows.append({
-            "id": a.id, "kind": a.kind, "path": a.path, "identity": a.identity, "runtime": a.runtime,
-            "size_bytes": a.size_bytes, "macs": a.extra.get("macs"), "budgets": a.budgets,
-            "latency": latency["artifacts"][a.id], "accuracy": accuracy.get(a.id, {"skipped": "not measured"}),
-        })
+        rows.append(
+            {
+                "id": a.id,
+                "kind": a.kind,
+                "path": a.path,
+                "identity": a.identity,
+                "runtime": a.runtime,
+                "size_bytes": a.size_bytes,
+                "macs": a.extra.get("macs"),
+                "budgets": a.budgets,
+                "latency": latency["artifacts"][a.id],
+                "accuracy": accuracy.get(a.id, {"skipped": "not measured"}),
+            }
+        )
     eager = next((r for r in rows if r["kind"] == "canonical"), None)
     for r in rows:
         r["speedup_vs_pytorch_eager"] = (eager["latency"]["p50_ms"] / r["latency"]["p50_ms"]) if eager else None
     settings = {k: v for k, v in latency.items() if k != "artifacts"}
-    return {"schema": REPORT_SCHEMA, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "settings": settings, "artifacts": rows}
+    return {
+        "schema": REPORT_SCHEMA,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings,
+        "artifacts": rows,
+    }
 
 
 def _fmt_ci(ci) -> str:
@@ -38,21 +51,35 @@ def _fmt_ci(ci) -> str:
 
 def markdown(report: dict) -> str:
     """The report as a Markdown table with the host line under it."""
-    lines = ["| artifact | backend | precision | top-1 | drop pt [95% CI] | agreement | p50 ms [95% CI] | p95 ms | size MB | speedup vs eager |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| artifact | backend | precision | top-1 | drop pt [95% CI] | agreement | p50 ms [95% CI] | p95 ms | size MB "
+        "| speedup vs eager |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["artifacts"]:
         acc, lat = r["accuracy"], r["latency"]
         top1 = f"{acc['top1']:.4f}" if "top1" in acc else "-"
-        drop = f"{acc['drop_pt']:+.2f} [{acc['drop_ci_pt'][0]:+.2f}, {acc['drop_ci_pt'][1]:+.2f}]" if "drop_pt" in acc else "-"
+        drop = (
+            f"{acc['drop_pt']:+.2f} [{acc['drop_ci_pt'][0]:+.2f}, {acc['drop_ci_pt'][1]:+.2f}]"
+            if "drop_pt" in acc
+            else "-"
+        )
         agree = f"{acc['agreement']:.4f}" if "agreement" in acc else "-"
         speed = f"{r['speedup_vs_pytorch_eager']:.2f}x" if r["speedup_vs_pytorch_eager"] else "-"
-        lines.append(f"| {r['id']} | {r['runtime']['backend']} | {r['runtime']['precision']} | {top1} | {drop} | {agree} | "
-                     f"{lat['p50_ms']:.3f} {_fmt_ci(lat['median_ci'])} | {lat['p95_ms']:.3f} | {r['size_bytes'] / 1e6:.2f} | {speed} |")
+        lines.append(
+            f"| {r['id']} | {r['runtime']['backend']} | {r['runtime']['precision']} | {top1} | {drop} | {agree} | "
+            f"{lat['p50_ms']:.3f} {_fmt_ci(lat['median_ci'])} | {lat['p95_ms']:.3f} | {r['size_bytes'] / 1e6:.2f} | "
+            f"{speed} |"
+        )
     env = report["settings"]["environment"]
     host = env["host"]
-    lines += ["", f"{report['settings']['rounds']} interleaved rounds in {report['settings']['seconds']:g} s at batch 1 on "
-              f"{host['cpu']} ({host['cores']} cores; VNNI {'yes' if host['vnni'] else 'no'}, AVX-512 {'yes' if host['avx512'] else 'no'}); "
-              f"load average {env['load_average_before']} -> {env['load_average']}; {', '.join(env['runtimes'])}."]
+    lines += [
+        "",
+        f"{report['settings']['rounds']} interleaved rounds in {report['settings']['seconds']:g} s at batch 1 on "
+        f"{host['cpu']} ({host['cores']} cores; VNNI {'yes' if host['vnni'] else 'no'}, AVX-512 "
+        f"{'yes' if host['avx512'] else 'no'}); "
+        f"load average {env['load_average_before']} -> {env['load_average']}; {', '.join(env['runtimes'])}.",
+    ]
     return "\n".join(lines)
 
 
@@ -76,7 +103,13 @@ def _plots(report: dict, folder: Path) -> None:
     for r in rows:
         if "top1" in r["accuracy"]:
             ax.scatter(r["latency"]["p50_ms"], 100 * r["accuracy"]["top1"], s=40 + 6 * r["size_bytes"] / 1e6)
-            ax.annotate(r["id"], (r["latency"]["p50_ms"], 100 * r["accuracy"]["top1"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(
+                r["id"],
+                (r["latency"]["p50_ms"], 100 * r["accuracy"]["top1"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
     ax.set_xlabel("p50 latency, ms")
     ax.set_ylabel("test top-1, %")
     ax.set_title("accuracy vs latency (marker size ~ artifact size)")
@@ -105,7 +138,11 @@ def save_baseline(report: dict, dest: str | Path) -> Path:
     with atomic_dir(dest) as tmp:
         for i, row in enumerate(report["artifacts"]):
             src = Path(row["path"])
-            target = tmp / "artifacts" / f"{i:02d}-{''.join(ch if ch.isalnum() or ch in '-_.@' else '_' for ch in row['id'])}"
+            target = (
+                tmp
+                / "artifacts"
+                / f"{i:02d}-{''.join(ch if ch.isalnum() or ch in '-_.@' else '_' for ch in row['id'])}"
+            )
             if src.is_dir():
                 shutil.copytree(src, target)
             else:
@@ -124,7 +161,9 @@ def load_report(path: str | Path) -> dict:
     if path.is_dir():
         path = path / "report.json"
     if not path.is_file():
-        raise InputError(f"benchmark report {path} does not exist", hint="create one with `factory bench ... --out DIR`")
+        raise InputError(
+            f"benchmark report {path} does not exist", hint="create one with `factory bench ... --out DIR`"
+        )
     try:
         report = read_json(path)
     except ValueError as exc:

@@ -13,8 +13,18 @@ from .report import assemble
 __all__ = ["run_bench"]
 
 
-def run_bench(paths, *, data=None, seconds=10.0, rounds=100_000, warmup=20, threads=2, input_shape=None, pubkey=None,
-              accuracy=True) -> dict:
+def run_bench(
+    paths,
+    *,
+    data=None,
+    seconds=10.0,
+    rounds=100_000,
+    warmup=20,
+    threads=2,
+    input_shape=None,
+    pubkey=None,
+    accuracy=True,
+) -> dict:
     """Open the inputs, measure accuracy (unless told not to), then latency in one interleaved run."""
     key = load_public_key(pubkey) if pubkey else None
     with contextlib.ExitStack() as stack:

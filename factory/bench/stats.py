@@ -16,15 +16,23 @@ def summarize(samples_ms: np.ndarray) -> dict:
     """Percentiles, mean, std, min and max of latency samples (ms)."""
     a = np.asarray(samples_ms, dtype=np.float64)
     p = np.percentile(a, [50, 90, 95, 99])
-    return {"n": int(a.size), "p50_ms": float(p[0]), "p90_ms": float(p[1]), "p95_ms": float(p[2]), "p99_ms": float(p[3]),
-            "mean_ms": float(a.mean()), "std_ms": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-            "min_ms": float(a.min()), "max_ms": float(a.max())}
+    return {
+        "n": int(a.size),
+        "p50_ms": float(p[0]),
+        "p90_ms": float(p[1]),
+        "p95_ms": float(p[2]),
+        "p99_ms": float(p[3]),
+        "mean_ms": float(a.mean()),
+        "std_ms": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        "min_ms": float(a.min()),
+        "max_ms": float(a.max()),
+    }
 
 
 def _block_indices(n: int, n_boot: int, rng: np.random.Generator, block: int | None = None) -> np.ndarray:
     """Moving-block bootstrap indices: runs of consecutive samples keep their autocorrelation
     (a busy spell on the machine slows many rounds in a row), so intervals are not over-confident."""
-    block = max(1, min(n, block or int(round(n ** 0.5))))
+    block = max(1, min(n, block or int(round(n**0.5))))
     starts = rng.integers(0, n - block + 1, (n_boot, -(-n // block)))
     idx = (starts[:, :, None] + np.arange(block)[None, None, :]).reshape(n_boot, -1)[:, :n]
     return idx
@@ -35,8 +43,9 @@ def _interval(values: np.ndarray, confidence: float) -> list[float]:
     return [float(lo), float(hi)]
 
 
-def median_ci(samples: np.ndarray, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0,
-              block: int | None = None) -> list[float]:
+def median_ci(
+    samples: np.ndarray, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0, block: int | None = None
+) -> list[float]:
     """Block-bootstrap interval of the median (blocks keep autocorrelated runs together)."""
     a = np.asarray(samples, dtype=np.float64)
     idx = _block_indices(a.size, n_boot, np.random.default_rng(seed), block)
@@ -45,8 +54,16 @@ def median_ci(samples: np.ndarray, confidence: float = 0.95, n_boot: int = 2000,
     return [min(lo, med), max(hi, med)]  # a percentile interval can miss its own estimate with few blocks
 
 
-def ratio_of_medians_ci(candidate: np.ndarray, baseline: np.ndarray, *, paired: bool, confidence: float = 0.95,
-                        n_boot: int = 2000, seed: int = 0, block: int | None = None) -> tuple[float, list[float]]:
+def ratio_of_medians_ci(
+    candidate: np.ndarray,
+    baseline: np.ndarray,
+    *,
+    paired: bool,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+    block: int | None = None,
+) -> tuple[float, list[float]]:
     """Candidate/baseline ratio of medians and its bootstrap interval.
 
     ``paired``: the samples were taken in the same interleaved rounds (same length, same order), so
@@ -62,12 +79,20 @@ def ratio_of_medians_ci(candidate: np.ndarray, baseline: np.ndarray, *, paired: 
         boots = np.median(c[idx], axis=1) / np.median(b[idx], axis=1)
     else:
         boots = np.median(c[_block_indices(c.size, n_boot, rng, block)], axis=1) / np.median(
-            b[_block_indices(b.size, n_boot, rng, block)], axis=1)
+            b[_block_indices(b.size, n_boot, rng, block)], axis=1
+        )
     return ratio, _interval(boots, confidence)
 
 
-def paired_ratio_ci(candidate: np.ndarray, baseline: np.ndarray, per_turn: int, *, confidence: float = 0.95,
-                    n_boot: int = 2000, seed: int = 0) -> tuple[float, list[float]]:
+def paired_ratio_ci(
+    candidate: np.ndarray,
+    baseline: np.ndarray,
+    per_turn: int,
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[float, list[float]]:
     """Ratio for samples taken in the same interleaved rounds: the median over rounds of
     (candidate's median in the round / baseline's median in the round), with a bootstrap over rounds.
 
@@ -88,8 +113,13 @@ def paired_ratio_ci(candidate: np.ndarray, baseline: np.ndarray, per_turn: int, 
     return point, [min(lo, point), max(hi, point)]
 
 
-def paired_drop_ci(reference_correct: np.ndarray, candidate_correct: np.ndarray, confidence: float = 0.95,
-                   n_boot: int = 2000, seed: int = 0) -> tuple[float, list[float]]:
+def paired_drop_ci(
+    reference_correct: np.ndarray,
+    candidate_correct: np.ndarray,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[float, list[float]]:
     """Accuracy drop (reference - candidate, in points) with a paired bootstrap interval over images."""
     r, c = np.asarray(reference_correct, np.float64), np.asarray(candidate_correct, np.float64)
     diff = r - c

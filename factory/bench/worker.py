@@ -36,7 +36,9 @@ def _serve(conn, spec: WorkerSpec) -> None:
         with contextlib.ExitStack() as stack:
             shape = ",".join(map(str, spec.input_shape))
             art = open_artifacts([spec.path], threads=spec.threads, input_shape=shape, stack=stack)[0]
-            x = np.ascontiguousarray(np.random.default_rng(spec.seed).standard_normal(spec.input_shape).astype(np.float32))
+            x = np.ascontiguousarray(
+                np.random.default_rng(spec.seed).standard_normal(spec.input_shape).astype(np.float32)
+            )
             conn.send(("ready", None))
             timer = time.perf_counter_ns
             while True:

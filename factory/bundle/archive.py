@@ -33,7 +33,10 @@ def pack(folder: Path, archive: Path) -> Path:
     harmless re-publish from a conflicting one.
     """
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for f in sorted(p for p in folder.iterdir() if p.is_file()):
             info = tar.gettarinfo(str(f), arcname=f.name)
             info.uid = info.gid = 0

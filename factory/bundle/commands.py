@@ -17,7 +17,13 @@ def keys() -> None:
 
 
 @keys.command("generate")
-@click.option("--out", "prefix", default="keys/signing", show_default=True, help="Writes PREFIX.key (private, 0600) and PREFIX.pub.")
+@click.option(
+    "--out",
+    "prefix",
+    default="keys/signing",
+    show_default=True,
+    help="Writes PREFIX.key (private, 0600) and PREFIX.pub.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing key.")
 @click.option("--if-missing", is_flag=True, help="Do nothing (exit 0) when the key already exists.")
 def generate_cmd(prefix: str, force: bool, if_missing: bool) -> None:
@@ -49,7 +55,12 @@ def _folder(path: str, stack) -> Path:
 
 @bundle.command("verify")
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(exists=True))
-@click.option("--pubkey", required=True, type=click.Path(dir_okay=False), help="The trusted public key (never one from the bundle).")
+@click.option(
+    "--pubkey",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The trusted public key (never one from the bundle).",
+)
 def verify_cmd(bundle_path: str, pubkey: str) -> None:
     """Verify BUNDLE's signature with --pubkey, then every file's sha256 and size.
 
@@ -64,7 +75,9 @@ def verify_cmd(bundle_path: str, pubkey: str) -> None:
     with contextlib.ExitStack() as stack:
         result = verify_bundle(_folder(bundle_path, stack), key)
     m = result["manifest"]
-    click.echo(f"OK {m.name} {m.version} {m.target}: signature by key {result['key_id']}, {result['files']} file(s) match")
+    click.echo(
+        f"OK {m.name} {m.version} {m.target}: signature by key {result['key_id']}, {result['files']} file(s) match"
+    )
 
 
 @bundle.command("inspect")
@@ -83,16 +96,21 @@ def inspect_cmd(bundle_path: str, as_json: bool) -> None:
         return
     p, lat, rt = m.validation["parity"], m.latency, m.runtime
     lines = [
-        f"{m.name} {m.version}  target {m.target}  ({rt['backend']} {rt.get('built_with')}, needs >= {rt['min_version']})",
-        f"  precision   {m.recipe['precision']}   pruning {m.recipe['pruning'].get('method')} {m.recipe['pruning'].get('ratio')}",
-        f"  accuracy    top-1 {p['top1']:.4f} (canonical {p['canonical_top1']:.4f}, drop {p['accuracy_drop_pt']:+.2f} pt, "
+        f"{m.name} {m.version}  target {m.target}  ({rt['backend']} {rt.get('built_with')}, needs >= "
+        f"{rt['min_version']})",
+        f"  precision   {m.recipe['precision']}   pruning {m.recipe['pruning'].get('method')} "
+        f"{m.recipe['pruning'].get('ratio')}",
+        f"  accuracy    top-1 {p['top1']:.4f} (canonical {p['canonical_top1']:.4f}, drop {p['accuracy_drop_pt']:+.2f} "
+        "pt, "
         f"agreement {p['top1_agreement']:.4f}) on {p['n']} test images",
         f"  parity      max abs diff {p['max_abs_diff']:.3g}, cosine min {p['cosine_min']}, SNR {p['snr_db']} dB",
         f"  latency     p50 {lat['p50_ms']:.3f} ms, p95 {lat['p95_ms']:.3f} ms (batch 1, {lat.get('threads')} threads, "
         f"{(lat.get('host') or {}).get('cpu')}; {lat.get('source', 'quick probe at build time')})",
-        f"  size        {m.artifact['size_bytes'] / 1e6:.2f} MB ({m.artifact.get('size_gzip_bytes', 0) / 1e6:.2f} MB gzip), "
+        f"  size        {m.artifact['size_bytes'] / 1e6:.2f} MB ({m.artifact.get('size_gzip_bytes', 0) / 1e6:.2f} MB "
+        "gzip), "
         f"{(m.artifact.get('macs') or 0) / 1e6:.1f} M MACs",
-        f"  verdict     {'pass' if m.passed else 'FAIL'}: " + "; ".join(f"{c['check']} {c['why']}" for c in m.validation["checks"]),
+        f"  verdict     {'pass' if m.passed else 'FAIL'}: "
+        + "; ".join(f"{c['check']} {c['why']}" for c in m.validation["checks"]),
         "  files       " + ", ".join(f"{n} ({e['size']} B)" for n, e in m.files.items()),
     ]
     click.echo("\n".join(lines))

@@ -26,8 +26,20 @@ from ..errors import BundleError, InputError
 from .signing import sign
 
 __all__ = [
-    "MANIFEST", "SIGNATURE", "SCHEMA", "NAME", "SEMVER", "Manifest", "read_manifest", "file_entries",
-    "copy_resigned", "parse_version", "version_key", "resolve_version", "bundle_dir", "check_name",
+    "MANIFEST",
+    "SIGNATURE",
+    "SCHEMA",
+    "NAME",
+    "SEMVER",
+    "Manifest",
+    "read_manifest",
+    "file_entries",
+    "copy_resigned",
+    "parse_version",
+    "version_key",
+    "resolve_version",
+    "bundle_dir",
+    "check_name",
 ]
 
 MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
@@ -55,7 +67,9 @@ _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
 def check_name(value: Any, what: str) -> str:
     """``value`` if it is a safe name (letters, digits, ``._-``, no leading dot); else InputError."""
     if not isinstance(value, str) or not NAME.match(value) or value in (".", ".."):
-        raise InputError(f"{what} {value!r} is not a name of 1-100 characters [A-Za-z0-9._-] starting with a letter or digit")
+        raise InputError(
+            f"{what} {value!r} is not a name of 1-100 characters [A-Za-z0-9._-] starting with a letter or digit"
+        )
     return value
 
 
@@ -93,11 +107,15 @@ class Manifest:
         if not isinstance(data, dict):
             raise BundleError(f"{source}: a manifest is a JSON object, got {type(data).__name__}")
         if data.get("schema") != SCHEMA:
-            raise BundleError(f"{source}: schema {data.get('schema')!r}, expected {SCHEMA!r}",
-                              hint="the bundle was made by another tool or another major version of the factory")
+            raise BundleError(
+                f"{source}: schema {data.get('schema')!r}, expected {SCHEMA!r}",
+                hint="the bundle was made by another tool or another major version of the factory",
+            )
         problems = _problems(data)
         if problems:
-            raise BundleError(f"{source}: malformed manifest ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems))
+            raise BundleError(
+                f"{source}: malformed manifest ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems)
+            )
         known = {f.name for f in fields(cls)} - {"extra"}
         kw = {k: copy.deepcopy(v) for k, v in data.items() if k in known}
         return cls(**kw, extra={k: copy.deepcopy(v) for k, v in data.items() if k not in known})
@@ -175,8 +193,12 @@ def _problems(data: dict) -> list[str]:
     for name, entry in files.items():
         if not NAME.match(name) or PurePosixPath(name).name != name or name in (MANIFEST, SIGNATURE):
             problems.append(f"file name {name!r} must be a plain name of [A-Za-z0-9._-] (no folders)")
-        elif not isinstance(entry, dict) or not _SHA256.match(str(entry.get("sha256", ""))) \
-                or not _typed(entry.get("size"), (int,)) or entry["size"] < 0:
+        elif (
+            not isinstance(entry, dict)
+            or not _SHA256.match(str(entry.get("sha256", "")))
+            or not _typed(entry.get("size"), (int,))
+            or entry["size"] < 0
+        ):
             problems.append(f"'files.{name}' must be {{sha256: 64 hex digits, size: bytes}}")
     main = (data.get("artifact") or {}).get("main") if isinstance(data.get("artifact"), dict) else None
     if isinstance(main, str) and main not in files:

@@ -40,12 +40,18 @@ def generate_keys(prefix: str | Path, *, overwrite: bool = False) -> tuple[Path,
     prefix = Path(prefix)
     priv_path, pub_path = prefix.with_name(prefix.name + ".key"), prefix.with_name(prefix.name + ".pub")
     if priv_path.exists() and not overwrite:
-        raise InputError(f"{priv_path} already exists", hint="pass --force to replace it (bundles signed with it will no longer verify)")
+        raise InputError(
+            f"{priv_path} already exists",
+            hint="pass --force to replace it (bundles signed with it will no longer verify)",
+        )
     key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     atomic_write(priv_path, pem)
     os.chmod(priv_path, 0o600)
-    atomic_write(pub_path, key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    atomic_write(
+        pub_path,
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+    )
     return priv_path, pub_path
 
 
@@ -54,7 +60,9 @@ def load_private_key(path: str | Path):
     serialization, ed25519 = _crypto()
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"signing key {path} does not exist", hint="create one with `factory keys generate --out keys/signing`")
+        raise InputError(
+            f"signing key {path} does not exist", hint="create one with `factory keys generate --out keys/signing`"
+        )
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
@@ -81,8 +89,11 @@ def load_public_key(path: str | Path):
 
 def sign(data: bytes, private_key) -> bytes:
     """The signature file's bytes for ``data``."""
-    doc = {"algorithm": "ed25519", "key_id": key_id(private_key.public_key()),
-           "signature": base64.b64encode(private_key.sign(data)).decode()}
+    doc = {
+        "algorithm": "ed25519",
+        "key_id": key_id(private_key.public_key()),
+        "signature": base64.b64encode(private_key.sign(data)).decode(),
+    }
     return (json.dumps(doc, indent=2) + "\n").encode()
 
 
@@ -100,8 +111,10 @@ def verify_signature(data: bytes, signature_file: bytes, public_key) -> str:
         raise SignatureError(f"signature algorithm {algorithm!r} is not ed25519")
     expected = key_id(public_key)
     if doc.get("key_id") != expected:
-        raise SignatureError(f"signed by key {doc.get('key_id')!r}, not by the trusted key {expected}",
-                             hint="verify with the public key of whoever built the bundle")
+        raise SignatureError(
+            f"signed by key {doc.get('key_id')!r}, not by the trusted key {expected}",
+            hint="verify with the public key of whoever built the bundle",
+        )
     try:
         public_key.verify(sig, data)
     except InvalidSignature:

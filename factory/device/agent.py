@@ -37,10 +37,26 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 class Agent:
-    def __init__(self, client, *, model: str, device_id: str, target: str, tags: list[str], state_dir: Path,
-                 bundle_key, window_seconds: int = 60, keep_releases: int = 2):
+    def __init__(
+        self,
+        client,
+        *,
+        model: str,
+        device_id: str,
+        target: str,
+        tags: list[str],
+        state_dir: Path,
+        bundle_key,
+        window_seconds: int = 60,
+        keep_releases: int = 2,
+    ):
         self.client, self.model, self.device_id, self.target, self.tags = client, model, device_id, target, list(tags)
-        self.state_dir, self.bundle_key, self.window_seconds, self.keep = Path(state_dir), bundle_key, window_seconds, keep_releases
+        self.state_dir, self.bundle_key, self.window_seconds, self.keep = (
+            Path(state_dir),
+            bundle_key,
+            window_seconds,
+            keep_releases,
+        )
         for sub in ("releases", "downloads", "outbox"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self.manifest: Manifest | None = None
@@ -89,9 +105,17 @@ class Agent:
             unpack(archive, folder)  # safe unpack: no absolute paths, '..', links
         manifest, runner = open_bundle(folder, self.bundle_key)  # signature + every file hash, then a load
         runner(np.zeros((1, *manifest.input["shape"][1:]), np.float32))  # it must actually run
-        previous = {"release": self.release_key, "folder": str(self._folder_of(self.release_key))} if self.manifest else None
-        write_json(self.state_dir / "active.json", {"release": f"{release['name']}/{release['version']}/{release['target']}",
-                                                    "folder": str(folder), "previous": previous})
+        previous = (
+            {"release": self.release_key, "folder": str(self._folder_of(self.release_key))} if self.manifest else None
+        )
+        write_json(
+            self.state_dir / "active.json",
+            {
+                "release": f"{release['name']}/{release['version']}/{release['target']}",
+                "folder": str(folder),
+                "previous": previous,
+            },
+        )
         self.manifest, self.runner = manifest, runner
         self._prune(keep={folder.name} | ({Path(previous["folder"]).name} if previous else set()))
 
@@ -108,8 +132,12 @@ class Agent:
         """Poll the assignment; switch models when told to. Returns what happened, never raises."""
         try:
             if not self.registered:
-                self.client.request("POST", "/v1/devices", json={"device_id": self.device_id, "target": self.target, "tags": self.tags},
-                                    ok=(200, 201))
+                self.client.request(
+                    "POST",
+                    "/v1/devices",
+                    json={"device_id": self.device_id, "target": self.target, "tags": self.tags},
+                    ok=(200, 201),
+                )
                 self.registered = True
             assignment, etag = self.client.assignment(self.model, self.device_id, self.target, self.tags, self.etag)
             if assignment is None:
@@ -152,11 +180,20 @@ class Agent:
     def _new_window(self, now: float) -> Window:
         rel = {"name": self.manifest.name, "version": self.manifest.version, "target": self.manifest.target}
         start = now - now % self.window_seconds
-        return Window(self.device_id, self.target, self.tags, rel, len(self.manifest.labels), start=start, seconds=self.window_seconds)
+        return Window(
+            self.device_id,
+            self.target,
+            self.tags,
+            rel,
+            len(self.manifest.labels),
+            start=start,
+            seconds=self.window_seconds,
+        )
 
     def _roll_window(self, now: float) -> None:
-        if self.window is not None and (now >= self.window.start + self.window_seconds or
-                                        self.window.release["version"] != self.manifest.version):
+        if self.window is not None and (
+            now >= self.window.start + self.window_seconds or self.window.release["version"] != self.manifest.version
+        ):
             self.close_window()
         if self.window is None:
             self.window = self._new_window(now)
@@ -167,7 +204,9 @@ class Agent:
             self.window = None
             return
         s = self.window.summary()
-        write_json(self.state_dir / "outbox" / f"{int(self.window.start)}-{s['idempotency_key'].rsplit(':', 1)[1]}.json", s)
+        write_json(
+            self.state_dir / "outbox" / f"{int(self.window.start)}-{s['idempotency_key'].rsplit(':', 1)[1]}.json", s
+        )
         self.window = None
 
     def upload(self, now: float | None = None) -> dict:
@@ -192,7 +231,7 @@ class Agent:
                     self.last_error = f"telemetry {f.name} rejected: {exc.message}"
             except Unreachable as exc:
                 self.upload_failures += 1
-                delay = min(300.0, 2.0 ** self.upload_failures) * (0.5 + random.random())
+                delay = min(300.0, 2.0**self.upload_failures) * (0.5 + random.random())
                 self.next_upload = now + delay
                 self.last_error = str(exc).splitlines()[0]
                 break

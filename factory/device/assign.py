@@ -72,7 +72,9 @@ def assign(state: dict, model: str, device_id: str, target: str, tags: list[str]
             return Assignment(previous, r["name"], r["stage"], "rollout halted: back on the previous release")
         percent = r["stages"][r["stage"]]["percent"]
         if bucket(r["salt"], device_id) < percent:
-            return Assignment(_release(state, new_key), r["name"], r["stage"], f"in stage {r['stage'] + 1} ({percent:g}%)")
+            return Assignment(
+                _release(state, new_key), r["name"], r["stage"], f"in stage {r['stage'] + 1} ({percent:g}%)"
+            )
         return Assignment(previous, r["name"], r["stage"], f"not yet in stage {r['stage'] + 1} ({percent:g}%)")
     if stable_key:
         return Assignment(_release(state, stable_key), None, None, "stable release")

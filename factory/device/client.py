@@ -36,12 +36,15 @@ def default_url() -> str:
 class RegistryClient:
     """Registry API calls; ``http`` may be any httpx-compatible client (an in-process one for --local)."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0, http=None,
-                 on_close=None):
+    def __init__(
+        self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0, http=None, on_close=None
+    ):
         import httpx
 
         self.token = token or os.environ.get("FACTORY_REGISTRY_TOKEN")
-        self._http = http if http is not None else httpx.Client(base_url=(url or default_url()).rstrip("/"), timeout=timeout)
+        self._http = (
+            http if http is not None else httpx.Client(base_url=(url or default_url()).rstrip("/"), timeout=timeout)
+        )
         self._on_close = on_close
 
     def close(self) -> None:
@@ -66,8 +69,10 @@ class RegistryClient:
         try:
             r = self._http.request(method, path, headers=self._headers(kw.pop("headers", None)), **kw)
         except httpx.HTTPError as exc:
-            raise Unreachable(f"registry at {self._http.base_url} is unreachable: {exc}",
-                              hint="is `factory registry serve` running? set --registry or FACTORY_REGISTRY_URL") from None
+            raise Unreachable(
+                f"registry at {self._http.base_url} is unreachable: {exc}",
+                hint="is `factory registry serve` running? set --registry or FACTORY_REGISTRY_URL",
+            ) from None
         if r.status_code not in ok:
             try:
                 body = r.json()
@@ -87,8 +92,13 @@ class RegistryClient:
         bundle = Path(bundle)
         with tempfile.TemporaryDirectory() as tmp:
             archive = pack(bundle, Path(tmp) / "bundle.tar.gz") if bundle.is_dir() else bundle
-            return self.request("POST", "/v1/releases", content=archive.read_bytes(), params={"allow_failed": str(allow_failed).lower()},
-                                headers={"Content-Type": "application/gzip"}).json()
+            return self.request(
+                "POST",
+                "/v1/releases",
+                content=archive.read_bytes(),
+                params={"allow_failed": str(allow_failed).lower()},
+                headers={"Content-Type": "application/gzip"},
+            ).json()
 
     def releases(self, name: str | None = None) -> list[dict]:
         return self.request("GET", "/v1/releases", params={"name": name} if name else None).json()
@@ -116,8 +126,12 @@ class RegistryClient:
     # ---- devices
     def assignment(self, model: str, device_id: str, target: str, tags: list[str], etag: str | None = None):
         headers = {"If-None-Match": etag} if etag else None
-        r = self.request("GET", "/v1/assignment", params={"model": model, "device_id": device_id, "target": target,
-                                                         "tags": ",".join(tags)}, headers=headers)
+        r = self.request(
+            "GET",
+            "/v1/assignment",
+            params={"model": model, "device_id": device_id, "target": target, "tags": ",".join(tags)},
+            headers=headers,
+        )
         return (None if r.status_code == 304 else r.json()), r.headers.get("ETag")
 
     def download(self, url: str, dest: Path, sha256: str, size: int | None = None) -> Path:
@@ -143,14 +157,18 @@ class RegistryClient:
                         for chunk in r.iter_bytes(1 << 16):
                             f.write(chunk)
             except httpx.HTTPError as exc:
-                raise Unreachable(f"download of {url} was interrupted: {exc}", hint="the next attempt resumes where it stopped") from None
+                raise Unreachable(
+                    f"download of {url} was interrupted: {exc}", hint="the next attempt resumes where it stopped"
+                ) from None
         h = hashlib.sha256()
         with open(part, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         if h.hexdigest() != sha256:
             part.unlink(missing_ok=True)
-            raise InputError(f"downloaded bundle has sha256 {h.hexdigest()[:16]}..., expected {sha256[:16]}...; discarded")
+            raise InputError(
+                f"downloaded bundle has sha256 {h.hexdigest()[:16]}..., expected {sha256[:16]}...; discarded"
+            )
         part.replace(dest)
         return dest
 

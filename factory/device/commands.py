@@ -23,13 +23,36 @@ def device() -> None:
 @click.option("--model", default="id-docs", show_default=True)
 @click.option("--tags", default="", help="Comma-separated device tags, e.g. region-eu,shop-12.")
 @click.option("--source", required=True, help="Frames: a folder of images, a video file, or camera:0.")
-@click.option("--trusted-key", required=True, type=click.Path(exists=True, dir_okay=False), help="Public key bundles must be signed with.")
-@click.option("--state-dir", default=None, type=click.Path(file_okay=False), help="[default: ~/.factory-device/<device-id>]")
+@click.option(
+    "--trusted-key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Public key bundles must be signed with.",
+)
+@click.option(
+    "--state-dir", default=None, type=click.Path(file_okay=False), help="[default: ~/.factory-device/<device-id>]"
+)
 @click.option("--window-seconds", default=60, show_default=True)
 @click.option("--poll-seconds", default=30.0, show_default=True)
-@click.option("--frames", "max_frames", default=None, type=int, help="Stop after this many frames (default: run forever).")
+@click.option(
+    "--frames", "max_frames", default=None, type=int, help="Stop after this many frames (default: run forever)."
+)
 @click.option("--fps", default=None, type=float, help="Limit the frame rate.")
-def run_cmd(url, token, device_id, target, model, tags, source, trusted_key, state_dir, window_seconds, poll_seconds, max_frames, fps) -> None:
+def run_cmd(
+    url,
+    token,
+    device_id,
+    target,
+    model,
+    tags,
+    source,
+    trusted_key,
+    state_dir,
+    window_seconds,
+    poll_seconds,
+    max_frames,
+    fps,
+) -> None:
     """Serve a model on this device and keep it up to date.
 
     Polls its assignment (ETag-aware), downloads the bundle (resumable), verifies sha256 and the
@@ -47,8 +70,16 @@ def run_cmd(url, token, device_id, target, model, tags, source, trusted_key, sta
 
     state = Path(state_dir or Path.home() / ".factory-device" / device_id)
     client = RegistryClient(url, token)
-    agent = Agent(client, model=model, device_id=device_id, target=target, tags=[t for t in tags.split(",") if t], state_dir=state,
-                  bundle_key=load_public_key(trusted_key), window_seconds=window_seconds)
+    agent = Agent(
+        client,
+        model=model,
+        device_id=device_id,
+        target=target,
+        tags=[t for t in tags.split(",") if t],
+        state_dir=state,
+        bundle_key=load_public_key(trusted_key),
+        window_seconds=window_seconds,
+    )
     click.echo(f"device {device_id} ({target}) state in {state}; first poll: {agent.sync()}", err=True)
 
     def paced():
@@ -73,36 +104,88 @@ def fleet() -> None:
 @click.option("--targets", default="cpu,tflite", show_default=True)
 @click.option("--model", default="id-docs", show_default=True)
 @click.option("--windows", default=10, show_default=True)
-@click.option("--window-seconds", default=60, show_default=True, help="Must match the registry's telemetry.window_seconds.")
+@click.option(
+    "--window-seconds", default=60, show_default=True, help="Must match the registry's telemetry.window_seconds."
+)
 @click.option("--inferences", default=20, show_default=True, help="Inferences per device per window.")
-@click.option("--images", "image_dir", required=True, type=click.Path(exists=True), help="Dataset (manifest folder): its test images feed the devices.")
-@click.option("--via", type=click.Choice(["service", "manifest"]), default="service", show_default=True,
-              help="Ask the service per device, or compute assignments from the signed static manifest.")
+@click.option(
+    "--images",
+    "image_dir",
+    required=True,
+    type=click.Path(exists=True),
+    help="Dataset (manifest folder): its test images feed the devices.",
+)
+@click.option(
+    "--via",
+    type=click.Choice(["service", "manifest"]),
+    default="service",
+    show_default=True,
+    help="Ask the service per device, or compute assignments from the signed static manifest.",
+)
 @click.option("--slow-release", default=None, help="Version whose latency is multiplied by --slowdown.")
 @click.option("--slowdown", default=1.3, show_default=True)
 @click.option("--dark-release", default=None, help="Version whose devices see darker inputs (drift).")
 @click.option("--dark-share", default=0.0, show_default=True, help="Share of devices that see darker inputs.")
-@click.option("--fail-share", default=0.0, show_default=True, help="Share of devices whose inferences fail half the time.")
-@click.option("--retry-share", default=0.0, show_default=True, help="Share of uploads sent twice (must not count twice).")
+@click.option(
+    "--fail-share", default=0.0, show_default=True, help="Share of devices whose inferences fail half the time."
+)
+@click.option(
+    "--retry-share", default=0.0, show_default=True, help="Share of uploads sent twice (must not count twice)."
+)
 @click.option("--cache", default=".factory/fleet-cache", show_default=True, type=click.Path(file_okay=False))
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the per-window history as JSON.")
-def simulate_cmd(url, token, devices, targets, model, windows, window_seconds, inferences, image_dir, via, slow_release, slowdown,
-                 dark_release, dark_share, fail_share, retry_share, cache, out) -> None:
+def simulate_cmd(
+    url,
+    token,
+    devices,
+    targets,
+    model,
+    windows,
+    window_seconds,
+    inferences,
+    image_dir,
+    via,
+    slow_release,
+    slowdown,
+    dark_release,
+    dark_share,
+    fail_share,
+    retry_share,
+    cache,
+    out,
+) -> None:
     """Run N simulated devices that pull and report; print what the fleet ran and what the monitor decided."""
     from .._io import write_json
     from .client import RegistryClient
     from .simulate import Fleet, Knobs, load_images
 
-    knobs = Knobs(slow_release=slow_release, slowdown=slowdown, dark_release=dark_release, dark_share=dark_share,
-                  fail_share=fail_share, retry_share=retry_share)
+    knobs = Knobs(
+        slow_release=slow_release,
+        slowdown=slowdown,
+        dark_release=dark_release,
+        dark_share=dark_share,
+        fail_share=fail_share,
+        retry_share=retry_share,
+    )
     with RegistryClient(url, token) as client:
-        sim = Fleet(client, model=model, devices=devices, targets=targets.split(","), knobs=knobs, images=load_images(image_dir),
-                    cache=Path(cache), window_seconds=window_seconds)
+        sim = Fleet(
+            client,
+            model=model,
+            devices=devices,
+            targets=targets.split(","),
+            knobs=knobs,
+            images=load_images(image_dir),
+            cache=Path(cache),
+            window_seconds=window_seconds,
+        )
 
         def show(row):
             running = ", ".join(f"{k.split('/')[1]}x{v}" for k, v in sorted(row["running"].items()))
             acts = "; ".join(f"{d['action']} {d['rollout']}" for d in row["decisions"])
-            click.echo(f"window {row['window'] + 1}: running {running}; uploaded {row['uploaded']}{'; ' + acts if acts else ''}")
+            click.echo(
+                f"window {row['window'] + 1}: running {running}; uploaded "
+                f"{row['uploaded']}{'; ' + acts if acts else ''}"
+            )
 
         history = sim.simulate(windows, inferences=inferences, via=via, on_window=show)
     if out:

@@ -38,6 +38,8 @@ def verify_state(doc: dict, public_key, *, min_sequence: int | None = None) -> d
         raise SignatureError("the rollout manifest's signature does not verify (modified after signing)") from None
     payload = doc["payload"]
     if min_sequence is not None and int(payload.get("sequence", -1)) < min_sequence:
-        raise SignatureError(f"the rollout manifest is older (sequence {payload.get('sequence')}) than the one already "
-                             f"accepted ({min_sequence}); refusing a rollback to stale state")
+        raise SignatureError(
+            f"the rollout manifest is older (sequence {payload.get('sequence')}) than the one already "
+            f"accepted ({min_sequence}); refusing a rollback to stale state"
+        )
     return payload

@@ -40,8 +40,15 @@ class Knobs:
 class Behaviour:
     """What one release does on this host: outputs on held-out images (normal and dark), latencies."""
 
-    def __init__(self, folder: Path, images: list[np.ndarray], darkness: float, bundle_key=None, samples: int = 200,
-                 latencies: dict | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        images: list[np.ndarray],
+        darkness: float,
+        bundle_key=None,
+        samples: int = 200,
+        latencies: dict | None = None,
+    ):
         from .loader import open_bundle
 
         self.manifest, runner = open_bundle(folder, bundle_key)
@@ -85,17 +92,37 @@ class SimDevice:
 
 
 class Fleet:
-    def __init__(self, client, *, model: str, devices: int, targets: list[str], knobs: Knobs, images: list[np.ndarray],
-                 cache: Path, bundle_key=None, fleet_key=None, seed: int = 0, window_seconds: int = 60):
+    def __init__(
+        self,
+        client,
+        *,
+        model: str,
+        devices: int,
+        targets: list[str],
+        knobs: Knobs,
+        images: list[np.ndarray],
+        cache: Path,
+        bundle_key=None,
+        fleet_key=None,
+        seed: int = 0,
+        window_seconds: int = 60,
+    ):
         self.client, self.model, self.knobs, self.images = client, model, knobs, images
-        self.cache, self.bundle_key, self.fleet_key, self.window_seconds = Path(cache), bundle_key, fleet_key, window_seconds
+        self.cache, self.bundle_key, self.fleet_key, self.window_seconds = (
+            Path(cache),
+            bundle_key,
+            fleet_key,
+            window_seconds,
+        )
         self.rng = np.random.default_rng(seed)
         self.devices = []
         for i in range(devices):
             dark = self.rng.random() < knobs.dark_share
             failing = self.rng.random() < knobs.fail_share
             region = "eu" if i % 2 else "us"
-            self.devices.append(SimDevice(f"sim-{i:05d}", targets[i % len(targets)], [f"region-{region}"], dark, failing))
+            self.devices.append(
+                SimDevice(f"sim-{i:05d}", targets[i % len(targets)], [f"region-{region}"], dark, failing)
+            )
         self.behaviours: dict[str, Behaviour] = {}
         self._latencies: dict[str, np.ndarray] = {}  # artifact sha256 -> latency sample (ms)
         self.downloads = 0
@@ -103,7 +130,12 @@ class Fleet:
 
     def register(self, batch: int = 500) -> None:
         for d in self.devices:
-            self.client.request("POST", "/v1/devices", json={"device_id": d.device_id, "target": d.target, "tags": d.tags}, ok=(200, 201))
+            self.client.request(
+                "POST",
+                "/v1/devices",
+                json={"device_id": d.device_id, "target": d.target, "tags": d.tags},
+                ok=(200, 201),
+            )
         self.registered = True
 
     def _behaviour(self, release: dict) -> Behaviour:
@@ -119,7 +151,9 @@ class Fleet:
             folder = self.cache / name
             if not folder.is_dir():
                 unpack(archive, folder)
-            self.behaviours[key] = Behaviour(folder, self.images, self.knobs.darkness, self.bundle_key, latencies=self._latencies)
+            self.behaviours[key] = Behaviour(
+                folder, self.images, self.knobs.darkness, self.bundle_key, latencies=self._latencies
+            )
             self.downloads += 1
         return self.behaviours[key]
 
@@ -159,8 +193,15 @@ class Fleet:
             dark = d.dark or (k.dark_release is not None and version == k.dark_release)
             conf, cls, stats = b.outputs["dark" if dark else "normal"]
             m = b.manifest
-            w = Window(d.device_id, d.target, d.tags, {"name": m.name, "version": m.version, "target": m.target}, len(m.labels),
-                       start=start, seconds=self.window_seconds)
+            w = Window(
+                d.device_id,
+                d.target,
+                d.tags,
+                {"name": m.name, "version": m.version, "target": m.target},
+                len(m.labels),
+                start=start,
+                seconds=self.window_seconds,
+            )
             pick = self.rng.integers(0, len(conf), inferences)
             lat = b.latency[self.rng.integers(0, len(b.latency), inferences)]
             if k.slow_release is not None and version == k.slow_release:
@@ -184,7 +225,9 @@ class Fleet:
                 again = [s for s in chunk if self.rng.random() < self.knobs.retry_share]
                 if again:
                     out["retried"] += len(again)
-                    for r in self.client.request("POST", "/v1/telemetry/batch", json={"summaries": again}).json()["results"]:
+                    for r in self.client.request("POST", "/v1/telemetry/batch", json={"summaries": again}).json()[
+                        "results"
+                    ]:
                         out[r["status"]] += 1
             for r in results:
                 out[r["status"]] += 1
@@ -192,8 +235,9 @@ class Fleet:
             d.outbox.clear()
         return out
 
-    def simulate(self, windows: int, *, inferences: int = 20, via: str = "service", evaluate: bool = True,
-                 on_window=None) -> list[dict]:
+    def simulate(
+        self, windows: int, *, inferences: int = 20, via: str = "service", evaluate: bool = True, on_window=None
+    ) -> list[dict]:
         """Run ``windows`` windows: poll, infer, upload, then ask the monitor to evaluate."""
         if not self.registered:
             self.register()
@@ -210,9 +254,15 @@ class Fleet:
                 self.run_window(w_start, inferences)
                 uploaded = self.upload()
                 decisions = self.client.request("POST", "/v1/evaluate").json() if evaluate else {}
-                row = {"window": n, "window_start": w_start, "running": running, "uploaded": uploaded,
-                       "decisions": decisions.get("decisions", []), "triggers": decisions.get("triggers", []),
-                       "seconds": round(time.perf_counter() - t0, 3)}
+                row = {
+                    "window": n,
+                    "window_start": w_start,
+                    "running": running,
+                    "uploaded": uploaded,
+                    "decisions": decisions.get("decisions", []),
+                    "triggers": decisions.get("triggers", []),
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
                 history.append(row)
                 self._clock = w_start + self.window_seconds
                 if on_window:

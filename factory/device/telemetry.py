@@ -59,12 +59,18 @@ class Window:
         return {
             "schema": SCHEMA,
             "idempotency_key": f"{self.device_id}:{int(self.start * 1000)}:{uuid.uuid4().hex[:12]}",
-            "device_id": self.device_id, "target": self.target, "tags": list(self.tags), "release": self.release,
+            "device_id": self.device_id,
+            "target": self.target,
+            "tags": list(self.tags),
+            "release": self.release,
             "window": {"start": self.start, "seconds": self.seconds},
-            "count": self.count, "errors": self.errors,
+            "count": self.count,
+            "errors": self.errors,
             "latency_ms": histogram(self.latency, LATENCY_EDGES_MS),
             "confidence": histogram(self.confidence, CONFIDENCE_EDGES),
-            "predicted_class": np.bincount(np.asarray(self.classes, int), minlength=self.n_classes).astype(int).tolist(),
+            "predicted_class": np.bincount(np.asarray(self.classes, int), minlength=self.n_classes)
+            .astype(int)
+            .tolist(),
             "brightness": histogram(self.brightness, BRIGHTNESS_EDGES),
             "contrast": histogram(self.contrast, CONTRAST_EDGES),
         }
@@ -79,8 +85,9 @@ def _counts(v, n: int | None, where: str) -> list[int]:
     return v
 
 
-def validate_summary(s: object, *, max_bytes: int = 65536, now: float | None = None, max_age_days: float = 7,
-                     encoded: str | None = None) -> dict:
+def validate_summary(
+    s: object, *, max_bytes: int = 65536, now: float | None = None, max_age_days: float = 7, encoded: str | None = None
+) -> dict:
     """Check a summary's shape and internal consistency; raise InputError (-> 4xx) saying what is wrong.
 
     ``encoded`` is the summary's JSON text when the caller has it already (the size check uses it).
@@ -96,7 +103,9 @@ def validate_summary(s: object, *, max_bytes: int = 65536, now: float | None = N
         if not isinstance(v, str) or not 0 < len(v) <= 200 or not set(v) <= _ID:
             raise InputError(f"{k} must be 1-200 characters of [A-Za-z0-9._:-]")
     rel = s.get("release")
-    if not isinstance(rel, dict) or not all(isinstance(rel.get(k), str) and rel.get(k) for k in ("name", "version", "target")):
+    if not isinstance(rel, dict) or not all(
+        isinstance(rel.get(k), str) and rel.get(k) for k in ("name", "version", "target")
+    ):
         raise InputError("release must be {name, version, target}")
     tags = s.get("tags", [])
     if not isinstance(tags, list) or len(tags) > 50 or not all(isinstance(t, str) and len(t) <= 100 for t in tags):
@@ -105,10 +114,17 @@ def validate_summary(s: object, *, max_bytes: int = 65536, now: float | None = N
     if not isinstance(w, dict) or not isinstance(w.get("start"), (int, float)) or not isinstance(w.get("seconds"), int):
         raise InputError("window must be {start: epoch seconds, seconds: int}")
     now = time.time() if now is None else now
-    if not (now - max_age_days * 86400 <= w["start"] <= now + 300) or not 1 <= w["seconds"] <= 86400 or not math.isfinite(w["start"]):
+    if (
+        not (now - max_age_days * 86400 <= w["start"] <= now + 300)
+        or not 1 <= w["seconds"] <= 86400
+        or not math.isfinite(w["start"])
+    ):
         raise InputError("window start is in the future or too old, or its length is out of range")
     count, errors = s.get("count"), s.get("errors")
-    if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 10**9 for x in (count, errors)) or errors > count:
+    if (
+        not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 10**9 for x in (count, errors))
+        or errors > count
+    ):
         raise InputError("count and errors must be integers with 0 <= errors <= count")
     ok = count - errors
     for name, edges in HISTOGRAMS.items():

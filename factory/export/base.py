@@ -53,12 +53,23 @@ class Backend:
         """The device runtime that runs what this backend makes."""
         return get_runtime(self.name)
 
-    def export(self, work: Path, *, onnx_path: Path, module_factory: Callable[[], Any], input_hw: tuple[int, int]) -> Path:
+    def export(
+        self, work: Path, *, onnx_path: Path, module_factory: Callable[[], Any], input_hw: tuple[int, int]
+    ) -> Path:
         """Produce the fp32 artifact in ``work`` from the (possibly pruned) model; return its path."""
         raise NotImplementedError
 
-    def quantize(self, artifact: Path, work: Path, *, precision: str, calibration: np.ndarray, options: dict,
-                 module_factory: Callable[[], Any], input_hw: tuple[int, int]) -> tuple[Path, dict]:
+    def quantize(
+        self,
+        artifact: Path,
+        work: Path,
+        *,
+        precision: str,
+        calibration: np.ndarray,
+        options: dict,
+        module_factory: Callable[[], Any],
+        input_hw: tuple[int, int],
+    ) -> tuple[Path, dict]:
         """Turn the fp32 artifact into ``precision``; return the new artifact and facts for the manifest."""
         raise NotImplementedError
 

@@ -17,5 +17,7 @@ def targets_cmd(targets_dir) -> None:
     for name in target_names(targets_dir):
         p = load_target(name, targets_dir)
         caps = get_backend(p["backend"]).capabilities
-        click.echo(f"{name:12s} {p['backend']:12s} {p['recipe']['precision']:16s} supports: {', '.join(caps.precisions)}"
-                   f"   {p['description']}")
+        click.echo(
+            f"{name:12s} {p['backend']:12s} {p['recipe']['precision']:16s} supports: {', '.join(caps.precisions)}"
+            f"   {p['description']}"
+        )

@@ -25,8 +25,19 @@ from .prune import PROCEDURE_VERSION, prepare_module
 
 __all__ = ["TOOLCHAIN", "Converted", "convert"]
 
-TOOLCHAIN = ["torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "litert-torch", "ai-edge-litert",
-             "ai-edge-quantizer", "torch-pruning", "numpy"]
+TOOLCHAIN = [
+    "torch",
+    "torchvision",
+    "onnx",
+    "onnxruntime",
+    "openvino",
+    "nncf",
+    "litert-torch",
+    "ai-edge-litert",
+    "ai-edge-quantizer",
+    "torch-pruning",
+    "numpy",
+]
 
 
 @dataclass
@@ -40,17 +51,30 @@ class Converted:
     seconds: dict[str, float]
 
 
-def _cached_export(backend: Backend, canonical: CanonicalModel, module, prune_facts: dict, pruning: dict,
-                   dataset: DatasetManifest, work: Path, cache_dir: Path) -> Path:
+def _cached_export(
+    backend: Backend,
+    canonical: CanonicalModel,
+    module,
+    prune_facts: dict,
+    pruning: dict,
+    dataset: DatasetManifest,
+    work: Path,
+    cache_dir: Path,
+) -> Path:
     """The backend's fp32 artifact, from the export cache when this exact export was made before.
 
     Every precision of a target starts from the same fp32 export (a LiteRT conversion takes ~30 s),
     so a recipe search converts once per (model, pruning, toolchain), not once per candidate.
     """
     pruned = prune_facts["method"] != "none"
-    ident = {"backend": backend.name, "weights": canonical.card["files"]["weights"]["sha256"],
-             "pruning": pruning if pruned else None, "dataset": dataset.dataset_hash if pruned else None,
-             "toolchain": package_versions(TOOLCHAIN), "procedure": PROCEDURE_VERSION}
+    ident = {
+        "backend": backend.name,
+        "weights": canonical.card["files"]["weights"]["sha256"],
+        "pruning": pruning if pruned else None,
+        "dataset": dataset.dataset_hash if pruned else None,
+        "toolchain": package_versions(TOOLCHAIN),
+        "procedure": PROCEDURE_VERSION,
+    }
     cached = cache_dir / "exports" / hashlib.sha256(canonical_json(ident)).hexdigest()[:24]
     if (cached / "export.json").is_file():
         main = json.loads((cached / "export.json").read_text())["main"]
@@ -67,8 +91,16 @@ def _cached_export(backend: Backend, canonical: CanonicalModel, module, prune_fa
     return artifact
 
 
-def convert(canonical: CanonicalModel, backend: Backend, profile: dict, runtime: dict, dataset: DatasetManifest,
-            work: Path, out: Path, cache_dir: Path) -> Converted:
+def convert(
+    canonical: CanonicalModel,
+    backend: Backend,
+    profile: dict,
+    runtime: dict,
+    dataset: DatasetManifest,
+    work: Path,
+    out: Path,
+    cache_dir: Path,
+) -> Converted:
     """Prune, export, quantize and compile into ``out``; ``work`` is scratch space."""
     import time
 
@@ -90,9 +122,18 @@ def convert(canonical: CanonicalModel, backend: Backend, profile: dict, runtime:
     quant_facts: dict = {}
     if precision != "fp32":
         q = recipe["quantization"]
-        calibration, calib_info = calibration_set(dataset, canonical.preprocessing, q["calibration_images"], q["calibration_seed"])
-        artifact, quant_facts = backend.quantize(artifact, work, precision=precision, calibration=calibration, options=dict(q),
-                                                 module_factory=lambda: module, input_hw=canonical.input_hw)
+        calibration, calib_info = calibration_set(
+            dataset, canonical.preprocessing, q["calibration_images"], q["calibration_seed"]
+        )
+        artifact, quant_facts = backend.quantize(
+            artifact,
+            work,
+            precision=precision,
+            calibration=calibration,
+            options=dict(q),
+            module_factory=lambda: module,
+            input_hw=canonical.input_hw,
+        )
         quant_facts["calibration"] = calib_info
     step("quantize")
     compile_facts = backend.compile(artifact, out, runtime, precision)

@@ -37,11 +37,19 @@ def _aeq(artifact: Path, out: Path, precision: str, calibration: np.ndarray) -> 
         from ai_edge_quantizer.qtyping import TFLOperationName
 
         qt = q.quantizer.Quantizer(str(artifact))
-        qt.add_weight_only_config(regex=".*", operation_name=TFLOperationName.ALL_SUPPORTED, num_bits=16,
-                                  algorithm_key=AlgorithmName.FLOAT_CASTING)
+        qt.add_weight_only_config(
+            regex=".*",
+            operation_name=TFLOperationName.ALL_SUPPORTED,
+            num_bits=16,
+            algorithm_key=AlgorithmName.FLOAT_CASTING,
+        )
         qt.quantize().export_model(str(out), overwrite=True)
         return {"method": "ai-edge-quantizer float casting", "weights": "fp16"}
-    name = {"int8-static": "static_wi8_ai8", "int8-dynamic": "dynamic_wi8_afp32", "int8-weight-only": "weight_only_wi8_afp32"}[precision]
+    name = {
+        "int8-static": "static_wi8_ai8",
+        "int8-dynamic": "dynamic_wi8_afp32",
+        "int8-weight-only": "weight_only_wi8_afp32",
+    }[precision]
     qt = q.quantizer.Quantizer(str(artifact), getattr(recipe, name)())
     if precision == "int8-static":
         it = interpreter_class()(model_path=str(artifact))
@@ -81,10 +89,18 @@ class LiteRtBackend(Backend):
     name = "litert"
     capabilities = Capabilities(
         precisions=("fp32", "fp16", "int8-static", "int8-dynamic", "int8-weight-only"),
-        parity_tolerance={"fp32": 1e-4, "fp16": 5e-2, "int8-static": None, "int8-dynamic": None, "int8-weight-only": None},
+        parity_tolerance={
+            "fp32": 1e-4,
+            "fp16": 5e-2,
+            "int8-static": None,
+            "int8-dynamic": None,
+            "int8-weight-only": None,
+        },
         notes={
             "fp16": "fp16 weights (float casting), fp32 compute on CPU",
-            "int8-static": "full int8 with int8 input/output (ai-edge-quantizer static_wi8_ai8, or PT2E with engine: pt2e)",
+            "int8-static": (
+                "full int8 with int8 input/output (ai-edge-quantizer static_wi8_ai8, or PT2E with engine: pt2e)"
+            ),
             "int8-dynamic": "int8 weights, activations quantized per call (dynamic range)",
             "int8-weight-only": "int8 weights dequantized to fp32 at load",
         },
@@ -100,7 +116,9 @@ class LiteRtBackend(Backend):
                 litert_torch.convert(module_factory().eval(), (torch.zeros(1, 3, *input_hw),)).export(str(out))
         except Exception as exc:
             text = str(exc) or type(exc).__name__
-            raise ExportError("litert-convert", text.splitlines()[0][:500], operator=_operator_from(text + log.text)) from exc
+            raise ExportError(
+                "litert-convert", text.splitlines()[0][:500], operator=_operator_from(text + log.text)
+            ) from exc
         return out
 
     def quantize(self, artifact, work, *, precision, calibration, options, module_factory, input_hw):
@@ -124,7 +142,9 @@ class LiteRtBackend(Backend):
         d, o = it.get_input_details()[0], it.get_output_details()[0]
         parts = xnnpack_partitions(it)
         if parts == 0:
-            raise ExportError("litert-load", "the XNNPACK delegate took no part of the graph; it would run on reference kernels")
+            raise ExportError(
+                "litert-load", "the XNNPACK delegate took no part of the graph; it would run on reference kernels"
+            )
         return {
             "delegate": "XNNPACK",
             "xnnpack_partitions": parts,

@@ -27,7 +27,10 @@ class OpenVinoBackend(Backend):
         precisions=("fp32", "fp16", "int8-static", "int8-weight-only"),
         parity_tolerance={"fp32": 1e-4, "fp16": 5e-2, "int8-static": None, "int8-weight-only": None},
         notes={
-            "fp16": "fp16 weights in the IR and an f16 inference hint; CPUs without native fp16 run f32 (recorded as effective precision)",
+            "fp16": (
+                "fp16 weights in the IR and an f16 inference hint; CPUs without native fp16 run f32 (recorded as "
+                "effective precision)"
+            ),
             "int8-static": "nncf.quantize (post-training, PERFORMANCE preset, fast bias correction)",
             "int8-weight-only": "nncf.compress_weights INT8_ASYM: ~4x smaller, weights decompressed at run time",
         },
@@ -58,8 +61,14 @@ class OpenVinoBackend(Backend):
                 facts = {"method": "nncf.compress_weights", "mode": "INT8_ASYM"}
             else:
                 dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
-                q = nncf.quantize(model, dataset, subset_size=len(calibration), preset=nncf.QuantizationPreset.PERFORMANCE,
-                                  fast_bias_correction=True, target_device=nncf.TargetDevice.CPU)
+                q = nncf.quantize(
+                    model,
+                    dataset,
+                    subset_size=len(calibration),
+                    preset=nncf.QuantizationPreset.PERFORMANCE,
+                    fast_bias_correction=True,
+                    target_device=nncf.TargetDevice.CPU,
+                )
                 facts = {"method": "nncf.quantize", "preset": "PERFORMANCE", "subset_size": len(calibration)}
         out = work / f"{precision}.xml"
         ov.save_model(q, str(out), compress_to_fp16=False)
@@ -73,7 +82,9 @@ class OpenVinoBackend(Backend):
         try:
             compiled = core.compile_model(core.read_model(str(out / XML)), "CPU", compile_config(runtime))
         except Exception as exc:
-            raise ExportError("openvino-compile", f"the IR does not compile on CPU: {str(exc).splitlines()[0][:400]}") from exc
+            raise ExportError(
+                "openvino-compile", f"the IR does not compile on CPU: {str(exc).splitlines()[0][:400]}"
+            ) from exc
         return {
             "device": "CPU",
             "requested_precision": runtime["inference_precision"],

@@ -31,7 +31,10 @@ class OnnxRuntimeBackend(Backend):
         parity_tolerance={"fp32": 1e-4, "fp16": 5e-2, "int8-static": None, "int8-dynamic": None},
         notes={
             "fp16": "fp16 weights and compute inside, fp32 input/output; halves the size, no CPU speedup expected",
-            "int8-static": "QDQ per-channel; uint8 activations with reduce_range on hosts without VNNI (int8 ones saturate or run slower there)",
+            "int8-static": (
+                "QDQ per-channel; uint8 activations with reduce_range on hosts without VNNI (int8 ones "
+                "saturate or run slower there)"
+            ),
             "int8-dynamic": "weights int8, activations quantized per call (ConvInteger); usually slow for CNNs on CPU",
         },
     )
@@ -61,16 +64,30 @@ class OnnxRuntimeBackend(Backend):
         act = options["activation_type"]
         if act == "auto":
             act = "int8" if host_info()["vnni"] else "uint8"
-        method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
-                  "percentile": q.CalibrationMethod.Percentile}[options["method"]]
+        method = {
+            "minmax": q.CalibrationMethod.MinMax,
+            "entropy": q.CalibrationMethod.Entropy,
+            "percentile": q.CalibrationMethod.Percentile,
+        }[options["method"]]
         out = work / "int8-static.onnx"
         q.quantize_static(
-            str(pre), str(out), _Reader(calibration), quant_format=q.QuantFormat.QDQ, per_channel=True,
-            reduce_range=act == "uint8", activation_type=q.QuantType.QUInt8 if act == "uint8" else q.QuantType.QInt8,
-            weight_type=q.QuantType.QInt8, calibrate_method=method,
+            str(pre),
+            str(out),
+            _Reader(calibration),
+            quant_format=q.QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=act == "uint8",
+            activation_type=q.QuantType.QUInt8 if act == "uint8" else q.QuantType.QInt8,
+            weight_type=q.QuantType.QInt8,
+            calibrate_method=method,
         )
-        return out, {"method": "quantize_static QDQ per-channel", "calibration_method": options["method"],
-                     "activation_type": act, "weight_type": "int8", "reduce_range": act == "uint8"}
+        return out, {
+            "method": "quantize_static QDQ per-channel",
+            "calibration_method": options["method"],
+            "activation_type": act,
+            "weight_type": "int8",
+            "reduce_range": act == "uint8",
+        }
 
     def compile(self, artifact, out, runtime, precision):
         import onnx

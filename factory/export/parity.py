@@ -11,7 +11,9 @@ def parity_metrics(candidate: np.ndarray, reference: np.ndarray, labels: np.ndar
     """Top-1, drop and agreement against the canonical model, plus numeric closeness of the outputs."""
     cand_pred, ref_pred = candidate.argmax(1), reference.argmax(1)
     diff = candidate.astype(np.float64) - reference.astype(np.float64)
-    cos = (candidate * reference).sum(1) / (np.linalg.norm(candidate, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12)
+    cos = (candidate * reference).sum(1) / (
+        np.linalg.norm(candidate, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12
+    )
     noise = float((diff**2).sum())
     top1, ref_top1 = float((cand_pred == labels).mean()), float((ref_pred == labels).mean())
     return {
@@ -25,5 +27,7 @@ def parity_metrics(candidate: np.ndarray, reference: np.ndarray, labels: np.ndar
         "mean_abs_diff": float(np.abs(diff).mean()),
         "cosine_min": round(float(cos.min()), 6),
         "cosine_mean": round(float(cos.mean()), 6),
-        "snr_db": round(10 * np.log10(float((reference.astype(np.float64) ** 2).sum()) / noise), 2) if noise > 0 else None,
+        "snr_db": round(10 * np.log10(float((reference.astype(np.float64) ** 2).sum()) / noise), 2)
+        if noise > 0
+        else None,
     }

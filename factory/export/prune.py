@@ -24,8 +24,10 @@ from .base import require
 __all__ = ["prepare_module", "recalibrate_bn"]
 
 PROCEDURE_VERSION = 3  # bump when pruning or fine-tuning changes, so cached models are not reused
-UNSTRUCTURED_NOTE = ("unstructured sparsity is not exploited by ONNX Runtime, OpenVINO or LiteRT on CPU: "
-                     "expect no speedup, only a smaller compressed (gzip) size")
+UNSTRUCTURED_NOTE = (
+    "unstructured sparsity is not exploited by ONNX Runtime, OpenVINO or LiteRT on CPU: "
+    "expect no speedup, only a smaller compressed (gzip) size"
+)
 
 
 def _structured(module, ratio: float, input_hw: tuple[int, int]):
@@ -44,8 +46,14 @@ def _structured(module, ratio: float, input_hw: tuple[int, int]):
         pass
     example = torch.zeros(1, 3, *input_hw)
     try:
-        pruner = tp.pruner.BasePruner(module, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                      pruning_ratio=ratio, ignored_layers=ignored, round_to=8)
+        pruner = tp.pruner.BasePruner(
+            module,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=ratio,
+            ignored_layers=ignored,
+            round_to=8,
+        )
         pruner.step()
     except Exception as exc:
         raise ExportError("prune", f"torch-pruning could not prune this architecture: {exc}") from exc
@@ -110,8 +118,17 @@ def _finetune(module, canonical: CanonicalModel, manifest: DatasetManifest, reci
     if not cfg:
         raise ExportError("finetune", "the model card has no training config (lineage.config_values) to fine-tune with")
     # workers=0: a build process may already hold JAX threads (litert), and forking then can deadlock.
-    cfg = {**cfg, "train": {**cfg["train"], "epochs": recipe["finetune_epochs"], "lr": recipe["finetune_lr"], "workers": 0,
-                            "warmup_epochs": 0, "early_stopping": {"patience": 0, "min_delta": 0.0}}}
+    cfg = {
+        **cfg,
+        "train": {
+            **cfg["train"],
+            "epochs": recipe["finetune_epochs"],
+            "lr": recipe["finetune_lr"],
+            "workers": 0,
+            "warmup_epochs": 0,
+            "early_stopping": {"patience": 0, "min_delta": 0.0},
+        },
+    }
     h, w = canonical.input_hw
     index = {c: i for i, c in enumerate(canonical.labels)}
     splits = {s: manifest.subset(s) for s in ("train", "val")}
@@ -123,9 +140,24 @@ def _finetune(module, canonical: CanonicalModel, manifest: DatasetManifest, reci
     # or the running statistics lag and validation (which picks the best epoch) sees a broken model.
     set_bn_momentum(module, cfg["train"].get("bn_momentum"))
     if recipe["finetune_epochs"] > 0:
-        ds = ImageDataset(images["train"], labels["train"], canonical.preprocessing, augment_cfg=cfg["augment"], seed=cfg["train"]["seed"])
+        ds = ImageDataset(
+            images["train"],
+            labels["train"],
+            canonical.preprocessing,
+            augment_cfg=cfg["augment"],
+            seed=cfg["train"]["seed"],
+        )
         teacher = canonical.build_module() if recipe["distill"] else None
-        history = fit(module, ds, images["val"], labels["val"], canonical.preprocessing, cfg, lambda row, step: None, teacher=teacher)
+        history = fit(
+            module,
+            ds,
+            images["val"],
+            labels["val"],
+            canonical.preprocessing,
+            cfg,
+            lambda row, step: None,
+            teacher=teacher,
+        )
         history.pop("history", None)
     _strip_masks(module)
     history["bn_recalibration_images"] = recalibrate_bn(module, images["train"], canonical.preprocessing)
@@ -133,8 +165,13 @@ def _finetune(module, canonical: CanonicalModel, manifest: DatasetManifest, reci
 
 
 def _cache_key(canonical: CanonicalModel, manifest: DatasetManifest, recipe: dict) -> str:
-    ident = {"weights": canonical.card["files"]["weights"]["sha256"], "dataset": manifest.dataset_hash, "recipe": recipe,
-             "versions": package_versions(["torch", "torchvision", "torch-pruning"]), "procedure": PROCEDURE_VERSION}
+    ident = {
+        "weights": canonical.card["files"]["weights"]["sha256"],
+        "dataset": manifest.dataset_hash,
+        "recipe": recipe,
+        "versions": package_versions(["torch", "torchvision", "torch-pruning"]),
+        "procedure": PROCEDURE_VERSION,
+    }
     return hashlib.sha256(canonical_json(ident)).hexdigest()[:24]
 
 
@@ -155,17 +192,29 @@ def prepare_module(canonical: CanonicalModel, manifest: DatasetManifest | None, 
         return blob["module"].eval(), {**blob["facts"], "cache": "hit"}
     module = canonical.build_module()
     macs_before = count_macs(module, h, w)
-    progress.info(f"pruning: {recipe['method']} ratio {recipe['ratio']}, then {recipe['finetune_epochs']} fine-tune epoch(s)")
-    module = _structured(module, recipe["ratio"], (h, w)) if recipe["method"] == "structured" else _unstructured(module, recipe["ratio"])
+    progress.info(
+        f"pruning: {recipe['method']} ratio {recipe['ratio']}, then {recipe['finetune_epochs']} fine-tune epoch(s)"
+    )
+    module = (
+        _structured(module, recipe["ratio"], (h, w))
+        if recipe["method"] == "structured"
+        else _unstructured(module, recipe["ratio"])
+    )
     tuned = _finetune(module, canonical, manifest, recipe)
     weights = [m.weight for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     zeros = sum(int((p == 0).sum()) for p in weights) / max(1, sum(p.numel() for p in weights))
     facts = {
-        "method": recipe["method"], "ratio": recipe["ratio"], "finetune_epochs": recipe["finetune_epochs"],
-        "finetune_lr": recipe["finetune_lr"], "distill": recipe["distill"], "best_val_top1": tuned.get("best_val_top1"),
+        "method": recipe["method"],
+        "ratio": recipe["ratio"],
+        "finetune_epochs": recipe["finetune_epochs"],
+        "finetune_lr": recipe["finetune_lr"],
+        "distill": recipe["distill"],
+        "best_val_top1": tuned.get("best_val_top1"),
         "bn_recalibration_images": tuned["bn_recalibration_images"],
-        "macs_before": macs_before, "macs_after": count_macs(module, h, w),
-        "params_after": int(sum(p.numel() for p in module.parameters())), "weight_sparsity": round(zeros, 4),
+        "macs_before": macs_before,
+        "macs_after": count_macs(module, h, w),
+        "params_after": int(sum(p.numel() for p in module.parameters())),
+        "weight_sparsity": round(zeros, 4),
     }
     facts["mac_reduction"] = round(facts["macs_before"] / max(facts["macs_after"], 1), 3)
     if recipe["method"] == "unstructured":

@@ -31,11 +31,22 @@ PROFILE_SCHEMA = {
         "quantization": {
             "calibration_images": Key(int, 64, "images drawn from the training split (seeded)"),
             "calibration_seed": Key(int, 0),
-            "method": Key(str, "minmax", "calibration statistic (ONNX Runtime)", choices=["minmax", "entropy", "percentile"]),
-            "activation_type": Key(str, "auto", "ONNX Runtime static int8: auto | uint8 | int8 "
-                                   "(auto = uint8 with reduce_range on hosts without VNNI, int8 with it)",
-                                   choices=["auto", "uint8", "int8"]),
-            "engine": Key(str, "auto", "LiteRT int8: auto | ai-edge-quantizer | pt2e", choices=["auto", "ai-edge-quantizer", "pt2e"]),
+            "method": Key(
+                str, "minmax", "calibration statistic (ONNX Runtime)", choices=["minmax", "entropy", "percentile"]
+            ),
+            "activation_type": Key(
+                str,
+                "auto",
+                "ONNX Runtime static int8: auto | uint8 | int8 "
+                "(auto = uint8 with reduce_range on hosts without VNNI, int8 with it)",
+                choices=["auto", "uint8", "int8"],
+            ),
+            "engine": Key(
+                str,
+                "auto",
+                "LiteRT int8: auto | ai-edge-quantizer | pt2e",
+                choices=["auto", "ai-edge-quantizer", "pt2e"],
+            ),
         },
         "pruning": {
             "method": Key(str, "none", choices=["none", "structured", "unstructured"]),
@@ -47,8 +58,12 @@ PROFILE_SCHEMA = {
     },
     "runtime": Key(dict, {}, "backend runtime options (threads, graph optimization...)"),
     "search": {
-        "objective": Key(str, "p50_latency", "what the search minimizes among candidates within budget",
-                         choices=["p50_latency", "p95_latency", "size"]),
+        "objective": Key(
+            str,
+            "p50_latency",
+            "what the search minimizes among candidates within budget",
+            choices=["p50_latency", "p95_latency", "size"],
+        ),
         "space": Key(dict, {}, "override key -> candidate values, e.g. recipe.precision: [fp32, int8-static]"),
         "bench_seconds": Key(float, 30.0, "interleaved benchmark of all candidates together"),
         "budget_minutes": Key(float, 15.0, "stop building new candidates after this long"),
@@ -77,13 +92,19 @@ def load_target(name: str, folder: str | Path | None = None, overrides: Iterable
     """Load, override (``recipe.precision=int8-static``...) and validate a target profile."""
     path = targets_dir(folder) / f"{name}.yaml"
     if not path.is_file():
-        raise UnknownNameError("target", name, target_names(folder),
-                               hint=f"targets are YAML files in {targets_dir(folder)}/ (--targets-dir or $FACTORY_TARGETS)")
+        raise UnknownNameError(
+            "target",
+            name,
+            target_names(folder),
+            hint=f"targets are YAML files in {targets_dir(folder)}/ (--targets-dir or $FACTORY_TARGETS)",
+        )
     data = merge(load_yaml(path), parse_overrides(overrides))
     profile = validate(data, PROFILE_SCHEMA, str(path))
     profile["name"] = profile["name"] or name
     if profile["backend"] not in backend_names():
-        raise ConfigError(f"{path}: unknown backend {profile['backend']!r}; valid backends: {', '.join(backend_names())}")
+        raise ConfigError(
+            f"{path}: unknown backend {profile['backend']!r}; valid backends: {', '.join(backend_names())}"
+        )
     backend = get_backend(profile["backend"])
     caps, runtime = backend.capabilities, backend.runtime
     precision = profile["recipe"]["precision"]
@@ -95,8 +116,9 @@ def load_target(name: str, folder: str | Path | None = None, overrides: Iterable
         )
     unknown = sorted(set(profile["runtime"]) - set(runtime.options))
     if unknown:
-        raise ConfigError(f"{path}: unknown runtime option(s) {unknown} for {profile['backend']}; "
-                          f"valid: {', '.join(runtime.options)}")
+        raise ConfigError(
+            f"{path}: unknown runtime option(s) {unknown} for {profile['backend']}; valid: {', '.join(runtime.options)}"
+        )
     profile["runtime"] = {**runtime.options, **profile["runtime"]}
     profile["source"] = str(path)
     return profile

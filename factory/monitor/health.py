@@ -25,17 +25,23 @@ def window_figures(merged: dict, reference: dict) -> dict:
     """Count, error rate, p50/p95 and drift of one merged window against the release's reference."""
     prof = reference.get("profile", {})
     ok = merged["count"] - merged["errors"]
-    fig = {"count": int(merged["count"]), "errors": int(merged["errors"]), "devices": merged["devices"],
-           "error_rate": merged["errors"] / merged["count"] if merged["count"] else None,
-           "p50_ms": percentile_from_hist(merged["latency_ms"], HISTOGRAMS["latency_ms"], 50) if ok else None,
-           "p95_ms": percentile_from_hist(merged["latency_ms"], HISTOGRAMS["latency_ms"], 95) if ok else None}
+    fig = {
+        "count": int(merged["count"]),
+        "errors": int(merged["errors"]),
+        "devices": merged["devices"],
+        "error_rate": merged["errors"] / merged["count"] if merged["count"] else None,
+        "p50_ms": percentile_from_hist(merged["latency_ms"], HISTOGRAMS["latency_ms"], 50) if ok else None,
+        "p95_ms": percentile_from_hist(merged["latency_ms"], HISTOGRAMS["latency_ms"], 95) if ok else None,
+    }
     drift = {}
     for sig in ("confidence", "brightness", "contrast"):
         if sig in prof:
             drift[f"psi_{sig}"] = psi(prof[sig]["counts"], merged[sig])
     if "predicted_class" in prof:
         ref = prof["predicted_class"]["counts"]
-        drift["psi_class"] = psi(ref, list(merged["predicted_class"]) + [0] * max(0, len(ref) - len(merged["predicted_class"])))
+        drift["psi_class"] = psi(
+            ref, list(merged["predicted_class"]) + [0] * max(0, len(ref) - len(merged["predicted_class"]))
+        )
         drift["js_class"] = js_divergence(ref, merged["predicted_class"])
     fig["drift"] = drift
     return fig
@@ -52,7 +58,10 @@ def judge(fig: dict, prev: dict | None, rules: dict) -> dict:
         ratio = fig["p95_ms"] / prev["p95_ms"]
         fig["latency_p95_ratio"] = ratio
         if ratio > rules["max_latency_p95_ratio"]:
-            v.append(f"p95 {fig['p95_ms']:.2f} ms is {ratio:.2f}x the previous release's {prev['p95_ms']:.2f} ms (> {rules['max_latency_p95_ratio']})")
+            v.append(
+                f"p95 {fig['p95_ms']:.2f} ms is {ratio:.2f}x the previous release's {prev['p95_ms']:.2f} ms (> "
+                f"{rules['max_latency_p95_ratio']})"
+            )
     for k, val in fig["drift"].items():
         if val is None:
             continue
@@ -85,12 +94,26 @@ def decide(verdicts: list[tuple], rules: dict, stage: dict, stage_number: int, e
     devices = sum(v[2]["devices"] for v in verdicts if v[0] == (verdicts[-1][0] if verdicts else None))
     unhealthy_windows = len({v[0] for v in streak})
     if unhealthy_windows >= rules["windows_to_halt"] and rules["auto_rollback"]:
-        return {"action": "rollback", "reason": f"{unhealthy_windows} consecutive unhealthy windows in stage {stage_number}",
-                "evidence": {"windows": [_evidence(v) for v in reversed(streak)]}}
+        return {
+            "action": "rollback",
+            "reason": f"{unhealthy_windows} consecutive unhealthy windows in stage {stage_number}",
+            "evidence": {"windows": [_evidence(v) for v in reversed(streak)]},
+        }
     healthy_last = bool(judged) and judged[-1][3]["healthy"]
-    if (rules["auto_advance"] and healthy_last and not streak and elapsed_min >= stage["min_duration_minutes"]
-            and devices >= stage["min_devices_reporting"]):
+    if (
+        rules["auto_advance"]
+        and healthy_last
+        and not streak
+        and elapsed_min >= stage["min_duration_minutes"]
+        and devices >= stage["min_devices_reporting"]
+    ):
         last = judged[-1]
-        return {"action": "advance", "reason": f"stage {stage_number} healthy for {elapsed_min:.1f} min with {devices} devices",
-                "evidence": {"window_start": last[0], "figures": {k: last[2][k] for k in ("count", "error_rate", "p95_ms")} | last[2]["drift"]}}
+        return {
+            "action": "advance",
+            "reason": f"stage {stage_number} healthy for {elapsed_min:.1f} min with {devices} devices",
+            "evidence": {
+                "window_start": last[0],
+                "figures": {k: last[2][k] for k in ("count", "error_rate", "p95_ms")} | last[2]["drift"],
+            },
+        }
     return None

@@ -11,7 +11,9 @@ __all__ = ["merge"]
 
 def merge(summaries: list[dict]) -> dict:
     """Add up summaries of one release: counts and histograms merge exactly."""
-    out = {"count": 0, "errors": 0, "devices": set()} | {k: np.zeros(len(e) - 1, np.int64) for k, e in HISTOGRAMS.items()}
+    out = {"count": 0, "errors": 0, "devices": set()} | {
+        k: np.zeros(len(e) - 1, np.int64) for k, e in HISTOGRAMS.items()
+    }
     classes = None
     for s in summaries:
         out["count"] += s["count"]

@@ -55,12 +55,16 @@ def load_context(model_dir: str | Path, data: str | None = None) -> BuildContext
     canonical = load_canonical(model_dir)
     path = data or canonical.card["lineage"].get("dataset_manifest")
     if not path or not Path(path).exists():
-        raise DataError(f"the evaluation dataset {path!r} of this model is not here",
-                        hint="pass --data PATH/TO/dataset (the one the model was trained on)")
+        raise DataError(
+            f"the evaluation dataset {path!r} of this model is not here",
+            hint="pass --data PATH/TO/dataset (the one the model was trained on)",
+        )
     dataset = load_manifest(path)
     if dataset.dataset_hash != canonical.card["lineage"]["dataset_hash"]:
-        progress.info(f"note: dataset {dataset.location} has hash {dataset.dataset_hash[:12]}, "
-                      f"the model was trained on {canonical.card['lineage']['dataset_hash'][:12]}")
+        progress.info(
+            f"note: dataset {dataset.location} has hash {dataset.dataset_hash[:12]}, "
+            f"the model was trained on {canonical.card['lineage']['dataset_hash'][:12]}"
+        )
     x_test, y_test = load_split(dataset, "test", canonical.preprocessing, canonical.labels)
     return BuildContext(canonical, dataset, x_test, y_test, onnx_logits(canonical.onnx, x_test))
 
@@ -70,13 +74,26 @@ def build_report(result: BuildResult) -> dict:
     m = result.manifest
     p = m.validation["parity"]
     return {
-        "target": m.target, "name": m.name, "version": m.version, "backend": m.runtime["backend"],
-        "precision": m.recipe["precision"], "pruning": m.recipe["pruning"], "bundle": str(result.folder),
-        "archive": str(result.archive), "archive_sha256": sha256_file(result.archive),
-        "top1": p["top1"], "accuracy_drop_pt": p["accuracy_drop_pt"], "top1_agreement": p["top1_agreement"],
-        "latency_p50_ms": m.latency["p50_ms"], "latency_p95_ms": m.latency["p95_ms"], "latency_source": m.latency.get("source"),
-        "size_bytes": m.artifact["size_bytes"], "macs": m.artifact["macs"], "passed": m.passed,
-        "build_seconds": m.lineage.get("build_seconds"), "mlflow": m.lineage.get("mlflow"),
+        "target": m.target,
+        "name": m.name,
+        "version": m.version,
+        "backend": m.runtime["backend"],
+        "precision": m.recipe["precision"],
+        "pruning": m.recipe["pruning"],
+        "bundle": str(result.folder),
+        "archive": str(result.archive),
+        "archive_sha256": sha256_file(result.archive),
+        "top1": p["top1"],
+        "accuracy_drop_pt": p["accuracy_drop_pt"],
+        "top1_agreement": p["top1_agreement"],
+        "latency_p50_ms": m.latency["p50_ms"],
+        "latency_p95_ms": m.latency["p95_ms"],
+        "latency_source": m.latency.get("source"),
+        "size_bytes": m.artifact["size_bytes"],
+        "macs": m.artifact["macs"],
+        "passed": m.passed,
+        "build_seconds": m.lineage.get("build_seconds"),
+        "mlflow": m.lineage.get("mlflow"),
     }
 
 
@@ -88,43 +105,96 @@ def _validate(ctx: BuildContext, backend, out: Path, runtime: dict) -> tuple[dic
     """Parity on the test split, then the quick batch-1 latency probe, both with the bundle's own runner."""
     runner = backend.runtime.load(out, runtime)
     parity = parity_metrics(_run_batches(runner, ctx.x_test, 32), ctx.reference, ctx.y_test)
-    latency = quick_latency(runner, ctx.x_test) | {"threads": runtime.get("threads"), "host": host_info(),
-                                                   "source": "quick probe at build time (separate run)"}
+    latency = quick_latency(runner, ctx.x_test) | {
+        "threads": runtime.get("threads"),
+        "host": host_info(),
+        "source": "quick probe at build time (separate run)",
+    }
     return parity, latency
 
 
-def _manifest(ctx: BuildContext, profile: dict, backend, runtime: dict, version: str, out: Path, done: Converted,
-              parity: dict, latency: dict, seconds: dict) -> Manifest:
+def _manifest(
+    ctx: BuildContext,
+    profile: dict,
+    backend,
+    runtime: dict,
+    version: str,
+    out: Path,
+    done: Converted,
+    parity: dict,
+    latency: dict,
+    seconds: dict,
+) -> Manifest:
     canonical, recipe = ctx.canonical, profile["recipe"]
     precision = recipe["precision"]
     size = sum((out / f).stat().st_size for f in done.files)
     gz = sum(len(zlib.compress((out / f).read_bytes(), 6)) for f in done.files)
     # The numeric tolerance applies only to conversions meant to be exact; a pruned model is a new model.
     tolerance = backend.capabilities.parity_tolerance.get(precision) if done.prune["method"] == "none" else None
-    checks = check_budgets(profile["budgets"], accuracy_drop_pt=parity["accuracy_drop_pt"], top1_agreement=parity["top1_agreement"],
-                           max_abs_diff=parity["max_abs_diff"], tolerance=tolerance, latency_p95_ms=latency["p95_ms"],
-                           size_mb=size / 1e6)
+    checks = check_budgets(
+        profile["budgets"],
+        accuracy_drop_pt=parity["accuracy_drop_pt"],
+        top1_agreement=parity["top1_agreement"],
+        max_abs_diff=parity["max_abs_diff"],
+        tolerance=tolerance,
+        latency_p95_ms=latency["p95_ms"],
+        size_mb=size / 1e6,
+    )
     rt = backend.runtime
     return Manifest(
-        name=canonical.card["name"], version=version, target=profile["name"],
+        name=canonical.card["name"],
+        version=version,
+        target=profile["name"],
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        runtime={"backend": backend.name, "package": rt.package, "min_version": rt.min_version, "built_with": rt.version(),
-                 "options": runtime, "dynamic_batch": rt.dynamic_batch and done.compile.get("fixed_batch") is None},
-        artifact={"main": done.files[0], "precision": precision, "size_bytes": size, "size_gzip_bytes": gz,
-                  "macs": done.prune.get("macs_after") or canonical.card["complexity"]["macs"],
-                  "canonical_macs": canonical.card["complexity"]["macs"], "compile": done.compile},
-        files=file_entries(out, done.files), input=canonical.card["input"], output=canonical.card["output"],
-        preprocessing=canonical.preprocessing, labels=canonical.labels,
-        recipe={**recipe, "quantization_applied": done.quantization, "pruning_applied": done.prune,
-                "note": backend.capabilities.notes.get(precision)},
-        validation={"split": "test", "dataset_hash": ctx.dataset.dataset_hash, "parity": parity, "budgets": profile["budgets"],
-                    "checks": [c.to_dict() for c in checks], "passed": all(c.passed for c in checks)},
+        runtime={
+            "backend": backend.name,
+            "package": rt.package,
+            "min_version": rt.min_version,
+            "built_with": rt.version(),
+            "options": runtime,
+            "dynamic_batch": rt.dynamic_batch and done.compile.get("fixed_batch") is None,
+        },
+        artifact={
+            "main": done.files[0],
+            "precision": precision,
+            "size_bytes": size,
+            "size_gzip_bytes": gz,
+            "macs": done.prune.get("macs_after") or canonical.card["complexity"]["macs"],
+            "canonical_macs": canonical.card["complexity"]["macs"],
+            "compile": done.compile,
+        },
+        files=file_entries(out, done.files),
+        input=canonical.card["input"],
+        output=canonical.card["output"],
+        preprocessing=canonical.preprocessing,
+        labels=canonical.labels,
+        recipe={
+            **recipe,
+            "quantization_applied": done.quantization,
+            "pruning_applied": done.prune,
+            "note": backend.capabilities.notes.get(precision),
+        },
+        validation={
+            "split": "test",
+            "dataset_hash": ctx.dataset.dataset_hash,
+            "parity": parity,
+            "budgets": profile["budgets"],
+            "checks": [c.to_dict() for c in checks],
+            "passed": all(c.passed for c in checks),
+        },
         latency=latency,
         lineage={
-            "canonical": {"path": str(canonical.path), "weights_sha256": canonical.card["files"]["weights"]["sha256"],
-                          "onnx_sha256": canonical.card["files"]["onnx"]["sha256"], "architecture": canonical.card["architecture"],
-                          "test_top1": canonical.card["metrics"]["test"]["top1"]},
-            "training": {k: canonical.card["lineage"].get(k) for k in ("dataset", "dataset_hash", "config_hash", "seed", "git", "mlflow")},
+            "canonical": {
+                "path": str(canonical.path),
+                "weights_sha256": canonical.card["files"]["weights"]["sha256"],
+                "onnx_sha256": canonical.card["files"]["onnx"]["sha256"],
+                "architecture": canonical.card["architecture"],
+                "test_top1": canonical.card["metrics"]["test"]["top1"],
+            },
+            "training": {
+                k: canonical.card["lineage"].get(k)
+                for k in ("dataset", "dataset_hash", "config_hash", "seed", "git", "mlflow")
+            },
             "target_profile": {"path": profile["source"], "sha256": sha256_file(profile["source"])},
             "toolchain": package_versions(TOOLCHAIN) | {"edge-model-factory": __version__},
             "build_seconds": seconds,
@@ -146,15 +216,29 @@ def make_bundle(ctx: BuildContext, profile: dict, dest: Path, key, version: str,
         done = convert(ctx.canonical, backend, profile, runtime, ctx.dataset, Path(work), out, cache_dir)
         t0 = time.perf_counter()
         parity, latency = _validate(ctx, backend, out, runtime)
-        seconds = done.seconds | {"validate": round(time.perf_counter() - t0, 2), "total": round(time.perf_counter() - started, 2)}
+        seconds = done.seconds | {
+            "validate": round(time.perf_counter() - t0, 2),
+            "total": round(time.perf_counter() - started, 2),
+        }
         manifest = _manifest(ctx, profile, backend, runtime, version, out, done, parity, latency, seconds)
         manifest.write_signed(out, key)
     return manifest
 
 
-def build(model_dir: str | Path, target: str, *, key_path: str | Path, data: str | None = None, out_root: str | Path = "bundles",
-          version: str | None = None, targets_dir: str | Path | None = None, overrides: tuple[str, ...] = (),
-          cache_dir: str | Path = ".factory/cache", track: bool = True, context: BuildContext | None = None) -> BuildResult:
+def build(
+    model_dir: str | Path,
+    target: str,
+    *,
+    key_path: str | Path,
+    data: str | None = None,
+    out_root: str | Path = "bundles",
+    version: str | None = None,
+    targets_dir: str | Path | None = None,
+    overrides: tuple[str, ...] = (),
+    cache_dir: str | Path = ".factory/cache",
+    track: bool = True,
+    context: BuildContext | None = None,
+) -> BuildResult:
     """Build, validate, sign, pack and (with ``track``) register one target's bundle."""
     ctx = context or load_context(model_dir, data)
     profile = load_target(target, targets_dir, overrides)

@@ -11,18 +11,24 @@ __all__ = ["build_cmd", "build_table"]
 
 def build_table(results) -> str:
     """A Markdown table of built bundles: what each target costs in accuracy, latency and size."""
-    rows = ["| target | backend | precision | pruning | top-1 | drop (pt) | agreement | p50 ms | p95 ms | latency from | size MB | "
-            "MACs (M) | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| target | backend | precision | pruning | top-1 | drop (pt) | agreement | p50 ms | p95 ms | latency from | "
+        "size MB | "
+        "MACs (M) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         m = r.manifest
         p, rec = m.validation["parity"], m.recipe
         bad = [c["check"] for c in m.validation["checks"] if not c["passed"]]
-        prune = "none" if rec["pruning"]["method"] == "none" else f"{rec['pruning']['method']} {rec['pruning']['ratio']:g}"
+        prune = (
+            "none" if rec["pruning"]["method"] == "none" else f"{rec['pruning']['method']} {rec['pruning']['ratio']:g}"
+        )
         source = "search run" if str(m.latency.get("source", "")).startswith("search") else "build probe"
         rows.append(
             f"| {m.target} | {m.runtime['backend']} | {rec['precision']} | {prune} | {p['top1']:.4f} | "
-            f"{p['accuracy_drop_pt']:+.2f} | {p['top1_agreement']:.4f} | {m.latency['p50_ms']:.2f} | {m.latency['p95_ms']:.2f} | "
+            f"{p['accuracy_drop_pt']:+.2f} | {p['top1_agreement']:.4f} | {m.latency['p50_ms']:.2f} | "
+            f"{m.latency['p95_ms']:.2f} | "
             f"{source} | {m.artifact['size_bytes'] / 1e6:.2f} | {m.artifact['macs'] / 1e6:.1f} | "
             f"{'pass' if not bad else 'FAIL: ' + ', '.join(bad)} |"
         )
@@ -39,33 +45,122 @@ def _write_reports(results, report_dir) -> None:
 
 
 @click.command("build")
-@click.option("--target", "targets", required=True, multiple=True, help="Target profile name (targets/NAME.yaml); repeatable.")
-@click.option("--model", "model_dir", default="models/id-docs", show_default=True, type=click.Path(), help="Canonical model directory.")
-@click.option("--data", default=None, type=click.Path(), help="Dataset for calibration/validation [default: the one in the model card].")
-@click.option("--key", "key_path", default="keys/signing.key", show_default=True, type=click.Path(),
-              help="Ed25519 private key that signs the manifest.")
-@click.option("--out", "out_root", default="bundles", show_default=True, type=click.Path(file_okay=False),
-              help="Bundles root: OUT/<model>/<version>/<target>/.")
-@click.option("--version", "version", default=None,
-              help="Semantic version [default: the version these weights already have, else the next patch].")
+@click.option(
+    "--target", "targets", required=True, multiple=True, help="Target profile name (targets/NAME.yaml); repeatable."
+)
+@click.option(
+    "--model",
+    "model_dir",
+    default="models/id-docs",
+    show_default=True,
+    type=click.Path(),
+    help="Canonical model directory.",
+)
+@click.option(
+    "--data",
+    default=None,
+    type=click.Path(),
+    help="Dataset for calibration/validation [default: the one in the model card].",
+)
+@click.option(
+    "--key",
+    "key_path",
+    default="keys/signing.key",
+    show_default=True,
+    type=click.Path(),
+    help="Ed25519 private key that signs the manifest.",
+)
+@click.option(
+    "--out",
+    "out_root",
+    default="bundles",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Bundles root: OUT/<model>/<version>/<target>/.",
+)
+@click.option(
+    "--version",
+    "version",
+    default=None,
+    help="Semantic version [default: the version these weights already have, else the next patch].",
+)
 @click.option("--precision", default=None, help="Override the recipe's precision for this build.")
 @click.option("--prune", "prune", default=None, help="Override pruning, e.g. structured:0.5, unstructured:0.5 or none.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any profile key, e.g. --set runtime.threads=1.")
-@click.option("--targets-dir", default=None, type=click.Path(file_okay=False),
-              help="Folder of target profiles [default: $FACTORY_TARGETS or ./targets].")
-@click.option("--cache-dir", default=".factory/cache", show_default=True, type=click.Path(file_okay=False),
-              help="Cache for pruned, fine-tuned models, exports and search candidates.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any profile key, e.g. --set runtime.threads=1.",
+)
+@click.option(
+    "--targets-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Folder of target profiles [default: $FACTORY_TARGETS or ./targets].",
+)
+@click.option(
+    "--cache-dir",
+    default=".factory/cache",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Cache for pruned, fine-tuned models, exports and search candidates.",
+)
 @click.option("--no-track", is_flag=True, help="Do not log the build to MLflow (no registered model version).")
-@click.option("--report-dir", default=None, type=click.Path(file_okay=False), help="Also write REPORT_DIR/<target>.json with the headline figures.")
-@click.option("--search", "do_search", is_flag=True, help="Search the profile's recipe space and keep the fastest bundle within budget.")
-@click.option("--budget-minutes", default=None, type=float, help="With --search: stop building new candidates after this long.")
-@click.option("--remeasure", is_flag=True, help="With --search: benchmark the candidates again even if nothing changed.")
-@click.option("--search-dir", default="reports/search", show_default=True, type=click.Path(file_okay=False),
-              help="With --search: where the Pareto report goes (<dir>/<target>/search.{md,json}, pareto.png).")
-@click.option("--search-config", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="With --search: a YAML search section (objective, space, bench_seconds, budget_minutes) instead of the profile's.")
-def build_cmd(targets, model_dir, data, key_path, out_root, version, precision, prune, overrides, targets_dir, cache_dir, no_track,
-              report_dir, do_search, budget_minutes, remeasure, search_dir, search_config) -> None:
+@click.option(
+    "--report-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Also write REPORT_DIR/<target>.json with the headline figures.",
+)
+@click.option(
+    "--search",
+    "do_search",
+    is_flag=True,
+    help="Search the profile's recipe space and keep the fastest bundle within budget.",
+)
+@click.option(
+    "--budget-minutes", default=None, type=float, help="With --search: stop building new candidates after this long."
+)
+@click.option(
+    "--remeasure", is_flag=True, help="With --search: benchmark the candidates again even if nothing changed."
+)
+@click.option(
+    "--search-dir",
+    default="reports/search",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="With --search: where the Pareto report goes (<dir>/<target>/search.{md,json}, pareto.png).",
+)
+@click.option(
+    "--search-config",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help=(
+        "With --search: a YAML search section (objective, space, bench_seconds, budget_minutes) instead of the "
+        "profile's."
+    ),
+)
+def build_cmd(
+    targets,
+    model_dir,
+    data,
+    key_path,
+    out_root,
+    version,
+    precision,
+    prune,
+    overrides,
+    targets_dir,
+    cache_dir,
+    no_track,
+    report_dir,
+    do_search,
+    budget_minutes,
+    remeasure,
+    search_dir,
+    search_config,
+) -> None:
     """Build a verified, signed bundle of the canonical model for each --target.
 
     \b
@@ -93,9 +188,24 @@ def build_cmd(targets, model_dir, data, key_path, out_root, version, precision, 
 
     if do_search:
         if precision or prune or overrides:
-            raise click.UsageError("--search explores the profile's search.space; do not combine it with --precision/--prune/--set")
-        results = _search(targets, model_dir, data, key_path, out_root, version, targets_dir, cache_dir, no_track, search_dir,
-                          budget_minutes, remeasure, search_config)
+            raise click.UsageError(
+                "--search explores the profile's search.space; do not combine it with --precision/--prune/--set"
+            )
+        results = _search(
+            targets,
+            model_dir,
+            data,
+            key_path,
+            out_root,
+            version,
+            targets_dir,
+            cache_dir,
+            no_track,
+            search_dir,
+            budget_minutes,
+            remeasure,
+            search_config,
+        )
         _write_reports(results, report_dir)
         return
     extra = list(overrides)
@@ -105,20 +215,53 @@ def build_cmd(targets, model_dir, data, key_path, out_root, version, precision, 
         method, _, ratio = prune.partition(":")
         extra += [f"recipe.pruning.method={method}", f"recipe.pruning.ratio={ratio or 0}"]
     ctx = load_context(model_dir, data)
-    results = [build(model_dir, t, key_path=key_path, data=data, out_root=out_root, version=version, targets_dir=targets_dir,
-                     overrides=tuple(extra), cache_dir=cache_dir, track=not no_track, context=ctx) for t in targets]
+    results = [
+        build(
+            model_dir,
+            t,
+            key_path=key_path,
+            data=data,
+            out_root=out_root,
+            version=version,
+            targets_dir=targets_dir,
+            overrides=tuple(extra),
+            cache_dir=cache_dir,
+            track=not no_track,
+            context=ctx,
+        )
+        for t in targets
+    ]
     _write_reports(results, report_dir)
     click.echo(build_table(results))
     for r in results:
-        click.echo(f"{r.folder}  ({r.archive.name})" + (f"  {r.tracking['alias']} v{r.tracking['registered_version']}" if r.tracking else ""))
+        click.echo(
+            f"{r.folder}  ({r.archive.name})"
+            + (f"  {r.tracking['alias']} v{r.tracking['registered_version']}" if r.tracking else "")
+        )
     bad = [r.manifest.target for r in results if not r.passed]
     if bad:
-        raise ValidationError(f"budget checks failed for target(s) {', '.join(bad)}; the bundles were written with validation.passed: false",
-                              hint="see validation.checks in manifest.json; relax the budget or change the recipe")
+        raise ValidationError(
+            f"budget checks failed for target(s) {', '.join(bad)}; the bundles were written with validation.passed: "
+            "false",
+            hint="see validation.checks in manifest.json; relax the budget or change the recipe",
+        )
 
 
-def _search(targets, model_dir, data, key_path, out_root, version, targets_dir, cache_dir, no_track, search_dir, budget_minutes,
-            remeasure, search_config):
+def _search(
+    targets,
+    model_dir,
+    data,
+    key_path,
+    out_root,
+    version,
+    targets_dir,
+    cache_dir,
+    no_track,
+    search_dir,
+    budget_minutes,
+    remeasure,
+    search_config,
+):
     from .build import load_context
     from .search import load_search_config, search, search_markdown
 
@@ -126,9 +269,22 @@ def _search(targets, model_dir, data, key_path, out_root, version, targets_dir, 
     ctx = load_context(model_dir, data)
     results = []
     for t in targets:
-        result, summary = search(model_dir, t, key_path=key_path, data=data, out_root=out_root, targets_dir=targets_dir,
-                                 cache_dir=cache_dir, report_dir=search_dir, budget_minutes=budget_minutes, remeasure=remeasure,
-                                 version=version, track=not no_track, search_config=config, context=ctx)
+        result, summary = search(
+            model_dir,
+            t,
+            key_path=key_path,
+            data=data,
+            out_root=out_root,
+            targets_dir=targets_dir,
+            cache_dir=cache_dir,
+            report_dir=search_dir,
+            budget_minutes=budget_minutes,
+            remeasure=remeasure,
+            version=version,
+            track=not no_track,
+            search_config=config,
+            context=ctx,
+        )
         click.echo(search_markdown(summary))
         click.echo(f"{result.folder}  ({result.archive.name}); report {summary['report']}/search.md, pareto.png")
         results.append(result)

@@ -36,8 +36,17 @@ def _retag(src: Path, dest: Path, version: str, key, note: str) -> Manifest:
     return copy_resigned(src, dest, key, edit)
 
 
-def fleet_demo(bundles: list[Path], *, key_path: Path, dataset: str, out: Path, devices: int = 200, fault: str = "latency",
-               window_seconds: int = 2, max_windows: int = 12) -> dict:
+def fleet_demo(
+    bundles: list[Path],
+    *,
+    key_path: Path,
+    dataset: str,
+    out: Path,
+    devices: int = 200,
+    fault: str = "latency",
+    window_seconds: int = 2,
+    max_windows: int = 12,
+) -> dict:
     """Publish, roll out a healthy and a faulty re-release to a simulated fleet; the summary with the audit log."""
     import yaml
 
@@ -49,32 +58,60 @@ def fleet_demo(bundles: list[Path], *, key_path: Path, dataset: str, out: Path, 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     fleet_key, fleet_pub = generate_keys(out / "fleet")
-    settings = default_settings(database=f"sqlite:///{(out / 'registry.db').resolve()}", storage=str((out / "blobs").resolve()),
-                                trusted_keys=[str(key_path.with_suffix(".pub").resolve())], fleet_key=str(fleet_key.resolve()),
-                                public_url="http://local")
+    settings = default_settings(
+        database=f"sqlite:///{(out / 'registry.db').resolve()}",
+        storage=str((out / "blobs").resolve()),
+        trusted_keys=[str(key_path.with_suffix(".pub").resolve())],
+        fleet_key=str(fleet_key.resolve()),
+        public_url="http://local",
+    )
     settings["telemetry"] = settings["telemetry"] | {"window_seconds": window_seconds, "evaluate_seconds": 0.0}
     (out / "registry.yaml").write_text(yaml.safe_dump(settings | {"public_url": "http://127.0.0.1:8700"}))
     key = load_private_key(key_path)
     first = Manifest.read(bundles[0])
     model, v0 = first.name, first.version
     good, bad = _bump(v0, 100), _bump(v0, 101)
-    stages = [{"percent": 10, "min_duration_minutes": 0, "min_devices_reporting": 5},
-              {"percent": 50, "min_duration_minutes": 0, "min_devices_reporting": 5},
-              {"percent": 100, "min_duration_minutes": 0, "min_devices_reporting": 5}]
-    summary: dict = {"registry": str(out), "model": model, "releases": {"stable": v0, "good": good, "bad": bad}, "fault": fault}
+    stages = [
+        {"percent": 10, "min_duration_minutes": 0, "min_devices_reporting": 5},
+        {"percent": 50, "min_duration_minutes": 0, "min_devices_reporting": 5},
+        {"percent": 100, "min_duration_minutes": 0, "min_devices_reporting": 5},
+    ]
+    summary: dict = {
+        "registry": str(out),
+        "model": model,
+        "releases": {"stable": v0, "good": good, "bad": bad},
+        "fault": fault,
+    }
     with local_client(settings) as client:
         for b in bundles:
             client.publish(b)
-            for version, note in ((good, "demo re-release: healthy"), (bad, f"demo re-release: injected {fault} fault")):
+            for version, note in (
+                (good, "demo re-release: healthy"),
+                (bad, f"demo re-release: injected {fault} fault"),
+            ):
                 copy = out / "bundles" / version / b.name
                 _retag(b, copy, version, key, note)
                 client.publish(copy)
         targets = [Manifest.read(b).target for b in bundles]
-        client.create_rollout({"name": f"{model}-{v0}", "release": {"name": model, "version": v0}, "stages": [{"percent": 100}]})
+        client.create_rollout(
+            {"name": f"{model}-{v0}", "release": {"name": model, "version": v0}, "stages": [{"percent": 100}]}
+        )
         client.act(f"{model}-{v0}", "advance", "first release of this model: straight to stable")
-        knobs = Knobs(slow_release=bad if fault == "latency" else None, slowdown=1.3, dark_release=bad if fault == "drift" else None)
-        fleet = Fleet(client, model=model, devices=devices, targets=targets, knobs=knobs, images=load_images(dataset),
-                      cache=out / "device-cache", window_seconds=window_seconds)
+        knobs = Knobs(
+            slow_release=bad if fault == "latency" else None,
+            slowdown=1.3,
+            dark_release=bad if fault == "drift" else None,
+        )
+        fleet = Fleet(
+            client,
+            model=model,
+            devices=devices,
+            targets=targets,
+            knobs=knobs,
+            images=load_images(dataset),
+            cache=out / "device-cache",
+            window_seconds=window_seconds,
+        )
         results = {}
         for label, version in (("good", good), ("bad", bad)):
             name = f"{model}-{version}"
@@ -82,13 +119,20 @@ def fleet_demo(bundles: list[Path], *, key_path: Path, dataset: str, out: Path, 
             progress.info(f"fleet demo: rolling out {version} ({label}) to {devices} simulated devices")
             history = []
             for _ in range(max_windows):
-                history += fleet.simulate(1, inferences=60)  # ~360 per target per window at 10%: PSI noise well under 0.25
+                history += fleet.simulate(
+                    1, inferences=60
+                )  # ~360 per target per window at 10%: PSI noise well under 0.25
                 status = client.rollout(name)["status"]
                 if status in ("completed", "rolled_back"):
                     break
             r = client.rollout(name)
-            results[label] = {"rollout": name, "status": r["status"], "stage": r["stage"], "windows": len(history),
-                              "duplicates": sum(h["uploaded"]["duplicate"] for h in history)}
+            results[label] = {
+                "rollout": name,
+                "status": r["status"],
+                "stage": r["stage"],
+                "windows": len(history),
+                "duplicates": sum(h["uploaded"]["duplicate"] for h in history),
+            }
         summary["rollouts"] = results
         summary["audit"] = client.audit(limit=200)
         summary["fleet_manifest"] = str(out / "fleet-manifest.json")

@@ -41,8 +41,12 @@ PIPELINE_SCHEMA = {
         "key": Key(str, "keys/signing.key", "signing key; created on first run if missing"),
         "out": Key(str, "bundles"),
         "report_dir": Key(str, "reports/build"),
-        "search_config": Key(str, "configs/search-quick.yaml", "search each target within this space; null: plain builds of the profiles",
-                             nullable=True),
+        "search_config": Key(
+            str,
+            "configs/search-quick.yaml",
+            "search each target within this space; null: plain builds of the profiles",
+            nullable=True,
+        ),
     },
     "bench": {
         "out": Key(str, "reports/bench"),
@@ -55,7 +59,9 @@ PIPELINE_SCHEMA = {
     },
     "fleet": {
         "enabled": Key(bool, True, "publish to a local registry and run the simulated staged rollouts"),
-        "out": Key(str, "reports/fleet-demo", "local registry, re-released bundles and the demo summary (recreated each run)"),
+        "out": Key(
+            str, "reports/fleet-demo", "local registry, re-released bundles and the demo summary (recreated each run)"
+        ),
         "devices": Key(int, 200),
         "fault": Key(str, "latency", "what goes wrong with the bad release", choices=["latency", "drift"]),
         "window_seconds": Key(int, 2, "telemetry window of the demo (simulated time)"),
@@ -74,7 +80,12 @@ def _synth_is_current(out: Path, p: dict) -> bool:
         source = load_manifest(out).source
     except DataError:
         return False
-    return source == {"kind": "synth", "seed": p["seed"], "per_class": p["per_class"], "size": list(parse_size(p["size"]))}
+    return source == {
+        "kind": "synth",
+        "seed": p["seed"],
+        "per_class": p["per_class"],
+        "size": list(parse_size(p["size"])),
+    }
 
 
 class _Clock:
@@ -114,7 +125,9 @@ def _profile(p: dict, manifest) -> dict:
 
     progress.info(f"[2/6] profiling -> {p['profile']['out']}")
     with progress.bar("profiling", len(manifest.files)) as tick:
-        return write_report(manifest, p["profile"]["out"], samples_per_class=p["profile"]["samples_per_class"], progress=tick)
+        return write_report(
+            manifest, p["profile"]["out"], samples_per_class=p["profile"]["samples_per_class"], progress=tick
+        )
 
 
 def _train(p: dict):
@@ -123,10 +136,16 @@ def _train(p: dict):
 
     t = p["train"]
     progress.info(f"[3/6] training ({t['config']})")
-    cfg = load_config(t["config"], TRAIN_SCHEMA, [
-        f"data.manifest={Path(p['synth']['out']) / MANIFEST_NAME}", f"output.dir={t['out']}", f"train.seed={t['seed']}",
-        f"train.epochs={t['epochs']}",
-    ])
+    cfg = load_config(
+        t["config"],
+        TRAIN_SCHEMA,
+        [
+            f"data.manifest={Path(p['synth']['out']) / MANIFEST_NAME}",
+            f"output.dir={t['out']}",
+            f"train.seed={t['seed']}",
+            f"train.epochs={t['epochs']}",
+        ],
+    )
     return train(cfg, config_path=t["config"])
 
 
@@ -154,7 +173,9 @@ def _build(p: dict, model, key: Path) -> tuple[list, str]:
     results = []
     for target in b["targets"]:
         if config is not None:
-            result, summary = search(model.path, target, key_path=key, data=data, out_root=b["out"], search_config=config, context=ctx)
+            result, summary = search(
+                model.path, target, key_path=key, data=data, out_root=b["out"], search_config=config, context=ctx
+            )
             progress.info(f"  {target}: {summary['verdict']}")
         else:
             result = build(model.path, target, key_path=key, data=data, out_root=b["out"], context=ctx)
@@ -171,8 +192,12 @@ def _bench_and_gate(p: dict, model, results) -> tuple[dict, dict]:
     from ..bench.run import run_bench
 
     bp = p["bench"]
-    progress.info(f"[5/6] benchmarking PyTorch eager and the bundles, interleaved for {bp['seconds']:g} s; then the gate")
-    report = run_bench([str(model.path)] + [str(r.folder) for r in results], data=p["synth"]["out"], seconds=bp["seconds"])
+    progress.info(
+        f"[5/6] benchmarking PyTorch eager and the bundles, interleaved for {bp['seconds']:g} s; then the gate"
+    )
+    report = run_bench(
+        [str(model.path)] + [str(r.folder) for r in results], data=p["synth"]["out"], seconds=bp["seconds"]
+    )
     write_report(report, bp["out"])
     verdict = run_gate(report, bp["baseline"], bp["policy"], remeasure_both=bp["remeasure"], record_missing=True)
     return report, verdict
@@ -183,12 +208,30 @@ def _fleet(p: dict, results, key: Path) -> dict:
 
     fp = p["fleet"]
     progress.info(f"[6/6] fleet: local registry in {fp['out']}, staged rollouts to {fp['devices']} simulated devices")
-    return fleet_demo([r.folder for r in results], key_path=key, dataset=p["synth"]["out"], out=Path(fp["out"]), devices=fp["devices"],
-                      fault=fp["fault"], window_seconds=fp["window_seconds"])
+    return fleet_demo(
+        [r.folder for r in results],
+        key_path=key,
+        dataset=p["synth"]["out"],
+        out=Path(fp["out"]),
+        devices=fp["devices"],
+        fault=fp["fault"],
+        window_seconds=fp["window_seconds"],
+    )
 
 
-def _summary(p: dict, manifest, profile: dict, model, results, table: str, report: dict, verdict: dict, demo: dict | None,
-             timings: dict, key: Path) -> str:
+def _summary(
+    p: dict,
+    manifest,
+    profile: dict,
+    model,
+    results,
+    table: str,
+    report: dict,
+    verdict: dict,
+    demo: dict | None,
+    timings: dict,
+    key: Path,
+) -> str:
     from ..bench.report import markdown
 
     card, b, bp = model.card, p["build"], p["bench"]
@@ -196,17 +239,25 @@ def _summary(p: dict, manifest, profile: dict, model, results, table: str, repor
     lines = [
         "",
         "main job finished",
-        f"  dataset     {p['synth']['out']}  {len(manifest.files)} images, {len(manifest.classes)} classes, hash {manifest.dataset_hash[:16]}",
-        f"  profile     {p['profile']['out']}/profile.json  (imbalance {profile['imbalance_ratio']}, duplicates {profile['duplicates']['extra_copies']})",
+        f"  dataset     {p['synth']['out']}  {len(manifest.files)} images, {len(manifest.classes)} classes, hash "
+        f"{manifest.dataset_hash[:16]}",
+        f"  profile     {p['profile']['out']}/profile.json  (imbalance {profile['imbalance_ratio']}, duplicates "
+        f"{profile['duplicates']['extra_copies']})",
         f"  model       {model.path}  {card['architecture']}, {card['complexity']['macs'] / 1e6:.1f} M MACs, "
-        f"test top-1 {test['top1']:.4f} on {test['n']} images, ONNX max abs diff {card['onnx_parity']['max_abs_diff']:.1e}",
-        f"  mlflow      run {card['lineage']['mlflow']['run_id']}  (mlflow ui --backend-store-uri {card['lineage']['mlflow']['tracking_uri']})",
-        "  registered  " + ", ".join(f"{r.tracking['alias']} (v{r.tracking['registered_version']})" for r in results if r.tracking),
-        f"  bundles     {b['out']}/{card['name']}/{results[0].manifest.version}/  (verify: factory bundle verify BUNDLE --pubkey {key.with_suffix('.pub')})",
+        f"test top-1 {test['top1']:.4f} on {test['n']} images, ONNX max abs diff "
+        f"{card['onnx_parity']['max_abs_diff']:.1e}",
+        f"  mlflow      run {card['lineage']['mlflow']['run_id']}  (mlflow ui --backend-store-uri "
+        f"{card['lineage']['mlflow']['tracking_uri']})",
+        "  registered  "
+        + ", ".join(f"{r.tracking['alias']} (v{r.tracking['registered_version']})" for r in results if r.tracking),
+        f"  bundles     {b['out']}/{card['name']}/{results[0].manifest.version}/  (verify: factory bundle verify "
+        f"BUNDLE --pubkey {key.with_suffix('.pub')})",
         "  time        " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()),
-        f"  reports     {b['report_dir']}/summary.md (build checks), {bp['out']}/report.md (+ latency.png, accuracy_vs_latency.png)",
+        f"  reports     {b['report_dir']}/summary.md (build checks), {bp['out']}/report.md (+ latency.png, "
+        "accuracy_vs_latency.png)",
         "",
-        "builds (budgets from targets/*.yaml; latency from the search's interleaved run of the candidates, or the build's quick probe):",
+        "builds (budgets from targets/*.yaml; latency from the search's interleaved run of the candidates, or the "
+        "build's quick probe):",
         table,
         "",
         "benchmark (its own interleaved run, one process per artifact; speedup over PyTorch eager):",
@@ -216,14 +267,18 @@ def _summary(p: dict, manifest, profile: dict, model, results, table: str, repor
     if demo:
         lines += ["", f"fleet ({p['fleet']['devices']} simulated devices, local registry {demo['registry']}):"]
         for label, r in demo["rollouts"].items():
-            lines.append(f"  {label:5s} release {demo['releases'][label]}: rollout {r['rollout']} ended {r['status']} "
-                         f"at stage {r['stage'] + 1} after {r['windows']} telemetry windows")
+            lines.append(
+                f"  {label:5s} release {demo['releases'][label]}: rollout {r['rollout']} ended {r['status']} "
+                f"at stage {r['stage'] + 1} after {r['windows']} telemetry windows"
+            )
         lines.append("  audit log:")
         for a in demo["audit"]:
             if a["action"].startswith(("rollout.", "retrain.")):
                 why = a["detail"].get("reason", "")
                 lines.append(f"    {a['ts']}  {a['actor']:10s} {a['action']:17s} {a['rollout'] or '':22s} {why}")
-        lines.append(f"  look: factory registry serve --config {demo['registry']}/registry.yaml, then http://127.0.0.1:8700/status")
+        lines.append(
+            f"  look: factory registry serve --config {demo['registry']}/registry.yaml, then http://127.0.0.1:8700/status"
+        )
     if verdict.get("recorded_baseline"):
         lines.append(f"gate: no baseline yet; recorded this run at {bp['baseline']} (the next run is gated against it)")
     else:
@@ -232,8 +287,14 @@ def _summary(p: dict, manifest, profile: dict, model, results, table: str, repor
 
 
 @click.command("run")
-@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
-              help="Pipeline parameters, one section per stage (the same file dvc.yaml reads).")
+@click.option(
+    "--params",
+    "params_path",
+    default="params.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Pipeline parameters, one section per stage (the same file dvc.yaml reads).",
+)
 @click.option("--fresh", is_flag=True, help="Regenerate the synthetic dataset even if it is current.")
 def run(params_path: str, fresh: bool) -> None:
     """Run the main job end to end: data, profile, train, a signed bundle per target, bench and gate.
@@ -262,6 +323,8 @@ def run(params_path: str, fresh: bool) -> None:
     click.echo(_summary(p, manifest, profile, model, results, table, report, verdict, demo, clock.timings, key))
     bad = [r.manifest.target for r in results if not r.passed]
     if bad:
-        raise ValidationError(f"bundles for {', '.join(bad)} failed their budgets (see the table and {p['build']['report_dir']}/)")
+        raise ValidationError(
+            f"bundles for {', '.join(bad)} failed their budgets (see the table and {p['build']['report_dir']}/)"
+        )
     if not verdict["passed"]:
         raise GateFailure(f"the gate found a regression against {p['bench']['baseline']} (see the lines above)")

@@ -78,40 +78,69 @@ def _log(run, folder: Path, archive: Path, m: Manifest) -> dict:
     from ..device.pyfunc import BundlePyfunc
 
     recipe, p = m.recipe, m.validation["parity"]
-    mlflow.log_params({"target": m.target, "backend": m.runtime["backend"], "precision": recipe["precision"],
-                       "pruning": f"{recipe['pruning']['method']}:{recipe['pruning']['ratio']}", "version": m.version})
-    mlflow.log_metrics({"top1": p["top1"], "accuracy_drop_pt": p["accuracy_drop_pt"], "top1_agreement": p["top1_agreement"],
-                        "max_abs_diff": p["max_abs_diff"], "latency_p50_ms": m.latency["p50_ms"], "latency_p95_ms": m.latency["p95_ms"],
-                        "size_bytes": m.artifact["size_bytes"], "passed": float(m.passed)})
+    mlflow.log_params(
+        {
+            "target": m.target,
+            "backend": m.runtime["backend"],
+            "precision": recipe["precision"],
+            "pruning": f"{recipe['pruning']['method']}:{recipe['pruning']['ratio']}",
+            "version": m.version,
+        }
+    )
+    mlflow.log_metrics(
+        {
+            "top1": p["top1"],
+            "accuracy_drop_pt": p["accuracy_drop_pt"],
+            "top1_agreement": p["top1_agreement"],
+            "max_abs_diff": p["max_abs_diff"],
+            "latency_p50_ms": m.latency["p50_ms"],
+            "latency_p95_ms": m.latency["p95_ms"],
+            "size_bytes": m.artifact["size_bytes"],
+            "passed": float(m.passed),
+        }
+    )
     mlflow.log_artifact(str(archive), artifact_path="bundle-archive")
     example = np.zeros([2, *m.input["shape"][1:]], np.float32)
     with warnings.catch_warnings():  # MLflow nags about type hints and input examples we do not need
         warnings.simplefilter("ignore")
         info = mlflow.pyfunc.log_model(
-            name="bundle", python_model=BundlePyfunc(), artifacts={"bundle": str(folder)},
+            name="bundle",
+            python_model=BundlePyfunc(),
+            artifacts={"bundle": str(folder)},
             signature=infer_signature(example, np.zeros((2, len(m.labels)), np.float32)),
             pip_requirements=[f"{m.runtime['package']}>={m.runtime['min_version']}", "edge-model-factory"],
         )
     with native_quiet():  # "Registered model ... / Created version ..." chatter
         version = mlflow.register_model(info.model_uri, m.name)
     MlflowClient().set_registered_model_alias(m.name, alias_for(m.target), version.version)
-    return {"run_id": run.info.run_id, "model_uri": info.model_uri, "registered_version": version.version,
-            "alias": f"models:/{m.name}@{alias_for(m.target)}"}
+    return {
+        "run_id": run.info.run_id,
+        "model_uri": info.model_uri,
+        "registered_version": version.version,
+        "alias": f"models:/{m.name}@{alias_for(m.target)}",
+    }
 
 
-def publish(src: Path, dest: Path, key, *, track: bool = True, edit: Callable[[Manifest], None] | None = None) -> BuildResult:
+def publish(
+    src: Path, dest: Path, key, *, track: bool = True, edit: Callable[[Manifest], None] | None = None
+) -> BuildResult:
     """Copy the signed bundle ``src`` to ``dest`` (with ``edit`` applied), sign, pack and track it."""
     manifest = Manifest.read(src)
     with _run(manifest, track) as run:
+
         def finish(m: Manifest) -> None:
             if edit is not None:
                 edit(m)
             if run is not None:
                 import mlflow
 
-                m.lineage["mlflow"] = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": run.info.run_id,
-                                       "experiment_id": run.info.experiment_id, "registered_model": m.name,
-                                       "model_uri": f"models:/{m.name}@{alias_for(m.target)}"}
+                m.lineage["mlflow"] = {
+                    "tracking_uri": mlflow.get_tracking_uri(),
+                    "run_id": run.info.run_id,
+                    "experiment_id": run.info.experiment_id,
+                    "registered_model": m.name,
+                    "model_uri": f"models:/{m.name}@{alias_for(m.target)}",
+                }
 
         manifest = copy_resigned(src, dest, key, finish)
         archive = pack(dest, dest.parent / f"{manifest.target}.tar.gz")

@@ -36,8 +36,19 @@ from .build import BuildContext, load_context, make_bundle
 from .publish import BuildResult, publish
 from .search_report import search_markdown, track_search, write_search_report
 
-__all__ = ["Candidate", "SearchPlan", "expand_space", "load_search_config", "plan_search", "build_candidates",
-           "benchmark_candidates", "rank", "publish_winner", "search", "search_markdown"]
+__all__ = [
+    "Candidate",
+    "SearchPlan",
+    "expand_space",
+    "load_search_config",
+    "plan_search",
+    "build_candidates",
+    "benchmark_candidates",
+    "rank",
+    "publish_winner",
+    "search",
+    "search_markdown",
+]
 
 RUNTIME_ONLY = ("runtime.threads",)
 CANDIDATE_VERSION = "0.0.0-search"  # cached candidates are not releases; the winner gets the real version
@@ -97,8 +108,10 @@ def _override_args(overrides: dict) -> tuple[str, ...]:
 def expand_space(space: dict, profile_path: str) -> list[Candidate]:
     """Every distinct combination of the space's values (quantization knobs dropped for float precisions)."""
     if not space or any(not isinstance(v, list) or not v for v in space.values()):
-        raise ConfigError(f"{profile_path}: search.space is empty or has a key without candidate values",
-                          hint="list values per key, e.g. recipe.precision: [fp32, int8-static]")
+        raise ConfigError(
+            f"{profile_path}: search.space is empty or has a key without candidate values",
+            hint="list values per key, e.g. recipe.precision: [fp32, int8-static]",
+        )
     keys = list(space)
     seen, out = set(), []
     for combo in itertools.product(*(space[k] for k in keys)):
@@ -118,10 +131,25 @@ def load_search_config(path) -> dict:
 
 
 def _key(profile: dict, canonical) -> str:
-    ident = {"weights": canonical.card["files"]["weights"]["sha256"], "recipe": profile["recipe"], "runtime": profile["runtime"],
-             "backend": profile["backend"], "toolchain": package_versions(["torch", "onnxruntime", "openvino", "nncf", "litert-torch",
-                                                                              "ai-edge-litert", "ai-edge-quantizer", "torch-pruning"]),
-             "factory": __version__}
+    ident = {
+        "weights": canonical.card["files"]["weights"]["sha256"],
+        "recipe": profile["recipe"],
+        "runtime": profile["runtime"],
+        "backend": profile["backend"],
+        "toolchain": package_versions(
+            [
+                "torch",
+                "onnxruntime",
+                "openvino",
+                "nncf",
+                "litert-torch",
+                "ai-edge-litert",
+                "ai-edge-quantizer",
+                "torch-pruning",
+            ]
+        ),
+        "factory": __version__,
+    }
     return hashlib.sha256(canonical_json(ident)).hexdigest()[:20]
 
 
@@ -135,8 +163,17 @@ def _valid_bundle(folder: Path) -> bool:
     return all((folder / n).is_file() and (folder / n).stat().st_size == e["size"] for n, e in m.files.items())
 
 
-def plan_search(model_dir, target: str, *, key_path, data=None, targets_dir=None, cache_dir=".factory/cache",
-                search_config: dict | None = None, context: BuildContext | None = None) -> SearchPlan:
+def plan_search(
+    model_dir,
+    target: str,
+    *,
+    key_path,
+    data=None,
+    targets_dir=None,
+    cache_dir=".factory/cache",
+    search_config: dict | None = None,
+    context: BuildContext | None = None,
+) -> SearchPlan:
     """Load the model and profile, expand the space, and key every candidate (invalid recipes fail here)."""
     started = time.perf_counter()
     ctx = context or load_context(model_dir, data)
@@ -146,8 +183,10 @@ def plan_search(model_dir, target: str, *, key_path, data=None, targets_dir=None
     threads0 = base["runtime"].get("threads")
     # The yardstick: the runtime's fp32 export of the unpruned model. A candidate whose resolved
     # recipe is the same (whatever keys the space spells out) is the reference; otherwise it is added.
-    reference = Candidate({"recipe.precision": "fp32", "recipe.pruning": "none"}
-                          | ({"runtime.threads": threads0} if "runtime.threads" in sp["space"] else {}))
+    reference = Candidate(
+        {"recipe.precision": "fp32", "recipe.pruning": "none"}
+        | ({"runtime.threads": threads0} if "runtime.threads" in sp["space"] else {})
+    )
     for c in [reference, *cands]:
         try:
             c.key = _key(load_target(target, targets_dir, _override_args(c.overrides)), ctx.canonical)
@@ -160,7 +199,9 @@ def plan_search(model_dir, target: str, *, key_path, data=None, targets_dir=None
     else:
         reference = next(c for c in cands if c.key == reference.key)
     root = Path(cache_dir) / "search" / ctx.canonical.card["name"] / base["name"]
-    return SearchPlan(ctx, base, sp, load_private_key(key_path), root, reference, cands, targets_dir, Path(cache_dir), started)
+    return SearchPlan(
+        ctx, base, sp, load_private_key(key_path), root, reference, cands, targets_dir, Path(cache_dir), started
+    )
 
 
 def _build_one(plan: SearchPlan, cand: Candidate) -> None:
@@ -208,8 +249,10 @@ def build_candidates(plan: SearchPlan, budget_minutes: float) -> list[Candidate]
         c.from_cache = c.status == "cached"
     measured = [c for c in plan.candidates if c.status in ("built", "cached")]
     if not measured:
-        raise ValidationError(f"search for {plan.profile['name']}: no candidate could be built",
-                              hint="; ".join(f"{c.label}: {c.reason}" for c in plan.candidates)[:800])
+        raise ValidationError(
+            f"search for {plan.profile['name']}: no candidate could be built",
+            hint="; ".join(f"{c.label}: {c.reason}" for c in plan.candidates)[:800],
+        )
     return measured
 
 
@@ -217,7 +260,9 @@ def benchmark_candidates(measured: list[Candidate], root: Path, seconds: float, 
     """All candidates in one interleaved latency run (reused from the cache when nothing changed)."""
     from ..bench.run import run_bench
 
-    ident = hashlib.sha256(canonical_json({"keys": sorted(c.key for c in measured), "seconds": seconds})).hexdigest()[:20]
+    ident = hashlib.sha256(canonical_json({"keys": sorted(c.key for c in measured), "seconds": seconds})).hexdigest()[
+        :20
+    ]
     cached = root / f"bench-{ident}.json"
     if cached.is_file() and not remeasure:
         progress.info(f"benchmark of these {len(measured)} candidates from cache ({cached.name})")
@@ -226,8 +271,12 @@ def benchmark_candidates(measured: list[Candidate], root: Path, seconds: float, 
         progress.info(f"benchmarking {len(measured)} candidates together, interleaved, for {seconds:g} s")
         report = run_bench([c.folder for c in measured], seconds=seconds, accuracy=False)
         by_path = {a["path"]: a for a in report["artifacts"]}
-        bench = {"settings": report["settings"],
-                 "latency": {c.key: {k: v for k, v in by_path[c.folder]["latency"].items() if k != "samples_ms"} for c in measured}}
+        bench = {
+            "settings": report["settings"],
+            "latency": {
+                c.key: {k: v for k, v in by_path[c.folder]["latency"].items() if k != "samples_ms"} for c in measured
+            },
+        }
         write_json(cached, bench)
         bench["cached"] = False
     for c in measured:
@@ -237,8 +286,13 @@ def benchmark_candidates(measured: list[Candidate], root: Path, seconds: float, 
 
 def _checks(c: Candidate, budgets: dict):
     p = c.manifest.validation["parity"]
-    return check_budgets(budgets, accuracy_drop_pt=p["accuracy_drop_pt"], top1_agreement=p["top1_agreement"],
-                         latency_p95_ms=c.latency["p95_ms"], size_mb=c.manifest.artifact["size_bytes"] / 1e6)
+    return check_budgets(
+        budgets,
+        accuracy_drop_pt=p["accuracy_drop_pt"],
+        top1_agreement=p["top1_agreement"],
+        latency_p95_ms=c.latency["p95_ms"],
+        size_mb=c.manifest.artifact["size_bytes"] / 1e6,
+    )
 
 
 def _objective(c: Candidate, objective: str) -> tuple:
@@ -252,20 +306,38 @@ def _objective(c: Candidate, objective: str) -> tuple:
 
 def _pareto(cands: list[Candidate]) -> set[str]:
     pts = {c.key: (c.latency["p50_ms"], c.manifest.validation["parity"]["accuracy_drop_pt"]) for c in cands}
-    return {k for k, (lat, d) in pts.items()
-            if not any((l2 <= lat and d2 <= d) and (l2 < lat or d2 < d) for k2, (l2, d2) in pts.items() if k2 != k)}
+    return {
+        k
+        for k, (lat, d) in pts.items()
+        if not any((l2 <= lat and d2 <= d) and (l2 < lat or d2 < d) for k2, (l2, d2) in pts.items() if k2 != k)
+    }
 
 
 def _row(c: Candidate, winner, ref, front: set[str]) -> dict:
-    row = {"label": c.label, "overrides": c.overrides, "key": c.key, "status": c.status, "reason": c.reason,
-           "winner": c is winner, "reference": c is ref}
+    row = {
+        "label": c.label,
+        "overrides": c.overrides,
+        "key": c.key,
+        "status": c.status,
+        "reason": c.reason,
+        "winner": c is winner,
+        "reference": c is ref,
+    }
     if c.latency:
         p, a = c.manifest.validation["parity"], c.manifest.artifact
-        row |= {"top1": p["top1"], "accuracy_drop_pt": p["accuracy_drop_pt"], "top1_agreement": p["top1_agreement"],
-                "p50_ms": c.latency["p50_ms"], "p95_ms": c.latency["p95_ms"], "median_ci": c.latency.get("median_ci"),
-                "size_mb": a["size_bytes"] / 1e6, "macs": a["macs"], "precision": c.manifest.recipe["precision"],
-                "pareto": c.key in front,
-                "speedup_vs_reference": (ref.latency["p50_ms"] / c.latency["p50_ms"]) if ref and ref.latency else None}
+        row |= {
+            "top1": p["top1"],
+            "accuracy_drop_pt": p["accuracy_drop_pt"],
+            "top1_agreement": p["top1_agreement"],
+            "p50_ms": c.latency["p50_ms"],
+            "p95_ms": c.latency["p95_ms"],
+            "median_ci": c.latency.get("median_ci"),
+            "size_mb": a["size_bytes"] / 1e6,
+            "macs": a["macs"],
+            "precision": c.manifest.recipe["precision"],
+            "pareto": c.key in front,
+            "speedup_vs_reference": (ref.latency["p50_ms"] / c.latency["p50_ms"]) if ref and ref.latency else None,
+        }
     return row
 
 
@@ -286,25 +358,41 @@ def rank(plan: SearchPlan, measured: list[Candidate], bench: dict) -> tuple[Cand
     counts = {s: sum(c.status == s for c in plan.candidates) for s in ("feasible", "rejected", "failed", "skipped")}
     counts |= {"measured": len(measured), "from_cache": sum(c.from_cache for c in measured)}
     card = plan.ctx.canonical.card
-    summary = {"model": card["name"], "target": plan.profile["name"], "backend": plan.profile["backend"], "objective": objective,
-               "budgets": budgets, "space": plan.config["space"], "bench_seconds": plan.config["bench_seconds"],
-               "benchmark_cached": bench["cached"], "environment": bench["settings"]["environment"],
-               "counts": counts, "candidates": rows, "seconds": round(time.perf_counter() - plan.started, 1)}
+    summary = {
+        "model": card["name"],
+        "target": plan.profile["name"],
+        "backend": plan.profile["backend"],
+        "objective": objective,
+        "budgets": budgets,
+        "space": plan.config["space"],
+        "bench_seconds": plan.config["bench_seconds"],
+        "benchmark_cached": bench["cached"],
+        "environment": bench["settings"]["environment"],
+        "counts": counts,
+        "candidates": rows,
+        "seconds": round(time.perf_counter() - plan.started, 1),
+    }
     if winner is None:
+
         def distance(c: Candidate) -> float:
             return sum(abs(m.value - m.limit) / max(abs(m.limit), 1e-9) for m in failed(_checks(c, budgets)))
 
         closest = min(measured, key=distance)
         summary["verdict"] = f"No candidate meets the budgets; closest: {closest.label} ({closest.reason})."
     else:
-        speed = f", {ref.latency['p50_ms'] / winner.latency['p50_ms']:.2f}x faster (p50) than {ref.label}" if ref else ""
-        summary["verdict"] = (f"Winner: {winner.label}: p50 {winner.latency['p50_ms']:.3f} ms, drop "
-                              f"{winner.manifest.validation['parity']['accuracy_drop_pt']:+.2f} pt{speed}.")
+        speed = (
+            f", {ref.latency['p50_ms'] / winner.latency['p50_ms']:.2f}x faster (p50) than {ref.label}" if ref else ""
+        )
+        summary["verdict"] = (
+            f"Winner: {winner.label}: p50 {winner.latency['p50_ms']:.3f} ms, drop "
+            f"{winner.manifest.validation['parity']['accuracy_drop_pt']:+.2f} pt{speed}."
+        )
     return winner, summary
 
 
-def publish_winner(plan: SearchPlan, winner: Candidate, summary: dict, bench: dict, *, out_root, version: str | None,
-                   track: bool) -> BuildResult:
+def publish_winner(
+    plan: SearchPlan, winner: Candidate, summary: dict, bench: dict, *, out_root, version: str | None, track: bool
+) -> BuildResult:
     """The winner becomes the target's bundle: the search's latency and verdict in its manifest, then published."""
     card = plan.ctx.canonical.card
     version = resolve_version(Path(out_root), card["name"], card["files"]["weights"]["sha256"], version)
@@ -312,26 +400,71 @@ def publish_winner(plan: SearchPlan, winner: Candidate, summary: dict, bench: di
 
     def finish(m: Manifest) -> None:
         m.version = version
-        m.latency = {**m.latency, **{k: winner.latency[k] for k in ("p50_ms", "p95_ms")},
-                     "source": "search benchmark (interleaved, same run as every candidate)",
-                     "median_ci": winner.latency.get("median_ci"), "host": bench["settings"]["environment"]["host"]}
-        m.lineage["search"] = {k: summary[k] for k in ("objective", "space", "budgets", "bench_seconds", "counts", "verdict")} | {
-            "winner": winner.key, "candidates": [{k: r.get(k) for k in ("label", "status", "reason", "top1", "accuracy_drop_pt",
-                                                                          "p50_ms", "p95_ms", "size_mb", "pareto", "winner")}
-                                                 for r in summary["candidates"]]}
+        m.latency = {
+            **m.latency,
+            **{k: winner.latency[k] for k in ("p50_ms", "p95_ms")},
+            "source": "search benchmark (interleaved, same run as every candidate)",
+            "median_ci": winner.latency.get("median_ci"),
+            "host": bench["settings"]["environment"]["host"],
+        }
+        m.lineage["search"] = {
+            k: summary[k] for k in ("objective", "space", "budgets", "bench_seconds", "counts", "verdict")
+        } | {
+            "winner": winner.key,
+            "candidates": [
+                {
+                    k: r.get(k)
+                    for k in (
+                        "label",
+                        "status",
+                        "reason",
+                        "top1",
+                        "accuracy_drop_pt",
+                        "p50_ms",
+                        "p95_ms",
+                        "size_mb",
+                        "pareto",
+                        "winner",
+                    )
+                }
+                for r in summary["candidates"]
+            ],
+        }
 
     return publish(Path(winner.folder), dest, plan.key, track=track, edit=finish)
 
 
-def search(model_dir, target: str, *, key_path, data=None, out_root="bundles", targets_dir=None, cache_dir=".factory/cache",
-           report_dir="reports/search", budget_minutes: float | None = None, remeasure: bool = False, version: str | None = None,
-           track: bool = True, search_config: dict | None = None, context: BuildContext | None = None) -> tuple[BuildResult, dict]:
+def search(
+    model_dir,
+    target: str,
+    *,
+    key_path,
+    data=None,
+    out_root="bundles",
+    targets_dir=None,
+    cache_dir=".factory/cache",
+    report_dir="reports/search",
+    budget_minutes: float | None = None,
+    remeasure: bool = False,
+    version: str | None = None,
+    track: bool = True,
+    search_config: dict | None = None,
+    context: BuildContext | None = None,
+) -> tuple[BuildResult, dict]:
     """Search one target's recipe space; return the published winner and the search summary.
 
     Raises ValidationError (exit 1) when no candidate meets the budgets; the report is written either way.
     """
-    plan = plan_search(model_dir, target, key_path=key_path, data=data, targets_dir=targets_dir, cache_dir=cache_dir,
-                       search_config=search_config, context=context)
+    plan = plan_search(
+        model_dir,
+        target,
+        key_path=key_path,
+        data=data,
+        targets_dir=targets_dir,
+        cache_dir=cache_dir,
+        search_config=search_config,
+        context=context,
+    )
     budget = budget_minutes if budget_minutes is not None else plan.config["budget_minutes"]
     measured = build_candidates(plan, budget)
     bench = benchmark_candidates(measured, plan.root, plan.config["bench_seconds"], remeasure)
@@ -341,5 +474,7 @@ def search(model_dir, target: str, *, key_path, data=None, out_root="bundles", t
     if track:
         track_search(summary, (plan.ctx.canonical.card["lineage"].get("mlflow") or {}).get("run_id"))
     if winner is None:
-        raise ValidationError(f"search for {target}: {summary['verdict']}", hint=f"see {rdir}/search.md; relax budgets or widen the space")
+        raise ValidationError(
+            f"search for {target}: {summary['verdict']}", hint=f"see {rdir}/search.md; relax budgets or widen the space"
+        )
     return publish_winner(plan, winner, summary, bench, out_root=out_root, version=version, track=track), summary

@@ -12,21 +12,28 @@ __all__ = ["search_markdown", "write_search_report", "track_search"]
 
 def search_markdown(summary: dict) -> str:
     """The search as a Markdown table with the verdict under it."""
-    lines = [f"# Recipe search: {summary['model']} for target {summary['target']} ({summary['backend']})", "",
-             f"Objective: {summary['objective']}; budgets: {summary['budgets']}. "
-             f"{summary['counts']['measured']} candidates measured together ({summary['bench_seconds']:g} s, interleaved); "
-             f"{summary['counts']['from_cache']} came from the cache; search took {summary['seconds']:g} s.", "",
-             "| candidate | status | top-1 | drop pt | agreement | p50 ms | p95 ms | speedup vs fp32 | size MB | MACs (M) | pareto | reason |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Recipe search: {summary['model']} for target {summary['target']} ({summary['backend']})",
+        "",
+        f"Objective: {summary['objective']}; budgets: {summary['budgets']}. "
+        f"{summary['counts']['measured']} candidates measured together ({summary['bench_seconds']:g} s, interleaved); "
+        f"{summary['counts']['from_cache']} came from the cache; search took {summary['seconds']:g} s.",
+        "",
+        "| candidate | status | top-1 | drop pt | agreement | p50 ms | p95 ms | speedup vs fp32 | size MB | MACs (M) | "
+        "pareto | reason |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in summary["candidates"]:
         if r.get("p50_ms") is None:
             lines.append(f"| {r['label']} | {r['status']} | - | - | - | - | - | - | - | - | - | {r['reason']} |")
             continue
         name = f"**{r['label']}** (winner)" if r["winner"] else r["label"]
         speed = f"{r['speedup_vs_reference']:.2f}x" if r.get("speedup_vs_reference") else "-"
-        lines.append(f"| {name} | {r['status']} | {r['top1']:.4f} | {r['accuracy_drop_pt']:+.2f} | {r['top1_agreement']:.4f} | "
-                     f"{r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {speed} | {r['size_mb']:.2f} | {r['macs'] / 1e6:.1f} | "
-                     f"{'yes' if r['pareto'] else ''} | {r['reason']} |")
+        lines.append(
+            f"| {name} | {r['status']} | {r['top1']:.4f} | {r['accuracy_drop_pt']:+.2f} | {r['top1_agreement']:.4f} | "
+            f"{r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {speed} | {r['size_mb']:.2f} | {r['macs'] / 1e6:.1f} | "
+            f"{'yes' if r['pareto'] else ''} | {r['reason']} |"
+        )
     lines += ["", summary["verdict"], ""]
     return "\n".join(lines)
 
@@ -42,18 +49,50 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
     for status, color, z in (("rejected", "#bbbbbb", 2), ("feasible", "#1f77b4", 3)):
         pts = [r for r in measured if r["status"] == status and not r["winner"]]
         if pts:
-            ax.scatter([r["p50_ms"] for r in pts], [r["accuracy_drop_pt"] for r in pts], s=[30 + 25 * r["size_mb"] for r in pts],
-                       c=color, marker="o", alpha=0.7, edgecolors="k", linewidths=0.5, zorder=z, label=f"{status} ({len(pts)})")
+            ax.scatter(
+                [r["p50_ms"] for r in pts],
+                [r["accuracy_drop_pt"] for r in pts],
+                s=[30 + 25 * r["size_mb"] for r in pts],
+                c=color,
+                marker="o",
+                alpha=0.7,
+                edgecolors="k",
+                linewidths=0.5,
+                zorder=z,
+                label=f"{status} ({len(pts)})",
+            )
     front = sorted((r for r in measured if r.get("pareto")), key=lambda r: r["p50_ms"])
     if len(front) > 1:
-        ax.plot([r["p50_ms"] for r in front], [r["accuracy_drop_pt"] for r in front], "--", c="#2ca02c", zorder=4, label="Pareto front")
+        ax.plot(
+            [r["p50_ms"] for r in front],
+            [r["accuracy_drop_pt"] for r in front],
+            "--",
+            c="#2ca02c",
+            zorder=4,
+            label="Pareto front",
+        )
     for r in measured:  # label only what a reader looks for: the front, the winner and the fp32 reference
         if r["winner"] or r.get("pareto") or r.get("reference"):
             tag = " (winner)" if r["winner"] else " (fp32 reference)" if r.get("reference") else ""
-            ax.annotate(r["label"] + tag, (r["p50_ms"], r["accuracy_drop_pt"]), textcoords="offset points",
-                        xytext=(6, -14) if tag == " (fp32 reference)" else (6, 8), fontsize=8, zorder=6)
+            ax.annotate(
+                r["label"] + tag,
+                (r["p50_ms"], r["accuracy_drop_pt"]),
+                textcoords="offset points",
+                xytext=(6, -14) if tag == " (fp32 reference)" else (6, 8),
+                fontsize=8,
+                zorder=6,
+            )
         if r["winner"]:
-            ax.scatter([r["p50_ms"]], [r["accuracy_drop_pt"]], s=260, c="#d62728", marker="*", edgecolors="k", zorder=5, label="winner")
+            ax.scatter(
+                [r["p50_ms"]],
+                [r["accuracy_drop_pt"]],
+                s=260,
+                c="#d62728",
+                marker="*",
+                edgecolors="k",
+                zorder=5,
+                label="winner",
+            )
     ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("p50 latency, ms (interleaved, same run)")
     ax.set_ylabel("top-1 drop vs canonical, points")
@@ -91,8 +130,16 @@ def track_search(summary: dict, train_run: str | None) -> None:
         mlflow.log_params({"objective": summary["objective"], "space": json.dumps(summary["space"])[:500]})
         mlflow.log_dict(summary, "search.json")
         for r in summary["candidates"]:
-            with mlflow.start_run(run_name=r["label"][:200], nested=True, tags={"factory.stage": "search-candidate", "factory.status": r["status"]}):
+            with mlflow.start_run(
+                run_name=r["label"][:200],
+                nested=True,
+                tags={"factory.stage": "search-candidate", "factory.status": r["status"]},
+            ):
                 mlflow.log_params({k: str(v)[:250] for k, v in r["overrides"].items()})
-                metrics = {k: r[k] for k in ("top1", "accuracy_drop_pt", "top1_agreement", "p50_ms", "p95_ms", "size_mb") if r.get(k) is not None}
+                metrics = {
+                    k: r[k]
+                    for k in ("top1", "accuracy_drop_pt", "top1_agreement", "p50_ms", "p95_ms", "size_mb")
+                    if r.get(k) is not None
+                }
                 if metrics:
                     mlflow.log_metrics(metrics)

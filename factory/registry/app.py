@@ -66,9 +66,15 @@ def _services(settings: dict) -> Services:
     uploads = Path(tempfile.gettempdir()) / f"factory-registry-uploads-{os.getpid()}"
     _clean_dead_uploads(uploads.parent)
     uploads.mkdir(exist_ok=True)
-    svc = Services(settings=settings, engine=engine, store=store,
-                   states=StateCache(engine, settings["public_url"], settings["cache_seconds"]),
-                   tokens=TokenCache(engine), keys=_trusted_keys(settings["trusted_keys"]), uploads=uploads)
+    svc = Services(
+        settings=settings,
+        engine=engine,
+        store=store,
+        states=StateCache(engine, settings["public_url"], settings["cache_seconds"]),
+        tokens=TokenCache(engine),
+        keys=_trusted_keys(settings["trusted_keys"]),
+        uploads=uploads,
+    )
     svc.hooks["stop"].append(lambda: shutil.rmtree(uploads, ignore_errors=True))
     return svc
 
@@ -85,10 +91,19 @@ def create_app(settings: dict | None = None) -> FastAPI:
         for fn in svc.hooks["stop"]:
             fn()
 
-    app = FastAPI(title="Edge model factory registry", version=__version__, lifespan=lifespan,
-                  description="Signed bundles, staged rollouts and device assignments. Admin tokens publish and "
-                              "manage rollouts; device tokens pull and report.")
-    app.state.engine, app.state.store, app.state.states, app.state.settings = svc.engine, svc.store, svc.states, svc.settings
+    app = FastAPI(
+        title="Edge model factory registry",
+        version=__version__,
+        lifespan=lifespan,
+        description="Signed bundles, staged rollouts and device assignments. Admin tokens publish and "
+        "manage rollouts; device tokens pull and report.",
+    )
+    app.state.engine, app.state.store, app.state.states, app.state.settings = (
+        svc.engine,
+        svc.store,
+        svc.states,
+        svc.settings,
+    )
 
     @app.exception_handler(FactoryError)
     async def _factory_error(_request, exc: FactoryError):

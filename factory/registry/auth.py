@@ -30,7 +30,11 @@ def create_token(conn, name: str, role: str) -> str:
     if role not in ROLES:
         raise InputError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
     token = f"fct_{role[0]}_{secrets.token_urlsafe(32)}"
-    conn.execute(db.tokens.insert().values(name=name, role=role, token_hash=hash_token(token), created_at=db.now(), revoked=False))
+    conn.execute(
+        db.tokens.insert().values(
+            name=name, role=role, token_hash=hash_token(token), created_at=db.now(), revoked=False
+        )
+    )
     db.add_audit(conn, "cli", "token.create", None, {"name": name, "role": role})
     return token
 
@@ -57,8 +61,11 @@ class TokenCache:
         h = hash_token(token)
         if now - self._loaded > self.ttl or (h not in self._map and now - self._loaded > 0.2):
             with self.engine.connect() as conn:
-                rows = conn.execute(sa.select(db.tokens.c.token_hash, db.tokens.c.role, db.tokens.c.name)
-                                    .where(db.tokens.c.revoked == sa.false())).all()
+                rows = conn.execute(
+                    sa.select(db.tokens.c.token_hash, db.tokens.c.role, db.tokens.c.name).where(
+                        db.tokens.c.revoked == sa.false()
+                    )
+                ).all()
             self._map = {r.token_hash: (r.role, r.name) for r in rows}
             self._loaded = now
         return self._map.get(h)

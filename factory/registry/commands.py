@@ -9,11 +9,20 @@ import click
 
 __all__ = ["registry", "release", "rollout"]
 
-_config = click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
-                       help="Registry settings YAML [default: configs/registry.yaml if present].")
-_registry = click.option("--registry", "url", default=None, help="Registry URL [default: $FACTORY_REGISTRY_URL or http://127.0.0.1:8700].")
+_config = click.option(
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Registry settings YAML [default: configs/registry.yaml if present].",
+)
+_registry = click.option(
+    "--registry", "url", default=None, help="Registry URL [default: $FACTORY_REGISTRY_URL or http://127.0.0.1:8700]."
+)
 _token = click.option("--token", default=None, help="Bearer token [default: $FACTORY_REGISTRY_TOKEN].")
-_local = click.option("--local", is_flag=True, help="No server: run the registry in-process on the local database and blob store.")
+_local = click.option(
+    "--local", is_flag=True, help="No server: run the registry in-process on the local database and blob store."
+)
 
 
 def _settings(config_path: str | None) -> dict:
@@ -40,7 +49,9 @@ def registry() -> None:
 @_config
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8700, show_default=True)
-@click.option("--workers", default=1, show_default=True, help="Worker processes (replicas share the database and blob store).")
+@click.option(
+    "--workers", default=1, show_default=True, help="Worker processes (replicas share the database and blob store)."
+)
 def serve_cmd(config_path, host, port, workers) -> None:
     """Serve the registry over HTTP (OpenAPI at /docs and /openapi.json).
 
@@ -53,8 +64,12 @@ def serve_cmd(config_path, host, port, workers) -> None:
 
     settings = _settings(config_path)
     os.environ["FACTORY_REGISTRY_SETTINGS"] = json.dumps(settings)
-    click.echo(f"registry on http://{host}:{port}  (database {settings['database']}, storage {settings['storage']})", err=True)
-    uvicorn.run("factory.registry.serve:app", host=host, port=port, workers=workers, log_level="warning", access_log=False)
+    click.echo(
+        f"registry on http://{host}:{port}  (database {settings['database']}, storage {settings['storage']})", err=True
+    )
+    uvicorn.run(
+        "factory.registry.serve:app", host=host, port=port, workers=workers, log_level="warning", access_log=False
+    )
 
 
 @registry.group("token")
@@ -65,7 +80,12 @@ def token_group() -> None:
 @token_group.command("create")
 @_config
 @click.option("--name", required=True, help="Who the token is for, e.g. ci or device-fleet-eu.")
-@click.option("--role", required=True, type=click.Choice(["admin", "device"]), help="admin: publish and rollouts; device: pull and telemetry.")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["admin", "device"]),
+    help="admin: publish and rollouts; device: pull and telemetry.",
+)
 def token_create(config_path, name, role) -> None:
     """Create a token and print it (only now: the registry keeps its hash)."""
     from . import db
@@ -105,7 +125,10 @@ def publish_cmd(bundles, url, token, local, config_path, allow_failed) -> None:
     with _client(url, token, local, config_path) as client:
         for b in bundles:
             r = client.publish(Path(b), allow_failed)
-            click.echo(f"{'published' if r['created'] else 'already there'}: {r['name']} {r['version']} {r['target']} (sha256 {r['sha256'][:16]})")
+            click.echo(
+                f"{'published' if r['created'] else 'already there'}: {r['name']} {r['version']} {r['target']} (sha256 "
+                f"{r['sha256'][:16]})"
+            )
 
 
 @release.command("list")
@@ -117,7 +140,10 @@ def list_cmd(url, token, local, config_path) -> None:
     """List published releases."""
     with _client(url, token, local, config_path) as client:
         for r in client.releases():
-            click.echo(f"{r['name']:16s} {r['version']:10s} {r['target']:10s} {r['size']:>10d} B  {r['sha256'][:16]}  {r['published_at']}")
+            click.echo(
+                f"{r['name']:16s} {r['version']:10s} {r['target']:10s} {r['size']:>10d} B  {r['sha256'][:16]}  "
+                f"{r['published_at']}"
+            )
 
 
 @click.group()
@@ -127,14 +153,22 @@ def rollout() -> None:
 
 def _show(r: dict) -> str:
     st = r["plan"]["stages"][r["stage"]]
-    return (f"{r['name']}: {r['status']}, stage {r['stage'] + 1}/{len(r['plan']['stages'])} ({st['percent']:g}%), "
-            f"release {r['plan']['release']['name']} {r['plan']['release']['version']} for {', '.join(r['releases'])}; "
-            f"previous {r['previous'] or 'none'}")
+    return (
+        f"{r['name']}: {r['status']}, stage {r['stage'] + 1}/{len(r['plan']['stages'])} ({st['percent']:g}%), "
+        f"release {r['plan']['release']['name']} {r['plan']['release']['version']} for {', '.join(r['releases'])}; "
+        f"previous {r['previous'] or 'none'}"
+    )
 
 
 @rollout.command("create")
 @click.option("--plan", "plan_path", default="configs/rollout.yaml", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a plan key, e.g. --set release.version=0.1.2.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a plan key, e.g. --set release.version=0.1.2.",
+)
 @_registry
 @_token
 @_local
@@ -208,5 +242,8 @@ def export_cmd(out, url, token, local, config_path) -> None:
         doc = client.fleet_manifest()
     write_json(out, doc)
     p = doc["payload"]
-    click.echo(f"wrote {out}: sequence {p['sequence']}, {len(p['rollouts'])} active rollout(s), {len(p['releases'])} release(s), "
-               f"signed by key {doc['signature']['key_id']}")
+    click.echo(
+        f"wrote {out}: sequence {p['sequence']}, {len(p['rollouts'])} active rollout(s), {len(p['releases'])} "
+        "release(s), "
+        f"signed by key {doc['signature']['key_id']}"
+    )

@@ -13,13 +13,30 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-__all__ = ["metadata", "releases", "tokens", "rollouts", "stable", "audit", "state", "devices", "telemetry",
-           "engine_for", "now", "bump_state", "state_version", "add_audit", "audit_entries", "dumps"]
+__all__ = [
+    "metadata",
+    "releases",
+    "tokens",
+    "rollouts",
+    "stable",
+    "audit",
+    "state",
+    "devices",
+    "telemetry",
+    "engine_for",
+    "now",
+    "bump_state",
+    "state_version",
+    "add_audit",
+    "audit_entries",
+    "dumps",
+]
 
 metadata = sa.MetaData()
 
 releases = sa.Table(
-    "releases", metadata,
+    "releases",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("version", sa.String(100), nullable=False),
@@ -34,7 +51,8 @@ releases = sa.Table(
 )
 
 tokens = sa.Table(
-    "tokens", metadata,
+    "tokens",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("role", sa.String(20), nullable=False),
@@ -44,7 +62,8 @@ tokens = sa.Table(
 )
 
 rollouts = sa.Table(
-    "rollouts", metadata,
+    "rollouts",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("name", sa.String(200), nullable=False, unique=True),
     sa.Column("model", sa.String(200), nullable=False),
@@ -59,14 +78,16 @@ rollouts = sa.Table(
 )
 
 stable = sa.Table(
-    "stable", metadata,
+    "stable",
+    metadata,
     sa.Column("model", sa.String(200), primary_key=True),
     sa.Column("target", sa.String(100), primary_key=True),
     sa.Column("release_key", sa.String(500), nullable=False),
 )
 
 audit = sa.Table(
-    "audit", metadata,
+    "audit",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("ts", sa.String(40), nullable=False),
     sa.Column("actor", sa.String(200), nullable=False),
@@ -76,13 +97,15 @@ audit = sa.Table(
 )
 
 state = sa.Table(
-    "state", metadata,
+    "state",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("version", sa.BigInteger, nullable=False),
 )
 
 devices = sa.Table(
-    "devices", metadata,
+    "devices",
+    metadata,
     sa.Column("device_id", sa.String(200), primary_key=True),
     sa.Column("target", sa.String(100), nullable=False),
     sa.Column("tags", sa.Text, nullable=False),
@@ -91,7 +114,8 @@ devices = sa.Table(
 )
 
 telemetry = sa.Table(
-    "telemetry", metadata,
+    "telemetry",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("idempotency_key", sa.String(200), nullable=False, unique=True),
     sa.Column("device_id", sa.String(200), nullable=False, index=True),
@@ -117,7 +141,7 @@ def dumps(obj) -> str:
 def engine_for(url: str) -> sa.Engine:
     """An engine with the tables created; SQLite gets WAL mode and a busy timeout for concurrency."""
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///") :]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -157,5 +181,14 @@ def audit_entries(conn, rollout: str | None = None, limit: int = 200) -> list[di
     q = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
     if rollout:
         q = q.where(audit.c.rollout == rollout)
-    return [{"id": r.id, "ts": r.ts, "actor": r.actor, "action": r.action, "rollout": r.rollout, "detail": json.loads(r.detail)}
-            for r in reversed(conn.execute(q).all())]
+    return [
+        {
+            "id": r.id,
+            "ts": r.ts,
+            "actor": r.actor,
+            "action": r.action,
+            "rollout": r.rollout,
+            "detail": json.loads(r.detail),
+        }
+        for r in reversed(conn.execute(q).all())
+    ]

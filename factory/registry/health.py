@@ -24,16 +24,25 @@ __all__ = ["release_reference", "series_for", "stage_verdicts", "evaluate_rollou
 def release_reference(conn, key: str) -> dict:
     """What a release's manifest says drift and latency are judged against."""
     name, version, target = key.split("/")
-    r = conn.execute(sa.select(db.releases.c.manifest).where(db.releases.c.name == name, db.releases.c.version == version,
-                                                             db.releases.c.target == target)).first()
+    r = conn.execute(
+        sa.select(db.releases.c.manifest).where(
+            db.releases.c.name == name, db.releases.c.version == version, db.releases.c.target == target
+        )
+    ).first()
     if r is None:
         return {}
     m = json.loads(r.manifest)
-    return {"profile": m.get("reference_profile") or {}, "latency": m.get("latency") or {}, "lineage": m.get("lineage") or {},
-            "labels": m.get("labels") or []}
+    return {
+        "profile": m.get("reference_profile") or {},
+        "latency": m.get("latency") or {},
+        "lineage": m.get("lineage") or {},
+        "labels": m.get("labels") or [],
+    }
 
 
-def series_for(conn, key: str, since: float, window_seconds: int, stage: tuple[str, int] | None = None) -> dict[float, dict]:
+def series_for(
+    conn, key: str, since: float, window_seconds: int, stage: tuple[str, int] | None = None
+) -> dict[float, dict]:
     """Merged telemetry of one release per window (window start -> merged).
 
     With ``stage=(rollout, index)``: only the summaries the registry attributed to that stage when
@@ -86,6 +95,8 @@ def evaluate_rollouts(engine, window_seconds: int, now: float, actor: str = "mon
             if d is None:
                 continue
             ro.transition(conn, name, d["action"], actor, d["reason"], evidence=d["evidence"])
-            decisions.append({"rollout": name, "action": d["action"]} | (
-                {"evidence": d["evidence"]["windows"]} if d["action"] == "rollback" else {"stage": r["stage"] + 1}))
+            decisions.append(
+                {"rollout": name, "action": d["action"]}
+                | ({"evidence": d["evidence"]["windows"]} if d["action"] == "rollback" else {"stage": r["stage"] + 1})
+            )
     return decisions

@@ -57,16 +57,28 @@ class Ingestor:
         self._rollouts = []
         for r in conn.execute(sa.select(db.rollouts)).all():
             plan = json.loads(r.plan)
-            self._rollouts.append({"name": r.name, "model": r.model, "status": r.status, "stage": r.stage, "salt": salt_for(r.name),
-                                   "cohort": plan["cohort"], "stages": plan["stages"], "releases": json.loads(r.releases),
-                                   "previous": json.loads(r.previous)})
+            self._rollouts.append(
+                {
+                    "name": r.name,
+                    "model": r.model,
+                    "status": r.status,
+                    "stage": r.stage,
+                    "salt": salt_for(r.name),
+                    "cohort": plan["cohort"],
+                    "stages": plan["stages"],
+                    "releases": json.loads(r.releases),
+                    "previous": json.loads(r.previous),
+                }
+            )
         self._stable = {r.release_key for r in conn.execute(sa.select(db.stable.c.release_key)).all()}
         self._version = version
 
     def _device(self, conn, device_id: str) -> tuple[str, list[str]]:
         d = self._devices.get(device_id)
         if d is None:
-            row = conn.execute(sa.select(db.devices.c.target, db.devices.c.tags).where(db.devices.c.device_id == device_id)).first()
+            row = conn.execute(
+                sa.select(db.devices.c.target, db.devices.c.tags).where(db.devices.c.device_id == device_id)
+            ).first()
             if row is None:
                 raise UnknownDevice(f"unknown device {device_id!r}", hint="a device registers first: POST /v1/devices")
             d = (row.target, json.loads(row.tags))
@@ -78,8 +90,11 @@ class Ingestor:
         ids = {s.get("device_id") for s in summaries if isinstance(s, dict)}
         missing = [d for d in ids if isinstance(d, str) and d not in self._devices]
         for i in range(0, len(missing), 500):
-            rows = conn.execute(sa.select(db.devices.c.device_id, db.devices.c.target, db.devices.c.tags)
-                                .where(db.devices.c.device_id.in_(missing[i : i + 500]))).all()
+            rows = conn.execute(
+                sa.select(db.devices.c.device_id, db.devices.c.target, db.devices.c.tags).where(
+                    db.devices.c.device_id.in_(missing[i : i + 500])
+                )
+            ).all()
             for r in rows:
                 self._devices[r.device_id] = (r.target, json.loads(r.tags))
 
@@ -114,9 +129,16 @@ class Ingestor:
         target, tags = self._device(conn, s["device_id"])
         rollout, stage = self._attribute(s, target, tags)
         rel = s["release"]
-        return {"idempotency_key": s["idempotency_key"], "device_id": s["device_id"],
-                "release_key": f"{rel['name']}/{rel['version']}/{rel['target']}", "rollout": rollout, "stage": stage,
-                "window_start": float(s["window"]["start"]), "received_at": now, "summary": text}
+        return {
+            "idempotency_key": s["idempotency_key"],
+            "device_id": s["device_id"],
+            "release_key": f"{rel['name']}/{rel['version']}/{rel['target']}",
+            "rollout": rollout,
+            "stage": stage,
+            "window_start": float(s["window"]["start"]),
+            "received_at": now,
+            "summary": text,
+        }
 
     def ingest(self, summaries: list, *, single: bool = False) -> list[dict]:
         """Store the valid, new summaries in one transaction; per item: accepted | duplicate | rejected."""
@@ -137,8 +159,16 @@ class Ingestor:
                 rows.append((len(results), row))
                 results.append({"status": "accepted", "idempotency_key": row["idempotency_key"]})
             keys = [r["idempotency_key"] for _, r in rows]
-            stored = {k for (k,) in conn.execute(sa.select(db.telemetry.c.idempotency_key)
-                                                 .where(db.telemetry.c.idempotency_key.in_(keys))).all()} if keys else set()
+            stored = (
+                {
+                    k
+                    for (k,) in conn.execute(
+                        sa.select(db.telemetry.c.idempotency_key).where(db.telemetry.c.idempotency_key.in_(keys))
+                    ).all()
+                }
+                if keys
+                else set()
+            )
             fresh = []
             for i, row in rows:
                 k = row["idempotency_key"]

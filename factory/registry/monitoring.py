@@ -20,7 +20,9 @@ from .health import release_reference, series_for
 __all__ = ["health_report", "check_retraining", "Metrics"]
 
 
-def _series(conn, key: str, since: float, window_seconds: int, rules: dict | None, prev_key: str | None = None) -> list[dict]:
+def _series(
+    conn, key: str, since: float, window_seconds: int, rules: dict | None, prev_key: str | None = None
+) -> list[dict]:
     ref = release_reference(conn, key)
     prev = series_for(conn, prev_key, since, window_seconds) if prev_key else {}
     prev_ref = release_reference(conn, prev_key) if prev_key else {}
@@ -44,25 +46,56 @@ def health_report(engine, window_seconds: int, now: float | None = None, history
     with engine.connect() as conn:
         for r in conn.execute(sa.select(db.rollouts).order_by(db.rollouts.c.id.desc()).limit(20)).all():
             plan, releases, previous = json.loads(r.plan), json.loads(r.releases), json.loads(r.previous)
-            entry = {"name": r.name, "status": r.status, "stage": r.stage, "percent": plan["stages"][r.stage]["percent"],
-                     "stages": len(plan["stages"]), "updated_at": r.updated_at, "targets": {}}
+            entry = {
+                "name": r.name,
+                "status": r.status,
+                "stage": r.stage,
+                "percent": plan["stages"][r.stage]["percent"],
+                "stages": len(plan["stages"]),
+                "updated_at": r.updated_at,
+                "targets": {},
+            }
             for target, key in releases.items():
-                entry["targets"][target] = {"release": key, "previous": previous.get(target),
-                                            "windows": _series(conn, key, since, window_seconds, plan["health"], previous.get(target))}
+                entry["targets"][target] = {
+                    "release": key,
+                    "previous": previous.get(target),
+                    "windows": _series(conn, key, since, window_seconds, plan["health"], previous.get(target)),
+                }
             report["rollouts"].append(entry)
         for s in conn.execute(sa.select(db.stable)).all():
-            report["stable"].append({"model": s.model, "target": s.target, "release": s.release_key,
-                                     "windows": _series(conn, s.release_key, since, window_seconds, None)})
-        for a in conn.execute(sa.select(db.audit).where(db.audit.c.action == "retrain.trigger").order_by(db.audit.c.id.desc()).limit(20)).all():
+            report["stable"].append(
+                {
+                    "model": s.model,
+                    "target": s.target,
+                    "release": s.release_key,
+                    "windows": _series(conn, s.release_key, since, window_seconds, None),
+                }
+            )
+        for a in conn.execute(
+            sa.select(db.audit).where(db.audit.c.action == "retrain.trigger").order_by(db.audit.c.id.desc()).limit(20)
+        ).all():
             report["triggers"].append({"ts": a.ts, "detail": json.loads(a.detail)})
     return report
 
 
-def check_retraining(engine, window_seconds: int, now: float, *, windows: int = 3, max_psi: float = 0.25, max_js: float = 0.1,
-                     min_inferences: int = 50) -> list[dict]:
+def check_retraining(
+    engine,
+    window_seconds: int,
+    now: float,
+    *,
+    windows: int = 3,
+    max_psi: float = 0.25,
+    max_js: float = 0.1,
+    min_inferences: int = 50,
+) -> list[dict]:
     """Sustained drift on a stable (fully rolled-out) release: ``windows`` judged windows in a row."""
-    rules = {"min_inferences": min_inferences, "max_error_rate": 1.0, "max_latency_p95_ratio": float("inf"),
-             "max_psi": max_psi, "max_js": max_js}
+    rules = {
+        "min_inferences": min_inferences,
+        "max_error_rate": 1.0,
+        "max_latency_p95_ratio": float("inf"),
+        "max_psi": max_psi,
+        "max_js": max_js,
+    }
     triggers = []
     with engine.begin() as conn:
         for s in conn.execute(sa.select(db.stable)).all():
@@ -70,20 +103,34 @@ def check_retraining(engine, window_seconds: int, now: float, *, windows: int = 
             judged = [f for f in series if f["verdict"]["healthy"] is not None][-windows:]
             if len(judged) < windows or any(f["verdict"]["healthy"] for f in judged):
                 continue
-            recent = conn.execute(sa.select(db.audit.c.detail).where(db.audit.c.action == "retrain.trigger")
-                                  .order_by(db.audit.c.id.desc()).limit(50)).all()
+            recent = conn.execute(
+                sa.select(db.audit.c.detail)
+                .where(db.audit.c.action == "retrain.trigger")
+                .order_by(db.audit.c.id.desc())
+                .limit(50)
+            ).all()
             if any(json.loads(d.detail).get("release") == s.release_key for d in recent):
                 continue  # raised once per release; the next model resets it
             ref = release_reference(conn, s.release_key)
             lineage = ref.get("lineage", {})
-            detail = {"release": s.release_key, "reason": f"drift in {windows} consecutive windows",
-                      "evidence": [{"window_start": f["window_start"], "violations": f["verdict"]["violations"]} for f in judged],
-                      "start_from": {"dataset_hash": lineage.get("training", {}).get("dataset_hash"),
-                                     "dataset": lineage.get("training", {}).get("dataset"),
-                                     "config_hash": lineage.get("training", {}).get("config_hash"),
-                                     "training_run": (lineage.get("training", {}).get("mlflow") or {}).get("run_id"),
-                                     "canonical_weights_sha256": lineage.get("canonical", {}).get("weights_sha256")},
-                      "next": "collect data like what devices now see, then: factory data import ... && factory train && factory build"}
+            detail = {
+                "release": s.release_key,
+                "reason": f"drift in {windows} consecutive windows",
+                "evidence": [
+                    {"window_start": f["window_start"], "violations": f["verdict"]["violations"]} for f in judged
+                ],
+                "start_from": {
+                    "dataset_hash": lineage.get("training", {}).get("dataset_hash"),
+                    "dataset": lineage.get("training", {}).get("dataset"),
+                    "config_hash": lineage.get("training", {}).get("config_hash"),
+                    "training_run": (lineage.get("training", {}).get("mlflow") or {}).get("run_id"),
+                    "canonical_weights_sha256": lineage.get("canonical", {}).get("weights_sha256"),
+                },
+                "next": (
+                    "collect data like what devices now see, then: factory data import ... && factory train && "
+                    "factory build"
+                ),
+            }
             db.add_audit(conn, "monitor", "retrain.trigger", None, detail)
             triggers.append(detail)
     return triggers
@@ -97,13 +144,30 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         self.requests = Counter("factory_assignment_requests", "assignment requests served", registry=self.registry)
-        self.telemetry = Counter("factory_telemetry_summaries", "telemetry summaries by outcome", ["status"], registry=self.registry)
-        self.inferences = Gauge("factory_release_window_inferences", "inferences in the latest window", ["release"], registry=self.registry)
-        self.error_rate = Gauge("factory_release_error_rate", "error rate in the latest window", ["release"], registry=self.registry)
-        self.p95 = Gauge("factory_release_latency_p95_ms", "device p95 latency in the latest window", ["release"], registry=self.registry)
-        self.drift = Gauge("factory_release_drift", "drift vs the reference profile in the latest window", ["release", "signal"],
-                           registry=self.registry)
-        self.stage = Gauge("factory_rollout_stage_percent", "current stage percent", ["rollout", "status"], registry=self.registry)
+        self.telemetry = Counter(
+            "factory_telemetry_summaries", "telemetry summaries by outcome", ["status"], registry=self.registry
+        )
+        self.inferences = Gauge(
+            "factory_release_window_inferences", "inferences in the latest window", ["release"], registry=self.registry
+        )
+        self.error_rate = Gauge(
+            "factory_release_error_rate", "error rate in the latest window", ["release"], registry=self.registry
+        )
+        self.p95 = Gauge(
+            "factory_release_latency_p95_ms",
+            "device p95 latency in the latest window",
+            ["release"],
+            registry=self.registry,
+        )
+        self.drift = Gauge(
+            "factory_release_drift",
+            "drift vs the reference profile in the latest window",
+            ["release", "signal"],
+            registry=self.registry,
+        )
+        self.stage = Gauge(
+            "factory_rollout_stage_percent", "current stage percent", ["rollout", "status"], registry=self.registry
+        )
 
     def update(self, report: dict) -> None:
         self.stage.clear()

@@ -18,8 +18,14 @@ __all__ = ["list_releases", "get_release", "verify_and_store"]
 
 def list_releases(conn, name: str | None = None) -> list[dict]:
     """Every release (optionally of one model), oldest first."""
-    q = sa.select(db.releases.c.name, db.releases.c.version, db.releases.c.target, db.releases.c.sha256, db.releases.c.size,
-                  db.releases.c.published_at).order_by(db.releases.c.id)
+    q = sa.select(
+        db.releases.c.name,
+        db.releases.c.version,
+        db.releases.c.target,
+        db.releases.c.sha256,
+        db.releases.c.size,
+        db.releases.c.published_at,
+    ).order_by(db.releases.c.id)
     if name:
         q = q.where(db.releases.c.name == name)
     return [dict(r._mapping) for r in conn.execute(q).all()]
@@ -27,8 +33,11 @@ def list_releases(conn, name: str | None = None) -> list[dict]:
 
 def get_release(conn, name: str, version: str, target: str):
     """The release row, or NotFound (404)."""
-    r = conn.execute(sa.select(db.releases).where(db.releases.c.name == name, db.releases.c.version == version,
-                                                  db.releases.c.target == target)).first()
+    r = conn.execute(
+        sa.select(db.releases).where(
+            db.releases.c.name == name, db.releases.c.version == version, db.releases.c.target == target
+        )
+    ).first()
     if r is None:
         raise NotFound(f"no release {name} {version} for target {target}")
     return r
@@ -41,7 +50,9 @@ def verify_and_store(engine, store, keys: list, uploads: Path, path: Path, actor
     same archive again is a no-op, other content under the same name/version/target is a conflict.
     """
     if not keys:
-        raise SignatureError("the registry has no trusted public keys configured", hint="set trusted_keys in the registry config")
+        raise SignatureError(
+            "the registry has no trusted public keys configured", hint="set trusted_keys in the registry config"
+        )
     with tempfile.TemporaryDirectory(dir=uploads) as tmp:
         folder = unpack(path, Path(tmp) / "bundle")
         errors = []
@@ -54,23 +65,40 @@ def verify_and_store(engine, store, keys: list, uploads: Path, path: Path, actor
         else:
             raise SignatureError("the bundle is not signed by a trusted key: " + "; ".join(errors))
     if not manifest.passed and not allow_failed:
-        raise InputError("the bundle failed its own budgets (validation.passed: false); not publishing it",
-                         hint="rebuild within budget, or publish with allow_failed=true")
+        raise InputError(
+            "the bundle failed its own budgets (validation.passed: false); not publishing it",
+            hint="rebuild within budget, or publish with allow_failed=true",
+        )
     sha = sha256_file(path)
     key = store.key_for(sha)
     store.put_file(path, key)
     name, version, target = manifest.name, manifest.version, manifest.target
     with engine.begin() as conn:
-        old = conn.execute(sa.select(db.releases.c.sha256).where(db.releases.c.name == name, db.releases.c.version == version,
-                                                                 db.releases.c.target == target)).first()
+        old = conn.execute(
+            sa.select(db.releases.c.sha256).where(
+                db.releases.c.name == name, db.releases.c.version == version, db.releases.c.target == target
+            )
+        ).first()
         if old is not None:
             if old.sha256 == sha:
                 return {"name": name, "version": version, "target": target, "sha256": sha, "created": False}
-            raise RolloutConflict(f"release {name} {version} {target} already exists with other content",
-                                  hint="releases are immutable; publish a new version")
-        conn.execute(db.releases.insert().values(name=name, version=version, target=target, sha256=sha, size=path.stat().st_size,
-                                                 storage_key=key, manifest=db.dumps(manifest.to_dict()), published_at=db.now(),
-                                                 published_by=actor))
+            raise RolloutConflict(
+                f"release {name} {version} {target} already exists with other content",
+                hint="releases are immutable; publish a new version",
+            )
+        conn.execute(
+            db.releases.insert().values(
+                name=name,
+                version=version,
+                target=target,
+                sha256=sha,
+                size=path.stat().st_size,
+                storage_key=key,
+                manifest=db.dumps(manifest.to_dict()),
+                published_at=db.now(),
+                published_by=actor,
+            )
+        )
         db.add_audit(conn, actor, "release.publish", None, {"release": f"{name}/{version}/{target}", "sha256": sha})
         db.bump_state(conn)
     return {"name": name, "version": version, "target": target, "sha256": sha, "created": True}

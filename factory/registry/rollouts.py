@@ -1,9 +1,9 @@
 """Rollout plans and their life cycle. Every decision is an append-only audit entry.
 
-    active --advance--> active (next stage) ... --advance at 100%--> completed (becomes stable)
-    active <--pause/resume--> paused
-    active|paused --halt (health)--> halted (everyone on the previous release; resume or roll back)
-    active|paused|halted --rollback--> rolled_back (everyone on the previous release)
+active --advance--> active (next stage) ... --advance at 100%--> completed (becomes stable)
+active <--pause/resume--> paused
+active|paused --halt (health)--> halted (everyone on the previous release; resume or roll back)
+active|paused|halted --rollback--> rolled_back (everyone on the previous release)
 """
 
 from __future__ import annotations
@@ -17,7 +17,18 @@ from ..config import Key, load_yaml, validate
 from ..errors import ConfigError, InputError
 from . import db
 
-__all__ = ["PLAN_SCHEMA", "load_plan", "check_plan", "create", "transition", "get", "list_all", "salt_for", "RolloutConflict", "NotFound"]
+__all__ = [
+    "PLAN_SCHEMA",
+    "load_plan",
+    "check_plan",
+    "create",
+    "transition",
+    "get",
+    "list_all",
+    "salt_for",
+    "RolloutConflict",
+    "NotFound",
+]
 
 
 class RolloutConflict(InputError):
@@ -56,7 +67,9 @@ PLAN_SCHEMA = {
     "stages": Key(list, help="[{percent, min_duration_minutes, min_devices_reporting}], last at 100", check=_stages),
     "health": {
         "max_error_rate": Key(float, 0.02, "share of inferences that failed"),
-        "max_latency_p95_ratio": Key(float, 1.2, "device p95 of the new release / of the previous release, same window"),
+        "max_latency_p95_ratio": Key(
+            float, 1.2, "device p95 of the new release / of the previous release, same window"
+        ),
         "max_psi": Key(float, 0.25, "population stability index of inputs and predictions vs the reference profile"),
         "max_js": Key(float, 0.1, "Jensen-Shannon divergence of predicted classes vs the reference"),
         "min_inferences": Key(int, 50, "inferences a window needs before it is judged"),
@@ -82,9 +95,18 @@ def load_plan(path) -> dict:
 
 
 def _row_to_dict(r) -> dict:
-    return {"name": r.name, "model": r.model, "plan": json.loads(r.plan), "status": r.status, "stage": r.stage,
-            "stage_started_at": r.stage_started_at, "releases": json.loads(r.releases), "previous": json.loads(r.previous),
-            "created_at": r.created_at, "updated_at": r.updated_at}
+    return {
+        "name": r.name,
+        "model": r.model,
+        "plan": json.loads(r.plan),
+        "status": r.status,
+        "stage": r.stage,
+        "stage_started_at": r.stage_started_at,
+        "releases": json.loads(r.releases),
+        "previous": json.loads(r.previous),
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    }
 
 
 def get(conn, name: str) -> dict:
@@ -101,27 +123,55 @@ def create(conn, plan: dict, actor: str) -> dict:
     model, version = plan["release"]["name"], plan["release"]["version"]
     if conn.execute(sa.select(db.rollouts.c.id).where(db.rollouts.c.name == plan["name"])).first():
         raise RolloutConflict(f"a rollout named {plan['name']!r} already exists")
-    rows = conn.execute(sa.select(db.releases.c.target).where(db.releases.c.name == model, db.releases.c.version == version)).all()
+    rows = conn.execute(
+        sa.select(db.releases.c.target).where(db.releases.c.name == model, db.releases.c.version == version)
+    ).all()
     available = sorted(r.target for r in rows)
     targets = plan["cohort"]["targets"] or available
     missing = sorted(set(targets) - set(available))
     if not available or missing:
-        raise NotFound(f"release {model} {version} has no bundle for target(s) {missing or targets}; published: {available}",
-                       hint="publish the bundles first: factory release publish BUNDLE")
-    for r in conn.execute(sa.select(db.rollouts).where(db.rollouts.c.model == model, db.rollouts.c.status.in_(("active", "paused", "halted")))).all():
+        raise NotFound(
+            f"release {model} {version} has no bundle for target(s) {missing or targets}; published: {available}",
+            hint="publish the bundles first: factory release publish BUNDLE",
+        )
+    for r in conn.execute(
+        sa.select(db.rollouts).where(
+            db.rollouts.c.model == model, db.rollouts.c.status.in_(("active", "paused", "halted"))
+        )
+    ).all():
         overlap = set(json.loads(r.releases)) & set(targets)
         if overlap:
-            raise RolloutConflict(f"rollout {r.name!r} is still {r.status} for target(s) {sorted(overlap)}",
-                                  hint="complete or roll it back first")
-    stable = {r.target: r.release_key for r in conn.execute(sa.select(db.stable).where(db.stable.c.model == model)).all()}
+            raise RolloutConflict(
+                f"rollout {r.name!r} is still {r.status} for target(s) {sorted(overlap)}",
+                hint="complete or roll it back first",
+            )
+    stable = {
+        r.target: r.release_key for r in conn.execute(sa.select(db.stable).where(db.stable.c.model == model)).all()
+    }
     releases = {t: f"{model}/{version}/{t}" for t in targets}
     previous = {t: stable[t] for t in targets if t in stable and stable[t] != releases[t]}
     ts = db.now()
-    conn.execute(db.rollouts.insert().values(
-        name=plan["name"], model=model, plan=db.dumps(plan), status="active", stage=0, stage_started_at=ts,
-        releases=db.dumps(releases), previous=db.dumps(previous), created_at=ts, updated_at=ts))
-    db.add_audit(conn, actor, "rollout.create", plan["name"], {"release": f"{model} {version}", "targets": targets,
-                                                              "previous": previous, "stage": plan["stages"][0]})
+    conn.execute(
+        db.rollouts.insert().values(
+            name=plan["name"],
+            model=model,
+            plan=db.dumps(plan),
+            status="active",
+            stage=0,
+            stage_started_at=ts,
+            releases=db.dumps(releases),
+            previous=db.dumps(previous),
+            created_at=ts,
+            updated_at=ts,
+        )
+    )
+    db.add_audit(
+        conn,
+        actor,
+        "rollout.create",
+        plan["name"],
+        {"release": f"{model} {version}", "targets": targets, "previous": previous, "stage": plan["stages"][0]},
+    )
     db.bump_state(conn)
     return get(conn, plan["name"])
 

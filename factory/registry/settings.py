@@ -27,7 +27,9 @@ SETTINGS_SCHEMA = {
         "window_seconds": Key(int, 60, "length of a telemetry window"),
         "max_summary_bytes": Key(int, 65536),
         "evaluate_seconds": Key(float, 5.0, "how often health rules are evaluated (0 = only on request)"),
-        "retrain_windows": Key(int, 3, "consecutive drifting windows of a stable release that raise a retraining trigger"),
+        "retrain_windows": Key(
+            int, 3, "consecutive drifting windows of a stable release that raise a retraining trigger"
+        ),
         "retrain_max_psi": Key(float, 0.25, "PSI above which a stable release's window counts as drifting"),
         "retrain_max_js": Key(float, 0.1),
     },

@@ -25,19 +25,38 @@ __all__ = ["build_state", "StateCache", "sign_state"]
 
 
 def _release_entry(r, public_url: str) -> dict:
-    return {"name": r.name, "version": r.version, "target": r.target, "sha256": r.sha256, "size": int(r.size),
-            "url": f"{public_url.rstrip('/')}/v1/releases/{r.name}/{r.version}/{r.target}/bundle"}
+    return {
+        "name": r.name,
+        "version": r.version,
+        "target": r.target,
+        "sha256": r.sha256,
+        "size": int(r.size),
+        "url": f"{public_url.rstrip('/')}/v1/releases/{r.name}/{r.version}/{r.target}/bundle",
+    }
 
 
 def build_state(conn, public_url: str) -> dict:
     """The fleet state from the database: active rollouts, stable releases and the releases they need."""
     rollouts = []
     needed: set[str] = set()
-    for r in conn.execute(sa.select(db.rollouts).where(db.rollouts.c.status.in_(ACTIVE)).order_by(db.rollouts.c.id)).all():
+    for r in conn.execute(
+        sa.select(db.rollouts).where(db.rollouts.c.status.in_(ACTIVE)).order_by(db.rollouts.c.id)
+    ).all():
         plan, rel, prev = json.loads(r.plan), json.loads(r.releases), json.loads(r.previous)
-        rollouts.append({"name": r.name, "model": r.model, "status": r.status, "stage": r.stage,
-                         "stage_started_at": r.stage_started_at, "stages": plan["stages"], "cohort": plan["cohort"],
-                         "salt": salt_for(r.name), "releases": rel, "previous": prev})
+        rollouts.append(
+            {
+                "name": r.name,
+                "model": r.model,
+                "status": r.status,
+                "stage": r.stage,
+                "stage_started_at": r.stage_started_at,
+                "stages": plan["stages"],
+                "cohort": plan["cohort"],
+                "salt": salt_for(r.name),
+                "releases": rel,
+                "previous": prev,
+            }
+        )
         needed |= set(rel.values()) | set(prev.values())
     stable = {f"{r.model}/{r.target}": r.release_key for r in conn.execute(sa.select(db.stable)).all()}
     needed |= set(stable.values())
@@ -47,8 +66,14 @@ def build_state(conn, public_url: str) -> dict:
             key = f"{r.name}/{r.version}/{r.target}"
             if key in needed:
                 releases[key] = _release_entry(r, public_url)
-    return {"schema": STATE_SCHEMA, "sequence": db.state_version(conn), "issued_at": db.now(),
-            "releases": releases, "stable": stable, "rollouts": rollouts}
+    return {
+        "schema": STATE_SCHEMA,
+        "sequence": db.state_version(conn),
+        "issued_at": db.now(),
+        "releases": releases,
+        "stable": stable,
+        "rollouts": rollouts,
+    }
 
 
 class StateCache:
@@ -90,6 +115,12 @@ def sign_state(state: dict, private_key) -> dict:
     from ..bundle.signing import key_id
 
     payload = canonical_json(state)
-    return {"schema": MANIFEST_SCHEMA, "payload": state,
-            "signature": {"algorithm": "ed25519", "key_id": key_id(private_key.public_key()),
-                          "signature": base64.b64encode(private_key.sign(payload)).decode()}}
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "payload": state,
+        "signature": {
+            "algorithm": "ed25519",
+            "key_id": key_id(private_key.public_key()),
+            "signature": base64.b64encode(private_key.sign(payload)).decode(),
+        },
+    }

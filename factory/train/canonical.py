@@ -40,8 +40,16 @@ def export_onnx(module, path: str | Path, height: int, width: int, opset: int = 
         with contextlib.redirect_stdout(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                module, (sample,), None, dynamo=True, opset_version=opset, input_names=["input"],
-                output_names=["logits"], dynamic_shapes=({0: "batch"},), external_data=False, verbose=False,
+                module,
+                (sample,),
+                None,
+                dynamo=True,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: "batch"},),
+                external_data=False,
+                verbose=False,
             )
         model = program.model_proto
     except Exception as exc:  # the exporter raises many types; keep the operator if it names one
@@ -51,7 +59,9 @@ def export_onnx(module, path: str | Path, height: int, width: int, opset: int = 
             if token.startswith(("aten::", "aten.", "torchvision::")):
                 op = token.strip("'\"`,.:()")
                 break
-        raise ExportError("onnx-export", text.splitlines()[0][:500] if text else type(exc).__name__, operator=op) from exc
+        raise ExportError(
+            "onnx-export", text.splitlines()[0][:500] if text else type(exc).__name__, operator=op
+        ) from exc
     tmp = path.with_name(f".{path.name}.tmp")
     onnx.save_model(model, str(tmp), save_as_external_data=False)
     tmp.replace(path)
@@ -125,7 +135,9 @@ def load_canonical(path: str | Path, *, verify: bool = True) -> CanonicalModel:
     path = Path(path)
     card_path = path / CARD_NAME
     if not card_path.is_file():
-        raise ModelError(f"{path} is not a canonical model directory (no {CARD_NAME})", hint="train one with `factory train`")
+        raise ModelError(
+            f"{path} is not a canonical model directory (no {CARD_NAME})", hint="train one with `factory train`"
+        )
     try:
         card = read_json(card_path)
         files = card["files"]
@@ -140,6 +152,8 @@ def load_canonical(path: str | Path, *, verify: bool = True) -> CanonicalModel:
             if not f.is_file():
                 raise ModelError(f"{path}: the {role} file {entry['path']} is missing")
             if sha256_file(f) != entry["sha256"]:
-                raise ModelError(f"{f}: sha256 does not match the model card; the file is corrupt or was replaced",
-                                 hint="re-run `factory train`, or restore the file")
+                raise ModelError(
+                    f"{f}: sha256 does not match the model card; the file is corrupt or was replaced",
+                    hint="re-run `factory train`, or restore the file",
+                )
     return CanonicalModel(path, card)

@@ -8,8 +8,16 @@ __all__ = ["train_cmd"]
 
 
 @click.command("train")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Training config YAML (see configs/train.yaml).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="Training config YAML (see configs/train.yaml)."
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set train.epochs=3 (repeatable).",
+)
 @click.option("--list-architectures", is_flag=True, help="List the architectures that can be trained, then exit.")
 def train_cmd(config_path: str | None, overrides: tuple[str, ...], list_architectures: bool) -> None:
     """Train a classifier and write the canonical model directory.

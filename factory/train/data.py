@@ -33,17 +33,22 @@ AUGMENT_SCHEMA_DEFAULTS = {
 }
 
 
-def load_images(manifest: DatasetManifest, records: list[Record], max_side: int,
-                progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+def load_images(
+    manifest: DatasetManifest, records: list[Record], max_side: int, progress: Callable[[int], None] | None = None
+) -> list[np.ndarray]:
     """Decode every image once, shrunk so its long side is at most ``max_side`` (RAM stays small)."""
     out = []
     for rec in records:
         img = cv2.imread(str(manifest.resolve(rec)), cv2.IMREAD_COLOR)
         if img is None:
-            raise DataError(f"cannot decode {manifest.resolve(rec)} listed in the dataset manifest", hint="re-import the dataset")
+            raise DataError(
+                f"cannot decode {manifest.resolve(rec)} listed in the dataset manifest", hint="re-import the dataset"
+            )
         scale = max_side / max(img.shape[:2])
         if scale < 1:
-            img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+            img = cv2.resize(
+                img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA
+            )
         out.append(img)
         if progress:
             progress(1)
@@ -78,7 +83,9 @@ def augment(img: np.ndarray, rng: np.random.Generator, cfg: dict) -> np.ndarray:
 class ImageDataset(Dataset):
     """(image tensor, label index) pairs; augmentation only when ``augment_cfg`` is given."""
 
-    def __init__(self, images: list[np.ndarray], labels: list[int], spec: dict, *, augment_cfg: dict | None = None, seed: int = 0):
+    def __init__(
+        self, images: list[np.ndarray], labels: list[int], spec: dict, *, augment_cfg: dict | None = None, seed: int = 0
+    ):
         self.images, self.labels, self.spec = images, labels, spec
         self.augment_cfg, self.seed, self.epoch = augment_cfg, seed, 0
 

@@ -68,7 +68,15 @@ def plot_confusion(cm: list[list[int]], classes: list[str], path: str | Path, ti
     for i in range(len(classes)):
         for j in range(len(classes)):
             if m[i, j]:
-                ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    str(m[i, j]),
+                    ha="center",
+                    va="center",
+                    color="white" if m[i, j] > m.max() / 2 else "black",
+                    fontsize=8,
+                )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

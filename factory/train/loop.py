@@ -74,12 +74,24 @@ def _make_optimizer(model, t: dict):
     import torch
 
     if t["optimizer"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"], nesterov=True)
+        return torch.optim.SGD(
+            model.parameters(), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"], nesterov=True
+        )
     return torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
 
 
-def fit(model, train_ds, val_images, val_labels, spec, cfg, log_metrics, teacher=None, distill_weight: float = 0.7,
-        temperature: float = 2.0) -> dict:
+def fit(
+    model,
+    train_ds,
+    val_images,
+    val_labels,
+    spec,
+    cfg,
+    log_metrics,
+    teacher=None,
+    distill_weight: float = 0.7,
+    temperature: float = 2.0,
+) -> dict:
     """Train with the configured schedule; keep the best epoch by validation top-1 (then loss).
 
     With a ``teacher`` (e.g. the canonical model while fine-tuning a pruned copy), the loss mixes the
@@ -100,7 +112,14 @@ def fit(model, train_ds, val_images, val_labels, spec, cfg, log_metrics, teacher
         started = time.perf_counter()
         train_ds.set_epoch(epoch)
         gen = torch.Generator().manual_seed(t["seed"] * 1000 + epoch)
-        loader = DataLoader(train_ds, batch_size=t["batch_size"], shuffle=True, generator=gen, num_workers=t["workers"], drop_last=len(train_ds) > t["batch_size"])
+        loader = DataLoader(
+            train_ds,
+            batch_size=t["batch_size"],
+            shuffle=True,
+            generator=gen,
+            num_workers=t["workers"],
+            drop_last=len(train_ds) > t["batch_size"],
+        )
         model.train()
         seen, correct, loss_sum = 0, 0, 0.0
         with progress.bar(f"epoch {epoch + 1}/{t['epochs']}", len(loader)) as tick:
@@ -125,12 +144,23 @@ def fit(model, train_ds, val_images, val_labels, spec, cfg, log_metrics, teacher
         val_logits = predict_logits(model, val_images, spec)
         val_loss = float(loss_fn(torch.from_numpy(val_logits), torch.as_tensor(val_labels)))
         val_top1 = float((val_logits.argmax(1) == np.asarray(val_labels)).mean())
-        row = {"train_loss": loss_sum / seen, "train_top1": correct / seen, "val_loss": val_loss, "val_top1": val_top1,
-               "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}
+        row = {
+            "train_loss": loss_sum / seen,
+            "train_top1": correct / seen,
+            "val_loss": val_loss,
+            "val_top1": val_top1,
+            "lr": opt.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - started,
+        }
         history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in row.items()}})
         log_metrics(row, epoch + 1)
-        progress.info(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.4f} | val loss {val_loss:.4f} top1 {val_top1:.4f} ({row['epoch_seconds']:.1f}s)")
-        improved = val_top1 > best["top1"] + t["early_stopping"]["min_delta"] or (val_top1 >= best["top1"] and val_loss < best["loss"])
+        progress.info(
+            f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.4f} | val loss "
+            f"{val_loss:.4f} top1 {val_top1:.4f} ({row['epoch_seconds']:.1f}s)"
+        )
+        improved = val_top1 > best["top1"] + t["early_stopping"]["min_delta"] or (
+            val_top1 >= best["top1"] and val_loss < best["loss"]
+        )
         if improved:
             best.update(top1=val_top1, loss=val_loss, epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
             stale = 0
@@ -160,7 +190,10 @@ def _checked_manifest(cfg: dict):
     splits = {s: manifest.subset(s) for s in ("train", "val", "test")}
     empty = [s for s, recs in splits.items() if not recs]
     if empty:
-        raise DataError(f"dataset {manifest.name!r} has no images in split(s) {empty}", hint="add images or change the split fractions")
+        raise DataError(
+            f"dataset {manifest.name!r} has no images in split(s) {empty}",
+            hint="add images or change the split fractions",
+        )
     return manifest
 
 
@@ -193,7 +226,9 @@ def _make_model(cfg: dict, n_classes: int):
     return model
 
 
-def _onnx_checked(model, folder: Path, cfg: dict, test_images: list, spec: dict) -> tuple[float, int, np.ndarray, np.ndarray]:
+def _onnx_checked(
+    model, folder: Path, cfg: dict, test_images: list, spec: dict
+) -> tuple[float, int, np.ndarray, np.ndarray]:
     """Export ONNX into ``folder`` and compare it with PyTorch on test images; (max diff, n, batch, logits)."""
     import torch
 
@@ -206,8 +241,11 @@ def _onnx_checked(model, folder: Path, cfg: dict, test_images: list, spec: dict)
         ref_logits = model(torch.from_numpy(batch)).numpy()
     diff = float(np.abs(onnx_logits(folder / ONNX_NAME, batch) - ref_logits).max())
     if diff > cfg["eval"]["parity_tolerance"]:
-        raise ExportError("onnx-parity", f"ONNX logits differ from PyTorch by {diff:.3g} on {n} test images "
-                                         f"(tolerance {cfg['eval']['parity_tolerance']:g})")
+        raise ExportError(
+            "onnx-parity",
+            f"ONNX logits differ from PyTorch by {diff:.3g} on {n} test images "
+            f"(tolerance {cfg['eval']['parity_tolerance']:g})",
+        )
     return diff, n, batch, ref_logits
 
 
@@ -217,13 +255,31 @@ def _log_onnx_model(folder: Path, batch: np.ndarray, logits: np.ndarray) -> str:
     from mlflow.models import infer_signature
 
     signature = infer_signature({"input": batch[:2]}, {"logits": logits[:2]})
-    info = mlflow.onnx.log_model(onnx.load(str(folder / ONNX_NAME)), name="model", signature=signature,
-                                 save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"])
+    info = mlflow.onnx.log_model(
+        onnx.load(str(folder / ONNX_NAME)),
+        name="model",
+        signature=signature,
+        save_as_external_data=False,
+        onnx_execution_providers=["CPUExecutionProvider"],
+    )
     return info.model_uri
 
 
-def _card(cfg: dict, config_path, folder: Path, model, spec: dict, data: _Splits, fitted: dict, test: dict, ref: dict,
-          parity: tuple, train_seconds: float, run, model_uri) -> dict:
+def _card(
+    cfg: dict,
+    config_path,
+    folder: Path,
+    model,
+    spec: dict,
+    data: _Splits,
+    fitted: dict,
+    test: dict,
+    ref: dict,
+    parity: tuple,
+    train_seconds: float,
+    run,
+    model_uri,
+) -> dict:
     import mlflow
 
     m, t = cfg["model"], cfg["train"]
@@ -236,10 +292,24 @@ def _card(cfg: dict, config_path, folder: Path, model, spec: dict, data: _Splits
         "labels": classes,
         "input": input_spec(spec),
         "preprocessing": spec,
-        "output": {"name": "logits", "shape": ["batch", len(classes)], "dtype": "float32", "activation": "none (apply softmax)"},
+        "output": {
+            "name": "logits",
+            "shape": ["batch", len(classes)],
+            "dtype": "float32",
+            "activation": "none (apply softmax)",
+        },
         "files": {
-            "weights": {"path": WEIGHTS_NAME, "sha256": sha256_file(folder / WEIGHTS_NAME), "format": "torch state_dict"},
-            "onnx": {"path": ONNX_NAME, "sha256": sha256_file(folder / ONNX_NAME), "opset": ONNX_OPSET, "dynamic_batch": True},
+            "weights": {
+                "path": WEIGHTS_NAME,
+                "sha256": sha256_file(folder / WEIGHTS_NAME),
+                "format": "torch state_dict",
+            },
+            "onnx": {
+                "path": ONNX_NAME,
+                "sha256": sha256_file(folder / ONNX_NAME),
+                "opset": ONNX_OPSET,
+                "dynamic_batch": True,
+            },
         },
         "complexity": {"params": int(sum(p.numel() for p in model.parameters())), "macs": count_macs(model, h, w)},
         "metrics": {
@@ -258,8 +328,12 @@ def _card(cfg: dict, config_path, folder: Path, model, spec: dict, data: _Splits
             "config_values": cfg,
             "seed": t["seed"],
             "git": git_revision(),
-            "mlflow": {"tracking_uri": mlflow.get_tracking_uri(), "run_id": run.info.run_id,
-                       "experiment_id": run.info.experiment_id, "model_uri": model_uri},
+            "mlflow": {
+                "tracking_uri": mlflow.get_tracking_uri(),
+                "run_id": run.info.run_id,
+                "experiment_id": run.info.experiment_id,
+                "model_uri": model_uri,
+            },
             "packages": package_versions(PACKAGES) | {"edge-model-factory": __version__},
         },
         "reference_profile": ref,
@@ -280,31 +354,69 @@ def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
     model = _make_model(cfg, len(classes))  # an unknown architecture fails before the images are decoded
     data = _load_splits(cfg, manifest)
     spec = make_spec(*m["image_size"])
-    train_ds = ImageDataset(data.images["train"], data.labels["train"], spec, augment_cfg=cfg["augment"], seed=cfg["train"]["seed"])
+    train_ds = ImageDataset(
+        data.images["train"], data.labels["train"], spec, augment_cfg=cfg["augment"], seed=cfg["train"]["seed"]
+    )
     setup_experiment(cfg["tracking"]["experiment"])
     started = time.perf_counter()
     with mlflow.start_run(run_name=f"train-{m['name']}-{m['architecture']}") as run:
         mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg).items()})
-        mlflow.set_tags({"factory.stage": "train", "factory.dataset_hash": data.manifest.dataset_hash,
-                         "factory.dataset": data.manifest.name, "factory.config_hash": config_hash(cfg)})
+        mlflow.set_tags(
+            {
+                "factory.stage": "train",
+                "factory.dataset_hash": data.manifest.dataset_hash,
+                "factory.dataset": data.manifest.name,
+                "factory.config_hash": config_hash(cfg),
+            }
+        )
         mlflow.log_dict(cfg, "config.json")
-        fitted = fit(model, train_ds, data.images["val"], data.labels["val"], spec, cfg, lambda row, step: mlflow.log_metrics(row, step=step))
+        fitted = fit(
+            model,
+            train_ds,
+            data.images["val"],
+            data.labels["val"],
+            spec,
+            cfg,
+            lambda row, step: mlflow.log_metrics(row, step=step),
+        )
         train_seconds = time.perf_counter() - started
         model.eval()
-        test = classification_metrics(np.asarray(data.labels["test"]), predict_logits(model, data.images["test"], spec), classes)
-        ref = reference_profile(predict_logits(model, data.images["val"], spec), classes,
-                                [image_stats(im) for im in data.images["val"]], "val")
-        mlflow.log_metrics({"test_top1": test["top1"], "best_val_top1": fitted["best_val_top1"], "train_seconds": train_seconds})
+        test = classification_metrics(
+            np.asarray(data.labels["test"]), predict_logits(model, data.images["test"], spec), classes
+        )
+        ref = reference_profile(
+            predict_logits(model, data.images["val"], spec),
+            classes,
+            [image_stats(im) for im in data.images["val"]],
+            "val",
+        )
+        mlflow.log_metrics(
+            {"test_top1": test["top1"], "best_val_top1": fitted["best_val_top1"], "train_seconds": train_seconds}
+        )
         out = Path(cfg["output"]["dir"])
         with atomic_dir(out) as tmp:
             torch.save(model.state_dict(), tmp / WEIGHTS_NAME)
             parity = _onnx_checked(model, tmp, cfg, data.images["test"], spec)
-            plot_confusion(test["confusion_matrix"], classes, tmp / "confusion_matrix.png", f"{m['architecture']} test top-1 {test['top1']:.4f}")
+            plot_confusion(
+                test["confusion_matrix"],
+                classes,
+                tmp / "confusion_matrix.png",
+                f"{m['architecture']} test top-1 {test['top1']:.4f}",
+            )
             model_uri = _log_onnx_model(tmp, parity[2], parity[3]) if cfg["tracking"]["log_model"] else None
-            card = _card(cfg, config_path, tmp, model, spec, data, fitted, test, ref, parity, train_seconds, run, model_uri)
+            card = _card(
+                cfg, config_path, tmp, model, spec, data, fitted, test, ref, parity, train_seconds, run, model_uri
+            )
             write_json(tmp / CARD_NAME, card)
-            write_json(tmp / "metrics.json", {"test_top1": test["top1"], "val_top1": round(fitted["best_val_top1"], 6),
-                                              "onnx_max_abs_diff": parity[0], "epochs_run": fitted["epochs_run"]})
+            write_json(
+                tmp / "metrics.json",
+                {
+                    "test_top1": test["top1"],
+                    "val_top1": round(fitted["best_val_top1"], 6),
+                    "onnx_max_abs_diff": parity[0],
+                    "epochs_run": fitted["epochs_run"],
+                },
+            )
             mlflow.log_artifact(str(tmp / CARD_NAME))
             mlflow.log_artifact(str(tmp / "confusion_matrix.png"))
     return CanonicalModel(out, card)

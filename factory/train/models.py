@@ -21,6 +21,7 @@ _LOCAL: dict[str, Callable[[int], nn.Module]] = {}
 
 def register_model(name: str):
     """Decorator: register a model factory ``fn(num_classes) -> nn.Module`` under ``name``."""
+
     def deco(fn: Callable[[int], nn.Module]):
         _LOCAL[name] = fn
         return fn
@@ -44,11 +45,18 @@ def tiny_cnn(num_classes: int) -> nn.Module:
     """Four conv-BN-ReLU blocks and a linear head: trains in seconds, for tests and smoke runs."""
 
     def block(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        )
 
     return nn.Sequential(
-        block(3, 16), block(16, 32), block(32, 64), block(64, 96),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, num_classes),
+        block(3, 16),
+        block(16, 32),
+        block(32, 64),
+        block(64, 96),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(96, num_classes),
     )
 
 
@@ -60,7 +68,9 @@ def create_model(name: str, num_classes: int, pretrained: str | Path | None = No
         import torchvision.models as tvm
 
         if name not in _torchvision_names():
-            raise UnknownNameError("architecture", name, list_models(), hint="set model.architecture in the training config")
+            raise UnknownNameError(
+                "architecture", name, list_models(), hint="set model.architecture in the training config"
+            )
         model = tvm.get_model(name, weights=None, num_classes=num_classes)
     if pretrained:
         load_pretrained(model, pretrained)
@@ -80,7 +90,10 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict:
     """Load a local checkpoint; tensors whose shape differs (e.g. a 1000-class head) are skipped."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"pretrained weights file {path} does not exist", hint="the factory never downloads weights; name a local .pth file")
+        raise ModelError(
+            f"pretrained weights file {path} does not exist",
+            hint="the factory never downloads weights; name a local .pth file",
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad pickle/zip
@@ -95,6 +108,8 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict:
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if not usable:
-        raise ModelError(f"{path}: no tensor matches the architecture's names and shapes", hint="is it the same architecture?")
+        raise ModelError(
+            f"{path}: no tensor matches the architecture's names and shapes", hint="is it the same architecture?"
+        )
     model.load_state_dict(usable, strict=False)
     return {"loaded": len(usable), "skipped": sorted(set(own) - set(usable))}

@@ -46,8 +46,13 @@ TRAIN_SCHEMA = {
             "patience": Key(int, 0, "epochs without val improvement before stopping; 0 = fixed schedule"),
             "min_delta": Key(float, 0.001),
         },
-        "bn_momentum": Key(float, 0.1, "BatchNorm running-stat momentum; null keeps the architecture's "
-                           "(torchvision's MobileNetV3 uses 0.01, too slow for short CPU schedules)", nullable=True),
+        "bn_momentum": Key(
+            float,
+            0.1,
+            "BatchNorm running-stat momentum; null keeps the architecture's "
+            "(torchvision's MobileNetV3 uses 0.01, too slow for short CPU schedules)",
+            nullable=True,
+        ),
         "threads": Key(int, 0, "torch intra-op threads; 0 = cores minus workers"),
         "workers": Key(int, 1, "DataLoader worker processes for augmentation"),
     },

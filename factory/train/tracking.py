@@ -38,7 +38,7 @@ def setup_experiment(name: str, base: str | Path | None = None) -> str:
         # of whatever folder the first run happened in). A server decides for itself.
         artifacts = None
         if uri.startswith("sqlite:///"):
-            artifacts = (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
+            artifacts = (Path(uri[len("sqlite:///") :]).parent / "artifacts").resolve().as_uri()
         exp_id = mlflow.create_experiment(name, artifact_location=artifacts)
     else:
         exp_id = exp.experiment_id

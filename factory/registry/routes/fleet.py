@@ -24,10 +24,14 @@ def router(svc: Services) -> APIRouter:
     states, settings = svc.states, svc.settings
 
     @api.get("/v1/assignment")
-    async def assignment(who: Annotated[tuple, Depends(caller)], model: Annotated[str, Query(pattern=NAME)],
-                         device_id: Annotated[str, Query(pattern=DEVICE)], target: Annotated[str, Query(pattern=NAME)],
-                         tags: Annotated[str, Query(pattern=TAGS)] = "",
-                         if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    async def assignment(
+        who: Annotated[tuple, Depends(caller)],
+        model: Annotated[str, Query(pattern=NAME)],
+        device_id: Annotated[str, Query(pattern=DEVICE)],
+        target: Annotated[str, Query(pattern=NAME)],
+        tags: Annotated[str, Query(pattern=TAGS)] = "",
+        if_none_match: Annotated[str | None, Header()] = None,
+    ) -> Response:
         state = states.get()
         result = assign(state, model, device_id, target, [t for t in tags.split(",") if t])
         body = json.dumps(result.to_dict(), sort_keys=True, separators=(",", ":")).encode()
@@ -40,8 +44,10 @@ def router(svc: Services) -> APIRouter:
     @api.get("/v1/fleet-manifest")
     def fleet_manifest(who: Annotated[tuple, Depends(caller)]) -> dict:
         if not Path(settings["fleet_key"]).is_file():
-            raise ro.NotFound("this registry has no fleet key to sign static manifests with",
-                              hint="create one (factory keys generate --out keys/fleet) and set fleet_key")
+            raise ro.NotFound(
+                "this registry has no fleet key to sign static manifests with",
+                hint="create one (factory keys generate --out keys/fleet) and set fleet_key",
+            )
         return sign_state(states.get(), load_private_key(settings["fleet_key"]))
 
     return api

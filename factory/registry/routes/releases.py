@@ -38,7 +38,9 @@ def router(svc: Services) -> APIRouter:
     engine, store, settings = svc.engine, svc.store, svc.settings
 
     @api.get("/v1/releases")
-    def releases(who: Annotated[tuple, Depends(caller)], name: Annotated[str | None, Query(pattern=NAME)] = None) -> list[dict]:
+    def releases(
+        who: Annotated[tuple, Depends(caller)], name: Annotated[str | None, Query(pattern=NAME)] = None
+    ) -> list[dict]:
         with engine.connect() as conn:
             return list_releases(conn, name)
 
@@ -46,20 +48,39 @@ def router(svc: Services) -> APIRouter:
     def inspect_release(name: Name, version: Name, target: Name, who: Annotated[tuple, Depends(caller)]) -> dict:
         with engine.connect() as conn:
             r = get_release(conn, name, version, target)
-        return {"name": r.name, "version": r.version, "target": r.target, "sha256": r.sha256, "size": r.size,
-                "published_at": r.published_at, "published_by": r.published_by, "manifest": json.loads(r.manifest)}
+        return {
+            "name": r.name,
+            "version": r.version,
+            "target": r.target,
+            "sha256": r.sha256,
+            "size": r.size,
+            "published_at": r.published_at,
+            "published_by": r.published_by,
+            "manifest": json.loads(r.manifest),
+        }
 
     @api.get("/v1/releases/{name}/{version}/{target}/bundle", operation_id="download_bundle")
     @api.head("/v1/releases/{name}/{version}/{target}/bundle", operation_id="head_bundle")
-    def download(name: Name, version: Name, target: Name, who: Annotated[tuple, Depends(caller)],
-                 range_: Annotated[str | None, Header(alias="range")] = None,
-                 if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    def download(
+        name: Name,
+        version: Name,
+        target: Name,
+        who: Annotated[tuple, Depends(caller)],
+        range_: Annotated[str | None, Header(alias="range")] = None,
+        if_none_match: Annotated[str | None, Header()] = None,
+    ) -> Response:
         with engine.connect() as conn:
             r = get_release(conn, name, version, target)
         etag = f'"{r.sha256}"'
-        headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "public, max-age=31536000, immutable",
-                   "Content-Type": "application/gzip"}
-        if if_none_match and etag in [t.strip() for t in if_none_match.split(",")] + (['"*"'] if if_none_match.strip() == "*" else []):
+        headers = {
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+            "Cache-Control": "public, max-age=31536000, immutable",
+            "Content-Type": "application/gzip",
+        }
+        if if_none_match and etag in [t.strip() for t in if_none_match.split(",")] + (
+            ['"*"'] if if_none_match.strip() == "*" else []
+        ):
             return Response(status_code=304, headers={"ETag": etag})
         size = int(r.size)
         if range_:
@@ -72,8 +93,16 @@ def router(svc: Services) -> APIRouter:
         headers["Content-Length"] = str(size)
         return StreamingResponse(store.iter_range(r.storage_key), headers=headers)
 
-    @api.post("/v1/releases", status_code=201, openapi_extra={"requestBody": {
-        "required": True, "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}})
+    @api.post(
+        "/v1/releases",
+        status_code=201,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
     async def publish(request: Request, actor: Annotated[str, Depends(admin)], allow_failed: bool = False) -> dict:
         limit = settings["max_upload_mb"] * (1 << 20)
         fd, tmp = tempfile.mkstemp(dir=svc.uploads, suffix=".tar.gz")
@@ -87,8 +116,16 @@ def router(svc: Services) -> APIRouter:
                     f.write(chunk)
             if size == 0:
                 raise HTTPException(422, "empty body; send the bundle archive (.tar.gz) as the request body")
-            return await run_in_threadpool(verify_and_store, engine, store, svc.keys, svc.uploads, Path(tmp), actor,
-                                           allow_failed or settings["allow_failed_bundles"])
+            return await run_in_threadpool(
+                verify_and_store,
+                engine,
+                store,
+                svc.keys,
+                svc.uploads,
+                Path(tmp),
+                actor,
+                allow_failed or settings["allow_failed_bundles"],
+            )
         finally:
             Path(tmp).unlink(missing_ok=True)
 

@@ -1,6 +1,5 @@
 """``/v1/rollouts`` and ``/v1/audit``: create and steer staged rollouts (admin), read them and the audit log."""
 
-
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query
@@ -37,15 +36,22 @@ def router(svc: Services) -> APIRouter:
         return out
 
     @api.post("/v1/rollouts/{name}/{action}")
-    def rollout_action(name: Name, action: Annotated[str, PathParam(pattern="^(advance|pause|resume|rollback)$")],
-                       actor: Annotated[str, Depends(admin)], body: Annotated[dict | None, Body()] = None) -> dict:
+    def rollout_action(
+        name: Name,
+        action: Annotated[str, PathParam(pattern="^(advance|pause|resume|rollback)$")],
+        actor: Annotated[str, Depends(admin)],
+        body: Annotated[dict | None, Body()] = None,
+    ) -> dict:
         reason = str((body or {}).get("reason", ""))[:1000]
         with engine.begin() as conn:
             return ro.transition(conn, name, action, actor, reason)
 
     @api.get("/v1/audit")
-    def audit_log(actor: Annotated[str, Depends(admin)], rollout: Annotated[str | None, Query(pattern=NAME)] = None,
-                  limit: Annotated[int, Query(ge=1, le=10000)] = 200) -> list[dict]:
+    def audit_log(
+        actor: Annotated[str, Depends(admin)],
+        rollout: Annotated[str | None, Query(pattern=NAME)] = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 200,
+    ) -> list[dict]:
         with engine.connect() as conn:
             return db.audit_entries(conn, rollout, limit)
 

@@ -29,24 +29,40 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
         with lock:  # one evaluation at a time per process; transitions are guarded by status checks in SQL
             now = time.time()
             decisions = evaluate_rollouts(engine, tele["window_seconds"], now)
-            triggers = check_retraining(engine, tele["window_seconds"], now, windows=tele.get("retrain_windows", 3),
-                                        max_psi=tele.get("retrain_max_psi", 0.25), max_js=tele.get("retrain_max_js", 0.1))
+            triggers = check_retraining(
+                engine,
+                tele["window_seconds"],
+                now,
+                windows=tele.get("retrain_windows", 3),
+                max_psi=tele.get("retrain_max_psi", 0.25),
+                max_js=tele.get("retrain_max_js", 0.1),
+            )
         svc.states.invalidate()
         return {"decisions": decisions, "triggers": triggers}
 
     @api.post("/v1/devices", status_code=201)
     def register(who: Annotated[tuple, Depends(caller)], body: Annotated[dict, Body()]) -> dict:
         device_id, target, tags = body.get("device_id"), body.get("target"), body.get("tags", [])
-        if not matches(DEVICE, device_id) or not matches(NAME, target) or not isinstance(tags, list) or len(tags) > 50 \
-                or not all(matches(r"[A-Za-z0-9._:=-]{1,100}", t) for t in tags):
+        if (
+            not matches(DEVICE, device_id)
+            or not matches(NAME, target)
+            or not isinstance(tags, list)
+            or len(tags) > 50
+            or not all(matches(r"[A-Za-z0-9._:=-]{1,100}", t) for t in tags)
+        ):
             raise InputError("a device is {device_id, target, tags: [...]} with ids of [A-Za-z0-9._:-]")
         with engine.begin() as conn:
             out = register_device(conn, device_id, target, tags)
         ingestor.forget_device(device_id)
         return out
 
-    @api.post("/v1/telemetry", status_code=201,
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}})
+    @api.post(
+        "/v1/telemetry",
+        status_code=201,
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+        },
+    )
     async def telemetry(request: Request, who: Annotated[tuple, Depends(caller)]) -> dict:
         raw = await request.body()
         if len(raw) > tele["max_summary_bytes"]:
@@ -65,8 +81,12 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
         metrics.telemetry.labels("accepted").inc()
         return result
 
-    @api.post("/v1/telemetry/batch",
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}})
+    @api.post(
+        "/v1/telemetry/batch",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+        },
+    )
     async def telemetry_batch(request: Request, who: Annotated[tuple, Depends(caller)]) -> dict:
         raw = await request.body()
         if len(raw) > tele["max_summary_bytes"] * 1000:
@@ -77,7 +97,7 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
             raise HTTPException(422, "body is not JSON") from None
         items = body.get("summaries") if isinstance(body, dict) else None
         if not isinstance(items, list) or not 0 < len(items) <= 1000:
-            raise HTTPException(422, "send {\"summaries\": [...]} with 1 to 1000 summaries")
+            raise HTTPException(422, 'send {"summaries": [...]} with 1 to 1000 summaries')
         results = await run_in_threadpool(ingestor.ingest, items)
         for r in results:
             metrics.telemetry.labels(r["status"]).inc()
