@@ -30,6 +30,7 @@ from ..bundle.manifest import Manifest, bundle_dir, copy_resigned, resolve_versi
 from ..bundle.signing import load_private_key
 from ..config import load_config
 from ..errors import BundleError, ConfigError, ExportError, FactoryError, ValidationError
+from ..export.convert import TOOLCHAIN
 from ..export.targets import PROFILE_SCHEMA, load_target
 from ..lineage import package_versions
 from .build import BuildContext, load_context, make_bundle
@@ -136,18 +137,7 @@ def _key(profile: dict, canonical) -> str:
         "recipe": profile["recipe"],
         "runtime": profile["runtime"],
         "backend": profile["backend"],
-        "toolchain": package_versions(
-            [
-                "torch",
-                "onnxruntime",
-                "openvino",
-                "nncf",
-                "litert-torch",
-                "ai-edge-litert",
-                "ai-edge-quantizer",
-                "torch-pruning",
-            ]
-        ),
+        "toolchain": package_versions(TOOLCHAIN),
         "factory": __version__,
     }
     return hashlib.sha256(canonical_json(ident)).hexdigest()[:20]
