@@ -57,8 +57,15 @@ def fleet_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     srv = Server(settings)
     settings["public_url"] = srv.url
     srv.start()
-    with db.engine_for(settings["database"]).begin() as conn:
-        admin, device = create_token(conn, "admin", "admin"), create_token(conn, "devices", "device")
+    engine = db.engine_for(settings["database"])
+    with engine.begin() as conn:
+        admin = create_token(conn, "admin", "admin")
+
+    def device_token(device_id: str) -> str:
+        """A token bound to one device (what `factory device enroll` gives a device)."""
+        with engine.begin() as conn:
+            return create_token(conn, f"device:{device_id}", "device", device_id)
+
     from factory.device.client import RegistryClient
 
     client = RegistryClient(srv.url, admin)
@@ -73,7 +80,7 @@ def fleet_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
         "server": srv,
         "client": client,
         "admin": admin,
-        "device": device,
+        "device_token": device_token,
         "model": model,
         "tmp": tmp,
         "folders": folders,
@@ -85,10 +92,10 @@ def fleet_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     srv.stop()
 
 
-def _device_client(env):
+def _device_client(env, device_id):
     from factory.device.client import RegistryClient
 
-    return RegistryClient(env["server"].url, env["device"])
+    return RegistryClient(env["server"].url, env["device_token"](device_id))
 
 
 def _summary(env, device_id, version="1.0.0", **changes):
@@ -104,10 +111,10 @@ def _summary(env, device_id, version="1.0.0", **changes):
     return s
 
 
-def _post(env, body, raw=None):
+def _post(env, body, raw=None, token=None):
     return httpx.post(
         env["server"].url + "/v1/telemetry",
-        headers={"Authorization": f"Bearer {env['device']}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {token or env['admin']}", "Content-Type": "application/json"},
         content=raw if raw is not None else json.dumps(body),
     )
 
@@ -123,7 +130,7 @@ def _stored(env) -> int:
 
 def test_bad_telemetry_is_rejected_and_nothing_is_stored(fleet_env):
     env = fleet_env
-    with _device_client(env) as c:
+    with _device_client(env, "tele-1") as c:
         c.request("POST", "/v1/devices", json={"device_id": "tele-1", "target": "cpu", "tags": []}, ok=(201,))
     before = _stored(env)
     good = _summary(env, "tele-1")
@@ -151,7 +158,7 @@ def test_agent_pulls_verifies_serves_and_reports(fleet_env, keypair, tmp_path):
     from factory.device.sources import frames
 
     env = fleet_env
-    with RegistryClient(env["server"].url, env["device"]) as c:
+    with RegistryClient(env["server"].url, env["device_token"]("agent-1")) as c:
         agent = Agent(
             c,
             model=env["model"],
@@ -177,7 +184,8 @@ def test_agent_keeps_serving_when_the_registry_is_down(fleet_env, keypair, tmp_p
 
     env = fleet_env
     trusted = load_public_key(keypair[1])
-    with RegistryClient(env["server"].url, env["device"]) as c:
+    token = env["device_token"]("agent-2")
+    with RegistryClient(env["server"].url, token) as c:
         agent = Agent(
             c,
             model=env["model"],
@@ -189,7 +197,7 @@ def test_agent_keeps_serving_when_the_registry_is_down(fleet_env, keypair, tmp_p
             window_seconds=WINDOW,
         )
         assert agent.sync().startswith("switched")
-    with RegistryClient("http://127.0.0.1:9", env["device"], timeout=2) as dead:  # nothing listens there
+    with RegistryClient("http://127.0.0.1:9", token, timeout=2) as dead:  # nothing listens there
         agent.client = dead
         status = agent.sync()
         assert status.startswith("kept") and "unreachable" in status
@@ -206,7 +214,7 @@ def test_a_tampered_bundle_is_never_activated(fleet_env, tmp_path):
 
     env = fleet_env
     other, other_pub = generate_keys(tmp_path / "other")
-    with RegistryClient(env["server"].url, env["device"]) as c:
+    with RegistryClient(env["server"].url, env["device_token"]("agent-3")) as c:
         agent = Agent(
             c,
             model=env["model"],
@@ -284,9 +292,10 @@ def test_health_driven_rollouts_end_to_end(fleet_env):
     with db.engine_for(env["settings"]["database"]).connect() as conn:
         rows = conn.execute(sa.select(db.telemetry.c.idempotency_key)).all()
     assert len(rows) == len({r[0] for r in rows})
-    metrics = httpx.get(env["server"].url + "/metrics").text
+    auth = {"Authorization": f"Bearer {env['admin']}"}
+    metrics = httpx.get(env["server"].url + "/metrics", headers=auth).text
     assert "factory_release_latency_p95_ms" in metrics and "factory_telemetry_summaries_total" in metrics
-    report = httpx.get(env["server"].url + "/v1/health").json()
+    report = httpx.get(env["server"].url + "/v1/health", headers=auth).json()
     bad = next(r for r in report["rollouts"] if r["name"] == "bad")
     assert bad["status"] == "rolled_back" and bad["targets"]["cpu"]["windows"]
 
@@ -297,7 +306,7 @@ def test_status_page_in_a_headless_browser(fleet_env, tmp_path):
         pytest.skip("no chromium on this machine (CI installs Debian's chromium)")
     import subprocess
 
-    url = fleet_env["server"].url + "/status"
+    url = fleet_env["server"].url + "/status#token=" + fleet_env["admin"]
     flags = [
         "--headless",
         "--no-sandbox",
@@ -378,4 +387,5 @@ def test_input_drift_halts_a_rollout_and_sustained_drift_triggers_retraining(fle
     stable = client.request("GET", "/v1/fleet-manifest").json()["payload"]["stable"]
     assert triggers and triggers[0]["release"] == stable[f"{model}/cpu"]
     assert triggers[0]["start_from"]["dataset_hash"] and triggers[0]["start_from"]["training_run"]
-    assert httpx.get(env["server"].url + "/v1/health").json()["triggers"]
+    health = httpx.get(env["server"].url + "/v1/health", headers={"Authorization": f"Bearer {env['admin']}"})
+    assert health.json()["triggers"]

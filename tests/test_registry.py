@@ -71,7 +71,8 @@ def server(request, tmp_path_factory, keypair):
 
     with db.engine_for(settings["database"]).begin() as conn:
         srv.admin = create_token(conn, "test-admin", "admin")
-        srv.device = create_token(conn, "test-device", "device")
+        srv.device = create_token(conn, "test-device", "device", "test-device-1")
+        srv.viewer = create_token(conn, "test-viewer", "viewer")
     srv.fleet_pub = fleet_pub
     srv.tmp = tmp
     yield srv
@@ -141,7 +142,7 @@ def test_device_tokens_cannot_publish_or_steer(server, bundles):
 
 def _state(server) -> dict:
     return verify_state(
-        httpx.get(server.url + "/v1/fleet-manifest", headers=_h(server.device)).json(),
+        httpx.get(server.url + "/v1/fleet-manifest", headers=_h(server.viewer)).json(),
         load_public_key(server.fleet_pub),
     )
 
@@ -215,10 +216,10 @@ def test_static_manifest_matches_the_service_for_10000_devices(server, bundles):
     }
     r = httpx.post(server.url + "/v1/rollouts", headers=_h(server.admin), json=plan)
     assert r.status_code in (201, 409), r.text
-    doc = httpx.get(server.url + "/v1/fleet-manifest", headers=_h(server.device)).json()
+    doc = httpx.get(server.url + "/v1/fleet-manifest", headers=_h(server.viewer)).json()
     state = verify_state(doc, load_public_key(server.fleet_pub))
     mismatches = 0
-    with httpx.Client(base_url=server.url, headers=_h(server.device)) as client:
+    with httpx.Client(base_url=server.url, headers=_h(server.viewer)) as client:
         for i in range(10_000):
             d = f"edge-{i}"
             served = client.get("/v1/assignment", params={"model": model, "device_id": d, "target": "tflite"}).json()
@@ -228,7 +229,7 @@ def test_static_manifest_matches_the_service_for_10000_devices(server, bundles):
 
 def test_static_manifest_refuses_tampered_foreign_and_older(server, tmp_path):
     pub = load_public_key(server.fleet_pub)
-    doc = httpx.get(server.url + "/v1/fleet-manifest", headers=_h(server.device)).json()
+    doc = httpx.get(server.url + "/v1/fleet-manifest", headers=_h(server.viewer)).json()
     seq = doc["payload"]["sequence"]
     assert verify_state(doc, pub, min_sequence=seq)["sequence"] == seq
     tampered = json.loads(json.dumps(doc))

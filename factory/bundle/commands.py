@@ -118,9 +118,47 @@ def inspect_cmd(bundle_path: str, as_json: bool) -> None:
 
 @bundle.command("unpack")
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-def unpack_cmd(archive: str, out: str) -> None:
-    """Safely unpack a bundle archive (no absolute paths, '..', links or oversized members)."""
-    from .archive import unpack
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="A new (or empty) folder for the bundle.")
+@click.option(
+    "--pubkey",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Check the signature with this trusted key before writing anything, then every file.",
+)
+@click.option("--force", is_flag=True, help="Replace a folder that already holds files.")
+def unpack_cmd(archive: str, out: str, pubkey: str | None, force: bool) -> None:
+    """Safely unpack a bundle archive (no absolute paths, '..', links, duplicates or oversized members).
 
-    click.echo(f"unpacked to {unpack(archive, out)}")
+    OUT must not exist or be empty (a non-empty folder only with --force, never the current folder
+    or one of its parents); the bundle appears there whole or not at all.
+    """
+    import os
+
+    from .._io import atomic_dir
+    from ..errors import InputError
+    from .archive import unpack, verify_bundle
+    from .signing import load_public_key
+
+    dest = Path(out).resolve()
+    here = Path.cwd().resolve()
+    if dest == here or dest in here.parents:
+        raise InputError(
+            f"refusing to unpack into {out}: it is the current folder or one of its parents",
+            hint="name a new folder, e.g. --out ./my-bundle",
+        )
+    if dest.exists() and any(dest.iterdir()) and not force:
+        raise InputError(
+            f"{out} is not empty; refusing to replace what is in it", hint="pass --force, or choose a new folder"
+        )
+    keys = [load_public_key(pubkey)] if pubkey else None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
+        staged = unpack(archive, Path(tmp) / "bundle", trusted_keys=keys)
+        if keys:
+            verify_bundle(staged, keys[0])  # every file's sha256, before the folder appears
+        with atomic_dir(dest) as final:
+            for f in staged.iterdir():
+                os.replace(f, final / f.name)
+    click.echo(
+        f"unpacked to {dest}" + (" (signature and every file verified)" if keys else " (not verified: pass --pubkey)")
+    )

@@ -76,11 +76,21 @@ class RegistryClient:
         if r.status_code not in ok:
             try:
                 body = r.json()
-                detail, hint = body.get("detail"), body.get("hint")
             except ValueError:
-                detail, hint = r.text[:300], None
+                body = None
+            detail, hint = (body.get("detail"), body.get("hint")) if isinstance(body, dict) else (r.text[:300], None)
             raise RegistryError(r.status_code, detail if isinstance(detail, str) else str(detail), hint)
         return r
+
+    def call(self, method: str, path: str, **kw):
+        """A request whose answer must be JSON: anything else (an HTML error page with status 200, a
+        truncated body) is a RegistryError, never an exception of the JSON parser."""
+        r = self.request(method, path, **kw)
+        try:
+            return r.json()
+        except ValueError:
+            kind = r.headers.get("content-type", "no content type")
+            raise RegistryError(r.status_code, f"the answer to {method} {path} is not JSON ({kind})") from None
 
     # ---- releases
     def publish(self, bundle: Path, allow_failed: bool = False) -> dict:
@@ -92,47 +102,56 @@ class RegistryClient:
         bundle = Path(bundle)
         with tempfile.TemporaryDirectory() as tmp:
             archive = pack(bundle, Path(tmp) / "bundle.tar.gz") if bundle.is_dir() else bundle
-            return self.request(
+            return self.call(
                 "POST",
                 "/v1/releases",
                 content=archive.read_bytes(),
                 params={"allow_failed": str(allow_failed).lower()},
                 headers={"Content-Type": "application/gzip"},
-            ).json()
+            )
 
     def releases(self, name: str | None = None) -> list[dict]:
-        return self.request("GET", "/v1/releases", params={"name": name} if name else None).json()
+        return self.call("GET", "/v1/releases", params={"name": name} if name else None)
 
     # ---- rollouts
     def create_rollout(self, plan: dict) -> dict:
-        return self.request("POST", "/v1/rollouts", json=plan).json()
+        return self.call("POST", "/v1/rollouts", json=plan)
 
     def rollout(self, name: str) -> dict:
-        return self.request("GET", f"/v1/rollouts/{name}").json()
+        return self.call("GET", f"/v1/rollouts/{name}")
 
     def rollouts(self) -> list[dict]:
-        return self.request("GET", "/v1/rollouts").json()
+        return self.call("GET", "/v1/rollouts")
 
     def act(self, name: str, action: str, reason: str = "") -> dict:
-        return self.request("POST", f"/v1/rollouts/{name}/{action}", json={"reason": reason}).json()
+        return self.call("POST", f"/v1/rollouts/{name}/{action}", json={"reason": reason})
 
     def audit(self, rollout: str | None = None, limit: int = 200) -> list[dict]:
         params = {"limit": limit} | ({"rollout": rollout} if rollout else {})
-        return self.request("GET", "/v1/audit", params=params).json()
+        return self.call("GET", "/v1/audit", params=params)
 
     def fleet_manifest(self) -> dict:
-        return self.request("GET", "/v1/fleet-manifest").json()
+        return self.call("GET", "/v1/fleet-manifest")
 
     # ---- devices
     def assignment(self, model: str, device_id: str, target: str, tags: list[str], etag: str | None = None):
+        """(assignment or None when unchanged (304), ETag). The body must be a JSON object."""
         headers = {"If-None-Match": etag} if etag else None
-        r = self.request(
-            "GET",
-            "/v1/assignment",
-            params={"model": model, "device_id": device_id, "target": target, "tags": ",".join(tags)},
-            headers=headers,
-        )
-        return (None if r.status_code == 304 else r.json()), r.headers.get("ETag")
+        params = {"model": model, "device_id": device_id, "target": target, "tags": ",".join(tags)}
+        r = self.request("GET", "/v1/assignment", params=params, headers=headers)
+        if r.status_code == 304:
+            return None, r.headers.get("ETag")
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise RegistryError(r.status_code, f"the assignment is not a JSON object ({r.headers.get('content-type')})")
+        return body, r.headers.get("ETag")
+
+    def enroll(self, device_id: str, target: str, tags: list[str]) -> dict:
+        """Enrol a device with an enrolment (or admin) token; the answer holds the device's own token."""
+        return self.call("POST", "/v1/devices/enroll", json={"device_id": device_id, "target": target, "tags": tags})
 
     def download(self, url: str, dest: Path, sha256: str, size: int | None = None) -> Path:
         """Resumable download: bytes already in ``dest.part`` are kept and the rest is fetched with a
@@ -173,4 +192,4 @@ class RegistryClient:
         return dest
 
     def post_telemetry(self, summary: dict) -> dict:
-        return self.request("POST", "/v1/telemetry", json=summary, ok=(200, 201)).json()
+        return self.call("POST", "/v1/telemetry", json=summary, ok=(200, 201))

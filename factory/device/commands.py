@@ -1,4 +1,4 @@
-"""``factory device run`` and ``factory fleet simulate``."""
+"""``factory device enroll|run`` and ``factory fleet simulate``."""
 
 from __future__ import annotations
 
@@ -15,9 +15,60 @@ def device() -> None:
     """Run the device agent (pull, verify, swap, infer, report)."""
 
 
+def _state_dir(state_dir: str | None, device_id: str) -> Path:
+    return Path(state_dir or Path.home() / ".factory-device" / device_id)
+
+
+@device.command("enroll")
+@click.option("--registry", "url", default=None, help="Registry URL [default: $FACTORY_REGISTRY_URL].")
+@click.option(
+    "--token", default=None, help="The fleet's enrolment token (or an admin token) [default: $FACTORY_REGISTRY_TOKEN]."
+)
+@click.option("--device-id", required=True)
+@click.option("--target", required=True, help="The device's target (cpu, openvino, tflite...).")
+@click.option("--tags", default="", help="Comma-separated device tags, e.g. region-eu,shop-12.")
+@click.option(
+    "--state-dir", default=None, type=click.Path(file_okay=False), help="[default: ~/.factory-device/<device-id>]"
+)
+def enroll_cmd(url, token, device_id, target, tags, state_dir) -> None:
+    """Enrol this device once: the registry issues it its own token, bound to --device-id.
+
+    The token is written to STATE_DIR/credentials.json (mode 0600) and `factory device run` uses it.
+    With it the device can pull bundles and report about itself only; an enrolment token cannot
+    enrol a device id that is already enrolled (an admin can, which revokes its old token).
+    """
+    import os
+
+    from .._io import write_json
+    from .client import RegistryClient
+
+    state = _state_dir(state_dir, device_id)
+    with RegistryClient(url, token) as client:
+        answer = client.enroll(device_id, target, [t for t in tags.split(",") if t])
+    path = write_json(state / "credentials.json", {"device_id": device_id, "token": answer["token"], "registry": url})
+    os.chmod(path, 0o600)
+    click.echo(f"enrolled {device_id} ({target}); its token is in {path}")
+
+
+def _credential(state: Path, device_id: str, token: str | None) -> str | None:
+    from .._io import read_json
+
+    path = state / "credentials.json"
+    if token or not path.is_file():
+        return token
+    creds = read_json(path)
+    if creds.get("device_id") != device_id:
+        from ..errors import InputError
+
+        raise InputError(f"{path} holds the credential of device {creds.get('device_id')!r}, not {device_id!r}")
+    return creds.get("token")
+
+
 @device.command("run")
 @click.option("--registry", "url", default=None, help="Registry URL [default: $FACTORY_REGISTRY_URL].")
-@click.option("--token", default=None, help="Device token [default: $FACTORY_REGISTRY_TOKEN].")
+@click.option(
+    "--token", default=None, help="Device token [default: STATE_DIR/credentials.json, then $FACTORY_REGISTRY_TOKEN]."
+)
 @click.option("--device-id", required=True)
 @click.option("--target", required=True, help="The device's target (cpu, openvino, tflite...).")
 @click.option("--model", default="id-docs", show_default=True)
@@ -28,6 +79,12 @@ def device() -> None:
     required=True,
     type=click.Path(exists=True, dir_okay=False),
     help="Public key bundles must be signed with.",
+)
+@click.option(
+    "--fleet-key",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Take assignments from the signed static fleet manifest, verified with this public key.",
 )
 @click.option(
     "--state-dir", default=None, type=click.Path(file_okay=False), help="[default: ~/.factory-device/<device-id>]"
@@ -47,6 +104,7 @@ def run_cmd(
     tags,
     source,
     trusted_key,
+    fleet_key,
     state_dir,
     window_seconds,
     poll_seconds,
@@ -55,11 +113,13 @@ def run_cmd(
 ) -> None:
     """Serve a model on this device and keep it up to date.
 
-    Polls its assignment (ETag-aware), downloads the bundle (resumable), verifies sha256 and the
-    signature against --trusted-key, unpacks safely, swaps the active model atomically and keeps the
-    previous one. Runs inference on --source with the bundle's preprocessing and uploads compact
-    telemetry per window (buffered on disk while offline; retried with backoff; idempotent). If the
-    registry is unreachable or a new bundle fails to verify or load, the old model keeps serving.
+    Polls its assignment (ETag-aware; or, with --fleet-key, computes it from the signed static fleet
+    manifest, refusing unsigned, foreign or older ones), downloads the bundle (resumable), checks
+    its sha256 and the manifest's signature against --trusted-key before unpacking, verifies every
+    file, swaps the active model atomically and keeps the previous one. Runs inference on --source
+    with the bundle's preprocessing and uploads compact telemetry per window (buffered on disk while
+    offline; retried with backoff; idempotent). Whatever fails while syncing, the old model keeps
+    serving; a bundle that failed to load is retried only after a back-off.
     """
     import time
 
@@ -68,8 +128,8 @@ def run_cmd(
     from .client import RegistryClient
     from .sources import frames
 
-    state = Path(state_dir or Path.home() / ".factory-device" / device_id)
-    client = RegistryClient(url, token)
+    state = _state_dir(state_dir, device_id)
+    client = RegistryClient(url, _credential(state, device_id, token))
     agent = Agent(
         client,
         model=model,
@@ -79,6 +139,7 @@ def run_cmd(
         state_dir=state,
         bundle_key=load_public_key(trusted_key),
         window_seconds=window_seconds,
+        fleet_key=load_public_key(fleet_key) if fleet_key else None,
     )
     click.echo(f"device {device_id} ({target}) state in {state}; first poll: {agent.sync()}", err=True)
 
@@ -120,7 +181,19 @@ def fleet() -> None:
     type=click.Choice(["service", "manifest"]),
     default="service",
     show_default=True,
-    help="Ask the service per device, or compute assignments from the signed static manifest.",
+    help="Ask the service per device, or compute assignments from the signed static manifest (needs --fleet-key).",
+)
+@click.option(
+    "--fleet-key",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The fleet's public key: static manifests are verified with it (anti-rollback by sequence).",
+)
+@click.option(
+    "--trusted-key",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Public key bundles must be signed with (checked before unpacking).",
 )
 @click.option("--slow-release", default=None, help="Version whose latency is multiplied by --slowdown.")
 @click.option("--slowdown", default=1.3, show_default=True)
@@ -145,6 +218,8 @@ def simulate_cmd(
     inferences,
     image_dir,
     via,
+    fleet_key,
+    trusted_key,
     slow_release,
     slowdown,
     dark_release,
@@ -156,8 +231,12 @@ def simulate_cmd(
 ) -> None:
     """Run N simulated devices that pull and report; print what the fleet ran and what the monitor decided."""
     from .._io import write_json
+    from ..bundle.signing import load_public_key
     from .client import RegistryClient
     from .simulate import Fleet, Knobs, load_images
+
+    if via == "manifest" and not fleet_key:
+        raise click.UsageError("--via manifest verifies the signed static manifest: pass --fleet-key")
 
     knobs = Knobs(
         slow_release=slow_release,
@@ -177,6 +256,8 @@ def simulate_cmd(
             images=load_images(image_dir),
             cache=Path(cache),
             window_seconds=window_seconds,
+            fleet_key=load_public_key(fleet_key) if fleet_key else None,
+            bundle_key=load_public_key(trusted_key) if trusted_key else None,
         )
 
         def show(row):

@@ -25,21 +25,24 @@ def verify_state(doc: dict, public_key, *, min_sequence: int | None = None) -> d
 
     from ..bundle.signing import key_id
 
-    if not isinstance(doc, dict) or doc.get("schema") != MANIFEST_SCHEMA or "payload" not in doc:
+    if not isinstance(doc, dict) or doc.get("schema") != MANIFEST_SCHEMA or not isinstance(doc.get("payload"), dict):
         raise SignatureError("not a factory rollout manifest")
     sig = doc.get("signature")
-    if not isinstance(sig, dict) or not sig.get("signature"):
+    if not isinstance(sig, dict) or not isinstance(sig.get("signature"), str) or not sig["signature"]:
         raise SignatureError("the rollout manifest is unsigned")
     if sig.get("key_id") != key_id(public_key):
         raise SignatureError(f"the rollout manifest is signed by key {sig.get('key_id')!r}, not the trusted fleet key")
     try:
-        public_key.verify(base64.b64decode(sig["signature"]), canonical_json(doc["payload"]))
-    except (InvalidSignature, ValueError):
+        public_key.verify(base64.b64decode(sig["signature"], validate=True), canonical_json(doc["payload"]))
+    except (InvalidSignature, ValueError, TypeError):
         raise SignatureError("the rollout manifest's signature does not verify (modified after signing)") from None
     payload = doc["payload"]
-    if min_sequence is not None and int(payload.get("sequence", -1)) < min_sequence:
+    sequence = payload.get("sequence")
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
+        raise SignatureError(f"the rollout manifest has no valid sequence number ({sequence!r})")
+    if min_sequence is not None and sequence < min_sequence:
         raise SignatureError(
-            f"the rollout manifest is older (sequence {payload.get('sequence')}) than the one already "
+            f"the rollout manifest is older (sequence {sequence}) than the one already "
             f"accepted ({min_sequence}); refusing a rollback to stale state"
         )
     return payload

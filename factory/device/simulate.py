@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import progress
+from ..errors import InputError
 from ..preprocess import preprocess
 from ..stats import image_stats
 from .telemetry import Window
@@ -127,6 +128,7 @@ class Fleet:
         self._latencies: dict[str, np.ndarray] = {}  # artifact sha256 -> latency sample (ms)
         self.downloads = 0
         self.registered = False
+        self._sequence: int | None = None  # the newest fleet-manifest sequence accepted (anti-rollback)
 
     def register(self, batch: int = 500) -> None:
         for d in self.devices:
@@ -142,15 +144,16 @@ class Fleet:
         key = f"{release['name']}/{release['version']}/{release['target']}"
         if key not in self.behaviours:
             from ..bundle.archive import unpack
+            from .agent import check_release
 
-            name = key.replace("/", "-")
-            archive = self.cache / f"{name}.tar.gz"
+            sha = check_release(release, self.model, release.get("target"))["sha256"]  # names never become paths
+            archive = self.cache / f"{sha}.tar.gz"
             archive.parent.mkdir(parents=True, exist_ok=True)
             if not archive.is_file():
-                self.client.download(release["url"], archive, release["sha256"], release.get("size"))
-            folder = self.cache / name
+                self.client.download(release["url"], archive, sha, release.get("size"))
+            folder = self.cache / sha[:32]
             if not folder.is_dir():
-                unpack(archive, folder)
+                unpack(archive, folder, trusted_keys=[self.bundle_key] if self.bundle_key is not None else None)
             self.behaviours[key] = Behaviour(
                 folder, self.images, self.knobs.darkness, self.bundle_key, latencies=self._latencies
             )
@@ -165,8 +168,12 @@ class Fleet:
         if via == "manifest":
             from .fleetstate import verify_state
 
-            doc = self.client.fleet_manifest()
-            state = verify_state(doc, self.fleet_key) if self.fleet_key is not None else doc["payload"]
+            if self.fleet_key is None:
+                raise InputError(
+                    "devices that read the static manifest need the fleet's public key", hint="pass --fleet-key"
+                )
+            state = verify_state(self.client.fleet_manifest(), self.fleet_key, min_sequence=self._sequence)
+            self._sequence = state["sequence"]
         counts: dict[str, int] = {}
         for d in self.devices:
             if state is not None:

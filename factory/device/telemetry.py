@@ -86,7 +86,13 @@ def _counts(v, n: int | None, where: str) -> list[int]:
 
 
 def validate_summary(
-    s: object, *, max_bytes: int = 65536, now: float | None = None, max_age_days: float = 7, encoded: str | None = None
+    s: object,
+    *,
+    max_bytes: int = 65536,
+    now: float | None = None,
+    max_age_days: float = 7,
+    encoded: str | None = None,
+    max_rate: float | None = None,
 ) -> dict:
     """Check a summary's shape and internal consistency; raise InputError (-> 4xx) saying what is wrong.
 
@@ -126,6 +132,14 @@ def validate_summary(
         or errors > count
     ):
         raise InputError("count and errors must be integers with 0 <= errors <= count")
+    if max_rate is not None and count > max_rate * w["seconds"]:
+        raise InputError(
+            f"count {count} is more than {max_rate:g} inferences per second over a {w['seconds']} s window",
+            hint="a device reports what it ran; the registry's telemetry.max_inferences_per_second bounds it",
+        )
+    sync = s.get("sync_errors", 0)
+    if not isinstance(sync, int) or isinstance(sync, bool) or not 0 <= sync <= 10**6:
+        raise InputError("sync_errors must be a non-negative integer")
     ok = count - errors
     for name, edges in HISTOGRAMS.items():
         _counts(s.get(name), len(edges) - 1, name)

@@ -17,8 +17,12 @@ from __future__ import annotations
 
 from ..stats import HISTOGRAMS, percentile_from_hist
 from .drift import js_divergence, psi
+from .summaries import cap_weights, combine, without
 
-__all__ = ["window_figures", "judge", "decide"]
+__all__ = ["window_figures", "judge", "judge_window", "decide"]
+
+DEVICE_WEIGHT_CAP = 2.0  # a device counts for at most this many times the median device of its window
+_MOST_INFLUENTIAL = 50  # devices checked for carrying a verdict alone (by weight, and by errors)
 
 
 def window_figures(merged: dict, reference: dict) -> dict:
@@ -26,8 +30,8 @@ def window_figures(merged: dict, reference: dict) -> dict:
     prof = reference.get("profile", {})
     ok = merged["count"] - merged["errors"]
     fig = {
-        "count": int(merged["count"]),
-        "errors": int(merged["errors"]),
+        "count": int(round(merged["count"])),
+        "errors": int(round(merged["errors"])),
         "devices": merged["devices"],
         "error_rate": merged["errors"] / merged["count"] if merged["count"] else None,
         "p50_ms": percentile_from_hist(merged["latency_ms"], HISTOGRAMS["latency_ms"], 50) if ok else None,
@@ -69,6 +73,34 @@ def judge(fig: dict, prev: dict | None, rules: dict) -> dict:
         if val > limit:
             v.append(f"{k} {val:.3f} > {limit}")
     return {"healthy": not v, "violations": v}
+
+
+def judge_window(devices: dict[str, dict], reference: dict, prev: dict | None, rules: dict) -> tuple[dict, dict]:
+    """Figures and verdict of one window judged with the device as the unit of trust.
+
+    ``devices``: device id -> that device's merged summaries. Each device's weight is capped
+    (:func:`~factory.monitor.summaries.cap_weights`); a window found unhealthy is checked again
+    without each of its most influential devices, and if leaving one device out makes it healthy,
+    the violations rest on that device alone: the window is healthy and the verdict names the device.
+    """
+    capped = cap_weights(devices, DEVICE_WEIGHT_CAP)
+    total = combine(capped)
+    fig = window_figures(total, reference)
+    verdict = judge(fig, prev, rules)
+    if verdict["healthy"] is False and len(capped) > 1:
+        by_weight = sorted(capped, key=lambda d: -capped[d]["count"])[:_MOST_INFLUENTIAL]
+        by_errors = sorted(capped, key=lambda d: -capped[d]["errors"])[:_MOST_INFLUENTIAL]
+        for dev in dict.fromkeys(by_weight + by_errors):
+            alone = without(total, capped[dev])
+            if judge(window_figures(alone, reference), prev, rules)["healthy"]:
+                verdict = {
+                    "healthy": True,
+                    "violations": [],
+                    "single_device": {"device_id": dev, "violations": verdict["violations"]},
+                    "why": f"the violations rest on device {dev} alone: one device cannot fail a window",
+                }
+                break
+    return fig, verdict
 
 
 def _evidence(v: tuple) -> dict:

@@ -1,33 +1,95 @@
-"""Telemetry summaries merged: counts and fixed-bucket histograms add up exactly across devices."""
+"""Telemetry summaries merged: counts and fixed-bucket histograms add up exactly across devices.
+
+For health decisions the device is the unit of trust: :func:`by_device` merges each device's
+summaries of a window, :func:`cap_weights` bounds what any one device contributes (at most a small
+multiple of the median device's count), and :func:`combine` / :func:`without` give the window's
+totals with and without one device, so a verdict can be checked for resting on a single device.
+"""
 
 from __future__ import annotations
+
+from collections import defaultdict
 
 import numpy as np
 
 from ..stats import HISTOGRAMS
 
-__all__ = ["merge"]
+__all__ = ["merge", "by_device", "cap_weights", "combine", "without"]
+
+_ARRAYS = (*HISTOGRAMS, "predicted_class")
+
+
+def _empty() -> dict:
+    return {"count": 0, "errors": 0, "devices": 0, "predicted_class": np.zeros(0)} | {
+        k: np.zeros(len(e) - 1) for k, e in HISTOGRAMS.items()
+    }
+
+
+def _add(out: dict, s: dict, sign: float = 1.0) -> None:
+    out["count"] += sign * s["count"]
+    out["errors"] += sign * s["errors"]
+    for k in HISTOGRAMS:
+        out[k] = out[k] + sign * np.asarray(s[k], np.float64)
+    pc = np.asarray(s["predicted_class"], np.float64)
+    if pc.size > out["predicted_class"].size:
+        out["predicted_class"] = np.pad(out["predicted_class"], (0, pc.size - out["predicted_class"].size))
+    out["predicted_class"][: pc.size] += sign * pc
 
 
 def merge(summaries: list[dict]) -> dict:
     """Add up summaries of one release: counts and histograms merge exactly."""
-    out = {"count": 0, "errors": 0, "devices": set()} | {
-        k: np.zeros(len(e) - 1, np.int64) for k, e in HISTOGRAMS.items()
-    }
-    classes = None
+    out = _empty()
+    devices = set()
     for s in summaries:
-        out["count"] += s["count"]
-        out["errors"] += s["errors"]
-        out["devices"].add(s["device_id"])
-        for k in HISTOGRAMS:
-            out[k] += np.asarray(s[k], np.int64)
-        pc = np.asarray(s["predicted_class"], np.int64)
-        if classes is None:
-            classes = pc.copy()
-        else:
-            if pc.size > classes.size:
-                classes = np.pad(classes, (0, pc.size - classes.size))
-            classes[: pc.size] += pc
-    out["predicted_class"] = classes if classes is not None else np.zeros(0, np.int64)
-    out["devices"] = len(out["devices"])
+        _add(out, s)
+        devices.add(s["device_id"])
+    out["devices"] = len(devices)
+    return out
+
+
+def by_device(summaries: list[dict]) -> dict[str, dict]:
+    """Each device's summaries of a window merged into one (device id -> merged)."""
+    groups: dict[str, list] = defaultdict(list)
+    for s in summaries:
+        groups[s["device_id"]].append(s)
+    return {d: merge(g) for d, g in groups.items()}
+
+
+def _scaled(m: dict, factor: float) -> dict:
+    out = dict(m)
+    for k in ("count", "errors"):
+        out[k] = m[k] * factor
+    for k in _ARRAYS:
+        out[k] = np.asarray(m[k], np.float64) * factor
+    return out
+
+
+def cap_weights(devices: dict[str, dict], factor: float = 2.0) -> dict[str, dict]:
+    """Scale down any device that reports more than ``factor`` x the median device's count.
+
+    Honest devices of one release run at similar rates, so this leaves them as they are; a device
+    that claims a billion inferences counts as two typical ones, not as the fleet.
+    """
+    if not devices:
+        return {}
+    cap = max(1.0, factor * float(np.median([d["count"] for d in devices.values()])))
+    return {k: (_scaled(d, cap / d["count"]) if d["count"] > cap else d) for k, d in devices.items()}
+
+
+def combine(devices: dict[str, dict]) -> dict:
+    """The window's totals over (capped) devices."""
+    out = _empty()
+    for d in devices.values():
+        _add(out, d)
+    out["devices"] = len(devices)
+    return out
+
+
+def without(total: dict, device: dict) -> dict:
+    """The totals with one device's contribution taken out."""
+    out = {k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v) for k, v in total.items()}
+    _add(out, device, -1.0)
+    for k in _ARRAYS:
+        out[k] = np.maximum(out[k], 0.0)  # float rounding never makes a negative count
+    out["devices"] = total["devices"] - 1
     return out

@@ -22,10 +22,11 @@ from ..errors import BundleError, ConfigError, FactoryError, InputError, Signatu
 from . import db
 from . import rollouts as ro
 from .auth import TokenCache
+from .limits import BodyLimit
 from .monitoring import Metrics
 from .routes import fleet, ops, releases, rollouts, telemetry
 from .services import Services
-from .settings import load_settings
+from .settings import check_settings, load_settings
 from .state import StateCache
 from .storage import BlobStore
 
@@ -59,6 +60,20 @@ def _clean_dead_uploads(folder: Path) -> None:
             continue
 
 
+def _body_limits(settings: dict):
+    upload, json_bytes = settings["max_upload_mb"] << 20, settings["max_json_bytes"]
+    batch = settings["telemetry"]["max_batch_bytes"]
+
+    def limit_for(method: str, path: str) -> int:
+        if method == "POST" and path == "/v1/releases":
+            return upload
+        if path == "/v1/telemetry/batch":
+            return batch
+        return json_bytes
+
+    return limit_for
+
+
 def _services(settings: dict) -> Services:
     engine = db.engine_for(settings["database"])
     store = BlobStore(settings["storage"])
@@ -81,7 +96,7 @@ def _services(settings: dict) -> Services:
 
 def create_app(settings: dict | None = None) -> FastAPI:
     """The registry app for ``settings`` (default: :func:`~factory.registry.settings.load_settings`)."""
-    svc = _services(settings or load_settings())
+    svc = _services(check_settings(settings) if settings is not None else load_settings())
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -109,6 +124,7 @@ def create_app(settings: dict | None = None) -> FastAPI:
     async def _factory_error(_request, exc: FactoryError):
         return JSONResponse({"detail": exc.message, "hint": exc.hint}, status_code=_status_for(exc))
 
+    app.add_middleware(BodyLimit, limit_for=_body_limits(svc.settings))
     metrics = Metrics()
     tele_router, evaluate = telemetry.router(svc, metrics)
     for api in (ops.router(svc, metrics), releases.router(svc), rollouts.router(svc), fleet.router(svc), tele_router):

@@ -83,17 +83,19 @@ def token_group() -> None:
 @click.option(
     "--role",
     required=True,
-    type=click.Choice(["admin", "device"]),
-    help="admin: publish and rollouts; device: pull and telemetry.",
+    type=click.Choice(["admin", "viewer", "enroll", "device"]),
+    help="admin: publish, rollouts, everything; viewer: read health, metrics, rollouts; enroll: enrol new devices "
+    "(each gets its own token); device: one device, bound to --device-id.",
 )
-def token_create(config_path, name, role) -> None:
+@click.option("--device-id", default=None, help="With --role device: the one device this token speaks for.")
+def token_create(config_path, name, role, device_id) -> None:
     """Create a token and print it (only now: the registry keeps its hash)."""
     from . import db
     from .auth import create_token
 
     engine = db.engine_for(_settings(config_path)["database"])
     with engine.begin() as conn:
-        click.echo(create_token(conn, name, role))
+        click.echo(create_token(conn, name, role, device_id))
 
 
 @token_group.command("revoke")

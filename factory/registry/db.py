@@ -59,6 +59,7 @@ tokens = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.String(40), nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+    sa.Column("device_id", sa.String(200), index=True),  # the one device a device token speaks for
 )
 
 rollouts = sa.Table(
@@ -155,10 +156,23 @@ def engine_for(url: str) -> sa.Engine:
     else:
         engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
     metadata.create_all(engine)
+    _migrate(engine)
     with engine.begin() as conn:
         if conn.execute(sa.select(state.c.version).where(state.c.id == 1)).first() is None:
             conn.execute(state.insert().values(id=1, version=0))
     return engine
+
+
+def _migrate(engine) -> None:
+    """Columns added after a table was first created (create_all never alters an existing table)."""
+    added = {"tokens": [("device_id", "VARCHAR(200)")]}
+    inspector = sa.inspect(engine)
+    with engine.begin() as conn:
+        for table, columns in added.items():
+            have = {c["name"] for c in inspector.get_columns(table)}
+            for name, sql_type in columns:
+                if name not in have:
+                    conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
 
 
 def bump_state(conn) -> None:

@@ -8,13 +8,15 @@ and applies what it says (advance or roll back) with the evidence in the audit l
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+import logging
+import threading
+from collections import OrderedDict
 from datetime import datetime
 
 import sqlalchemy as sa
 
-from ..monitor.health import decide, judge, window_figures
-from ..monitor.summaries import merge
+from ..monitor.health import DEVICE_WEIGHT_CAP, decide, judge_window, window_figures
+from ..monitor.summaries import by_device, cap_weights, combine
 from . import db
 from . import rollouts as ro
 
@@ -40,25 +42,102 @@ def release_reference(conn, key: str) -> dict:
     }
 
 
-def series_for(
-    conn, key: str, since: float, window_seconds: int, stage: tuple[str, int] | None = None
-) -> dict[float, dict]:
-    """Merged telemetry of one release per window (window start -> merged).
+class _Cache:
+    """Judged windows by content: (release, scope, window, fingerprint, previous fingerprint, rules) -> result.
 
-    With ``stage=(rollout, index)``: only the summaries the registry attributed to that stage when
-    it received them, so a stage is never judged on windows its predecessor already used, whatever
-    the devices' clocks say. Without it: windows that start from ``since`` (one window of slack).
+    A window's fingerprint is the count and highest id of its rows, so a window is read and judged
+    again only when a summary for it arrives; a health report over many windows costs the new
+    windows, not the whole history. Bounded (least recently used out); one per process.
     """
+
+    def __init__(self, maxsize: int = 200_000):
+        self.maxsize, self._data, self._lock = maxsize, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        return None
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._data[key] = value
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+
+_CACHE = _Cache()
+
+
+def _where(key: str, stage: tuple[str, int] | None, since: float | None, window_seconds: int) -> list:
     where = [db.telemetry.c.release_key == key]
     if stage is not None:
         where += [db.telemetry.c.rollout == stage[0], db.telemetry.c.stage == stage[1]]
-    else:
+    if since is not None:
         where.append(db.telemetry.c.window_start >= since - window_seconds)
-    rows = conn.execute(sa.select(db.telemetry.c.window_start, db.telemetry.c.summary).where(*where)).all()
-    groups: dict[float, list] = defaultdict(list)
-    for r in rows:
-        groups[r.window_start - r.window_start % window_seconds].append(json.loads(r.summary))
-    return {w: merge(s) for w, s in sorted(groups.items())}
+    return where
+
+
+def _fingerprints(conn, where: list, window_seconds: int) -> dict[float, tuple[int, int]]:
+    rows = conn.execute(
+        sa.select(db.telemetry.c.window_start, sa.func.count(db.telemetry.c.id), sa.func.max(db.telemetry.c.id))
+        .where(*where)
+        .group_by(db.telemetry.c.window_start)
+    ).all()
+    out: dict[float, tuple[int, int]] = {}
+    for start, n, top in rows:
+        w = start - start % window_seconds
+        have = out.get(w, (0, 0))
+        out[w] = (have[0] + n, max(have[1], top))
+    return out
+
+
+def _devices(conn, where: list, window: float, window_seconds: int) -> dict[str, dict]:
+    rows = conn.execute(
+        sa.select(db.telemetry.c.summary).where(
+            *where, db.telemetry.c.window_start >= window, db.telemetry.c.window_start < window + window_seconds
+        )
+    ).all()
+    return by_device([json.loads(r.summary) for r in rows])
+
+
+def series_for(
+    conn,
+    key: str,
+    window_seconds: int,
+    *,
+    since: float | None = None,
+    stage: tuple[str, int] | None = None,
+    rules: dict | None = None,
+    prev: dict[float, tuple] | None = None,
+) -> dict[float, tuple]:
+    """Judged windows of one release: window start -> (figures, verdict or None, fingerprint).
+
+    With ``stage=(rollout, index)``: only the summaries the registry attributed to that stage when it
+    received them, so a stage is never judged on windows its predecessor already used, whatever the
+    devices' clocks say. With ``since``: windows from then on (one window of slack). ``prev`` is the
+    previous release's series (its p95 is the latency yardstick of the same window).
+    """
+    where = _where(key, stage, since, window_seconds)
+    ref = None
+    rules_id = json.dumps(rules, sort_keys=True) if rules else None
+    out = {}
+    for w, fp in sorted(_fingerprints(conn, where, window_seconds).items()):
+        p = (prev or {}).get(w)
+        ck = (str(conn.engine.url), key, stage, w, fp, p[2] if p else None, rules_id)
+        hit = _CACHE.get(ck)
+        if hit is None:
+            ref = ref if ref is not None else release_reference(conn, key)
+            devices = _devices(conn, where, w, window_seconds)
+            if rules:
+                fig, verdict = judge_window(devices, ref, p[0] if p else None, rules)
+            else:
+                fig, verdict = window_figures(combine(cap_weights(devices, DEVICE_WEIGHT_CAP)), ref), None
+            hit = (fig, verdict)
+            _CACHE.put(ck, hit)
+        out[w] = (hit[0], hit[1], fp)
+    return out
 
 
 def _epoch(iso: str) -> float:
@@ -70,33 +149,47 @@ def stage_verdicts(conn, r: dict, window_seconds: int) -> list[tuple]:
     rules, started = r["plan"]["health"], _epoch(r["stage_started_at"])
     verdicts = []
     for target, key in r["releases"].items():
-        ref = release_reference(conn, key)
-        new = series_for(conn, key, started, window_seconds, stage=(r["name"], r["stage"]))
+        stage = (r["name"], r["stage"])
         prev_key = r["previous"].get(target)
-        prev = series_for(conn, prev_key, min(new, default=started), window_seconds) if prev_key else {}
-        prev_ref = release_reference(conn, prev_key) if prev_key else {}
-        for w, merged in new.items():
-            fig = window_figures(merged, ref)
-            pf = window_figures(prev[w], prev_ref) if w in prev else None
-            verdicts.append((w, target, fig, judge(fig, pf, rules)))
+        first = min(_fingerprints(conn, _where(key, stage, None, window_seconds), window_seconds), default=started)
+        prev = series_for(conn, prev_key, window_seconds, since=first) if prev_key else {}
+        new = series_for(conn, key, window_seconds, stage=stage, rules=rules, prev=prev)
+        verdicts += [(w, target, fig, verdict) for w, (fig, verdict, _) in new.items()]
     return verdicts
 
 
-def evaluate_rollouts(engine, window_seconds: int, now: float, actor: str = "monitor") -> list[dict]:
-    """Judge every active rollout's current stage; advance or roll back where the rules say so."""
-    decisions = []
+def _evaluate_one(engine, name: str, window_seconds: int, now: float, actor: str) -> dict | None:
     with engine.begin() as conn:
-        active = conn.execute(sa.select(db.rollouts.c.name).where(db.rollouts.c.status == "active")).all()
-        for (name,) in active:
-            r = ro.get(conn, name)
-            verdicts = stage_verdicts(conn, r, window_seconds)
-            elapsed_min = (now - _epoch(r["stage_started_at"])) / 60
-            d = decide(verdicts, r["plan"]["health"], r["plan"]["stages"][r["stage"]], r["stage"] + 1, elapsed_min)
-            if d is None:
-                continue
-            ro.transition(conn, name, d["action"], actor, d["reason"], evidence=d["evidence"])
-            decisions.append(
-                {"rollout": name, "action": d["action"]}
-                | ({"evidence": d["evidence"]["windows"]} if d["action"] == "rollback" else {"stage": r["stage"] + 1})
-            )
+        r = ro.get(conn, name)
+        if r["status"] != "active":
+            return None
+        verdicts = stage_verdicts(conn, r, window_seconds)
+        elapsed_min = (now - _epoch(r["stage_started_at"])) / 60
+        d = decide(verdicts, r["plan"]["health"], r["plan"]["stages"][r["stage"]], r["stage"] + 1, elapsed_min)
+        if d is None:
+            return None
+        ro.transition(conn, name, d["action"], actor, d["reason"], evidence=d["evidence"])
+    if d["action"] == "rollback":
+        return {"rollout": name, "action": "rollback", "evidence": d["evidence"]["windows"]}
+    return {"rollout": name, "action": d["action"], "stage": r["stage"] + 1}
+
+
+def evaluate_rollouts(engine, window_seconds: int, now: float, actor: str = "monitor") -> list[dict]:
+    """Judge every active rollout's current stage; advance or roll back where the rules say so.
+
+    Each rollout is judged in its own transaction: one that cannot be judged (a broken plan stored by
+    an older version, a database hiccup) is reported and skipped, and never stops the others.
+    """
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(db.rollouts.c.name).where(db.rollouts.c.status == "active")).all()
+    active = [n for (n,) in rows]
+    decisions = []
+    for name in active:
+        try:
+            d = _evaluate_one(engine, name, window_seconds, now, actor)
+        except Exception as exc:  # noqa: BLE001 - isolate: log it, say it, go on with the next rollout
+            logging.getLogger("factory.registry").exception("cannot evaluate rollout %s", name)
+            d = {"rollout": name, "action": "error", "reason": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        if d is not None:
+            decisions.append(d)
     return decisions

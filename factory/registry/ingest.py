@@ -11,7 +11,7 @@ import time
 
 import sqlalchemy as sa
 
-from ..device.assign import bucket, in_cohort
+from ..device.assign import ACTIVE, bucket, in_cohort
 from ..device.telemetry import validate_summary
 from ..errors import InputError
 from . import db
@@ -43,8 +43,8 @@ def register_device(conn, device_id: str, target: str, tags: list[str]) -> dict:
 
 
 class Ingestor:
-    def __init__(self, engine, max_bytes: int):
-        self.engine, self.max_bytes = engine, max_bytes
+    def __init__(self, engine, max_bytes: int, max_rate: float = 100.0):
+        self.engine, self.max_bytes, self.max_rate = engine, max_bytes, max_rate
         self._rollouts: list[dict] = []
         self._stable: set[str] = set()
         self._version = -1
@@ -87,8 +87,8 @@ class Ingestor:
 
     def _prefetch(self, conn, summaries: list) -> None:
         """Load every device of a batch that is not cached yet in one query (not one per summary)."""
-        ids = {s.get("device_id") for s in summaries if isinstance(s, dict)}
-        missing = [d for d in ids if isinstance(d, str) and d not in self._devices]
+        ids = {s.get("device_id") for s in summaries if isinstance(s, dict) and isinstance(s.get("device_id"), str)}
+        missing = [d for d in ids if d not in self._devices]
         for i in range(0, len(missing), 500):
             rows = conn.execute(
                 sa.select(db.devices.c.device_id, db.devices.c.target, db.devices.c.tags).where(
@@ -108,8 +108,12 @@ class Ingestor:
         if rel["target"] != target:
             raise NotAssigned(f"device {s['device_id']} is a {target} device; it cannot run a {rel['target']} bundle")
         found_prev = None
-        for r in self._rollouts:
-            if r["model"] != rel["name"] or not in_cohort(r["cohort"], s["device_id"], target, tags):
+        for r in self._rollouts:  # only rollouts still deciding: a rolled-back one never owns new telemetry
+            if (
+                r["status"] not in ACTIVE
+                or r["model"] != rel["name"]
+                or not in_cohort(r["cohort"], s["device_id"], target, tags)
+            ):
                 continue
             if r["releases"].get(target) == key:
                 reached = r["stages"][r["stage"]]["percent"]
@@ -125,7 +129,7 @@ class Ingestor:
 
     def check(self, conn, s: object, now: float) -> dict:
         text = db.dumps(s) if isinstance(s, dict) else None  # encoded once: size check and the stored row
-        s = validate_summary(s, max_bytes=self.max_bytes, now=now, encoded=text)
+        s = validate_summary(s, max_bytes=self.max_bytes, now=now, encoded=text, max_rate=self.max_rate)
         target, tags = self._device(conn, s["device_id"])
         rollout, stage = self._attribute(s, target, tags)
         rel = s["release"]
@@ -140,8 +144,11 @@ class Ingestor:
             "summary": text,
         }
 
-    def ingest(self, summaries: list, *, single: bool = False) -> list[dict]:
-        """Store the valid, new summaries in one transaction; per item: accepted | duplicate | rejected."""
+    def ingest(self, summaries: list, *, single: bool = False, speaker=None) -> list[dict]:
+        """Store the valid, new summaries in one transaction; per item: accepted | duplicate | rejected.
+
+        ``speaker``: the caller's identity; a summary about a device it does not speak for is rejected.
+        """
         now = time.time()
         results: list[dict] = []
         rows: list[tuple[int, dict]] = []
@@ -149,6 +156,10 @@ class Ingestor:
             self._refresh(conn)
             self._prefetch(conn, summaries)
             for s in summaries:
+                if speaker is not None and not speaker.speaks_for(s.get("device_id") if isinstance(s, dict) else None):
+                    why = f"token {speaker.name!r} does not speak for that device"
+                    results.append({"status": "rejected", "reason": why})
+                    continue
                 try:
                     row = self.check(conn, s, now)
                 except InputError as exc:

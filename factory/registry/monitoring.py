@@ -13,7 +13,6 @@ import time
 
 import sqlalchemy as sa
 
-from ..monitor.health import judge, window_figures
 from . import db
 from .health import release_reference, series_for
 
@@ -24,18 +23,36 @@ def _series(
     conn, key: str, since: float, window_seconds: int, rules: dict | None, prev_key: str | None = None
 ) -> list[dict]:
     ref = release_reference(conn, key)
-    prev = series_for(conn, prev_key, since, window_seconds) if prev_key else {}
-    prev_ref = release_reference(conn, prev_key) if prev_key else {}
+    prev = series_for(conn, prev_key, window_seconds, since=since) if prev_key else {}
     out = []
-    for w, merged in series_for(conn, key, since, window_seconds).items():
-        fig = window_figures(merged, ref)
-        pf = window_figures(prev[w], prev_ref) if w in prev else None
+    for w, (fig, verdict, _) in series_for(conn, key, window_seconds, since=since, rules=rules, prev=prev).items():
+        fig = dict(fig)
         if rules:
-            fig["verdict"] = judge(fig, pf, rules)
+            fig["verdict"] = verdict
         fig["window_start"] = w
         fig["manifest_p95_ms"] = (ref.get("latency") or {}).get("p95_ms")
         out.append(fig)
     return out
+
+
+def _rollout_entry(conn, r, since: float, window_seconds: int) -> dict:
+    plan, releases, previous = json.loads(r.plan), json.loads(r.releases), json.loads(r.previous)
+    entry = {
+        "name": r.name,
+        "status": r.status,
+        "stage": r.stage,
+        "percent": plan["stages"][r.stage]["percent"],
+        "stages": len(plan["stages"]),
+        "updated_at": r.updated_at,
+        "targets": {},
+    }
+    for target, key in releases.items():
+        entry["targets"][target] = {
+            "release": key,
+            "previous": previous.get(target),
+            "windows": _series(conn, key, since, window_seconds, plan["health"], previous.get(target)),
+        }
+    return entry
 
 
 def health_report(engine, window_seconds: int, now: float | None = None, history_windows: int = 30) -> dict:
@@ -45,23 +62,18 @@ def health_report(engine, window_seconds: int, now: float | None = None, history
     report = {"generated_at": db.now(), "window_seconds": window_seconds, "rollouts": [], "stable": [], "triggers": []}
     with engine.connect() as conn:
         for r in conn.execute(sa.select(db.rollouts).order_by(db.rollouts.c.id.desc()).limit(20)).all():
-            plan, releases, previous = json.loads(r.plan), json.loads(r.releases), json.loads(r.previous)
-            entry = {
-                "name": r.name,
-                "status": r.status,
-                "stage": r.stage,
-                "percent": plan["stages"][r.stage]["percent"],
-                "stages": len(plan["stages"]),
-                "updated_at": r.updated_at,
-                "targets": {},
-            }
-            for target, key in releases.items():
-                entry["targets"][target] = {
-                    "release": key,
-                    "previous": previous.get(target),
-                    "windows": _series(conn, key, since, window_seconds, plan["health"], previous.get(target)),
-                }
-            report["rollouts"].append(entry)
+            try:
+                report["rollouts"].append(_rollout_entry(conn, r, since, window_seconds))
+            except Exception as exc:  # noqa: BLE001 - one unreadable rollout must not hide the others
+                report["rollouts"].append(
+                    {
+                        "name": r.name,
+                        "status": r.status,
+                        "stage": r.stage,
+                        "targets": {},
+                        "error": f"cannot report this rollout: {type(exc).__name__}: {exc}"[:300],
+                    }
+                )
         for s in conn.execute(sa.select(db.stable)).all():
             report["stable"].append(
                 {

@@ -43,62 +43,85 @@ def get_release(conn, name: str, version: str, target: str):
     return r
 
 
-def verify_and_store(engine, store, keys: list, uploads: Path, path: Path, actor: str, allow_failed: bool) -> dict:
-    """Unpack and verify an uploaded archive against the trusted keys, then store blob and row.
+def _verified(path: Path, keys: list, uploads: Path):
+    with tempfile.TemporaryDirectory(dir=uploads) as tmp:
+        folder = unpack(path, Path(tmp) / "bundle", trusted_keys=keys)  # signature first, then the files
+        errors = []
+        for k in keys:
+            try:
+                return verify_bundle(folder, k)["manifest"]
+            except SignatureError as exc:
+                errors.append(exc.message)
+    raise SignatureError("the bundle is not signed by a trusted key: " + "; ".join(errors))
 
-    The blob lands before the row: no row ever points at a missing blob. Releases are immutable: the
-    same archive again is a no-op, other content under the same name/version/target is a conflict.
+
+def verify_and_store(engine, store, keys: list, uploads: Path, path: Path, actor: str, allow_failed: bool) -> dict:
+    """Verify an uploaded archive against the trusted keys, then store blob and row.
+
+    The signature is checked before the archive's files are even unpacked. Releases are immutable:
+    the same archive again is a no-op, other content under the same name/version/target is a 409 that
+    stores nothing. The blob lands before the row (no row ever points at a missing blob); a row that
+    loses a race to a concurrent publish leaves no orphan blob behind.
     """
     if not keys:
         raise SignatureError(
             "the registry has no trusted public keys configured", hint="set trusted_keys in the registry config"
         )
-    with tempfile.TemporaryDirectory(dir=uploads) as tmp:
-        folder = unpack(path, Path(tmp) / "bundle")
-        errors = []
-        for k in keys:
-            try:
-                manifest = verify_bundle(folder, k)["manifest"]
-                break
-            except SignatureError as exc:
-                errors.append(exc.message)
-        else:
-            raise SignatureError("the bundle is not signed by a trusted key: " + "; ".join(errors))
+    manifest = _verified(path, keys, uploads)
     if not manifest.passed and not allow_failed:
         raise InputError(
             "the bundle failed its own budgets (validation.passed: false); not publishing it",
             hint="rebuild within budget, or publish with allow_failed=true",
         )
     sha = sha256_file(path)
-    key = store.key_for(sha)
-    store.put_file(path, key)
     name, version, target = manifest.name, manifest.version, manifest.target
-    with engine.begin() as conn:
-        old = conn.execute(
+    release = {"name": name, "version": version, "target": target, "sha256": sha}
+
+    def existing(conn):
+        return conn.execute(
             sa.select(db.releases.c.sha256).where(
                 db.releases.c.name == name, db.releases.c.version == version, db.releases.c.target == target
             )
         ).first()
-        if old is not None:
-            if old.sha256 == sha:
-                return {"name": name, "version": version, "target": target, "sha256": sha, "created": False}
-            raise RolloutConflict(
-                f"release {name} {version} {target} already exists with other content",
-                hint="releases are immutable; publish a new version",
-            )
-        conn.execute(
-            db.releases.insert().values(
-                name=name,
-                version=version,
-                target=target,
-                sha256=sha,
-                size=path.stat().st_size,
-                storage_key=key,
-                manifest=db.dumps(manifest.to_dict()),
-                published_at=db.now(),
-                published_by=actor,
-            )
+
+    def conflict() -> RolloutConflict:
+        return RolloutConflict(
+            f"release {name} {version} {target} already exists with other content",
+            hint="releases are immutable; publish a new version",
         )
-        db.add_audit(conn, actor, "release.publish", None, {"release": f"{name}/{version}/{target}", "sha256": sha})
-        db.bump_state(conn)
-    return {"name": name, "version": version, "target": target, "sha256": sha, "created": True}
+
+    with engine.connect() as conn:
+        old = existing(conn)
+    if old is not None:
+        if old.sha256 == sha:
+            return release | {"created": False}
+        raise conflict()
+    key = store.key_for(sha)
+    store.put_file(path, key)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                db.releases.insert().values(
+                    name=name,
+                    version=version,
+                    target=target,
+                    sha256=sha,
+                    size=path.stat().st_size,
+                    storage_key=key,
+                    manifest=db.dumps(manifest.to_dict()),
+                    published_at=db.now(),
+                    published_by=actor,
+                )
+            )
+            db.add_audit(conn, actor, "release.publish", None, {"release": f"{name}/{version}/{target}", "sha256": sha})
+            db.bump_state(conn)
+    except sa.exc.IntegrityError:  # a concurrent publish of the same name/version/target won
+        with engine.connect() as conn:
+            old = existing(conn)
+            referenced = conn.execute(sa.select(db.releases.c.id).where(db.releases.c.sha256 == sha)).first()
+        if referenced is None:
+            store.delete(key)
+        if old is not None and old.sha256 == sha:
+            return release | {"created": False}
+        raise conflict() from None
+    return release | {"created": True}

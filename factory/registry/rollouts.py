@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 
 import sqlalchemy as sa
 
@@ -39,49 +41,107 @@ class NotFound(InputError):
     """No such release or rollout (HTTP 404)."""
 
 
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$"
+DEVICE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
+TAG = r"^[A-Za-z0-9._:=-]{1,100}$"
+MAX_STAGES, MAX_LIST, MAX_DEVICES = 20, 50, 10_000
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _pattern(pattern: str, what: str):
+    def check(v) -> str | None:
+        return None if re.fullmatch(pattern, v) else f"{v!r} is not a valid {what}"
+
+    return check
+
+
+def _list_of(pattern: str, what: str, most: int):
+    def check(v) -> str | None:
+        if len(v) > most:
+            return f"lists at most {most} {what}s (got {len(v)}); use tags for larger cohorts"
+        bad = [x for x in v if not isinstance(x, str) or not re.fullmatch(pattern, x)]
+        return f"holds {len(bad)} invalid {what}(s), e.g. {bad[0]!r}" if bad else None
+
+    return check
+
+
+def _between(lo: float, hi: float):
+    def check(v) -> str | None:
+        return None if _number(v) and lo <= v <= hi else f"must be a number in [{lo:g}, {hi:g}]"
+
+    return check
+
+
 def _stages(v) -> str | None:
-    if not isinstance(v, list) or not v:
-        return "must be a non-empty list of {percent, min_duration_minutes, min_devices_reporting}"
+    if not v or len(v) > MAX_STAGES:
+        return f"must be a list of 1 to {MAX_STAGES} stages {{percent, min_duration_minutes, min_devices_reporting}}"
     last = 0.0
     for i, st in enumerate(v):
-        if not isinstance(st, dict) or not isinstance(st.get("percent"), (int, float)):
-            return f"stage {i + 1} needs a percent"
+        if not isinstance(st, dict) or not _number(st.get("percent")):
+            return f"stage {i + 1} needs a numeric percent"
         unknown = set(st) - {"percent", "min_duration_minutes", "min_devices_reporting"}
         if unknown:
-            return f"stage {i + 1} has unknown keys {sorted(unknown)}"
+            return f"stage {i + 1} has unknown keys {sorted(map(str, unknown))}"
         if not last < st["percent"] <= 100:
             return f"stage {i + 1}: percents must increase within (0, 100]"
+        minutes, devices = st.get("min_duration_minutes", 0), st.get("min_devices_reporting", 0)
+        if not _number(minutes) or not 0 <= minutes <= 525_600:
+            return f"stage {i + 1}: min_duration_minutes must be a number of minutes in [0, 525600]"
+        if not isinstance(devices, int) or isinstance(devices, bool) or not 0 <= devices <= 10**7:
+            return f"stage {i + 1}: min_devices_reporting must be a whole number >= 0"
         last = st["percent"]
     return None if last == 100 else "the last stage must reach 100 percent"
 
 
 PLAN_SCHEMA = {
-    "name": Key(str, help="unique rollout name, e.g. id-docs-0.1.1"),
-    "release": {"name": Key(str, help="model name"), "version": Key(str, help="release version")},
+    "name": Key(str, help="unique rollout name, e.g. id-docs-0.1.1", check=_pattern(NAME, "rollout name")),
+    "release": {
+        "name": Key(str, help="model name", check=_pattern(NAME, "model name")),
+        "version": Key(str, help="release version", check=_pattern(SEMVER, "semantic version")),
+    },
     "cohort": {
-        "targets": Key(list, [], "device targets (default: every target the release has)"),
-        "tags": Key(list, [], "devices must carry all of these tags"),
-        "devices": Key(list, [], "explicit device ids, always included"),
-        "exclude": Key(list, [], "device ids never included"),
+        "targets": Key(
+            list, [], "device targets (default: every target the release has)", check=_list_of(NAME, "target", MAX_LIST)
+        ),
+        "tags": Key(list, [], "devices must carry all of these tags", check=_list_of(TAG, "tag", MAX_LIST)),
+        "devices": Key(
+            list, [], "explicit device ids, always included", check=_list_of(DEVICE, "device id", MAX_DEVICES)
+        ),
+        "exclude": Key(list, [], "device ids never included", check=_list_of(DEVICE, "device id", MAX_DEVICES)),
     },
     "stages": Key(list, help="[{percent, min_duration_minutes, min_devices_reporting}], last at 100", check=_stages),
     "health": {
-        "max_error_rate": Key(float, 0.02, "share of inferences that failed"),
+        "max_error_rate": Key(float, 0.02, "share of inferences that failed", check=_between(0, 1)),
         "max_latency_p95_ratio": Key(
-            float, 1.2, "device p95 of the new release / of the previous release, same window"
+            float, 1.2, "device p95 of the new release / of the previous release, same window", check=_between(1, 100)
         ),
-        "max_psi": Key(float, 0.25, "population stability index of inputs and predictions vs the reference profile"),
-        "max_js": Key(float, 0.1, "Jensen-Shannon divergence of predicted classes vs the reference"),
-        "min_inferences": Key(int, 50, "inferences a window needs before it is judged"),
-        "windows_to_halt": Key(int, 2, "consecutive unhealthy windows before the stage is halted"),
+        "max_psi": Key(
+            float,
+            0.25,
+            "population stability index of inputs and predictions vs the reference profile",
+            check=_between(0, 1000),
+        ),
+        "max_js": Key(
+            float, 0.1, "Jensen-Shannon divergence of predicted classes vs the reference", check=_between(0, 1)
+        ),
+        "min_inferences": Key(int, 50, "inferences a window needs before it is judged", check=_between(1, 10**9)),
+        "windows_to_halt": Key(
+            int, 2, "consecutive unhealthy windows before the stage is halted", check=_between(1, 1000)
+        ),
         "auto_advance": Key(bool, True),
         "auto_rollback": Key(bool, True),
     },
 }
 
 
-def check_plan(plan: dict, source: str = "rollout plan") -> dict:
-    """A rollout plan validated against PLAN_SCHEMA, stage defaults filled in."""
+def check_plan(plan: object, source: str = "rollout plan") -> dict:
+    """A rollout plan validated against PLAN_SCHEMA (types, ranges, sizes), stage defaults filled in."""
+    if not isinstance(plan, dict):
+        raise ConfigError(f"{source}: a rollout plan is a mapping, got {type(plan).__name__}")
     out = validate(plan, PLAN_SCHEMA, source)
     for st in out["stages"]:
         st.setdefault("min_duration_minutes", 0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import Key, load_config, validate
 
-__all__ = ["SETTINGS_SCHEMA", "load_settings", "default_settings"]
+__all__ = ["SETTINGS_SCHEMA", "load_settings", "check_settings", "default_settings"]
 
 SETTINGS_SCHEMA = {
     "database": Key(str, "sqlite:///registry/registry.db", "SQLAlchemy URL (env FACTORY_REGISTRY_DB)"),
@@ -21,11 +21,16 @@ SETTINGS_SCHEMA = {
     "fleet_key": Key(str, "keys/fleet.key", "private key that signs static rollout manifests"),
     "public_url": Key(str, "http://127.0.0.1:8700", "base URL devices use to download bundles"),
     "max_upload_mb": Key(int, 512),
+    "max_json_bytes": Key(int, 1 << 20, "largest JSON body of any other request (plans, devices, one summary)"),
     "cache_seconds": Key(float, 1.0, "how long a replica serves assignments from its cached fleet state"),
     "allow_failed_bundles": Key(bool, False, "accept bundles whose manifest says validation.passed: false"),
     "telemetry": {
         "window_seconds": Key(int, 60, "length of a telemetry window"),
         "max_summary_bytes": Key(int, 65536),
+        "max_inferences_per_second": Key(
+            float, 100.0, "a summary's count may be at most this rate x its window (bounds one device's weight)"
+        ),
+        "max_batch_bytes": Key(int, 8 << 20, "largest /v1/telemetry/batch body"),
         "evaluate_seconds": Key(float, 5.0, "how often health rules are evaluated (0 = only on request)"),
         "retrain_windows": Key(
             int, 3, "consecutive drifting windows of a stable release that raise a retraining trigger"
@@ -51,6 +56,12 @@ def load_settings(path: str | Path | None = None, overrides: dict | None = None)
     for k, v in (overrides or {}).items():
         cfg[k] = v
     return cfg
+
+
+def check_settings(settings: dict, source: str = "registry settings") -> dict:
+    """Settings handed over in code (a test, the fleet demo, the server's environment), validated and
+    completed with defaults like a settings file."""
+    return validate(settings, SETTINGS_SCHEMA, source)
 
 
 def default_settings(**overrides) -> dict:

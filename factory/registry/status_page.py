@@ -1,5 +1,9 @@
 """The status page: releases, rollouts and their stages, health per stage with drift and latency
-figures and their trend. One static HTML document that renders /v1/health in the browser."""
+figures and their trend. One static HTML document that renders /v1/health in the browser.
+
+The page itself holds no data; it asks /v1/health with a viewer or admin token taken from the URL
+fragment (``/status#token=...``, never sent to the server or its logs) and kept in localStorage.
+Everything it shows goes through ``esc()``: names, releases and reasons are data, never markup."""
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Fleet status - edge model factory</title>
@@ -24,7 +28,12 @@ const BARS = "\\u2581\\u2582\\u2583\\u2584\\u2585\\u2586\\u2587\\u2588";
 function spark(vals){ const v = vals.filter(x => x !== null && x !== undefined); if(!v.length) return "";
   const lo = Math.min(...v), hi = Math.max(...v); return vals.map(x => x === null || x === undefined ? " " :
   BARS[Math.round((x - lo) / ((hi - lo) || 1) * 7)]).join(""); }
-function f(x, d=3){ return x === null || x === undefined ? "-" : Number(x).toFixed(d); }
+function esc(x){ return String(x === null || x === undefined ? "" : x).replace(/[&<>"']/g,
+  c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"})[c]); }
+function f(x, d=3){ return x === null || x === undefined ? "-" : esc(Number(x).toFixed(d)); }
+function token(){ const m = location.hash.match(/token=([^&]+)/);
+  if(m){ localStorage.setItem("factory-token", decodeURIComponent(m[1])); history.replaceState(null, "", location.pathname); }
+  return localStorage.getItem("factory-token"); }
 function maxDrift(w){ const v = Object.values(w.drift || {}).filter(x => x !== null); return v.length ? Math.max(...v) : null; }
 function windowsTable(ws){
   if(!ws.length) return '<p class="muted">no telemetry yet</p>';
@@ -32,8 +41,8 @@ function windowsTable(ws){
           '<th>p95 vs previous</th><th>PSI conf.</th><th>PSI bright.</th><th>JS class</th><th class="l">verdict</th></tr>';
   for(const w of ws.slice(-8)){
     const v = w.verdict || {}; const verdict = v.healthy === true ? '<span class="ok">healthy</span>' :
-      v.healthy === false ? '<span class="bad">unhealthy: ' + v.violations.join("; ") + '</span>' : '<span class="muted">' + (v.why || "") + '</span>';
-    h += `<tr><td class="l">${new Date(w.window_start*1000).toISOString().slice(11,19)}</td><td>${w.count}</td><td>${w.devices}</td>` +
+      v.healthy === false ? '<span class="bad">unhealthy: ' + esc(v.violations.join("; ")) + '</span>' : '<span class="muted">' + esc(v.why || "") + '</span>';
+    h += `<tr><td class="l">${new Date(w.window_start*1000).toISOString().slice(11,19)}</td><td>${f(w.count, 0)}</td><td>${f(w.devices, 0)}</td>` +
          `<td>${f(w.error_rate)}</td><td>${f(w.p50_ms,2)}</td><td>${f(w.p95_ms,2)}</td><td>${f(w.latency_p95_ratio,2)}</td>` +
          `<td>${f(w.drift.psi_confidence)}</td><td>${f(w.drift.psi_brightness)}</td><td>${f(w.drift.js_class)}</td><td class="l">${verdict}</td></tr>`;
   }
@@ -42,20 +51,23 @@ function windowsTable(ws){
 }
 async function refresh(){
   try{
-    const r = await fetch("/v1/health"); if(!r.ok) throw new Error("GET /v1/health: " + r.status);
+    const t = token(); if(!t) throw new Error("open this page as /status#token=<a viewer or admin token>");
+    const r = await fetch("/v1/health", {headers: {"Authorization": "Bearer " + t}});
+    if(!r.ok) throw new Error("GET /v1/health: " + r.status + (r.status === 401 || r.status === 403 ? " (check the token)" : ""));
     const h = await r.json(); document.getElementById("error").textContent = "";
     document.getElementById("updated").textContent = "updated " + h.generated_at;
     let out = "";
     for(const ro of h.rollouts){
       const cls = ro.status === "rolled_back" || ro.status === "halted" ? "bad" : "ok";
-      out += `<div class="rollout" data-name="${ro.name}"><b>${ro.name}</b><span class="pill ${cls}">${ro.status}</span>` +
-             `<span class="pill">stage ${ro.stage + 1}/${ro.stages} (${ro.percent}%)</span>`;
-      for(const [t, d] of Object.entries(ro.targets)){ out += `<p>${t}: <b>${d.release}</b> (previous ${d.previous || "none"})</p>` + windowsTable(d.windows); }
+      out += `<div class="rollout" data-name="${esc(ro.name)}"><b>${esc(ro.name)}</b><span class="pill ${cls}">${esc(ro.status)}</span>` +
+             `<span class="pill">stage ${f(ro.stage + 1, 0)}/${f(ro.stages, 0)} (${f(ro.percent, 0)}%)</span>` +
+             (ro.error ? `<p class="bad">${esc(ro.error)}</p>` : "");
+      for(const [t, d] of Object.entries(ro.targets)){ out += `<p>${esc(t)}: <b>${esc(d.release)}</b> (previous ${esc(d.previous || "none")})</p>` + windowsTable(d.windows); }
       out += "</div>";
     }
     document.getElementById("rollouts").innerHTML = out || '<p class="muted">no rollouts</p>';
-    document.getElementById("stable").innerHTML = h.stable.map(s => `<p><b>${s.release}</b> (${s.target})</p>` + windowsTable(s.windows)).join("") || "none";
-    document.getElementById("triggers").innerHTML = h.triggers.map(t => `<p class="bad">${t.ts}: ${t.detail.release}: ${t.detail.reason}; start from dataset ${t.detail.start_from.dataset_hash}</p>`).join("") || "none";
+    document.getElementById("stable").innerHTML = h.stable.map(s => `<p><b>${esc(s.release)}</b> (${esc(s.target)})</p>` + windowsTable(s.windows)).join("") || "none";
+    document.getElementById("triggers").innerHTML = h.triggers.map(t => `<p class="bad">${esc(t.ts)}: ${esc(t.detail.release)}: ${esc(t.detail.reason)}; start from dataset ${esc(t.detail.start_from.dataset_hash)}</p>`).join("") || "none";
   }catch(e){ document.getElementById("error").textContent = String(e); }
 }
 refresh(); setInterval(refresh, 2000);

@@ -42,6 +42,11 @@ class BlobStore:
         self.fs.makedirs(self._path(key).rsplit("/", 1)[0], exist_ok=True)
         self.fs.mv(tmp, self._path(key))
 
+    def delete(self, key: str) -> None:
+        """Remove a blob (one no row refers to)."""
+        if self.exists(key):
+            self.fs.rm(self._path(key))
+
     def size(self, key: str) -> int:
         return int(self.fs.size(self._path(key)))
 

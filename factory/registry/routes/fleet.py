@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +12,8 @@ from fastapi.responses import Response
 from ...bundle.signing import load_private_key
 from ...device.assign import assign
 from .. import rollouts as ro
-from ..services import DEVICE, NAME, TAGS, Services
+from ..auth import Identity
+from ..services import DEVICE, NAME, TAGS, Services, require_device
 from ..state import sign_state
 
 __all__ = ["router"]
@@ -20,18 +22,22 @@ __all__ = ["router"]
 def router(svc: Services) -> APIRouter:
     """Routes for assignments and the static fleet manifest."""
     api = APIRouter()
-    caller, _ = svc.auth()
+    auth = svc.auth()
     states, settings = svc.states, svc.settings
+    signed: dict = {}  # the signed manifest of the current state sequence: signed once, served many times
+    lock = threading.Lock()
 
     @api.get("/v1/assignment")
     async def assignment(
-        who: Annotated[tuple, Depends(caller)],
+        who: Annotated[Identity, Depends(auth.caller)],
         model: Annotated[str, Query(pattern=NAME)],
         device_id: Annotated[str, Query(pattern=DEVICE)],
         target: Annotated[str, Query(pattern=NAME)],
         tags: Annotated[str, Query(pattern=TAGS)] = "",
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
+        if who.role == "device":
+            require_device(who, device_id)
         state = states.get()
         result = assign(state, model, device_id, target, [t for t in tags.split(",") if t])
         body = json.dumps(result.to_dict(), sort_keys=True, separators=(",", ":")).encode()
@@ -42,12 +48,18 @@ def router(svc: Services) -> APIRouter:
         return Response(body, media_type="application/json", headers=headers)
 
     @api.get("/v1/fleet-manifest")
-    def fleet_manifest(who: Annotated[tuple, Depends(caller)]) -> dict:
+    def fleet_manifest(who: Annotated[Identity, Depends(auth.caller)]) -> Response:
         if not Path(settings["fleet_key"]).is_file():
             raise ro.NotFound(
                 "this registry has no fleet key to sign static manifests with",
                 hint="create one (factory keys generate --out keys/fleet) and set fleet_key",
             )
-        return sign_state(states.get(), load_private_key(settings["fleet_key"]))
+        state = states.get()
+        with lock:
+            if signed.get("sequence") != state["sequence"]:
+                doc = sign_state(state, load_private_key(settings["fleet_key"]))
+                signed.update(sequence=state["sequence"], body=json.dumps(doc, separators=(",", ":")).encode())
+            body = signed["body"]
+        return Response(body, media_type="application/json")
 
     return api

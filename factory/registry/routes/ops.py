@@ -2,12 +2,15 @@
 
 import logging
 import threading
+import time
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse, Response
 
 from ... import __version__
 from .. import db
+from ..auth import Identity
 from ..monitoring import health_report
 from ..services import Services
 from ..status_page import PAGE
@@ -19,21 +22,33 @@ def router(svc: Services, metrics) -> APIRouter:
     """Routes for liveness, the health report, Prometheus metrics and the status page."""
     api = APIRouter()
     engine, tele = svc.engine, svc.settings["telemetry"]
+    auth = svc.auth()
 
     @api.get("/healthz")
     def healthz() -> dict:
         with engine.connect() as conn:
             return {"status": "ok", "version": __version__, "state_version": db.state_version(conn)}
 
+    cache = {"at": float("-inf"), "report": None}
+    lock = threading.Lock()
+
+    def report() -> dict:
+        """The health report, computed by one request at a time and shared for a second: a burst of
+        dashboard or scraper requests costs one computation, whatever the history."""
+        with lock:
+            if time.monotonic() - cache["at"] > 1.0:
+                cache["report"] = health_report(engine, tele["window_seconds"])
+                cache["at"] = time.monotonic()
+                metrics.update(cache["report"])
+            return cache["report"]
+
     @api.get("/v1/health")
-    def health() -> dict:
-        report = health_report(engine, tele["window_seconds"])
-        metrics.update(report)
-        return report
+    def health(who: Annotated[Identity, Depends(auth.reader)]) -> dict:
+        return report()
 
     @api.get("/metrics")
-    def prometheus() -> Response:
-        metrics.update(health_report(engine, tele["window_seconds"]))
+    def prometheus(who: Annotated[Identity, Depends(auth.reader)]) -> Response:
+        report()
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @api.get("/status", response_class=HTMLResponse)

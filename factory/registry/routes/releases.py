@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
+from ..auth import Identity
 from ..releases import get_release, list_releases, verify_and_store
 from ..services import NAME, Name, Services
 
@@ -19,7 +20,7 @@ __all__ = ["router"]
 
 def _range(range_: str, size: int) -> tuple[int, int] | None:
     """(start, end) inclusive of an HTTP ``bytes=`` range, or None when it cannot be satisfied."""
-    m = re.fullmatch(r"bytes=(\d*)-(\d*)", range_.strip())
+    m = re.fullmatch(r"bytes=(\d{0,18})-(\d{0,18})", range_.strip())  # 18 digits: beyond any size, within int64
     if not m or (m[1] == "" and m[2] == ""):
         return None
     if m[1] == "":
@@ -31,21 +32,29 @@ def _range(range_: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+def _matches(if_none_match: str, etag: str) -> bool:
+    """If-None-Match semantics (RFC 9110): ``*`` matches any current representation; weak comparison."""
+    tags = [t.strip() for t in if_none_match.split(",")]
+    return "*" in tags or etag in [t.removeprefix("W/") for t in tags]
+
+
 def router(svc: Services) -> APIRouter:
     """Routes for releases."""
     api = APIRouter()
-    caller, admin = svc.auth()
+    auth = svc.auth()
     engine, store, settings = svc.engine, svc.store, svc.settings
 
     @api.get("/v1/releases")
     def releases(
-        who: Annotated[tuple, Depends(caller)], name: Annotated[str | None, Query(pattern=NAME)] = None
+        who: Annotated[Identity, Depends(auth.caller)], name: Annotated[str | None, Query(pattern=NAME)] = None
     ) -> list[dict]:
         with engine.connect() as conn:
             return list_releases(conn, name)
 
     @api.get("/v1/releases/{name}/{version}/{target}")
-    def inspect_release(name: Name, version: Name, target: Name, who: Annotated[tuple, Depends(caller)]) -> dict:
+    def inspect_release(
+        name: Name, version: Name, target: Name, who: Annotated[Identity, Depends(auth.caller)]
+    ) -> dict:
         with engine.connect() as conn:
             r = get_release(conn, name, version, target)
         return {
@@ -65,7 +74,7 @@ def router(svc: Services) -> APIRouter:
         name: Name,
         version: Name,
         target: Name,
-        who: Annotated[tuple, Depends(caller)],
+        who: Annotated[Identity, Depends(auth.caller)],
         range_: Annotated[str | None, Header(alias="range")] = None,
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
@@ -78,9 +87,7 @@ def router(svc: Services) -> APIRouter:
             "Cache-Control": "public, max-age=31536000, immutable",
             "Content-Type": "application/gzip",
         }
-        if if_none_match and etag in [t.strip() for t in if_none_match.split(",")] + (
-            ['"*"'] if if_none_match.strip() == "*" else []
-        ):
+        if if_none_match and _matches(if_none_match, etag):
             return Response(status_code=304, headers={"ETag": etag})
         size = int(r.size)
         if range_:
@@ -103,7 +110,9 @@ def router(svc: Services) -> APIRouter:
             }
         },
     )
-    async def publish(request: Request, actor: Annotated[str, Depends(admin)], allow_failed: bool = False) -> dict:
+    async def publish(
+        request: Request, who: Annotated[Identity, Depends(auth.admin)], allow_failed: bool = False
+    ) -> dict:
         limit = settings["max_upload_mb"] * (1 << 20)
         fd, tmp = tempfile.mkstemp(dir=svc.uploads, suffix=".tar.gz")
         try:
@@ -123,7 +132,7 @@ def router(svc: Services) -> APIRouter:
                 svc.keys,
                 svc.uploads,
                 Path(tmp),
-                actor,
+                who.name,
                 allow_failed or settings["allow_failed_bundles"],
             )
         finally:

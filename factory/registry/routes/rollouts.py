@@ -7,6 +7,7 @@ from fastapi import Path as PathParam
 
 from .. import db
 from .. import rollouts as ro
+from ..auth import Identity
 from ..services import NAME, Name, Services
 
 __all__ = ["router"]
@@ -15,21 +16,21 @@ __all__ = ["router"]
 def router(svc: Services) -> APIRouter:
     """Routes for rollouts and the audit log."""
     api = APIRouter()
-    caller, admin = svc.auth()
+    auth = svc.auth()
     engine = svc.engine
 
     @api.post("/v1/rollouts", status_code=201)
-    def create_rollout(plan: Annotated[dict, Body()], actor: Annotated[str, Depends(admin)]) -> dict:
+    def create_rollout(plan: Annotated[dict, Body()], who: Annotated[Identity, Depends(auth.admin)]) -> dict:
         with engine.begin() as conn:
-            return ro.create(conn, plan, actor)
+            return ro.create(conn, plan, who.name)
 
     @api.get("/v1/rollouts")
-    def list_rollouts(who: Annotated[tuple, Depends(caller)]) -> list[dict]:
+    def list_rollouts(who: Annotated[Identity, Depends(auth.reader)]) -> list[dict]:
         with engine.connect() as conn:
             return ro.list_all(conn)
 
     @api.get("/v1/rollouts/{name}")
-    def rollout_status(name: Name, who: Annotated[tuple, Depends(caller)]) -> dict:
+    def rollout_status(name: Name, who: Annotated[Identity, Depends(auth.reader)]) -> dict:
         with engine.connect() as conn:
             out = ro.get(conn, name)
             out["audit"] = db.audit_entries(conn, name, 50)
@@ -39,16 +40,16 @@ def router(svc: Services) -> APIRouter:
     def rollout_action(
         name: Name,
         action: Annotated[str, PathParam(pattern="^(advance|pause|resume|rollback)$")],
-        actor: Annotated[str, Depends(admin)],
+        who: Annotated[Identity, Depends(auth.admin)],
         body: Annotated[dict | None, Body()] = None,
     ) -> dict:
         reason = str((body or {}).get("reason", ""))[:1000]
         with engine.begin() as conn:
-            return ro.transition(conn, name, action, actor, reason)
+            return ro.transition(conn, name, action, who.name, reason)
 
     @api.get("/v1/audit")
     def audit_log(
-        actor: Annotated[str, Depends(admin)],
+        who: Annotated[Identity, Depends(auth.admin)],
         rollout: Annotated[str | None, Query(pattern=NAME)] = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 200,
     ) -> list[dict]:

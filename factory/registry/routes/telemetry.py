@@ -9,10 +9,11 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
 from ...errors import InputError
+from ..auth import Identity, enroll_device
 from ..health import evaluate_rollouts
 from ..ingest import Ingestor, register_device
 from ..monitoring import check_retraining
-from ..services import DEVICE, NAME, Services, matches
+from ..services import DEVICE, NAME, Services, matches, require_device
 
 __all__ = ["router"]
 
@@ -20,9 +21,9 @@ __all__ = ["router"]
 def router(svc: Services, metrics) -> tuple[APIRouter, object]:
     """Routes for devices and telemetry; also returns ``evaluate()`` for the background evaluator."""
     api = APIRouter()
-    caller, admin = svc.auth()
+    auth = svc.auth()
     engine, tele = svc.engine, svc.settings["telemetry"]
-    ingestor = Ingestor(engine, tele["max_summary_bytes"])
+    ingestor = Ingestor(engine, tele["max_summary_bytes"], tele["max_inferences_per_second"])
     lock = threading.Lock()
 
     def evaluate() -> dict:
@@ -40,8 +41,7 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
         svc.states.invalidate()
         return {"decisions": decisions, "triggers": triggers}
 
-    @api.post("/v1/devices", status_code=201)
-    def register(who: Annotated[tuple, Depends(caller)], body: Annotated[dict, Body()]) -> dict:
+    def _device(body: dict) -> tuple[str, str, list]:
         device_id, target, tags = body.get("device_id"), body.get("target"), body.get("tags", [])
         if (
             not matches(DEVICE, device_id)
@@ -51,6 +51,22 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
             or not all(matches(r"[A-Za-z0-9._:=-]{1,100}", t) for t in tags)
         ):
             raise InputError("a device is {device_id, target, tags: [...]} with ids of [A-Za-z0-9._:-]")
+        return device_id, target, tags
+
+    @api.post("/v1/devices/enroll", status_code=201)
+    def enroll(who: Annotated[Identity, Depends(auth.enroller)], body: Annotated[dict, Body()]) -> dict:
+        """Register a device and return its own token (bound to its id; shown once)."""
+        device_id, target, tags = _device(body)
+        with engine.begin() as conn:
+            token = enroll_device(conn, who, device_id, target, tags)
+        svc.tokens.invalidate()
+        ingestor.forget_device(device_id)
+        return {"device_id": device_id, "target": target, "tags": sorted(tags), "token": token}
+
+    @api.post("/v1/devices", status_code=201)
+    def register(who: Annotated[Identity, Depends(auth.caller)], body: Annotated[dict, Body()]) -> dict:
+        device_id, target, tags = _device(body)
+        require_device(who, device_id)
         with engine.begin() as conn:
             out = register_device(conn, device_id, target, tags)
         ingestor.forget_device(device_id)
@@ -63,8 +79,8 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
         },
     )
-    async def telemetry(request: Request, who: Annotated[tuple, Depends(caller)]) -> dict:
-        raw = await request.body()
+    async def telemetry(request: Request, who: Annotated[Identity, Depends(auth.caller)]) -> dict:
+        raw = await request.body()  # bounded while read (see factory.registry.limits)
         if len(raw) > tele["max_summary_bytes"]:
             metrics.telemetry.labels("rejected").inc()
             raise HTTPException(413, f"summary larger than {tele['max_summary_bytes']} bytes")
@@ -73,6 +89,9 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
         except ValueError:
             metrics.telemetry.labels("rejected").inc()
             raise HTTPException(422, "body is not JSON") from None
+        if isinstance(summary, dict) and not who.speaks_for(summary.get("device_id")):
+            metrics.telemetry.labels("rejected").inc()
+            require_device(who, summary.get("device_id"))
         try:
             result = (await run_in_threadpool(ingestor.ingest, [summary], single=True))[0]
         except InputError:
@@ -87,10 +106,8 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
         },
     )
-    async def telemetry_batch(request: Request, who: Annotated[tuple, Depends(caller)]) -> dict:
-        raw = await request.body()
-        if len(raw) > tele["max_summary_bytes"] * 1000:
-            raise HTTPException(413, "batch too large; send at most 1000 summaries at a time")
+    async def telemetry_batch(request: Request, who: Annotated[Identity, Depends(auth.caller)]) -> dict:
+        raw = await request.body()  # bounded while read by telemetry.max_batch_bytes
         try:
             body = json.loads(raw)
         except ValueError:
@@ -98,13 +115,13 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
         items = body.get("summaries") if isinstance(body, dict) else None
         if not isinstance(items, list) or not 0 < len(items) <= 1000:
             raise HTTPException(422, 'send {"summaries": [...]} with 1 to 1000 summaries')
-        results = await run_in_threadpool(ingestor.ingest, items)
+        results = await run_in_threadpool(ingestor.ingest, items, speaker=who)
         for r in results:
             metrics.telemetry.labels(r["status"]).inc()
         return {"results": results, "accepted": sum(r["status"] == "accepted" for r in results)}
 
     @api.post("/v1/evaluate")
-    def evaluate_now(actor: Annotated[str, Depends(admin)]) -> dict:
+    def evaluate_now(who: Annotated[Identity, Depends(auth.admin)]) -> dict:
         return evaluate()
 
     return api, evaluate

@@ -1,0 +1,49 @@
+"""Request bodies bounded while they are read, before any work is done on them.
+
+A pure ASGI middleware: a ``Content-Length`` over the route's limit is answered 413 at once; a body
+without one (chunked) is counted as it streams in and cut off with 413 the moment it passes the
+limit, so no handler ever buffers more than the limit. Bundle uploads have their own (large) limit;
+every JSON endpoint a small one.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.exceptions import HTTPException
+
+__all__ = ["BodyLimit"]
+
+
+class BodyLimit:
+    """Wraps an ASGI app; ``limit_for(method, path)`` gives the byte limit of a request's body."""
+
+    def __init__(self, app, limit_for):
+        self.app, self.limit_for = app, limit_for
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limit_for(scope["method"], scope["path"])
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await _reject(send, limit)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:  # raised inside the handler's read: FastAPI answers it as a 413
+                    raise HTTPException(413, f"request body larger than {limit} bytes; send less at a time")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def _reject(send, limit: int) -> None:
+    body = json.dumps({"detail": f"request body larger than {limit} bytes", "hint": "send less at a time"}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
