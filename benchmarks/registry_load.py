@@ -159,7 +159,9 @@ def main() -> None:
         engine = db.engine_for(settings["database"])
         with engine.begin() as conn:
             admin = create_token(conn, "bench-admin", "admin")
-            device = create_token(conn, "bench-devices", "device")
+            # one token asks for 10,000 device ids: a viewer (a device token speaks only for its own id);
+            # the gateway that uploads every device's telemetry in batches is an admin relay
+            viewer = create_token(conn, "bench-viewer", "viewer")
             conn.execute(
                 db.devices.insert(),
                 [
@@ -211,11 +213,11 @@ def main() -> None:
                         "stages": [{"percent": 50}, {"percent": 100}],
                     }
                 )
-                result["assignment"] = [_wrk(srv.url, device, model, args.seconds, c, tmp) for c in args.connections]
+                result["assignment"] = [_wrk(srv.url, viewer, model, args.seconds, c, tmp) for c in args.connections]
                 # complete the rollout: every device is then assigned the release its summaries name
                 client.request("POST", "/v1/rollouts/load/advance", json={"reason": "benchmark"})
                 result["telemetry"] = _telemetry(
-                    srv.url, device, model, version, 10_000, args.telemetry_batches, args.workers
+                    srv.url, admin, model, version, 10_000, args.telemetry_batches, args.workers
                 )
                 from factory.device.simulate import Fleet, Knobs, load_images
 
