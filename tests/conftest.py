@@ -6,6 +6,7 @@ Everything is real (OpenCV, PyTorch, ONNX Runtime, MLflow on SQLite); only the s
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,22 @@ from click.testing import CliRunner
 from factory.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
+
+DBS = ["sqlite"] + (["postgresql"] if os.environ.get("FACTORY_TEST_POSTGRES_URL") else [])
+
+
+def db_url(kind: str, tmp) -> str:
+    """A fresh database of ``kind`` (sqlite or postgresql) for one registry under test."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp / 'registry.db'}"
+    import sqlalchemy as sa
+
+    base = os.environ["FACTORY_TEST_POSTGRES_URL"]
+    name = f"reg_{int(time.time() * 1000) % 10**9}_{os.getpid()}"
+    eng = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    return base.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture(scope="session", autouse=True)

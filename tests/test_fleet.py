@@ -9,14 +9,14 @@ import pytest
 
 from factory.bundle.signing import generate_keys, load_private_key, load_public_key
 from factory.pipeline.fleet_demo import _retag as retag
-from tests.conftest import build_args, invoke
+from tests.conftest import DBS, build_args, db_url, invoke
 from tests.registry_server import Server, make_settings
 
 WINDOW = 2
 
 
-@pytest.fixture(scope="module")
-def fleet_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
+@pytest.fixture(scope="module", params=DBS)
+def fleet_env(request, tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     """A registry with release 1.0.0 stable, 1.1.0 (healthy) and 1.2.0 (the one that goes wrong) published."""
     from factory.registry import db
     from factory.registry.auth import create_token
@@ -44,7 +44,7 @@ def fleet_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
         folders[v] = tmp / "re" / v / "cpu"
         retag(base, folders[v], v, key, "test re-release")
     fleet_key, fleet_pub = generate_keys(tmp / "fleet")
-    settings = make_settings(tmp, f"sqlite:///{tmp / 'fleet.db'}", [str(keypair[1])], str(fleet_key))
+    settings = make_settings(tmp, db_url(request.param, tmp), [str(keypair[1])], str(fleet_key))
     # drift limits far above the tiny model's noise (its reference profile has 29 images), below a real shift
     settings["telemetry"] = {
         "window_seconds": WINDOW,

@@ -1,7 +1,6 @@
 """The registry service for real, on loopback: SQLite always, PostgreSQL when CI provides one."""
 
 import json
-import os
 import shutil
 import socket
 import time
@@ -15,23 +14,8 @@ from factory.device.assign import assign, bucket
 from factory.device.fleetstate import verify_state
 from factory.errors import SignatureError
 from factory.registry.state import sign_state
-from tests.conftest import build_args, invoke
+from tests.conftest import DBS, build_args, db_url, invoke
 from tests.registry_server import Server, make_settings
-
-DBS = ["sqlite"] + (["postgresql"] if os.environ.get("FACTORY_TEST_POSTGRES_URL") else [])
-
-
-def _db_url(kind: str, tmp) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp / 'registry.db'}"
-    import sqlalchemy as sa
-
-    base = os.environ["FACTORY_TEST_POSTGRES_URL"]
-    name = f"reg_{int(time.time() * 1000) % 10**9}_{os.getpid()}"
-    eng = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with eng.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    return base.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +46,7 @@ def bundles(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
 def server(request, tmp_path_factory, keypair):
     tmp = tmp_path_factory.mktemp(f"server-{request.param}")
     fleet_key, fleet_pub = generate_keys(tmp / "fleet")
-    settings = make_settings(tmp, _db_url(request.param, tmp), [str(keypair[1])], str(fleet_key))
+    settings = make_settings(tmp, db_url(request.param, tmp), [str(keypair[1])], str(fleet_key))
     srv = Server(settings)
     settings["public_url"] = srv.url
     srv.start()

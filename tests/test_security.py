@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from factory.bundle.manifest import Manifest, copy_resigned
 from factory.bundle.signing import generate_keys, load_private_key, load_public_key
 from factory.errors import BundleError, SignatureError
-from tests.conftest import build_args, invoke
+from tests.conftest import DBS, build_args, db_url, invoke
 from tests.registry_server import Server, make_settings
 
 WINDOW = 2
@@ -47,8 +47,8 @@ def _rebuild(src, dest, key, version, model_bytes=None):
     return m
 
 
-@pytest.fixture(scope="module")
-def sec(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
+@pytest.fixture(scope="module", params=DBS)
+def sec(request, tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     """A registry with 1.0.0 stable, 1.1.0 (healthy copy) and 1.2.0 (correctly signed, model file garbage)."""
     from factory.device.client import RegistryClient
     from factory.registry import db
@@ -76,7 +76,7 @@ def sec(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     _rebuild(base, folders["1.1.0"], key, "1.1.0")
     _rebuild(base, folders["1.2.0"], key, "1.2.0", model_bytes=b"\x08\x01garbage, not a protobuf" * 50)
     fleet_key, fleet_pub = generate_keys(tmp / "fleet")
-    settings = make_settings(tmp, f"sqlite:///{tmp / 'sec.db'}", [str(keypair[1])], str(fleet_key))
+    settings = make_settings(tmp, db_url(request.param, tmp), [str(keypair[1])], str(fleet_key))
     settings["telemetry"] |= {"window_seconds": WINDOW, "evaluate_seconds": 0.0, "max_inferences_per_second": 100.0}
     srv = Server(settings)
     settings["public_url"] = srv.url
