@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from .._quiet import native_quiet
 from ..device.runtimes.openvino_runtime import compile_config
 from ..errors import ExportError
@@ -14,6 +16,24 @@ XML = "model.xml"
 
 def _ov():
     return require("openvino", "openvino", "openvino", "the openvino backend")
+
+
+_GENERATED = re.compile(r"^([A-Za-z]+)_\d+$")
+
+
+def _stable_names(model):
+    """Rename the nodes OpenVINO named itself (``Constant_37113``: a process-wide counter) after their
+    place in the graph, so the same model converted twice is the same IR, byte for byte."""
+    taken = {op.get_friendly_name() for op in model.get_ordered_ops()}
+    for i, op in enumerate(model.get_ordered_ops()):
+        m = _GENERATED.match(op.get_friendly_name())
+        if m:
+            name = f"{m.group(1)}_{i}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            op.set_friendly_name(name)
+    return model
 
 
 def _nncf():
@@ -78,7 +98,7 @@ class OpenVinoBackend(Backend):
         ov = _ov()
         core = ov.Core()
         fp16_weights = precision == "fp16"
-        ov.save_model(core.read_model(str(artifact)), str(out / XML), compress_to_fp16=fp16_weights)
+        ov.save_model(_stable_names(core.read_model(str(artifact))), str(out / XML), compress_to_fp16=fp16_weights)
         try:
             compiled = core.compile_model(core.read_model(str(out / XML)), "CPU", compile_config(runtime))
         except Exception as exc:

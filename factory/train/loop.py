@@ -96,12 +96,18 @@ def fit(
 
     With a ``teacher`` (e.g. the canonical model while fine-tuning a pruned copy), the loss mixes the
     label loss with the KL divergence to the teacher's softened outputs (knowledge distillation).
+
+    Deterministic for a given seed, whatever ran before in the process: the global generator (dropout)
+    is seeded here, batches and augmentations have their own seeded generators, and PyTorch is asked
+    for deterministic kernels. (Floating-point results can still differ between CPU models.)
     """
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
     t = cfg["train"]
+    torch.manual_seed(t["seed"])
+    torch.use_deterministic_algorithms(True, warn_only=True)
     opt = _make_optimizer(model, t)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
     if teacher is not None:
