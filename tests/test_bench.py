@@ -92,9 +92,11 @@ def test_bench_corrupt_model_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
-    """The shipped policy without the absolute top-1 floor (the tiny test model is not accurate)."""
+    """The shipped policy without the absolute top-1 floor (the tiny test model is not accurate) and with a
+    margin its 23 test images can resolve (a 1 pt margin needs about 383)."""
     data = yaml.safe_load((ROOT / "configs" / "gates.yaml").read_text())
     data["budgets"]["min_top1"] = None
+    data["accuracy"]["max_drop_pt"] = 20.0
     data["remeasure"]["seconds"] = 1
     path = tmp_path_factory.mktemp("policy") / "gates.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -117,6 +119,20 @@ def test_gate_passes_against_itself(report, policy):
     result = _gate(report, report, policy=policy)
     assert result.exit_code == 0, result.output
     assert "PASS latency" in result.stdout and "PASS accuracy" in result.stdout and "gate passed" in result.stdout
+
+
+def test_a_margin_the_test_split_cannot_resolve_is_inconclusive(tmp_path, report, policy):
+    data = yaml.safe_load(policy.read_text())
+    data["accuracy"]["max_drop_pt"] = 1.0
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(yaml.safe_dump(data))
+    result = _gate(report, report, policy=strict)
+    assert result.exit_code == 1 and "23 test images cannot resolve a 1 pt margin" in result.stdout
+    assert "verdict inconclusive" in result.stdout and "about 383 would" in result.stdout
+    data["accuracy"]["inconclusive"] = "pass"
+    strict.write_text(yaml.safe_dump(data))
+    result = _gate(report, report, policy=strict)
+    assert result.exit_code == 0 and "verdict inconclusive" in result.stdout
 
 
 def test_gate_fails_a_slower_candidate(tmp_path, report, policy):
@@ -187,7 +203,7 @@ def test_gate_corrupt_report(tmp_path, report, policy):
 def test_gate_remeasures_both_in_one_run(report, policy):
     result = _gate(report, report, "--remeasure", policy=policy)
     assert result.exit_code == 0, result.output
-    assert "paired bootstrap" in result.stdout
+    assert "median of per-round ratios" in result.stdout and "moving-block bootstrap over rounds" in result.stdout
 
 
 def test_save_baseline_then_gate_remeasures_the_saved_copy(tmp_path, trained, bundles, policy):
@@ -206,7 +222,7 @@ def test_save_baseline_then_gate_remeasures_the_saved_copy(tmp_path, trained, bu
         invoke("bench", str(bundles / "cpu"), "--seconds", "0.5", "--no-accuracy", "--out", str(again)).exit_code == 0
     )
     gate = _gate(again, base, "--remeasure", policy=policy)
-    assert "latency" in gate.stdout and "paired" in gate.stdout
+    assert "latency" in gate.stdout and "per-round ratios" in gate.stdout
     assert gate.exit_code in (0, 1)
 
 

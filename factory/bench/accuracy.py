@@ -11,7 +11,8 @@ from .. import progress
 from ..data.manifest import load_manifest
 from ..data.splits import load_split
 from ..errors import DataError
-from .stats import mcnemar_p, paired_drop_ci
+from .proportions import tango_interval, wilson_interval
+from .stats import mcnemar_p
 
 __all__ = ["measure_accuracy", "pack_bits", "unpack_bits"]
 
@@ -42,7 +43,8 @@ def _dataset_for(artifact, explicit: str | None):
 
 
 def measure_accuracy(artifacts, *, data: str | None = None, confidence: float = 0.95, batch: int = 32) -> dict:
-    """Per artifact: top-1, per-class recall, drop vs canonical with a paired bootstrap CI, McNemar, agreement."""
+    """Per artifact: top-1, per-class recall, and against the canonical model the drop with Tango's paired
+    score interval, McNemar's exact p and top-1 agreement with Wilson's interval."""
     from ..train.canonical import load_canonical, onnx_logits
 
     out: dict[str, dict] = {}
@@ -81,13 +83,19 @@ def measure_accuracy(artifacts, *, data: str | None = None, confidence: float = 
         }
         if ref is not None:
             ref_correct = ref.argmax(1) == y
-            drop, ci = paired_drop_ci(ref_correct, correct, confidence)
+            lost, gained, n = int((ref_correct & ~correct).sum()), int((~ref_correct & correct).sum()), len(y)
+            agree = int((pred == ref.argmax(1)).sum())
+            lo, hi = tango_interval(lost, gained, n, confidence)
             row |= {
                 "canonical_top1": float(ref_correct.mean()),
-                "drop_pt": drop,
-                "drop_ci_pt": ci,
+                "drop_pt": 100 * (lost - gained) / n,
+                "drop_ci_pt": [100 * lo, 100 * hi],
+                "lost": lost,
+                "gained": gained,
+                "confidence": confidence,
                 "mcnemar_p": mcnemar_p(ref_correct, correct),
-                "agreement": float((pred == ref.argmax(1)).mean()),
+                "agreement": agree / n,
+                "agreement_ci": list(wilson_interval(agree, n, confidence)),
             }
         out[a.id] = row
     return out

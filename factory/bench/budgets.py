@@ -1,83 +1,152 @@
 """The one budget checker: build, search and gate ask it whether figures meet a target's budgets.
 
 Every figure is measured first; :func:`check_budgets` then returns one :class:`Check` per budget the
-profile sets (value, limit, verdict and the reason in words). Callers decide what a failed check
-means (a failing bundle, a rejected search candidate, a red gate); none of them compares figures
-to limits on its own.
+profile sets, with its value, limit, interval where it has one, verdict (``pass``, ``fail`` or
+``inconclusive``) and the reason in words. Accuracy is judged on the test split's evidence, not on a
+point estimate: the drop against the canonical model is a non-inferiority test with a margin, top-1
+agreement a floor on a score interval (:mod:`factory.bench.proportions`). Callers decide what a check
+that did not pass means (a failing bundle, a candidate that is not feasible, a red gate); none of
+them compares figures to limits on its own.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-__all__ = ["Check", "check_budgets", "failed"]
+from .proportions import at_least, non_inferiority, tango_interval, wilson_interval, z_value
+
+__all__ = ["Check", "check_budgets", "parity_evidence", "failed", "unresolvable", "CONFIDENCE"]
+
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
 class Check:
-    """One budget: the measured value against its limit."""
+    """One budget: the measured value against its limit, and the verdict."""
 
     check: str  # accuracy_drop | top1_agreement | max_abs_diff | latency_p95 | size | top1
     value: float
     limit: float
-    passed: bool
+    verdict: str  # pass | fail | inconclusive
     op: str  # "<=" or ">="
     unit: str = ""
+    interval: list[float] | None = None
+    rule: str = "point value against the limit"
+    note: str = field(default="", compare=False)
+
+    @property
+    def passed(self) -> bool:
+        """True only for ``pass``: an inconclusive check does not meet its budget."""
+        return self.verdict == "pass"
 
     @property
     def why(self) -> str:
         """The verdict in words, e.g. ``0.21 pt violates <= 0.2 pt``."""
-        v = f"{self.value:.6g}{self.unit}"
-        lim = f"{self.limit:g}{self.unit}"
+        if self.note:
+            return self.note
+        v, lim = f"{self.value:.6g}{self.unit}", f"{self.limit:g}{self.unit}"
         return f"{v} {self.op} {lim}" if self.passed else f"{v} violates {self.op} {lim}"
 
     def to_dict(self) -> dict:
         """JSON form for manifests and reports."""
-        return asdict(self) | {"why": self.why}
+        d = asdict(self)
+        d.pop("note")
+        return d | {"passed": self.passed, "why": self.why}
 
 
-def _at_most(name: str, value: float, limit: float, unit: str = "") -> Check:
-    return Check(name, value, limit, value <= limit, "<=", unit)
-
-
-def _at_least(name: str, value: float, limit: float, unit: str = "") -> Check:
-    return Check(name, value, limit, value >= limit, ">=", unit)
+def _point(name: str, value: float, limit: float, op: str, unit: str = "") -> Check:
+    ok = value <= limit if op == "<=" else value >= limit
+    return Check(name, value, limit, "pass" if ok else "fail", op, unit)
 
 
 def check_budgets(
     budgets: dict,
     *,
-    accuracy_drop_pt: float | None = None,
-    top1_agreement: float | None = None,
+    paired: tuple[int, int, int] | None = None,
+    agreement: tuple[int, int] | None = None,
     max_abs_diff: float | None = None,
     tolerance: float | None = None,
     latency_p95_ms: float | None = None,
     size_mb: float | None = None,
     top1: float | None = None,
     min_top1: float | None = None,
+    confidence: float = CONFIDENCE,
 ) -> list[Check]:
-    """One check per budget that is set and whose figure was measured (``None`` figures are skipped).
+    """One check per budget that is set and whose evidence was measured (``None`` is skipped).
 
     ``budgets`` is a target profile's ``budgets`` section (``max_accuracy_drop_pt``,
-    ``min_top1_agreement``, ``max_latency_ms`` for the p95, ``max_size_mb``); ``tolerance`` is the
-    numeric parity tolerance of conversions meant to be exact; ``min_top1`` an absolute floor.
+    ``min_top1_agreement``, ``max_latency_ms`` for the p95, ``max_size_mb``). ``paired`` is
+    ``(lost, gained, n)`` against the reference on the same images; ``agreement`` is
+    ``(agreeing, n)``; ``tolerance`` is the numeric parity tolerance of exact conversions;
+    ``min_top1`` an absolute floor.
     """
     checks: list[Check] = []
-    if accuracy_drop_pt is not None and budgets.get("max_accuracy_drop_pt") is not None:
-        checks.append(_at_most("accuracy_drop", round(accuracy_drop_pt, 4), budgets["max_accuracy_drop_pt"], " pt"))
-    if top1_agreement is not None and budgets.get("min_top1_agreement") is not None:
-        checks.append(_at_least("top1_agreement", round(top1_agreement, 6), budgets["min_top1_agreement"]))
+    if paired is not None and budgets.get("max_accuracy_drop_pt") is not None:
+        r = non_inferiority(*paired, budgets["max_accuracy_drop_pt"], confidence)
+        checks.append(
+            Check(
+                "accuracy_drop",
+                round(r["drop_pt"], 4),
+                budgets["max_accuracy_drop_pt"],
+                r["verdict"],
+                "<=",
+                " pt",
+                [round(v, 4) for v in r["interval_pt"]],
+                r["rule"],
+                r["why"],
+            )
+        )
+    if agreement is not None and budgets.get("min_top1_agreement"):
+        r = at_least(*agreement, budgets["min_top1_agreement"], confidence)
+        checks.append(
+            Check(
+                "top1_agreement",
+                round(r["value"], 6),
+                budgets["min_top1_agreement"],
+                r["verdict"],
+                ">=",
+                "",
+                [round(v, 6) for v in r["interval"]],
+                r["rule"],
+                r["why"],
+            )
+        )
     if max_abs_diff is not None and tolerance is not None:
-        checks.append(_at_most("max_abs_diff", round(max_abs_diff, 8), tolerance))
+        checks.append(_point("max_abs_diff", round(max_abs_diff, 8), tolerance, "<="))
     if latency_p95_ms is not None and budgets.get("max_latency_ms") is not None:
-        checks.append(_at_most("latency_p95", round(latency_p95_ms, 3), budgets["max_latency_ms"], " ms"))
+        checks.append(_point("latency_p95", round(latency_p95_ms, 3), budgets["max_latency_ms"], "<=", " ms"))
     if size_mb is not None and budgets.get("max_size_mb") is not None:
-        checks.append(_at_most("size", round(size_mb, 3), budgets["max_size_mb"], " MB"))
+        checks.append(_point("size", round(size_mb, 3), budgets["max_size_mb"], "<=", " MB"))
     if top1 is not None and min_top1 is not None:
-        checks.append(_at_least("top1", round(top1, 6), min_top1))
+        checks.append(_point("top1", round(top1, 6), min_top1, ">="))
     return checks
 
 
+def parity_evidence(parity: dict) -> dict:
+    """The accuracy evidence of a parity report, as :func:`check_budgets` takes it."""
+    n = parity["n"]
+    return {"paired": (parity["lost"], parity["gained"], n), "agreement": (n - parity["disagreements"], n)}
+
+
 def failed(checks: list[Check]) -> list[Check]:
-    """The checks that did not pass."""
+    """The checks that did not pass (failed or inconclusive)."""
     return [c for c in checks if not c.passed]
+
+
+def unresolvable(budgets: dict, n: int, confidence: float = CONFIDENCE) -> str | None:
+    """Why a test split of ``n`` images cannot judge *any* candidate at these budgets (even a perfect
+    one, with no image disagreeing), or None. Checked before anything is built."""
+    margin, floor = budgets.get("max_accuracy_drop_pt"), budgets.get("min_top1_agreement")
+    z2 = z_value(confidence) ** 2
+    if margin is not None and 100 * tango_interval(0, 0, n, confidence)[1] > margin:
+        need = int(z2 * (100 / margin - 1)) + 1
+        return (
+            f"{n} test images cannot resolve a {margin:g} pt accuracy margin even with no image lost; "
+            f"about {need:,} would"
+        )
+    if floor and wilson_interval(n, n, confidence)[0] < floor:
+        need = int(z2 * floor / (1 - floor)) + 1 if floor < 1 else None
+        return f"{n} test images cannot show top-1 agreement >= {floor:g} even when every prediction agrees" + (
+            f"; about {need:,} would" if need else ""
+        )
+    return None

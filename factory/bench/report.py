@@ -51,9 +51,10 @@ def _fmt_ci(ci) -> str:
 
 def markdown(report: dict) -> str:
     """The report as a Markdown table with the host line under it."""
+    conf = f"{report['settings'].get('confidence', 0.95):.0%}"
     lines = [
-        "| artifact | backend | precision | top-1 | drop pt [95% CI] | agreement | p50 ms [95% CI] | p95 ms | size MB "
-        "| speedup vs eager |",
+        f"| artifact | backend | precision | top-1 | drop pt [{conf} interval] | agreement | "
+        f"p50 ms [{conf} interval] | p95 ms | size MB | speedup vs eager |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["artifacts"]:
@@ -79,6 +80,7 @@ def markdown(report: dict) -> str:
         f"{host['cpu']} ({host['cores']} cores; VNNI {'yes' if host['vnni'] else 'no'}, AVX-512 "
         f"{'yes' if host['avx512'] else 'no'}); "
         f"load average {env['load_average_before']} -> {env['load_average']}; {', '.join(env['runtimes'])}.",
+        "Drop: Tango's score interval over the paired test images; p50: block-bootstrap interval of the median.",
     ]
     return "\n".join(lines)
 

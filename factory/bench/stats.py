@@ -1,4 +1,4 @@
-"""Statistics for benchmarks and gates: percentiles, bootstrap intervals, McNemar.
+"""Statistics for benchmarks and gates: percentiles, block-bootstrap intervals, McNemar.
 
 All resampling is seeded, so a report re-analysed gives the same intervals.
 """
@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-__all__ = ["summarize", "median_ci", "ratio_of_medians_ci", "paired_ratio_ci", "paired_drop_ci", "mcnemar_p"]
+__all__ = ["summarize", "median_ci", "ratio_of_medians_ci", "round_ratios", "paired_ratio_ci", "mcnemar_p"]
 
 
 def summarize(samples_ms: np.ndarray) -> dict:
@@ -31,8 +31,10 @@ def summarize(samples_ms: np.ndarray) -> dict:
 
 def _block_indices(n: int, n_boot: int, rng: np.random.Generator, block: int | None = None) -> np.ndarray:
     """Moving-block bootstrap indices: runs of consecutive samples keep their autocorrelation
-    (a busy spell on the machine slows many rounds in a row), so intervals are not over-confident."""
-    block = max(1, min(n, block or int(round(n**0.5))))
+    (a busy spell on the machine slows many rounds in a row), so intervals are not over-confident.
+    Blocks are at most a tenth of the series: fewer than ten blocks would make the resampling degenerate
+    (one block as long as the run resamples the run itself, and the interval collapses to a point)."""
+    block = max(1, min(n // 10 or 1, block or int(round(n**0.5))))
     starts = rng.integers(0, n - block + 1, (n_boot, -(-n // block)))
     idx = (starts[:, :, None] + np.arange(block)[None, None, :]).reshape(n_boot, -1)[:, :n]
     return idx
@@ -54,34 +56,45 @@ def median_ci(
     return [min(lo, med), max(hi, med)]  # a percentile interval can miss its own estimate with few blocks
 
 
+def _log_interval(point: float, log_boots: np.ndarray, confidence: float, extra_sd: float) -> list[float]:
+    """A ratio's interval on the log scale: the bootstrap's spread plus a variance component the run
+    itself cannot see (``extra_sd``, measured from repeated A/A runs), combined in quadrature."""
+    from .proportions import z_value
+
+    half = z_value(confidence) * math.sqrt(float(np.std(log_boots, ddof=1)) ** 2 + extra_sd**2)
+    return [point * math.exp(-half), point * math.exp(half)]
+
+
 def ratio_of_medians_ci(
     candidate: np.ndarray,
     baseline: np.ndarray,
     *,
-    paired: bool,
     confidence: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,
     block: int | None = None,
+    between_run_sd: float = 0.0,
 ) -> tuple[float, list[float]]:
-    """Candidate/baseline ratio of medians and its bootstrap interval.
-
-    ``paired``: the samples were taken in the same interleaved rounds (same length, same order), so
-    rounds are resampled together and machine drift that hit both cancels out.
-    """
+    """Candidate/baseline ratio of medians of two *separate* runs, with independent block bootstraps
+    and the between-run spread (log scale) that no single run can show, measured from A/A runs."""
     c, b = np.asarray(candidate, np.float64), np.asarray(baseline, np.float64)
     rng = np.random.default_rng(seed)
     ratio = float(np.median(c) / np.median(b))
-    if paired:
-        if c.size != b.size:
-            raise ValueError("paired resampling needs samples from the same rounds")
-        idx = _block_indices(c.size, n_boot, rng, block)
-        boots = np.median(c[idx], axis=1) / np.median(b[idx], axis=1)
-    else:
-        boots = np.median(c[_block_indices(c.size, n_boot, rng, block)], axis=1) / np.median(
-            b[_block_indices(b.size, n_boot, rng, block)], axis=1
-        )
-    return ratio, _interval(boots, confidence)
+    boots = np.median(c[_block_indices(c.size, n_boot, rng, block)], axis=1) / np.median(
+        b[_block_indices(b.size, n_boot, rng, block)], axis=1
+    )
+    return ratio, _log_interval(ratio, np.log(boots), confidence, between_run_sd)
+
+
+def round_ratios(candidate: np.ndarray, baseline: np.ndarray, per_turn: int) -> np.ndarray:
+    """Per-round ratios of two artifacts measured in the same interleaved rounds (median of each visit)."""
+    c, b = np.asarray(candidate, np.float64), np.asarray(baseline, np.float64)
+    rounds = min(c.size, b.size) // per_turn
+    if rounds < 2:
+        raise ValueError("paired ratios need at least two rounds")
+    rc = np.median(c[: rounds * per_turn].reshape(rounds, per_turn), axis=1)
+    rb = np.median(b[: rounds * per_turn].reshape(rounds, per_turn), axis=1)
+    return rc / rb
 
 
 def paired_ratio_ci(
@@ -92,39 +105,21 @@ def paired_ratio_ci(
     confidence: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,
+    block_rounds: int | None = None,
+    session_sd: float = 0.0,
 ) -> tuple[float, list[float]]:
-    """Ratio for samples taken in the same interleaved rounds: the median over rounds of
-    (candidate's median in the round / baseline's median in the round), with a bootstrap over rounds.
+    """The median of per-round ratios of one interleaved run, with a moving-block bootstrap over rounds.
 
-    Each round's ratio already cancels the drift that hit both sides in that round; measured here,
-    this interval was 2-4x narrower than a paired bootstrap of the overall ratio of medians, with
-    the same A/A behaviour.
+    Each round's ratio cancels the drift that hit both sides in that round; consecutive rounds are
+    still correlated (a busy spell slows several in a row), so rounds are resampled in blocks of
+    ``block_rounds`` (about a second of rounds), never one by one. ``session_sd`` adds what one run
+    cannot see: two processes holding the same model differ by a little that stays for their whole
+    life (memory placement, thread affinity), measured from repeated A/A runs.
     """
-    c, b = np.asarray(candidate, np.float64), np.asarray(baseline, np.float64)
-    rounds = min(c.size, b.size) // per_turn
-    if rounds < 2:
-        raise ValueError("paired ratios need at least two rounds")
-    rc = np.median(c[: rounds * per_turn].reshape(rounds, per_turn), axis=1)
-    rb = np.median(b[: rounds * per_turn].reshape(rounds, per_turn), axis=1)
-    ratios = rc / rb
-    idx = np.random.default_rng(seed).integers(0, rounds, (n_boot, rounds))
+    ratios = round_ratios(candidate, baseline, per_turn)
+    idx = _block_indices(ratios.size, n_boot, np.random.default_rng(seed), block_rounds)
     point = float(np.median(ratios))
-    lo, hi = _interval(np.median(ratios[idx], axis=1), confidence)
-    return point, [min(lo, point), max(hi, point)]
-
-
-def paired_drop_ci(
-    reference_correct: np.ndarray,
-    candidate_correct: np.ndarray,
-    confidence: float = 0.95,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> tuple[float, list[float]]:
-    """Accuracy drop (reference - candidate, in points) with a paired bootstrap interval over images."""
-    r, c = np.asarray(reference_correct, np.float64), np.asarray(candidate_correct, np.float64)
-    diff = r - c
-    idx = np.random.default_rng(seed).integers(0, diff.size, (n_boot, diff.size))
-    return float(100 * diff.mean()), [100 * v for v in _interval(diff[idx].mean(axis=1), confidence)]
+    return point, _log_interval(point, np.log(np.median(ratios[idx], axis=1)), confidence, session_sd)
 
 
 def mcnemar_p(reference_correct: np.ndarray, candidate_correct: np.ndarray) -> float:

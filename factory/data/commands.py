@@ -13,15 +13,9 @@ __all__ = ["data"]
 
 
 def _fractions(value: str | None) -> dict[str, float] | None:
-    if value is None:
-        return None
-    try:
-        parts = [float(v) for v in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not three numbers like 0.6,0.2,0.2") from None
-    if len(parts) != 3:
-        raise click.BadParameter("give train,val,test fractions, e.g. 0.6,0.2,0.2")
-    return dict(zip(("train", "val", "test"), parts))
+    from .manifest import parse_fractions
+
+    return None if value is None else parse_fractions(value)
 
 
 def _summary(manifest) -> str:

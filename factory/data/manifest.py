@@ -27,6 +27,7 @@ __all__ = [
     "scan_image",
     "build_manifest",
     "load_manifest",
+    "parse_fractions",
 ]
 
 SCHEMA = "factory.dataset/1"
@@ -127,6 +128,19 @@ def scan_image(path: Path, data: bytes | None = None) -> tuple[str, int, int]:
             hint="re-export the file, or remove it from the dataset (supported: JPEG, PNG, BMP, TIFF, WebP)",
         )
     return sha256_bytes(data), int(img.shape[1]), int(img.shape[0])
+
+
+def parse_fractions(text: str) -> dict[str, float]:
+    """``"0.6,0.2,0.2"`` -> ``{"train": 0.6, "val": 0.2, "test": 0.2}``; DataError unless three fractions summing to 1."""
+    try:
+        parts = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        raise DataError(f"split {text!r} is not three numbers like 0.6,0.2,0.2") from None
+    if len(parts) != 3:
+        raise DataError(f"split {text!r}: give train,val,test fractions, e.g. 0.6,0.2,0.2")
+    fractions = dict(zip(SPLITS, parts, strict=True))
+    _check_fractions(fractions)
+    return fractions
 
 
 def _check_fractions(fractions: dict[str, float]) -> None:

@@ -15,9 +15,12 @@ def parity_metrics(candidate: np.ndarray, reference: np.ndarray, labels: np.ndar
         np.linalg.norm(candidate, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12
     )
     noise = float((diff**2).sum())
-    top1, ref_top1 = float((cand_pred == labels).mean()), float((ref_pred == labels).mean())
+    cand_ok, ref_ok = cand_pred == labels, ref_pred == labels
+    top1, ref_top1 = float(cand_ok.mean()), float(ref_ok.mean())
     return {
         "n": int(len(labels)),
+        "lost": int((ref_ok & ~cand_ok).sum()),  # images the canonical model gets right and the artifact wrong
+        "gained": int((~ref_ok & cand_ok).sum()),
         "top1": round(top1, 6),
         "canonical_top1": round(ref_top1, 6),
         "accuracy_drop_pt": round(100 * (ref_top1 - top1), 4),

@@ -20,13 +20,13 @@ import numpy as np
 
 from .. import __version__, progress
 from .._io import atomic_dir, sha256_file
-from ..bench.budgets import check_budgets
+from ..bench.budgets import check_budgets, parity_evidence, unresolvable
 from ..bench.quick import quick_latency
 from ..bundle.manifest import Manifest, bundle_dir, file_entries, resolve_version
 from ..bundle.signing import load_private_key
 from ..data.manifest import DatasetManifest, load_manifest
 from ..data.splits import load_split
-from ..errors import DataError
+from ..errors import DataError, ValidationError
 from ..export.base import get_backend
 from ..export.convert import TOOLCHAIN, Converted, convert
 from ..export.parity import parity_metrics
@@ -35,7 +35,7 @@ from ..lineage import host_info, package_versions
 from ..train.canonical import CanonicalModel, load_canonical, onnx_logits
 from .publish import BuildResult, publish
 
-__all__ = ["BuildContext", "BuildResult", "load_context", "make_bundle", "build", "build_report"]
+__all__ = ["BuildContext", "BuildResult", "load_context", "check_resolvable", "make_bundle", "build", "build_report"]
 
 
 @dataclass
@@ -67,6 +67,16 @@ def load_context(model_dir: str | Path, data: str | None = None) -> BuildContext
         )
     x_test, y_test = load_split(dataset, "test", canonical.preprocessing, canonical.labels)
     return BuildContext(canonical, dataset, x_test, y_test, onnx_logits(canonical.onnx, x_test))
+
+
+def check_resolvable(ctx: BuildContext, profile: dict) -> None:
+    """Exit 1 before building anything when the test split cannot judge even a perfect candidate."""
+    why = unresolvable(profile["budgets"], len(ctx.y_test))
+    if why:
+        raise ValidationError(
+            f"target {profile['name']}: {why}",
+            hint="use a larger test split, or a wider margin (budgets.max_accuracy_drop_pt) in the profile",
+        )
 
 
 def build_report(result: BuildResult) -> dict:
@@ -133,8 +143,7 @@ def _manifest(
     tolerance = backend.capabilities.parity_tolerance.get(precision) if done.prune["method"] == "none" else None
     checks = check_budgets(
         profile["budgets"],
-        accuracy_drop_pt=parity["accuracy_drop_pt"],
-        top1_agreement=parity["top1_agreement"],
+        **parity_evidence(parity),
         max_abs_diff=parity["max_abs_diff"],
         tolerance=tolerance,
         latency_p95_ms=latency["p95_ms"],
@@ -242,6 +251,7 @@ def build(
     """Build, validate, sign, pack and (with ``track``) register one target's bundle."""
     ctx = context or load_context(model_dir, data)
     profile = load_target(target, targets_dir, overrides)
+    check_resolvable(ctx, profile)
     key = load_private_key(key_path)
     card = ctx.canonical.card
     version = resolve_version(Path(out_root), card["name"], card["files"]["weights"]["sha256"], version)

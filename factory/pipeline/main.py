@@ -25,6 +25,9 @@ PIPELINE_SCHEMA = {
         "seed": Key(int, 0),
         "per_class": Key(int, 300),
         "size": Key(str, "256x192", "image WIDTHxHEIGHT"),
+        "split": Key(
+            str, "0.6,0.2,0.2", "train,val,test fractions (the test split decides what accuracy margins resolve)"
+        ),
     },
     "profile": {
         "out": Key(str, "reports/data"),
@@ -70,22 +73,18 @@ PIPELINE_SCHEMA = {
 
 
 def _synth_is_current(out: Path, p: dict) -> bool:
-    from ..data.manifest import load_manifest
+    from ..data.manifest import load_manifest, parse_fractions
     from ..data.synth import parse_size
     from ..errors import DataError
 
     if not (out / MANIFEST_NAME).is_file():
         return False
     try:
-        source = load_manifest(out).source
+        manifest = load_manifest(out)
     except DataError:
         return False
-    return source == {
-        "kind": "synth",
-        "seed": p["seed"],
-        "per_class": p["per_class"],
-        "size": list(parse_size(p["size"])),
-    }
+    wanted = {"kind": "synth", "seed": p["seed"], "per_class": p["per_class"], "size": list(parse_size(p["size"]))}
+    return manifest.source == wanted and manifest.split == parse_fractions(p["split"])
 
 
 class _Clock:
@@ -108,7 +107,7 @@ class _Clock:
 
 def _dataset(p: dict, fresh: bool):
     from ..data.documents import document_types
-    from ..data.manifest import load_manifest
+    from ..data.manifest import load_manifest, parse_fractions
     from ..data.synth import parse_size, synthesize
 
     s, out = p["synth"], Path(p["synth"]["out"])
@@ -117,7 +116,14 @@ def _dataset(p: dict, fresh: bool):
         return load_manifest(out)
     progress.info(f"[1/6] synthesizing {out}")
     with progress.bar("synthesizing", s["per_class"] * len(document_types())) as tick:
-        return synthesize(out, seed=s["seed"], per_class=s["per_class"], size=parse_size(s["size"]), progress=tick)
+        return synthesize(
+            out,
+            seed=s["seed"],
+            per_class=s["per_class"],
+            size=parse_size(s["size"]),
+            fractions=parse_fractions(s["split"]),
+            progress=tick,
+        )
 
 
 def _profile(p: dict, manifest) -> dict:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import __version__, progress
 from .._io import canonical_json, read_json, write_json
-from ..bench.budgets import check_budgets, failed
+from ..bench.budgets import check_budgets, failed, parity_evidence
 from ..bundle.manifest import Manifest, bundle_dir, copy_resigned, resolve_version
 from ..bundle.signing import load_private_key
 from ..config import load_config
@@ -33,7 +33,7 @@ from ..errors import BundleError, ConfigError, ExportError, FactoryError, Valida
 from ..export.convert import TOOLCHAIN
 from ..export.targets import PROFILE_SCHEMA, load_target
 from ..lineage import package_versions
-from .build import BuildContext, load_context, make_bundle
+from .build import BuildContext, check_resolvable, load_context, make_bundle
 from .publish import BuildResult, publish
 from .search_report import search_markdown, track_search, write_search_report
 
@@ -62,12 +62,13 @@ class Candidate:
     overrides: dict  # dotted key -> value
     key: str = ""
     build_key: str = ""
-    status: str = "pending"  # built | cached -> feasible | rejected; or failed | skipped
+    status: str = "pending"  # built | cached -> feasible | inconclusive | rejected; or failed | skipped
     from_cache: bool = False
     reason: str = ""
     folder: str | None = None
     manifest: Manifest | None = None
     latency: dict = field(default_factory=dict)
+    checks: list = field(default_factory=list)  # the budget checks, with intervals and verdicts
 
     @property
     def label(self) -> str:
@@ -168,6 +169,7 @@ def plan_search(
     started = time.perf_counter()
     ctx = context or load_context(model_dir, data)
     base = load_target(target, targets_dir)
+    check_resolvable(ctx, base)
     sp = search_config or base["search"]
     cands = expand_space(sp["space"], base["source"])
     threads0 = base["runtime"].get("threads")
@@ -278,8 +280,7 @@ def _checks(c: Candidate, budgets: dict):
     p = c.manifest.validation["parity"]
     return check_budgets(
         budgets,
-        accuracy_drop_pt=p["accuracy_drop_pt"],
-        top1_agreement=p["top1_agreement"],
+        **parity_evidence(p),
         latency_p95_ms=c.latency["p95_ms"],
         size_mb=c.manifest.artifact["size_bytes"] / 1e6,
     )
@@ -328,6 +329,13 @@ def _row(c: Candidate, winner, ref, front: set[str]) -> dict:
             "pareto": c.key in front,
             "speedup_vs_reference": (ref.latency["p50_ms"] / c.latency["p50_ms"]) if ref and ref.latency else None,
         }
+        drop = next((ch for ch in c.checks if ch["check"] == "accuracy_drop"), None)
+        if drop:
+            row |= {
+                "drop_interval_pt": drop["interval"],
+                "accuracy_verdict": drop["verdict"],
+                "accuracy_why": drop["why"],
+            }
     return row
 
 
@@ -337,15 +345,23 @@ def rank(plan: SearchPlan, measured: list[Candidate], bench: dict) -> tuple[Cand
     ref = plan.reference if plan.reference in measured else None
     feasible = []
     for c in measured:
-        missed = failed(_checks(c, budgets))
+        checks = _checks(c, budgets)
+        missed = failed(checks)
+        c.checks = [ch.to_dict() for ch in checks]
         c.reason = "; ".join(f"{m.check} {m.why}" for m in missed)
-        c.status = "rejected" if missed else "feasible"
+        # inconclusive is not feasible: the test split could not show the candidate within its margin
+        c.status = (
+            "feasible" if not missed else "rejected" if any(m.verdict == "fail" for m in missed) else "inconclusive"
+        )
         if not missed:
             feasible.append(c)
     winner = min(feasible, key=lambda c: _objective(c, objective)) if feasible else None
     front = _pareto(measured)
     rows = [_row(c, winner, ref, front) for c in plan.candidates]
-    counts = {s: sum(c.status == s for c in plan.candidates) for s in ("feasible", "rejected", "failed", "skipped")}
+    counts = {
+        s: sum(c.status == s for c in plan.candidates)
+        for s in ("feasible", "inconclusive", "rejected", "failed", "skipped")
+    }
     counts |= {"measured": len(measured), "from_cache": sum(c.from_cache for c in measured)}
     card = plan.ctx.canonical.card
     summary = {

@@ -19,21 +19,33 @@ def search_markdown(summary: dict) -> str:
         f"{summary['counts']['measured']} candidates measured together ({summary['bench_seconds']:g} s, interleaved); "
         f"{summary['counts']['from_cache']} came from the cache; search took {summary['seconds']:g} s.",
         "",
-        "| candidate | status | top-1 | drop pt | agreement | p50 ms | p95 ms | speedup vs fp32 | size MB | MACs (M) | "
-        "pareto | reason |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| candidate | status | top-1 | drop pt [95% interval] | accuracy verdict | agreement | p50 ms | p95 ms | "
+        "speedup vs fp32 | size MB | MACs (M) | pareto | reason |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["candidates"]:
         if r.get("p50_ms") is None:
-            lines.append(f"| {r['label']} | {r['status']} | - | - | - | - | - | - | - | - | - | {r['reason']} |")
+            lines.append(f"| {r['label']} | {r['status']} | - | - | - | - | - | - | - | - | - | - | {r['reason']} |")
             continue
         name = f"**{r['label']}** (winner)" if r["winner"] else r["label"]
         speed = f"{r['speedup_vs_reference']:.2f}x" if r.get("speedup_vs_reference") else "-"
+        ci = r.get("drop_interval_pt")
+        drop = f"{r['accuracy_drop_pt']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+        words = {"pass": "within the margin", "fail": "beyond the margin", "inconclusive": "cannot tell"}.get(
+            r.get("accuracy_verdict"), "-"
+        )
         lines.append(
-            f"| {name} | {r['status']} | {r['top1']:.4f} | {r['accuracy_drop_pt']:+.2f} | {r['top1_agreement']:.4f} | "
+            f"| {name} | {r['status']} | {r['top1']:.4f} | {drop} | {words} | {r['top1_agreement']:.4f} | "
             f"{r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {speed} | {r['size_mb']:.2f} | {r['macs'] / 1e6:.1f} | "
             f"{'yes' if r['pareto'] else ''} | {r['reason']} |"
         )
+    lines += [
+        "",
+        "Accuracy: the drop against the canonical model is judged as a non-inferiority test (Tango's score "
+        "interval over the paired test images): within the margin when the interval's upper end is, beyond it "
+        "when its lower end is, and 'cannot tell' (not feasible) otherwise; the reason says how many images "
+        "would decide.",
+    ]
     lines += ["", summary["verdict"], ""]
     return "\n".join(lines)
 
