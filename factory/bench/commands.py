@@ -132,6 +132,8 @@ def gate_cmd(candidate, baseline, policy, remeasure, out, record_missing_baselin
 
     verdict = run_gate(candidate, baseline, policy, remeasure_both=remeasure, record_missing=record_missing_baseline)
     if verdict.get("recorded_baseline"):
+        if out:  # pipelines (dvc's gate stage) expect the verdict file on every run, the first one too
+            write_json(out, verdict)
         click.echo(f"no baseline at {baseline}: recorded this candidate as the baseline; gate passed trivially")
         return
     for check in verdict["checks"]:

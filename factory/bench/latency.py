@@ -72,6 +72,8 @@ def measure_interleaved(
     try:
         for w in workers:
             w.wait_ready()
+        for w in workers:  # from now on only the worker whose turn it is runs (see factory.bench.worker)
+            w.pause()
         for w in workers:  # warm-up: allocations, JIT, caches, and the CPU's own clock and power state
             w.turn(warmup, 0)
             end = time.perf_counter() + warmup_seconds
@@ -120,6 +122,7 @@ def measure_interleaved(
         "confidence": confidence,
         "interleaved": True,
         "process_isolated": True,
+        "isolation": "others stopped (SIGSTOP) while one is timed" if Worker.isolated else "none",
         "seed": seed,
         "environment": env,
         "artifacts": results,
