@@ -48,6 +48,14 @@ def test_params_yaml_is_valid_and_dvc_stages_read_their_sections():
     assert params["train"]["config"] in stages["train"]["cmd"] or "${train.config}" in stages["train"]["cmd"]
 
 
+def test_every_dvc_dependency_exists():
+    deps = [
+        d for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values() for d in stage.get("deps", [])
+    ]
+    code = [d for d in deps if isinstance(d, str) and d.startswith("factory")]
+    assert code and all((ROOT / d).exists() for d in code), [d for d in code if not (ROOT / d).exists()]
+
+
 def test_dvc_understands_the_pipeline():
     dvc = shutil.which("dvc") or str(Path(__import__("sys").executable).parent / "dvc")
     result = subprocess.run([dvc, "dag", "--md"], cwd=ROOT, capture_output=True, text=True)
