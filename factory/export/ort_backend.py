@@ -11,6 +11,7 @@ from .base import Backend, Capabilities, register_backend, require
 __all__ = ["OnnxRuntimeBackend"]
 
 MODEL = "model.onnx"
+SAVED_LEVEL = "extended"  # portable: what the bundle's file holds
 
 
 class _Reader:
@@ -92,12 +93,17 @@ class OnnxRuntimeBackend(Backend):
     def compile(self, artifact, out, runtime, precision):
         import onnx
 
+        # The artifact is saved at the portable `extended` level; the runtime option (default `all`: NCHWc
+        # layouts for this CPU's vector width) is applied online when a device loads it, never saved, since
+        # an `all`-optimized graph is tied to the CPU that optimized it. Loading it here checks the level.
         target = out / MODEL
-        session(artifact, runtime["threads"], runtime["graph_optimization"], save_to=target)
+        session(artifact, runtime["threads"], SAVED_LEVEL, save_to=target)
         if not target.is_file():
             raise ExportError("ort-compile", "ONNX Runtime did not write the optimized model")
+        session(target, runtime["threads"], runtime["graph_optimization"])
         return {
-            "graph_optimization": runtime["graph_optimization"],
+            "graph_optimization_saved": SAVED_LEVEL,
+            "graph_optimization_at_load": runtime["graph_optimization"],
             "nodes_before": len(onnx.load(str(artifact)).graph.node),
             "nodes_after": len(onnx.load(str(target)).graph.node),
         }

@@ -9,29 +9,55 @@ from ..errors import ValidationError
 __all__ = ["build_cmd", "build_table"]
 
 
-def build_table(results) -> str:
-    """A Markdown table of built bundles: what each target costs in accuracy, latency and size."""
-    rows = [
-        "| target | backend | precision | pruning | top-1 | drop (pt) | agreement | p50 ms | p95 ms | latency from | "
-        "size MB | "
-        "MACs (M) | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def _drop(m) -> str:
+    check = next((c for c in m.validation["checks"] if c["check"] == "accuracy_drop"), None)
+    p = m.validation["parity"]
+    if check and check.get("interval"):
+        lo, hi = check["interval"]
+        return f"{p['accuracy_drop_pt']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    return f"{p['accuracy_drop_pt']:+.2f}"
+
+
+def _speedup(m) -> str:
+    """The winner's speedup over the runtime's fp32 export of the unpruned model, in the search's own run."""
+    rows = (m.lineage.get("search") or {}).get("candidates") or []
+    win = next((r for r in rows if r.get("winner")), None)
+    ref = next((r for r in rows if r.get("reference")), None)
+    if win and ref and win.get("p50_ms") and ref.get("p50_ms"):
+        return f"{ref['p50_ms'] / win['p50_ms']:.2f}x"
+    return "-"
+
+
+def build_table(results, *, latency: bool = True) -> str:
+    """A Markdown table of built bundles: what each target costs in accuracy, latency and size.
+
+    With ``latency=False`` the latency columns are left out (the main job shows one set of latency
+    figures: its final interleaved benchmark); the speedup over the runtime's fp32 export is kept, with
+    where it was measured.
+    """
+    head = "| target | backend | precision | pruning | top-1 | drop pt [95% interval] | agreement | "
+    head += "p50 ms | p95 ms | latency from | " if latency else ""
+    head += "speedup vs fp32 export (search run) | size MB | MACs (M) | verdict |"
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         m = r.manifest
         p, rec = m.validation["parity"], m.recipe
-        bad = [c["check"] for c in m.validation["checks"] if not c["passed"]]
+        bad = [
+            c["check"] + (" (inconclusive)" if c.get("verdict") == "inconclusive" else "")
+            for c in m.validation["checks"]
+            if not c["passed"]
+        ]
         prune = (
             "none" if rec["pruning"]["method"] == "none" else f"{rec['pruning']['method']} {rec['pruning']['ratio']:g}"
         )
-        source = "search run" if str(m.latency.get("source", "")).startswith("search") else "build probe"
-        rows.append(
-            f"| {m.target} | {m.runtime['backend']} | {rec['precision']} | {prune} | {p['top1']:.4f} | "
-            f"{p['accuracy_drop_pt']:+.2f} | {p['top1_agreement']:.4f} | {m.latency['p50_ms']:.2f} | "
-            f"{m.latency['p95_ms']:.2f} | "
-            f"{source} | {m.artifact['size_bytes'] / 1e6:.2f} | {m.artifact['macs'] / 1e6:.1f} | "
-            f"{'pass' if not bad else 'FAIL: ' + ', '.join(bad)} |"
-        )
+        row = f"| {m.target} | {m.runtime['backend']} | {rec['precision']} | {prune} | {p['top1']:.4f} | {_drop(m)} | "
+        row += f"{p['top1_agreement']:.4f} | "
+        if latency:
+            source = "search run" if str(m.latency.get("source", "")).startswith("search") else "build probe"
+            row += f"{m.latency['p50_ms']:.2f} | {m.latency['p95_ms']:.2f} | {source} | "
+        row += f"{_speedup(m)} | {m.artifact['size_bytes'] / 1e6:.2f} | {m.artifact['macs'] / 1e6:.1f} | "
+        row += f"{'pass' if not bad else 'FAIL: ' + ', '.join(bad)} |"
+        rows.append(row)
     return "\n".join(rows)
 
 

@@ -426,11 +426,15 @@ def publish_winner(
                         "reason",
                         "top1",
                         "accuracy_drop_pt",
+                        "drop_interval_pt",
+                        "accuracy_verdict",
                         "p50_ms",
                         "p95_ms",
+                        "speedup_vs_reference",
                         "size_mb",
                         "pareto",
                         "winner",
+                        "reference",
                     )
                 }
                 for r in summary["candidates"]
