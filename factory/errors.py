@@ -109,6 +109,7 @@ class ExportError(FactoryError):
         super().__init__(f"{where} {message}", hint=hint)
         self.stage = stage
         self.operator = operator
+        self.detail = message
 
 
 class ValidationError(FactoryError):

@@ -70,6 +70,9 @@ def test_search_picks_a_winner_and_caches_everything(tmp_path, trained, keypair,
     assert [r["winner"] for r in again["candidates"]] == [r["winner"] for r in summary["candidates"]]
 
 
+N_TEST = 4000  # test images behind each candidate's parity figures (its drop is `lost` of them)
+
+
 def _candidate(key, precision, p50, drop, size=1_000_000):
     from factory.bundle.manifest import Manifest
     from factory.pipeline.search import Candidate
@@ -91,7 +94,15 @@ def _candidate(key, precision, p50, drop, size=1_000_000):
             "passed": True,
             "checks": [],
             "budgets": {},
-            "parity": {"top1": 0.9, "accuracy_drop_pt": drop, "top1_agreement": 1 - drop / 100},
+            "parity": {
+                "top1": 0.9,
+                "accuracy_drop_pt": drop,
+                "top1_agreement": 1 - drop / 100,
+                "n": N_TEST,
+                "lost": round(drop / 100 * N_TEST),
+                "gained": 0,
+                "disagreements": round(drop / 100 * N_TEST),
+            },
         },
         latency={"p50_ms": p50, "p95_ms": p50},
         lineage={},
@@ -142,14 +153,14 @@ def test_an_int8_candidate_slower_than_fp32_is_never_chosen():
 def test_a_faster_candidate_over_the_accuracy_budget_is_rejected():
     fp32, int8 = _candidate("fp32", "fp32", 1.0, 0.0), _candidate("int8", "int8-static", 0.4, 0.5)
     winner, summary = _rank([fp32, int8])
-    assert winner is fp32 and int8.status == "rejected" and "accuracy_drop 0.5 pt violates <= 0.2 pt" in int8.reason
+    assert winner is fp32 and int8.status == "rejected" and "interval lies wholly above 0.2 pt" in int8.reason
     assert next(r for r in summary["candidates"] if r["key"] == "int8")["pareto"]  # fastest: still on the front
 
 
 def test_the_objective_decides_among_feasible_candidates():
     fp32, int8 = _candidate("fp32", "fp32", 1.0, 0.0), _candidate("int8", "int8-static", 1.5, 0.1, size=300_000)
-    assert _rank([fp32, int8], objective="size")[0] is int8
-    assert _rank([fp32, int8], objective="p50_latency")[0] is fp32
+    assert _rank([fp32, int8], objective="size", max_drop=1.0)[0] is int8
+    assert _rank([fp32, int8], objective="p50_latency", max_drop=1.0)[0] is fp32
 
 
 def test_no_feasible_candidate_names_the_closest():

@@ -117,9 +117,13 @@ def gate_cmd(candidate, baseline, policy, remeasure, out, record_missing_baselin
     """Fail (exit 1) when the candidate regressed against the baseline; exit 0 when it did not.
 
     \b
-    latency   regression when the bootstrap interval of the candidate/baseline ratio of medians
-              lies wholly above 1 + tolerance (noise alone almost never does that)
-    accuracy  regression when the interval of the top-1 drop lies wholly above the allowed drop
+    latency   regression when the interval of the candidate/baseline latency ratio lies wholly
+              above 1 + tolerance. With --remeasure: the median of per-round ratios of one
+              interleaved run, moving-block bootstrap over rounds plus the session spread;
+              without: the ratio of stored medians, widened by the spread between runs
+    accuracy  non-inferiority: pass when the upper end of Tango's paired interval of the top-1
+              drop is <= max_drop_pt, fail when its lower end is above it; otherwise the test
+              split cannot tell (accuracy.inconclusive: fail | pass says what that means)
     budgets   the candidate bundle's target-profile budgets (p95 latency, size), a top-1 floor
     Prints one line per check with the measured value, interval and reason. Reports of different
     models or datasets, or a policy with a missing key, are usage errors (exit 2).

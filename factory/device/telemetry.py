@@ -21,7 +21,7 @@ from ..stats import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, HISTOGRA
 
 __all__ = ["SCHEMA", "Window", "validate_summary"]
 
-SCHEMA = "factory.telemetry/1"
+SCHEMA = "factory.telemetry/2"  # 2: latency buckets start at 5 us (1: 50 us)
 _ID = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
 
 

@@ -11,8 +11,10 @@ methods, never at import time.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,9 +23,19 @@ import numpy as np
 
 from .._deps import require
 from ..device.runtimes import Runtime, get_runtime
-from ..errors import UnknownNameError
+from ..errors import ExportError, FactoryError, UnknownNameError
 
-__all__ = ["PRECISIONS", "Capabilities", "Backend", "register_backend", "get_backend", "backend_names", "require"]
+__all__ = [
+    "PRECISIONS",
+    "Capabilities",
+    "Backend",
+    "register_backend",
+    "get_backend",
+    "backend_names",
+    "require",
+    "operator_in",
+    "stage",
+]
 
 # Every precision a recipe can name. A backend supports a subset (its Capabilities.precisions).
 PRECISIONS = ("fp32", "fp16", "int8-static", "int8-dynamic", "int8-weight-only")
@@ -115,3 +127,36 @@ def get_backend(name: str) -> Backend:
     if name not in backend_names():
         raise UnknownNameError("backend", name, backend_names())
     return _REGISTRY[name]()
+
+
+# How runtimes and converters name the operator or node that failed, most specific first.
+_OPERATOR_PATTERNS = [
+    re.compile(r"((?:aten|torchvision)(?:\.|::)[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)"),  # torch export / ONNX export
+    re.compile(r"[Nn]ode(?: #| number |\s*\()?\s*(\d+)\s*\(([A-Z0-9_]+)\)"),  # TFLite: node #12 (CONV_2D)
+    re.compile(r"[Nn]ode \(([^)]+)\) Op \(([^)]+)\)"),  # ONNX Runtime: Node (name) Op (Conv)
+    re.compile(r"operation '?([A-Za-z0-9_./:-]+)'? of type '?([A-Za-z0-9_]+)'?"),  # OpenVINO
+]
+
+
+def operator_in(text: str) -> str | None:
+    """The operator or node a runtime's error message names (``node #12 (CONV_2D)``, ``aten.logcumsumexp``)."""
+    for pattern in _OPERATOR_PATTERNS:
+        m = pattern.search(text or "")
+        if m:
+            return " ".join(g for g in m.groups() if g)
+    return None
+
+
+@contextlib.contextmanager
+def stage(name: str, hint: str | None = None):
+    """Turn any failure inside a build stage into an ExportError naming the stage and, where the message
+    names one, the operator; the project's own errors pass through unchanged."""
+    try:
+        yield
+    except FactoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - converters and runtimes raise anything; name where it happened
+        text = str(exc) or type(exc).__name__
+        raise ExportError(
+            name, f"{type(exc).__name__}: {text.splitlines()[0][:400]}", operator=operator_in(text), hint=hint
+        ) from exc

@@ -20,7 +20,7 @@ from ..data.manifest import DatasetManifest
 from ..data.splits import calibration_set
 from ..lineage import package_versions
 from ..train.canonical import CanonicalModel, export_onnx
-from .base import Backend
+from .base import Backend, stage
 from .prune import PROCEDURE_VERSION, prepare_module
 
 __all__ = ["TOOLCHAIN", "Converted", "convert"]
@@ -115,9 +115,11 @@ def convert(
         clock = now
 
     progress.info(f"[{profile['name']}] {backend.name} {precision}, pruning {recipe['pruning']['method']}")
-    module, prune_facts = prepare_module(canonical, dataset, recipe["pruning"], cache_dir)
+    with stage("prune"):
+        module, prune_facts = prepare_module(canonical, dataset, recipe["pruning"], cache_dir)
     step("prune")
-    artifact = _cached_export(backend, canonical, module, prune_facts, recipe["pruning"], dataset, work, cache_dir)
+    with stage(f"{backend.name}-export"):
+        artifact = _cached_export(backend, canonical, module, prune_facts, recipe["pruning"], dataset, work, cache_dir)
     step("export")
     quant_facts: dict = {}
     if precision != "fp32":
@@ -125,18 +127,20 @@ def convert(
         calibration, calib_info = calibration_set(
             dataset, canonical.preprocessing, q["calibration_images"], q["calibration_seed"]
         )
-        artifact, quant_facts = backend.quantize(
-            artifact,
-            work,
-            precision=precision,
-            calibration=calibration,
-            options=dict(q),
-            module_factory=lambda: module,
-            input_hw=canonical.input_hw,
-        )
+        with stage(f"{backend.name}-quantize"):
+            artifact, quant_facts = backend.quantize(
+                artifact,
+                work,
+                precision=precision,
+                calibration=calibration,
+                options=dict(q),
+                module_factory=lambda: module,
+                input_hw=canonical.input_hw,
+            )
         quant_facts["calibration"] = calib_info
     step("quantize")
-    compile_facts = backend.compile(artifact, out, runtime, precision)
+    with stage(f"{backend.name}-compile"):
+        compile_facts = backend.compile(artifact, out, runtime, precision)
     step("compile")
     files = [f for f in backend.runtime.artifact_files if (out / f).is_file()]
     return Converted(files, prune_facts, quant_facts, compile_facts, seconds)

@@ -12,20 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from .._quiet import native_quiet
-from ..device.runtimes.litert_runtime import interpreter_class, xnnpack_partitions
+from ..device.runtimes.litert_runtime import interpreter_class, open_interpreter, xnnpack_partitions
 from ..errors import ExportError
-from .base import Backend, Capabilities, register_backend, require
+from .base import Backend, Capabilities, operator_in, register_backend, require
 
 __all__ = ["LiteRtBackend"]
 
 MODEL = "model.tflite"
-
-
-def _operator_from(text: str) -> str | None:
-    for token in text.replace("(", " ").replace(")", " ").split():
-        if token.startswith(("aten.", "aten::", "torch.ops.")):
-            return token.strip("'\"`,.:")
-    return None
 
 
 def _aeq(artifact: Path, out: Path, precision: str, calibration: np.ndarray) -> dict:
@@ -117,7 +110,7 @@ class LiteRtBackend(Backend):
         except Exception as exc:
             text = str(exc) or type(exc).__name__
             raise ExportError(
-                "litert-convert", text.splitlines()[0][:500], operator=_operator_from(text + log.text)
+                "litert-convert", text.splitlines()[0][:500], operator=operator_in(text + log.text)
             ) from exc
         return out
 
@@ -133,20 +126,28 @@ class LiteRtBackend(Backend):
 
     def compile(self, artifact, out, runtime, precision):
         shutil.copyfile(artifact, out / MODEL)
+        delegate = runtime.get("delegate", "xnnpack")
+        fallback = "set runtime.delegate: none in the target profile to run it on LiteRT's built-in kernels (slower)"
+        log = None
         try:
-            with native_quiet():
-                it = interpreter_class()(model_path=str(out / MODEL), num_threads=int(runtime["threads"]))
+            it = open_interpreter(str(out / MODEL), int(runtime["threads"]), delegate)
+            with native_quiet() as log:
                 it.allocate_tensors()
         except Exception as exc:
-            raise ExportError("litert-load", f"the model does not load in LiteRT: {exc}") from exc
+            text = str(exc) or type(exc).__name__
+            what = "the XNNPACK delegate cannot prepare" if delegate == "xnnpack" else "LiteRT cannot load"
+            raise ExportError(
+                "litert-load",
+                f"{what} this model: {text.splitlines()[0][:400]}",
+                operator=operator_in(text + (log.text if log else "")),
+                hint=fallback if delegate == "xnnpack" else None,
+            ) from exc
         d, o = it.get_input_details()[0], it.get_output_details()[0]
         parts = xnnpack_partitions(it)
-        if parts == 0:
-            raise ExportError(
-                "litert-load", "the XNNPACK delegate took no part of the graph; it would run on reference kernels"
-            )
+        if delegate == "xnnpack" and parts == 0:
+            raise ExportError("litert-load", "the XNNPACK delegate took no part of the graph", hint=fallback)
         return {
-            "delegate": "XNNPACK",
+            "delegate": "XNNPACK" if delegate == "xnnpack" else "none (built-in kernels, chosen in the profile)",
             "xnnpack_partitions": parts,
             "input_dtype": np.dtype(d["dtype"]).name,
             "output_dtype": np.dtype(o["dtype"]).name,

@@ -26,8 +26,8 @@ from ..bundle.manifest import Manifest, bundle_dir, file_entries, resolve_versio
 from ..bundle.signing import load_private_key
 from ..data.manifest import DatasetManifest, load_manifest
 from ..data.splits import load_split
-from ..errors import DataError, ValidationError
-from ..export.base import get_backend
+from ..errors import DataError, InputError, ValidationError
+from ..export.base import get_backend, stage
 from ..export.convert import TOOLCHAIN, Converted, convert
 from ..export.parity import parity_metrics
 from ..export.targets import load_target
@@ -35,7 +35,17 @@ from ..lineage import host_info, package_versions
 from ..train.canonical import CanonicalModel, load_canonical, onnx_logits
 from .publish import BuildResult, publish
 
-__all__ = ["BuildContext", "BuildResult", "load_context", "check_resolvable", "make_bundle", "build", "build_report"]
+__all__ = [
+    "BuildContext",
+    "BuildResult",
+    "Failure",
+    "isolated",
+    "load_context",
+    "check_resolvable",
+    "make_bundle",
+    "build",
+    "build_report",
+]
 
 
 @dataclass
@@ -79,6 +89,63 @@ def check_resolvable(ctx: BuildContext, profile: dict) -> None:
         )
 
 
+@dataclass
+class Failure:
+    """A target (or candidate) that could not be built: where it failed and what the runtime said."""
+
+    target: str
+    backend: str | None
+    stage: str
+    operator: str | None
+    message: str
+    hint: str | None = None
+
+    passed = False
+
+    @classmethod
+    def of(cls, target: str, backend: str | None, exc: Exception) -> "Failure":
+        """From the error that stopped the build (an ExportError names its stage and operator)."""
+        text = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        return cls(
+            target,
+            backend,
+            getattr(exc, "stage", "build"),
+            getattr(exc, "operator", None),
+            text.splitlines()[0][:500],
+            getattr(exc, "hint", None),
+        )
+
+    @property
+    def text(self) -> str:
+        """One line for tables and logs."""
+        where = f" at {self.stage}" + (f" (operator {self.operator})" if self.operator else "")
+        return f"FAILED{where}: {self.message}"
+
+    def to_dict(self) -> dict:
+        """JSON form for reports."""
+        return {
+            "target": self.target,
+            "backend": self.backend,
+            "stage": self.stage,
+            "operator": self.operator,
+            "message": self.message,
+            "hint": self.hint,
+            "passed": False,
+        }
+
+
+def isolated(target: str, backend: str | None, work) -> "BuildResult | Failure":
+    """Run one target's build; a failure at any stage becomes a :class:`Failure` and the caller goes on with
+    the other targets. Input errors that are no target's fault (a missing model, a bad profile) still stop."""
+    try:
+        return work()
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded with its stage; the other targets are built
+        progress.info(f"[{target}] failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        return Failure.of(target, backend, exc)
+
+
 def build_report(result: BuildResult) -> dict:
     """The headline figures of one build, for CI and DVC metrics (the manifest has everything)."""
     m = result.manifest
@@ -113,8 +180,11 @@ def _run_batches(runner, x: np.ndarray, batch: int) -> np.ndarray:
 
 def _validate(ctx: BuildContext, backend, out: Path, runtime: dict) -> tuple[dict, dict]:
     """Parity on the test split, then the quick batch-1 latency probe, both with the bundle's own runner."""
-    runner = backend.runtime.load(out, runtime)
-    parity = parity_metrics(_run_batches(runner, ctx.x_test, 32), ctx.reference, ctx.y_test)
+    with stage(f"{backend.name}-load"):
+        runner = backend.runtime.load(out, runtime)
+    with stage(f"{backend.name}-validate"):
+        outputs = _run_batches(runner, ctx.x_test, 32)
+    parity = parity_metrics(outputs, ctx.reference, ctx.y_test)
     latency = quick_latency(runner, ctx.x_test) | {
         "threads": runtime.get("threads"),
         "host": host_info(),

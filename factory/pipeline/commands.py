@@ -40,6 +40,12 @@ def build_table(results, *, latency: bool = True) -> str:
     head += "speedup vs fp32 export (search run) | size MB | MACs (M) | verdict |"
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
+        if not hasattr(r, "manifest"):  # a Failure: the target is in the table with where and why it failed
+            cols = head.count("|") - 1
+            rows.append(
+                f"| {r.target} | {r.backend or '-'} | " + "- | " * (cols - 3) + r.text.replace("|", "\\|") + " |"
+            )
+            continue
         m = r.manifest
         p, rec = m.validation["parity"], m.recipe
         bad = [
@@ -64,10 +70,11 @@ def build_table(results, *, latency: bool = True) -> str:
 def _write_reports(results, report_dir) -> None:
     if report_dir:
         from .._io import write_json
-        from .build import build_report
+        from .build import Failure, build_report
 
         for r in results:
-            write_json(f"{report_dir}/{r.manifest.target}.json", build_report(r))
+            row = r.to_dict() if isinstance(r, Failure) else build_report(r)
+            write_json(f"{report_dir}/{r.target if isinstance(r, Failure) else r.manifest.target}.json", row)
 
 
 @click.command("build")
@@ -210,7 +217,8 @@ def build_cmd(
     Example: factory build --target tflite --target cpu --precision int8-static
              factory build --target cpu --search --budget-minutes 10
     """
-    from .build import build, load_context
+    from ..export.targets import load_target
+    from .build import Failure, build, isolated, load_context
 
     if do_search:
         if precision or prune or overrides:
@@ -233,6 +241,9 @@ def build_cmd(
             search_config,
         )
         _write_reports(results, report_dir)
+        if len(results) > 1 or isinstance(results[0], Failure):
+            click.echo(build_table(results))
+        finish(results)
         return
     extra = list(overrides)
     if precision:
@@ -241,8 +252,10 @@ def build_cmd(
         method, _, ratio = prune.partition(":")
         extra += [f"recipe.pruning.method={method}", f"recipe.pruning.ratio={ratio or 0}"]
     ctx = load_context(model_dir, data)
-    results = [
-        build(
+    profiles = {t: load_target(t, targets_dir, tuple(extra)) for t in targets}  # bad names and profiles stop here
+
+    def one(t: str):
+        return build(
             model_dir,
             t,
             key_path=key_path,
@@ -255,21 +268,31 @@ def build_cmd(
             track=not no_track,
             context=ctx,
         )
-        for t in targets
-    ]
+
+    results = [isolated(t, profiles[t]["backend"], lambda t=t: one(t)) for t in targets]
     _write_reports(results, report_dir)
     click.echo(build_table(results))
     for r in results:
-        click.echo(
-            f"{r.folder}  ({r.archive.name})"
-            + (f"  {r.tracking['alias']} v{r.tracking['registered_version']}" if r.tracking else "")
-        )
-    bad = [r.manifest.target for r in results if not r.passed]
+        if not isinstance(r, Failure):
+            tracked = f"  {r.tracking['alias']} v{r.tracking['registered_version']}" if r.tracking else ""
+            click.echo(f"{r.folder}  ({r.archive.name}){tracked}")
+    finish(results)
+
+
+def finish(results) -> None:
+    """Exit 1 when a target could not be built or its bundle failed its budgets (the table shows every target)."""
+    from .build import Failure
+
+    broken = [r for r in results if isinstance(r, Failure)]
+    bad = [r.manifest.target for r in results if not isinstance(r, Failure) and not r.passed]
+    parts = [f"{r.target} could not be built: {r.text}" for r in broken]
     if bad:
+        parts.append(f"budget checks failed for {', '.join(bad)} (bundles written with validation.passed: false)")
+    hints = [f"{r.target}: {r.hint}" for r in broken if r.hint]
+    if parts:
         raise ValidationError(
-            f"budget checks failed for target(s) {', '.join(bad)}; the bundles were written with validation.passed: "
-            "false",
-            hint="see validation.checks in manifest.json; relax the budget or change the recipe",
+            "; ".join(parts),
+            hint="; ".join(hints) or "the table shows every target; see validation.checks in each manifest.json",
         )
 
 
@@ -288,30 +311,36 @@ def _search(
     remeasure,
     search_config,
 ):
-    from .build import load_context
+    from ..export.targets import load_target
+    from .build import isolated, load_context
     from .search import load_search_config, search, search_markdown
 
     config = load_search_config(search_config) if search_config else None
     ctx = load_context(model_dir, data)
+    profiles = {t: load_target(t, targets_dir) for t in targets}
     results = []
     for t in targets:
-        result, summary = search(
-            model_dir,
-            t,
-            key_path=key_path,
-            data=data,
-            out_root=out_root,
-            targets_dir=targets_dir,
-            cache_dir=cache_dir,
-            report_dir=search_dir,
-            budget_minutes=budget_minutes,
-            remeasure=remeasure,
-            version=version,
-            track=not no_track,
-            search_config=config,
-            context=ctx,
-        )
-        click.echo(search_markdown(summary))
-        click.echo(f"{result.folder}  ({result.archive.name}); report {summary['report']}/search.md, pareto.png")
-        results.append(result)
+
+        def one(t=t):
+            result, summary = search(
+                model_dir,
+                t,
+                key_path=key_path,
+                data=data,
+                out_root=out_root,
+                targets_dir=targets_dir,
+                cache_dir=cache_dir,
+                report_dir=search_dir,
+                budget_minutes=budget_minutes,
+                remeasure=remeasure,
+                version=version,
+                track=not no_track,
+                search_config=config,
+                context=ctx,
+            )
+            click.echo(search_markdown(summary))
+            click.echo(f"{result.folder}  ({result.archive.name}); report {summary['report']}/search.md, pareto.png")
+            return result
+
+        results.append(isolated(t, profiles[t]["backend"], one))
     return results

@@ -166,9 +166,11 @@ def _signing_key(b: dict) -> Path:
 
 
 def _build(p: dict, model, key: Path) -> tuple[list, str]:
-    """Every target: a search of the reduced space (or a plain build of the profile); one published bundle each."""
+    """Every target: a search of the reduced space (or a plain build of the profile); one published bundle each.
+    A target that fails is recorded with its stage and the others go on."""
     from .._io import atomic_write, write_json
-    from .build import build, build_report, load_context
+    from ..export.targets import load_target
+    from .build import Failure, build, build_report, isolated, load_context
     from .commands import build_table
     from .search import load_search_config, search
 
@@ -176,17 +178,25 @@ def _build(p: dict, model, key: Path) -> tuple[list, str]:
     progress.info(f"[4/6] building bundles for {', '.join(b['targets'])}")
     ctx = load_context(model.path, data)
     config = load_search_config(b["search_config"]) if b["search_config"] else None
+    backends = {t: load_target(t)["backend"] for t in b["targets"]}
+
+    def one(target: str):
+        if config is None:
+            return build(model.path, target, key_path=key, data=data, out_root=b["out"], context=ctx)
+        result, summary = search(
+            model.path, target, key_path=key, data=data, out_root=b["out"], search_config=config, context=ctx
+        )
+        progress.info(f"  {target}: {summary['verdict']}")
+        return result
+
     results = []
     for target in b["targets"]:
-        if config is not None:
-            result, summary = search(
-                model.path, target, key_path=key, data=data, out_root=b["out"], search_config=config, context=ctx
-            )
-            progress.info(f"  {target}: {summary['verdict']}")
-        else:
-            result = build(model.path, target, key_path=key, data=data, out_root=b["out"], context=ctx)
+        result = isolated(target, backends[target], lambda t=target: one(t))
         results.append(result)
-        write_json(Path(b["report_dir"]) / f"{target}.json", build_report(result))
+        write_json(
+            Path(b["report_dir"]) / f"{target}.json",
+            result.to_dict() if isinstance(result, Failure) else build_report(result),
+        )
     atomic_write(Path(b["report_dir"]) / "summary.md", build_table(results) + "\n")
     table = build_table(results, latency=False)  # the summary's latency figures come from the final benchmark
     return results, table
@@ -321,17 +331,19 @@ def run(params_path: str, fresh: bool) -> None:
     with clock.stage("build"):
         key = _signing_key(p["build"])
         results, table = _build(p, model, key)
+    built = [r for r in results if hasattr(r, "manifest")]  # a target that failed is in the table, not benchmarked
+    if not built:
+        click.echo(table)
+        raise ValidationError("no target could be built (see the table above and " + p["build"]["report_dir"] + "/)")
     with clock.stage("bench+gate"):
-        report, verdict = _bench_and_gate(p, model, results)
+        report, verdict = _bench_and_gate(p, model, built)
     demo = None
     if p["fleet"]["enabled"]:
         with clock.stage("fleet"):
-            demo = _fleet(p, results, key)
-    click.echo(_summary(p, manifest, profile, model, results, table, report, verdict, demo, clock.timings, key))
-    bad = [r.manifest.target for r in results if not r.passed]
-    if bad:
-        raise ValidationError(
-            f"bundles for {', '.join(bad)} failed their budgets (see the table and {p['build']['report_dir']}/)"
-        )
+            demo = _fleet(p, built, key)
+    click.echo(_summary(p, manifest, profile, model, built, table, report, verdict, demo, clock.timings, key))
+    from .commands import finish
+
+    finish(results)  # exit 1 when a target could not be built or failed its budgets
     if not verdict["passed"]:
         raise GateFailure(f"the gate found a regression against {p['bench']['baseline']} (see the lines above)")

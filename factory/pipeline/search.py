@@ -342,7 +342,10 @@ def _row(c: Candidate, winner, ref, front: set[str]) -> dict:
 def rank(plan: SearchPlan, measured: list[Candidate], bench: dict) -> tuple[Candidate | None, dict]:
     """Judge every measured candidate by the budgets, pick the winner by the objective; the summary."""
     budgets, objective = plan.profile["budgets"], plan.config["objective"]
-    ref = plan.reference if plan.reference in measured else None
+    # The yardstick at its best runtime setting: the fastest measured candidate that is the unpruned fp32 export
+    same = plan.reference.build_key
+    exports = [c for c in measured if (c is plan.reference or (same and c.build_key == same)) and c.latency]
+    ref = min(exports, key=lambda c: c.latency["p50_ms"]) if exports else None
     feasible = []
     for c in measured:
         checks = _checks(c, budgets)

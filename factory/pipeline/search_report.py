@@ -39,6 +39,13 @@ def search_markdown(summary: dict) -> str:
             f"{r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {speed} | {r['size_mb']:.2f} | {r['macs'] / 1e6:.1f} | "
             f"{'yes' if r['pareto'] else ''} | {r['reason']} |"
         )
+    ref = next((r for r in summary["candidates"] if r.get("reference")), None)
+    if ref:
+        lines += [
+            "",
+            f"Speedup: p50 against the runtime's unpruned fp32 export at its fastest measured setting ({ref['label']}, "
+            f"{ref['p50_ms']:.3f} ms), all in the same interleaved run.",
+        ]
     lines += [
         "",
         "Accuracy: the drop against the canonical model is judged as a non-inferiority test (Tango's score "

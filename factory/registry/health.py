@@ -15,6 +15,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from ..device.telemetry import SCHEMA
 from ..monitor.health import DEVICE_WEIGHT_CAP, decide, judge_window, window_figures
 from ..monitor.summaries import by_device, cap_weights, combine
 from . import db
@@ -99,7 +100,8 @@ def _devices(conn, where: list, window: float, window_seconds: int) -> dict[str,
             *where, db.telemetry.c.window_start >= window, db.telemetry.c.window_start < window + window_seconds
         )
     ).all()
-    return by_device([json.loads(r.summary) for r in rows])
+    summaries = [json.loads(r.summary) for r in rows]
+    return by_device([s for s in summaries if s.get("schema") == SCHEMA])  # rows of an older layout do not add up
 
 
 def series_for(

@@ -16,7 +16,7 @@ from ..._deps import require
 from ..._quiet import native_quiet
 from . import Runtime, register_runtime
 
-__all__ = ["LiteRtRuntime", "interpreter_class", "xnnpack_partitions"]
+__all__ = ["LiteRtRuntime", "DELEGATES", "interpreter_class", "open_interpreter", "xnnpack_partitions"]
 
 
 def interpreter_class():
@@ -29,16 +29,35 @@ def xnnpack_partitions(interpreter) -> int:
     return sum(1 for op in interpreter._get_ops_details() if op.get("op_name") == "DELEGATE")
 
 
+DELEGATES = ("xnnpack", "none")
+
+
+def open_interpreter(path: str, threads: int, delegate: str = "xnnpack"):
+    """An interpreter with the XNNPACK delegate (the default), or with none: the built-in kernels only, for
+    a model XNNPACK cannot prepare (slower, chosen in the target profile with ``runtime.delegate: none``)."""
+    if delegate not in DELEGATES:
+        from ...errors import ConfigError
+
+        raise ConfigError(f"runtime.delegate {delegate!r} is not one of {', '.join(DELEGATES)}")
+    mod = require("ai_edge_litert.interpreter", "ai-edge-litert", "device-litert", "the litert runtime")
+    kw = (
+        {}
+        if delegate == "xnnpack"
+        else {"experimental_op_resolver_type": mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    )
+    with native_quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+        return mod.Interpreter(model_path=path, num_threads=threads, **kw)
+
+
 class _Runner:
-    def __init__(self, path: Path, threads: int):
-        self._path, self._threads = str(path), threads
+    def __init__(self, path: Path, threads: int, delegate: str = "xnnpack"):
+        self._path, self._threads, self._delegate = str(path), threads, delegate
         self._by_batch: dict[int, object] = {}
 
     def _interp(self, batch: int):
         it = self._by_batch.get(batch)
         if it is None:
-            with native_quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
-                it = interpreter_class()(model_path=self._path, num_threads=self._threads)
+            it = open_interpreter(self._path, self._threads, self._delegate)
             d = it.get_input_details()[0]
             if int(d["shape"][0]) != batch:
                 it.resize_tensor_input(d["index"], [batch, *d["shape"][1:]], strict=False)
@@ -71,11 +90,11 @@ class LiteRtRuntime(Runtime):
     artifact_files = ("model.tflite",)
     file_suffixes = (".tflite",)
     dynamic_batch = False
-    options = {"threads": 2}
+    options = {"threads": 2, "delegate": "xnnpack"}
 
     def load_file(self, path, options):
         options = {**self.options, **options}
-        return _Runner(Path(path), int(options["threads"]))
+        return _Runner(Path(path), int(options["threads"]), options["delegate"])
 
     def declared_input_shape(self, path):
         with native_quiet():
