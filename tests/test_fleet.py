@@ -261,7 +261,7 @@ def test_health_driven_rollouts_end_to_end(fleet_env):
         model=model,
         devices=60,
         targets=["cpu"],
-        knobs=Knobs(slow_release="1.2.0", slowdown=1.3, retry_share=0.3),
+        knobs=Knobs(slow_release="1.2.0", slowdown=1.3, retry_share=0.3, latency_model_ms=0.5),
         images=load_images(str(env["dataset"])),
         cache=env["tmp"] / "dev-cache",
         window_seconds=WINDOW,

@@ -36,6 +36,9 @@ class Knobs:
     fail_share: float = 0.0
     fail_rate: float = 0.5
     retry_share: float = 0.0  # share of uploads sent twice (as if the first answer was lost)
+    # Median of a fixed log-normal latency model (sigma 0.1) instead of timing the bundle on this host: for
+    # tests of the decisions, which must not depend on how noisy the host's scheduler was at that moment.
+    latency_model_ms: float | None = None
 
 
 class Behaviour:
@@ -49,6 +52,7 @@ class Behaviour:
         bundle_key=None,
         samples: int = 200,
         latencies: dict | None = None,
+        latency_model_ms: float | None = None,
     ):
         from .loader import open_bundle
 
@@ -66,6 +70,12 @@ class Behaviour:
         artifact = self.manifest.files[self.manifest.main_file]["sha256"]
         if latencies is not None and artifact in latencies:
             self.latency = latencies[artifact]
+            return
+        if latency_model_ms is not None:
+            rng = np.random.default_rng(int(artifact[:8], 16))
+            self.latency = latency_model_ms * np.exp(rng.normal(0.0, 0.1, 1000))
+            if latencies is not None:
+                latencies[artifact] = self.latency
             return
         x = preprocess(images[:1], pre)
         for _ in range(5):
@@ -155,7 +165,12 @@ class Fleet:
             if not folder.is_dir():
                 unpack(archive, folder, trusted_keys=[self.bundle_key] if self.bundle_key is not None else None)
             self.behaviours[key] = Behaviour(
-                folder, self.images, self.knobs.darkness, self.bundle_key, latencies=self._latencies
+                folder,
+                self.images,
+                self.knobs.darkness,
+                self.bundle_key,
+                latencies=self._latencies,
+                latency_model_ms=self.knobs.latency_model_ms,
             )
             self.downloads += 1
         return self.behaviours[key]
