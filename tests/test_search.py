@@ -150,6 +150,16 @@ def test_an_int8_candidate_slower_than_fp32_is_never_chosen():
     assert [r["speedup_vs_reference"] for r in summary["candidates"]] == [1.0, pytest.approx(1 / 1.5)]
 
 
+def test_a_repaired_int8_slower_than_the_fp32_export_is_not_worth_it():
+    fp32 = _candidate("fp32", "fp32", 1.0, 0.0, size=4_000_000)
+    repaired = _candidate("int8", "int8-static", 1.1, 0.0, size=1_000_000)
+    repaired.manifest.recipe["quantization_applied"] = {"repair": {"chosen": "keep the 4 most sensitive layer(s)"}}
+    winner, summary = _rank([fp32, repaired], objective="size", max_drop=1.0)  # smaller, yet never shipped
+    assert winner is fp32 and repaired.status == "rejected" and repaired.reason.startswith("not worth it")
+    unrepaired = _candidate("int8", "int8-static", 1.1, 0.0, size=1_000_000)
+    assert _rank([fp32, unrepaired], objective="size", max_drop=1.0)[0] is unrepaired  # the rule is the repair's
+
+
 def test_a_faster_candidate_over_the_accuracy_budget_is_rejected():
     fp32, int8 = _candidate("fp32", "fp32", 1.0, 0.0), _candidate("int8", "int8-static", 0.4, 0.5)
     winner, summary = _rank([fp32, int8])

@@ -85,6 +85,15 @@ class Backend:
         """Turn the fp32 artifact into ``precision``; return the new artifact and facts for the manifest."""
         raise NotImplementedError
 
+    def cheap_fixes(self, precision: str, options: dict) -> list[tuple[str, dict]]:
+        """Cheaper accuracy fixes for an int8 artifact that misses its target, tried one at a time before any
+        layer is kept in float: (what it is, quantization option overrides). None by default."""
+        return []
+
+    def quantizable_layers(self, fp32: Path) -> list[str]:
+        """The layers an int8 repair may keep in float, by the names ``keep_float`` takes, in graph order."""
+        raise NotImplementedError(f"{self.name} cannot keep layers in float")
+
     def compile(self, artifact: Path, out: Path, runtime: dict, precision: str) -> dict:
         """Optimise/check the artifact for this runtime and write the bundle files into ``out``.
 

@@ -17,11 +17,12 @@ from pathlib import Path
 from .. import progress
 from .._io import atomic_dir, canonical_json
 from ..data.manifest import DatasetManifest
-from ..data.splits import calibration_set
+from ..data.splits import calibration_set, load_split
 from ..lineage import package_versions
-from ..train.canonical import CanonicalModel, export_onnx
+from ..train.canonical import CanonicalModel, export_onnx, onnx_logits
 from .base import Backend, stage
 from .prune import PROCEDURE_VERSION, prepare_module
+from .repair import ValidationSet, repair_quantization
 
 __all__ = ["TOOLCHAIN", "Converted", "convert"]
 
@@ -91,6 +92,43 @@ def _cached_export(
     return artifact
 
 
+def _quantize(backend: Backend, canonical, profile: dict, runtime: dict, dataset, module, fp32: Path, work: Path):
+    """The quantize step; int8-static goes through the accuracy repair (unless ``repair: off`` and nothing
+    is kept in float by hand, it is judged on the validation split first)."""
+    q, precision = profile["recipe"]["quantization"], profile["recipe"]["precision"]
+
+    def quantize(opts: dict, folder: Path) -> tuple[Path, dict]:
+        calibration, info = calibration_set(
+            dataset, canonical.preprocessing, opts["calibration_images"], opts["calibration_seed"]
+        )
+        path, facts = backend.quantize(
+            fp32,
+            folder,
+            precision=precision,
+            calibration=calibration,
+            options=dict(opts),
+            module_factory=lambda: module,
+            input_hw=canonical.input_hw,
+        )
+        return path, facts | {"calibration": info}
+
+    if precision != "int8-static" or (q["repair"] == "off" and not q["keep_float"]):
+        return quantize(q, work)
+    x, y = load_split(dataset, "val", canonical.preprocessing, canonical.labels)
+    val = ValidationSet(x, y, onnx_logits(canonical.onnx, x))
+    return repair_quantization(
+        quantize,
+        lambda path: backend.runtime.load_file(path, runtime),
+        fp32=fp32,
+        options=dict(q),
+        work=work,
+        val=val,
+        budgets=profile["budgets"],
+        cheap_fixes=backend.cheap_fixes(precision, q),
+        layers=lambda: backend.quantizable_layers(fp32),
+    )
+
+
 def convert(
     canonical: CanonicalModel,
     backend: Backend,
@@ -123,21 +161,8 @@ def convert(
     step("export")
     quant_facts: dict = {}
     if precision != "fp32":
-        q = recipe["quantization"]
-        calibration, calib_info = calibration_set(
-            dataset, canonical.preprocessing, q["calibration_images"], q["calibration_seed"]
-        )
         with stage(f"{backend.name}-quantize"):
-            artifact, quant_facts = backend.quantize(
-                artifact,
-                work,
-                precision=precision,
-                calibration=calibration,
-                options=dict(q),
-                module_factory=lambda: module,
-                input_hw=canonical.input_hw,
-            )
-        quant_facts["calibration"] = calib_info
+            artifact, quant_facts = _quantize(backend, canonical, profile, runtime, dataset, module, artifact, work)
     step("quantize")
     with stage(f"{backend.name}-compile"):
         compile_facts = backend.compile(artifact, out, runtime, precision)

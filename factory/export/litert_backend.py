@@ -6,6 +6,8 @@ fails to lower), so the artifact has batch 1; the runtime's runner resizes it fo
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -21,14 +23,73 @@ __all__ = ["LiteRtBackend"]
 MODEL = "model.tflite"
 
 
-def _aeq(artifact: Path, out: Path, precision: str, calibration: np.ndarray) -> dict:
+_LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL")
+# ops a tensor passes through between two layers (int8 in a full-int8 model, so part of a float scope)
+_PASS_THROUGH = (
+    "RELU",
+    "RELU6",
+    "HARD_SWISH",
+    "LOGISTIC",
+    "MUL",
+    "DIV",
+    "PAD",
+    "MEAN",
+    "MAX_POOL_2D",
+    "AVERAGE_POOL_2D",
+    "RESHAPE",
+    "TRANSPOSE",
+    "SQUEEZE",
+    "QUANTIZE",
+    "DEQUANTIZE",
+)
+_STATS: dict[tuple[str, str], object] = {}  # (fp32 model, calibration digest) -> ai-edge-quantizer statistics
+
+
+def _ops(path: Path) -> tuple[list[dict], dict[int, str]]:
+    with native_quiet():
+        it = interpreter_class()(model_path=str(path))
+    names = {t["index"]: t["name"] for t in it.get_tensor_details()}
+    return list(it._get_ops_details()), names
+
+
+def _op_name(op: dict, names: dict[int, str]) -> str:
+    return names[op["outputs"][0]]
+
+
+def float_scope(path: Path, layers: list[str]) -> list[str]:
+    """The ops (by first output tensor name) to leave unquantized so that each named layer runs in float
+    *and reads a float input*: in a full-int8 model a float op between int8 ones still reads a dequantized
+    int8 tensor, so the scope walks back through pass-through ops to the op that produced the input."""
+    ops, names = _ops(path)
+    by_name = {_op_name(o, names): o for o in ops if o["outputs"]}
+    producer = {t: o for o in ops for t in o["outputs"]}
+    unknown = sorted(set(layers) - set(by_name))
+    if unknown:
+        raise ExportError("litert-quantize", f"keep_float names {unknown} are not ops of the model")
+    scope = []
+    for name in layers:
+        scope.append(name)
+        op = by_name[name]
+        while True:  # the data input: the first one another op computes (weights are constant tensors)
+            source = next(
+                (producer[i] for i in (op["inputs"] if op["inputs"] is not None else []) if i in producer), None
+            )
+            if source is None:
+                break
+            op = source
+            scope.append(_op_name(op, names))
+            if op["op_name"] not in _PASS_THROUGH:
+                break
+    return sorted(set(scope))
+
+
+def _aeq(artifact: Path, out: Path, precision: str, calibration: np.ndarray, keep: list[str] | None = None) -> dict:
     q = require("ai_edge_quantizer", "ai-edge-quantizer", "litert", "LiteRT quantization")
     from ai_edge_quantizer import recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.qtyping import TFLOperationName
 
     if precision == "fp16":
-        from ai_edge_quantizer.algorithm_manager import AlgorithmName
-        from ai_edge_quantizer.qtyping import TFLOperationName
-
         qt = q.quantizer.Quantizer(str(artifact))
         qt.add_weight_only_config(
             regex=".*",
@@ -44,16 +105,30 @@ def _aeq(artifact: Path, out: Path, precision: str, calibration: np.ndarray) -> 
         "int8-weight-only": "weight_only_wi8_afp32",
     }[precision]
     qt = q.quantizer.Quantizer(str(artifact), getattr(recipe, name)())
+    scope = float_scope(artifact, keep) if keep else []
+    for op in scope:  # later recipe entries win: the op keeps its float kernel
+        qt.update_quantization_recipe(
+            regex="^" + re.escape(op) + ";",
+            operation_name=TFLOperationName.ALL_SUPPORTED,
+            algorithm_key=AlgorithmName.NO_QUANTIZE,
+        )
     if precision == "int8-static":
-        it = interpreter_class()(model_path=str(artifact))
-        sig = it.get_signature_list()
-        key = next(iter(sig))
-        arg = sig[key]["inputs"][0]
-        stats = qt.calibrate({key: [{arg: calibration[i : i + 1]} for i in range(len(calibration))]}, num_threads=2)
+        digest = hashlib.sha256(calibration.tobytes()).hexdigest()[:16]
+        model = hashlib.sha256(Path(artifact).read_bytes()).hexdigest()[:16]
+        stats = _STATS.get((model, digest))
+        if stats is None:
+            it = interpreter_class()(model_path=str(artifact))
+            sig = it.get_signature_list()
+            key = next(iter(sig))
+            arg = sig[key]["inputs"][0]
+            rows = [{arg: calibration[i : i + 1]} for i in range(len(calibration))]
+            stats = qt.calibrate({key: rows}, num_threads=2)
+            _STATS.clear()  # one model's statistics at a time: a repair re-quantizes the same model
+            _STATS[(model, digest)] = stats
         qt.quantize(stats).export_model(str(out), overwrite=True)
     else:
         qt.quantize().export_model(str(out), overwrite=True)
-    return {"method": "ai-edge-quantizer", "recipe": name}
+    return {"method": "ai-edge-quantizer", "recipe": name} | ({"ops_kept_float": scope} if scope else {})
 
 
 def _pt2e(module, out: Path, calibration: np.ndarray, input_hw: tuple[int, int]) -> dict:
@@ -117,12 +192,28 @@ class LiteRtBackend(Backend):
     def quantize(self, artifact, work, *, precision, calibration, options, module_factory, input_hw):
         out = work / f"{precision}.tflite"
         engine = options["engine"]
+        if engine == "pt2e" and options.get("keep_float"):
+            raise ExportError(
+                "litert-quantize",
+                "the pt2e engine cannot keep layers in float",
+                hint="use quantization.engine: ai-edge-quantizer (or auto) for a repair or keep_float",
+            )
         with native_quiet():
             if precision == "int8-static" and engine == "pt2e":
                 facts = _pt2e(module_factory(), out, calibration, input_hw)
             else:
-                facts = _aeq(artifact, out, precision, calibration)
+                facts = _aeq(artifact, out, precision, calibration, list(options.get("keep_float") or []))
         return out, facts
+
+    def cheap_fixes(self, precision, options):
+        """Four times the calibration images (ai-edge-quantizer's static recipe is per-channel min-max already)."""
+        n = options["calibration_images"]
+        return [(f"{4 * n} calibration images instead of {n}", {"calibration_images": 4 * n})]
+
+    def quantizable_layers(self, fp32):
+        """Convolution and fully connected ops of the fp32 model, by their first output tensor's name."""
+        ops, names = _ops(fp32)
+        return [_op_name(o, names) for o in ops if o["op_name"] in _LAYER_OPS and o["outputs"]]
 
     def compile(self, artifact, out, runtime, precision):
         shutil.copyfile(artifact, out / MODEL)

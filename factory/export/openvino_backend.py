@@ -36,6 +36,53 @@ def _stable_names(model):
     return model
 
 
+_LAYER_TYPES = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")
+
+
+# ops between two layers: NNCF puts a quantizer on the inputs of those it quantizes (Multiply, Divide...)
+_PASS_THROUGH = (
+    "Relu",
+    "Clamp",
+    "Multiply",
+    "Divide",
+    "Add",
+    "HSwish",
+    "HSigmoid",
+    "Sigmoid",
+    "Swish",
+    "MaxPool",
+    "AvgPool",
+    "ReduceMean",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Pad",
+)
+
+
+def float_scope(model, layers: list[str]) -> list[str]:
+    """The ops to give NNCF as ignored so that each named layer runs in float *and reads a float input*:
+    the layer (no quantizer on its inputs, float weights) and the pass-through ops back to the layer that
+    produced its input, which would otherwise quantize that tensor on their own inputs."""
+    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+    unknown = sorted(set(layers) - set(ops))
+    if unknown:
+        raise ExportError("openvino-quantize", f"keep_float names {unknown} are not ops of the model")
+    scope = []
+    for name in layers:
+        scope.append(name)
+        op = ops[name]
+        while True:
+            data = [i.get_source_output().get_node() for i in op.inputs()]
+            source = next((n for n in data if n.get_type_name() not in ("Constant", "Convert", "Parameter")), None)
+            if source is None or source.get_type_name() not in _PASS_THROUGH:
+                break
+            op = source
+            scope.append(op.get_friendly_name())
+    return sorted(set(scope))
+
+
 def _nncf():
     return require("nncf", "nncf", "openvino", "OpenVINO int8 quantization")
 
@@ -81,18 +128,43 @@ class OpenVinoBackend(Backend):
                 facts = {"method": "nncf.compress_weights", "mode": "INT8_ASYM"}
             else:
                 dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
+                keep = list(options.get("keep_float") or [])
+                preset, bias = options.get("preset", "performance"), options.get("bias_correction", "fast")
                 q = nncf.quantize(
                     model,
                     dataset,
                     subset_size=len(calibration),
-                    preset=nncf.QuantizationPreset.PERFORMANCE,
-                    fast_bias_correction=True,
+                    preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+                    fast_bias_correction=bias == "fast",
                     target_device=nncf.TargetDevice.CPU,
+                    # an ignored op gets no quantizer on its inputs and keeps float weights: it reads a float input
+                    ignored_scope=nncf.IgnoredScope(names=float_scope(model, keep), validate=True) if keep else None,
                 )
-                facts = {"method": "nncf.quantize", "preset": "PERFORMANCE", "subset_size": len(calibration)}
+                facts = {
+                    "method": "nncf.quantize",
+                    "preset": preset.upper(),
+                    "bias_correction": bias,
+                    "subset_size": len(calibration),
+                } | ({"ignored_scope": keep} if keep else {})
         out = work / f"{precision}.xml"
         ov.save_model(q, str(out), compress_to_fp16=False)
         return out, facts
+
+    def cheap_fixes(self, precision, options):
+        """Asymmetric activations (MIXED preset), full bias correction, then four times the calibration images."""
+        n = options["calibration_images"]
+        fixes = []
+        if options.get("preset", "performance") != "mixed":
+            fixes.append(("MIXED preset (asymmetric activations) instead of PERFORMANCE", {"preset": "mixed"}))
+        if options.get("bias_correction", "fast") != "full":
+            fixes.append(("full bias correction instead of fast", {"bias_correction": "full"}))
+        return fixes + [(f"{4 * n} calibration images instead of {n}", {"calibration_images": 4 * n})]
+
+    def quantizable_layers(self, fp32):
+        """Convolution, GroupConvolution and MatMul ops of the IR, by the names NNCF's ignored scope takes
+        (a convolution with a bias is ``<onnx node>/WithoutBiases``)."""
+        model = _ov().Core().read_model(str(fp32))
+        return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in _LAYER_TYPES]
 
     def compile(self, artifact, out, runtime, precision):
         ov = _ov()

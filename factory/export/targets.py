@@ -47,6 +47,21 @@ PROFILE_SCHEMA = {
                 "LiteRT int8: auto | ai-edge-quantizer | pt2e",
                 choices=["auto", "ai-edge-quantizer", "pt2e"],
             ),
+            "preset": Key(
+                str,
+                "performance",
+                "OpenVINO int8 (NNCF): performance = symmetric activations, mixed = asymmetric",
+                choices=["performance", "mixed"],
+            ),
+            "bias_correction": Key(str, "fast", "OpenVINO int8 (NNCF) bias correction", choices=["fast", "full"]),
+            "repair": Key(
+                str,
+                "auto",
+                "int8-static that misses its accuracy target on the validation split: auto = try cheaper fixes, "
+                "then keep the most sensitive layers in float; off = ship it as quantized",
+                choices=["auto", "off"],
+            ),
+            "keep_float": Key(list, [], "layers (runtime node names) kept in float, set by hand or by a repair"),
         },
         "pruning": {
             "method": Key(str, "none", choices=["none", "structured", "unstructured"]),

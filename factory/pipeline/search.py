@@ -236,6 +236,11 @@ def build_candidates(plan: SearchPlan, budget_minutes: float) -> list[Candidate]
                 if exc.exit_code == 2 and not isinstance(exc, ConfigError):
                     raise  # a broken model or dataset is not a candidate's fault
                 c.status, c.reason = "failed", str(exc).splitlines()[0][:300]
+            except Exception as exc:  # noqa: BLE001 - an unexpected failure of one candidate; the others go on
+                c.status, c.reason = (
+                    "failed",
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
+                )
             tick(1)
     for c in plan.candidates:
         c.from_cache = c.status == "cached"
@@ -339,6 +344,12 @@ def _row(c: Candidate, winner, ref, front: set[str]) -> dict:
     return row
 
 
+def _repaired(c: Candidate) -> bool:
+    """Whether the candidate's int8 recipe was changed by an accuracy repair (a fix or layers kept in float)."""
+    repair = (c.manifest.recipe.get("quantization_applied") or {}).get("repair") or {}
+    return repair.get("chosen") not in (None, "as configured")
+
+
 def rank(plan: SearchPlan, measured: list[Candidate], bench: dict) -> tuple[Candidate | None, dict]:
     """Judge every measured candidate by the budgets, pick the winner by the objective; the summary."""
     budgets, objective = plan.profile["budgets"], plan.config["objective"]
@@ -356,6 +367,13 @@ def rank(plan: SearchPlan, measured: list[Candidate], bench: dict) -> tuple[Cand
         c.status = (
             "feasible" if not missed else "rejected" if any(m.verdict == "fail" for m in missed) else "inconclusive"
         )
+        if not missed and ref is not None and _repaired(c) and c.latency["p50_ms"] >= ref.latency["p50_ms"]:
+            c.status = "rejected"  # a repair kept layers in float and lost the point of int8
+            c.reason = (
+                f"not worth it: the repaired int8 ({c.latency['p50_ms']:.3f} ms) is not faster than the fp32 export "
+                f"({ref.label}, {ref.latency['p50_ms']:.3f} ms)"
+            )
+            continue
         if not missed:
             feasible.append(c)
     winner = min(feasible, key=lambda c: _objective(c, objective)) if feasible else None

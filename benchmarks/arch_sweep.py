@@ -1,0 +1,276 @@
+"""Any architecture, every runtime: train torchvision classifiers of many families, build each for the three
+runtimes in fp32 and int8-static (with the accuracy repair), and measure what each cell costs and saves.
+
+    python benchmarks/arch_sweep.py [--data data/synth] [--size 64] [--epochs 8] [--arch NAME ...]
+
+For every architecture: `factory train` on the synthetic set at a small input size (from scratch: nothing
+is downloaded), then `factory build` for cpu, openvino and tflite at fp32 and at int8-static, each target
+isolated (a failure is recorded with its stage and operator and the sweep goes on), then one interleaved
+latency run per runtime of its fp32 and int8 bundles. Accuracy is judged on the test split by the
+non-inferiority rule of the budgets (1.0 pt margin). Resumable: finished cells are kept in the JSON and
+skipped on a re-run. Writes benchmarks/results/arch-sweep.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from factory import progress  # noqa: E402
+from factory._io import atomic_write, write_json  # noqa: E402
+from factory.lineage import host_info  # noqa: E402
+
+# (architecture, family): depthwise, shuffle, squeeze-excitation, fire, residual, RegNet, EfficientNet, NAS, dense,
+# inception, ConvNeXt
+ARCHITECTURES = [
+    ("mobilenet_v2", "depthwise-separable, inverted residual"),
+    ("mobilenet_v3_small", "depthwise + squeeze-excitation + hard-swish"),
+    ("shufflenet_v2_x0_5", "channel shuffle"),
+    ("squeezenet1_1", "fire modules"),
+    ("resnet18", "residual"),
+    ("regnet_x_400mf", "RegNet (grouped convs)"),
+    ("regnet_y_400mf", "RegNet-Y (squeeze-excitation)"),
+    ("efficientnet_b0", "EfficientNet (MBConv, SiLU, SE)"),
+    ("mnasnet0_5", "NAS depthwise"),
+    ("densenet121", "dense connections"),
+    ("googlenet", "inception"),
+    ("convnext_tiny", "ConvNeXt (LayerNorm, GELU)"),
+]
+TARGETS = ("cpu", "openvino", "tflite")
+PRECISIONS = ("fp32", "int8-static")
+
+
+def _train(arch: str, args, out: Path) -> dict:
+    from factory.config import load_config
+    from factory.train.loop import train
+    from factory.train.schema import TRAIN_SCHEMA
+
+    overrides = (
+        f"data.manifest={args.data}/dataset.json",
+        f"model.architecture={arch}",
+        f"model.name=sweep-{arch.replace('_', '-')}",
+        f"model.image_size=[{args.size}, {args.size}]",
+        f"train.epochs={args.epochs}",
+        f"output.dir={out}",
+        "tracking.log_model=false",
+    )
+    started = time.perf_counter()
+    model = train(load_config(str(ROOT / "configs" / "train.yaml"), TRAIN_SCHEMA, overrides))
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "top1": model.card["metrics"]["test"]["top1"],
+        "macs": model.card["complexity"]["macs"],
+        "params": model.card["complexity"]["params"],
+    }
+
+
+def _cell(result) -> dict:
+    """What a build (or its failure) says about one cell."""
+    if not hasattr(result, "manifest"):
+        return {"status": "failed", "stage": result.stage, "operator": result.operator, "reason": result.message}
+    m = result.manifest
+    checks = {c["check"]: c for c in m.validation["checks"]}
+    drop = checks.get("accuracy_drop", {})
+    applied = m.recipe.get("quantization_applied") or {}
+    repair = applied.get("repair") or {}
+    return {
+        "status": "pass" if m.passed else ("inconclusive" if drop.get("verdict") == "inconclusive" else "fail"),
+        "bundle": str(result.folder),
+        "drop_pt": m.validation["parity"]["accuracy_drop_pt"],
+        "drop_interval": drop.get("interval"),
+        "drop_verdict": drop.get("verdict"),
+        "agreement": m.validation["parity"]["top1_agreement"],
+        "reason": "; ".join(f"{c['check']} {c['why']}" for c in m.validation["checks"] if not c["passed"]),
+        "repair": {
+            "worked": repair.get("worked"),
+            "chosen": repair.get("chosen"),
+            "kept_float": applied.get("keep_float") or [],
+            "attempts": [(a["fix"], a["val"]["drop_pt"], a["val"]["agreement"]) for a in repair.get("attempts", [])],
+        }
+        if repair
+        else None,
+    }
+
+
+def _latency(cells: dict, seconds: float) -> None:
+    """fp32 and int8 of one runtime in one interleaved run: the int8/fp32 ratio of p50."""
+    from factory.bench.run import run_bench
+
+    built = {p: c for p, c in cells.items() if c.get("bundle")}
+    if len(built) < 2:
+        return
+    report = run_bench([c["bundle"] for c in built.values()], seconds=seconds, accuracy=False)
+    by_path = {a["source"]: a["latency"]["p50_ms"] for a in report["artifacts"]}
+    for c in built.values():
+        c["p50_ms"] = next((v for k, v in by_path.items() if str(k).rstrip("/") == c["bundle"].rstrip("/")), None)
+    if all(c.get("p50_ms") for c in built.values()):
+        cells["int8-static"]["ratio_vs_fp32"] = cells["int8-static"]["p50_ms"] / cells["fp32"]["p50_ms"]
+
+
+def _verdict(c: dict) -> str:
+    if c["status"] == "failed":
+        where = f"{c['stage']}" + (f", operator {c['operator']}" if c.get("operator") else "")
+        return f"FAILED ({where})"
+    iv = c.get("drop_interval")
+    drop = f"{c['drop_pt']:+.2f}" + (f" [{iv[0]:+.2f}, {iv[1]:+.2f}]" if iv else "")
+    return f"{c['status']} {drop}"
+
+
+def _markdown(result: dict, args) -> str:
+    h = result["host"]
+    lines = [
+        f"# Architecture sweep on {h['cpu']} ({h['cores']} cores)",
+        "",
+        f"Each architecture trained from scratch on `{args.data}` at {args.size}x{args.size} for {args.epochs} epochs "
+        "(configs/train.yaml otherwise), then built for every runtime at fp32 and int8-static (accuracy repair on). "
+        "Accuracy: drop against the canonical model on the test split with Tango's 95% interval, judged against the "
+        "1.0 pt margin. Latency: p50 of the int8 bundle over the fp32 bundle of the same runtime, one interleaved "
+        "run per runtime.",
+        "",
+        "| architecture | family | train | top-1 | runtime | fp32 | int8-static | int8 repair | int8/fp32 p50 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arch, family in ARCHITECTURES:
+        r = result["architectures"].get(arch)
+        if not r:
+            continue
+        t = r.get("train", {})
+        for i, target in enumerate(TARGETS):
+            cells = r.get("cells", {}).get(target, {})
+            fp, q = cells.get("fp32"), cells.get("int8-static")
+            rep = (q or {}).get("repair") or {}
+            fix = rep.get("chosen") or "-"
+            if rep.get("kept_float"):
+                fix += f" ({len(rep['kept_float'])} kept: {', '.join(rep['kept_float'][:3])}" + (
+                    "...)" if len(rep["kept_float"]) > 3 else ")"
+                )
+            ratio = (q or {}).get("ratio_vs_fp32")
+            worth = (
+                ""
+                if ratio is None or not rep.get("chosen") or rep["chosen"] == "as configured" or ratio < 1
+                else (" (not worth it)")
+            )
+            first = i == 0
+            train_s = f"{t['seconds']:.0f} s" if first and t.get("seconds") is not None else ""
+            top1 = f"{t['top1']:.3f}" if first and t.get("top1") is not None else ""
+            lines.append(
+                f"| {arch if first else ''} | {family if first else ''} | {train_s} | {top1} | {target} | "
+                f"{_verdict(fp) if fp else '-'} | {_verdict(q) if q else '-'} | {fix} | "
+                f"{f'{ratio:.2f}x{worth}' if ratio else '-'} |"
+            )
+    s = result.get("summary", {})
+    lines += [
+        "",
+        f"Cells: {s.get('cells', 0)}; within the margin {s.get('within', 0)}; failed with a named stage "
+        f"{s.get('failed', 0)}; beyond or inconclusive {s.get('beyond', 0)}. int8 cells the runtime could build: "
+        f"{s.get('int8_built', 0)}, within the margin after repair {s.get('int8_within', 0)} "
+        f"({s.get('int8_share', 0):.0%}; goal >= 90%). Repairs that changed the recipe: {s.get('repaired', 0)}; "
+        f"of those slower than fp32 (not worth it): {s.get('not_worth_it', 0)}.",
+        "",
+        f"Reproduce: `python benchmarks/arch_sweep.py --data {args.data} --size {args.size} --epochs {args.epochs}` "
+        f"({result.get('minutes', 0):.0f} minutes here).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _summary(result: dict) -> dict:
+    cells = [
+        (target, prec, c)
+        for r in result["architectures"].values()
+        for target, by_prec in r.get("cells", {}).items()
+        for prec, c in by_prec.items()
+    ]
+    int8 = [c for _, p, c in cells if p == "int8-static" and c["status"] != "failed"]
+    repaired = [c for c in int8 if (c.get("repair") or {}).get("chosen") not in (None, "as configured")]
+    return {
+        "cells": len(cells),
+        "within": sum(c["status"] == "pass" for _, _, c in cells),
+        "failed": sum(c["status"] == "failed" for _, _, c in cells),
+        "beyond": sum(c["status"] in ("fail", "inconclusive") for _, _, c in cells),
+        "int8_built": len(int8),
+        "int8_within": sum(c["status"] == "pass" for c in int8),
+        "int8_share": (sum(c["status"] == "pass" for c in int8) / len(int8)) if int8 else 0.0,
+        "repaired": len(repaired),
+        "not_worth_it": sum((c.get("ratio_vs_fp32") or 0) >= 1 for c in repaired),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="data/synth", help="a dataset folder (make run synthesizes data/synth)")
+    ap.add_argument("--size", type=int, default=64, help="input height and width")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--arch", action="append", help="only these architectures (default: all)")
+    ap.add_argument("--work", default="sweep", help="models, bundles and cache of the sweep")
+    ap.add_argument("--bench-seconds", type=float, default=6.0)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "arch-sweep"))
+    args = ap.parse_args()
+    from factory.bundle.signing import generate_keys
+    from factory.pipeline.build import build, isolated, load_context
+
+    def _build(model_dir: Path, target: str, precision: str, ctx):
+        return build(
+            model_dir,
+            target,
+            key_path=key,
+            data=args.data,
+            out_root=work / "bundles" / precision,
+            overrides=(f"recipe.precision={precision}",),
+            cache_dir=work / "cache",
+            track=False,
+            context=ctx,
+        )
+
+    work = Path(args.work)
+    key = work / "keys" / "signing.key"
+    if not key.is_file():
+        generate_keys(work / "keys" / "signing")
+    out_json = Path(args.out + ".json")
+    result = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    result |= {"host": host_info(), "settings": vars(args)}
+    result.setdefault("architectures", {})
+    started = time.perf_counter() - 60 * result.get("minutes", 0)
+    chosen = [a for a in ARCHITECTURES if not args.arch or a[0] in args.arch]
+    for arch, family in chosen:
+        r = result["architectures"].setdefault(arch, {"family": family})
+        model_dir = work / "models" / arch
+        if "train" not in r:
+            progress.info(f"== {arch}: training")
+            try:
+                r["train"] = _train(arch, args, model_dir)
+            except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on with the next architecture
+                r["train_error"] = str(exc).splitlines()[0][:300]
+                continue
+        ctx = load_context(model_dir, args.data)
+        for target in TARGETS:
+            cells = r.setdefault("cells", {}).setdefault(target, {})
+            for precision in PRECISIONS:
+                if precision in cells:
+                    continue
+                progress.info(f"== {arch}: {target} {precision}")
+                res = isolated(target, None, lambda t=target, p=precision, m=model_dir, c=ctx: _build(m, t, p, c))
+                cells[precision] = _cell(res)
+            if "ratio_vs_fp32" not in cells.get("int8-static", {}):
+                try:
+                    _latency(cells, args.bench_seconds)
+                except Exception as exc:  # noqa: BLE001 - a latency run that fails is recorded, not fatal
+                    r.setdefault("latency_errors", {})[target] = str(exc).splitlines()[0][:300]
+            result["minutes"] = round((time.perf_counter() - started) / 60, 1)
+            result["summary"] = _summary(result)
+            write_json(out_json, result)  # after every runtime: the sweep resumes where it stopped
+            atomic_write(args.out + ".md", _markdown(result, args))
+    result["summary"] = _summary(result)
+    write_json(out_json, result)
+    atomic_write(args.out + ".md", _markdown(result, args))
+    print(_markdown(result, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Accuracy repair for int8: when a quantized artifact misses its margin, find why and fix it.
+
+The order is the one an engineer would follow by hand, cheapest first:
+
+1. the recipe as configured;
+2. the backend's cheaper fixes, one at a time (more calibration images, another range estimator,
+   full bias correction...): :meth:`Backend.cheap_fixes`;
+3. the layers responsible kept in float: every quantizable layer (:meth:`Backend.quantizable_layers`)
+   is kept in float once, with the runtime's own mechanism (``keep_float``: excluded nodes in ONNX
+   Runtime, an NNCF ignored scope in OpenVINO, a no-quantize recipe entry in ai-edge-quantizer), and
+   ranked by how much the output error against the fp32 export falls (:func:`rank_layers`); then the
+   top 1, 2, 4, 8... are kept in float together until the artifact is within the target (at most
+   half of the layers: beyond that it is not an int8 model any more).
+
+Every attempt is judged on the **validation** split (never the test split, which the build's budgets
+judge afterwards) against the canonical model: the net images lost and the agreement, with a
+target tighter than the budgets (half the margin, half the allowed disagreement), so the test split
+is likely to confirm it. Every attempt, the ranking and what worked are returned as facts for the
+manifest; the repaired recipe (``keep_float`` and the options that worked) is an ordinary recipe.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import progress
+
+__all__ = ["ValidationSet", "judge", "rank_layers", "repair_quantization", "quick_compare"]
+
+MAX_KEPT_SHARE = 0.5  # keep at most this share of the quantizable layers in float (beyond: not int8 any more)
+PROBE_IMAGES = 64  # validation images the layer ranking compares outputs on
+
+
+@dataclass
+class ValidationSet:
+    """The validation split with the canonical model's predictions on it."""
+
+    x: np.ndarray
+    y: np.ndarray
+    reference: np.ndarray  # canonical logits
+
+
+def judge(logits: np.ndarray, val: ValidationSet, budgets: dict) -> dict:
+    """Net drop and agreement of an artifact against the canonical model on the validation split, and
+    whether that is within the repair target (half the margin, half the allowed disagreement)."""
+    pred, ref = logits.argmax(1), val.reference.argmax(1)
+    ok_ref, ok = ref == val.y, pred == val.y
+    n = len(val.y)
+    lost, gained = int((ok_ref & ~ok).sum()), int((~ok_ref & ok).sum())
+    disagree = int((pred != ref).sum())
+    drop_pt = 100.0 * (lost - gained) / n
+    margin, floor = budgets.get("max_accuracy_drop_pt"), budgets.get("min_top1_agreement")
+    within = (margin is None or drop_pt <= margin / 2) and (not floor or disagree / n <= (1 - floor) / 2)
+    return {
+        "n": n,
+        "lost": lost,
+        "gained": gained,
+        "drop_pt": round(drop_pt, 4),
+        "agreement": round(1 - disagree / n, 6),
+        "within_target": bool(within),
+    }
+
+
+def _score(v: dict) -> tuple:
+    return (v["within_target"], -v["drop_pt"], v["agreement"])
+
+
+def _logits(runner, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    return np.concatenate([runner(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def repair_quantization(
+    quantize: Callable[[dict, Path], tuple[Path, dict]],
+    load: Callable[[Path], Callable],
+    *,
+    fp32: Path,
+    options: dict,
+    work: Path,
+    val: ValidationSet,
+    budgets: dict,
+    cheap_fixes: list[tuple[str, dict]],
+    layers: Callable[[], list[str]],
+) -> tuple[Path, dict]:
+    """Quantize as configured; if the validation split says it misses the target, try the cheaper fixes,
+    then keep the most sensitive layers in float. Returns the chosen artifact and its facts, with the
+    repair's record under ``repair``: target, every attempt, the ranking, what worked, and (when the
+    recipe changed) the indicative latency of the fp32 export, the unrepaired and the repaired int8."""
+    attempts: list[dict] = []
+    tried: list[Path] = []
+    best: tuple | None = None  # (score, artifact, facts, options)
+
+    def attempt(fix: str, opts: dict) -> bool:
+        nonlocal best
+        folder = work / f"repair-{len(attempts)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        artifact, facts = quantize(opts, folder)
+        v = judge(_logits(load(artifact), val.x), val, budgets)
+        attempts.append({"fix": fix, "val": v, "seconds": round(time.perf_counter() - started, 1)})
+        tried.append(artifact)
+        progress.info(
+            f"  repair: {fix}: validation drop {v['drop_pt']:+.2f} pt, agreement {v['agreement']:.4f}"
+            + (" (within target)" if v["within_target"] else "")
+        )
+        if best is None or _score(v) > best[0]:
+            best = (_score(v), artifact, facts, opts)
+        return v["within_target"]
+
+    target = {
+        "split": "val",
+        "max_drop_pt": None if budgets.get("max_accuracy_drop_pt") is None else budgets["max_accuracy_drop_pt"] / 2,
+        "min_agreement": None if not budgets.get("min_top1_agreement") else 1 - (1 - budgets["min_top1_agreement"]) / 2,
+    }
+    facts = {"target": target, "attempts": attempts, "worked": None}
+
+    def done() -> tuple[Path, dict]:
+        chosen = best[1]
+        if chosen != tried[0]:  # the recipe changed: what did it cost?
+            facts["latency_ms"] = quick_compare(
+                load, {"fp32_export": fp32, "int8_as_configured": tried[0], "int8_repaired": chosen}, val.x
+            )
+        facts["chosen"] = attempts[tried.index(chosen)]["fix"]
+        return chosen, best[2] | {"keep_float": list(best[3].get("keep_float") or []), "repair": facts}
+
+    if attempt("as configured", options):
+        facts["worked"] = "as configured"
+        return done()
+    if options.get("repair", "auto") == "off":
+        return done()
+    for fix, overrides in cheap_fixes:
+        if attempt(fix, {**options, **overrides}):
+            facts["worked"] = fix
+            return done()
+
+    base_opts = best[3]  # the best so far: a cheap fix that helped stays
+    ranking = rank_layers(quantize, load, layers(), base_opts, fp32, val.x[:PROBE_IMAGES], work / "rank")
+    facts["sensitivity"] = [{"layer": name, "error": round(float(err), 6)} for name, err in ranking[:20]]
+    facts["quantizable_layers"] = len(ranking)
+    limit = max(1, int(len(ranking) * MAX_KEPT_SHARE))
+    k = 1
+    while True:
+        keep = sorted(set(base_opts.get("keep_float") or []) | {name for name, _ in ranking[:k]})
+        fix = f"keep the {k} most sensitive layer(s) in float"
+        if attempt(fix, {**base_opts, "keep_float": keep}):
+            facts["worked"] = fix
+            break
+        if k >= limit:
+            break
+        k = min(k * 2, limit)
+    return done()
+
+
+def _relative_error(logits: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.mean((logits - reference) ** 2) / max(float(np.mean(reference**2)), 1e-12))
+
+
+def rank_layers(
+    quantize: Callable[[dict, Path], tuple[Path, dict]],
+    load: Callable[[Path], Callable],
+    layers: list[str],
+    options: dict,
+    fp32: Path,
+    probe: np.ndarray,
+    work: Path,
+) -> list[tuple[str, float]]:
+    """Each quantizable layer's sensitivity: how much the int8 model's output error (relative squared
+    error of the logits against the fp32 export, on ``probe`` validation images) falls when that one
+    layer is kept in float with the runtime's own mechanism. Most sensitive first."""
+    reference = _logits(load(fp32), probe)
+
+    def error(opts: dict, folder: Path) -> float:
+        folder.mkdir(parents=True, exist_ok=True)
+        artifact, _ = quantize(opts, folder)
+        return _relative_error(_logits(load(artifact), probe), reference)
+
+    base_keep = list(options.get("keep_float") or [])
+    base = error(options, work / "base")
+    ranking = []
+    with progress.bar(f"ranking {len(layers)} layers (each kept in float once)", len(layers)) as tick:
+        for i, name in enumerate(layers):
+            if name not in base_keep:
+                ranking.append((name, base - error({**options, "keep_float": [*base_keep, name]}, work / str(i))))
+            tick(1)
+    return sorted(ranking, key=lambda r: -r[1])
+
+
+def quick_compare(load: Callable[[Path], Callable], paths: dict[str, Path], x: np.ndarray, rounds: int = 15) -> dict:
+    """Indicative p50 latency (ms, batch 1) of a few artifacts, interleaved in one process: what a repair
+    cost against the unrepaired int8 and the fp32 export. The search's interleaved benchmark decides."""
+    runners = {k: load(p) for k, p in paths.items()}
+    one = x[:1]
+    for r in runners.values():
+        for _ in range(5):
+            r(one)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, r in runners.items():
+            for _ in range(5):
+                t0 = time.perf_counter()
+                r(one)
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: round(float(np.median(v)), 4) for k, v in times.items()}

@@ -1,0 +1,116 @@
+"""int8 accuracy repair: a model that int8 breaks on purpose is brought back within its target."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import build_args, invoke, write_train_config
+
+
+def _spiky(num_classes: int):
+    """A small CNN whose float function is ordinary but whose second block's output carries one channel
+    500x hotter than the others (multiplied in, divided back out before the next convolution): one
+    per-tensor int8 scale for that tensor rounds every other channel to a few levels."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Spiky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 16, 3, 2, 1)
+            self.c2 = nn.Conv2d(16, 32, 3, 2, 1)
+            self.c3 = nn.Conv2d(32, 48, 3, 2, 1)
+            self.head = nn.Linear(48, num_classes)
+            gain = torch.ones(1, 32, 1, 1)
+            gain[0, 0] = 500.0
+            self.register_buffer("gain", gain)
+
+        def forward(self, x):
+            x = F.relu(self.c1(x))
+            x = F.relu(self.c2(x) * self.gain)
+            x = F.relu(self.c3(x / self.gain))
+            return self.head(x.mean((2, 3)))
+
+    return Spiky()
+
+
+@pytest.fixture(scope="module")
+def spiky_model(tmp_path_factory):
+    from factory.data.synth import synthesize
+    from factory.train import models
+
+    work = tmp_path_factory.mktemp("spiky")
+    synthesize(work / "data", seed=5, per_class=40, size=(96, 72))  # ~64 validation and ~64 test images
+    models._LOCAL["spiky-cnn"] = _spiky  # registered for this module's tests only
+    cfg = write_train_config(
+        work / "t.yaml",
+        work / "data" / "dataset.json",
+        work / "model",
+        model__architecture="spiky-cnn",
+        train__epochs=3,
+        tracking__log_model=False,
+    )
+    result = invoke("train", "--config", str(cfg))
+    assert result.exit_code == 0, result.output
+    yield work
+    models._LOCAL.pop("spiky-cnn", None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["cpu", "openvino", "tflite"])
+def test_repair_brings_a_sensitive_model_back_within_its_margin(spiky_model, target, keypair, loose_targets):
+    work = spiky_model
+    result = invoke(
+        *build_args(
+            work / "model",
+            target,
+            keypair,
+            loose_targets,
+            work / f"b-{target}",
+            "--data",
+            str(work / "data"),
+            "--no-track",
+            "--precision",
+            "int8-static",
+            "--set",
+            "budgets.max_accuracy_drop_pt=20",
+            "--set",
+            "budgets.min_top1_agreement=0.8",
+        )
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(next((work / f"b-{target}").rglob("manifest.json")).read_text())
+    applied = manifest["recipe"]["quantization_applied"]
+    repair = applied["repair"]
+    first = repair["attempts"][0]
+    assert first["fix"] == "as configured" and not first["val"]["within_target"]  # int8 broke it
+    assert repair["worked"] not in (None, "as configured"), repair  # and the repair fixed it
+    assert repair["attempts"][-1]["val"]["within_target"] and repair["chosen"] == repair["worked"]
+    assert repair["target"] == {"split": "val", "max_drop_pt": 10.0, "min_agreement": 0.9}
+    if repair["worked"].startswith("keep"):  # layers kept in float are named, and ranked by measured sensitivity
+        assert applied["keep_float"] and repair["sensitivity"][0]["error"] > 0
+    assert set(repair["latency_ms"]) == {"fp32_export", "int8_as_configured", "int8_repaired"}
+    assert manifest["validation"]["passed"]  # the test split confirms it within the budgets
+
+
+def test_judge_counts_net_loss_and_agreement_against_the_canonical_model():
+    from factory.export.repair import ValidationSet, judge
+
+    y = np.array([0, 1, 1, 0, 1, 0, 1, 1, 0, 0])
+    reference = np.eye(2)[y].astype(np.float32)  # the canonical model is right on every image
+    logits = reference.copy()
+    logits[:2] = logits[:2, ::-1]  # two images flipped: lost
+    v = judge(logits, ValidationSet(np.zeros((10, 1)), y, reference), {"max_accuracy_drop_pt": 50.0})
+    assert (v["lost"], v["gained"], v["drop_pt"], v["agreement"]) == (2, 0, 20.0, 0.8)
+    assert v["within_target"]  # 20 pt <= half of 50
+    assert not judge(logits, ValidationSet(np.zeros((10, 1)), y, reference), {"max_accuracy_drop_pt": 30.0})[
+        "within_target"
+    ]
+    # agreement: 0.8 misses half of a 0.9 floor's allowance (at most 5% may disagree)
+    assert not judge(logits, ValidationSet(np.zeros((10, 1)), y, reference), {"min_top1_agreement": 0.9})[
+        "within_target"
+    ]
