@@ -225,7 +225,9 @@ def test_02_one_forged_device_cannot_roll_a_healthy_release_back(sec):
     sec["admin"].act("forged-errors", "rollback", "test done")
     report = httpx.get(sec["url"] + "/v1/health", headers=_h(sec["tokens"]["viewer"])).json()
     windows = next(x for x in report["rollouts"] if x["name"] == "forged-errors")["targets"]["cpu"]["windows"]
-    assert any((w["verdict"] or {}).get("single_device", {}).get("device_id") == "forged-errors-bad" for w in windows)
+    # healthy in every window: errors concentrated on one device are discounted by the dispersion between devices
+    # (the device is the unit), and whatever is left cannot rest on one device (leave-one-out)
+    assert windows and all((w["verdict"] or {}).get("healthy") is not False for w in windows), windows
 
 
 def test_02_one_inflated_device_cannot_hide_real_errors(sec):

@@ -8,9 +8,11 @@ The order is the one an engineer would follow by hand, cheapest first:
 3. the layers responsible kept in float: every quantizable layer (:meth:`Backend.quantizable_layers`)
    is kept in float once, with the runtime's own mechanism (``keep_float``: excluded nodes in ONNX
    Runtime, an NNCF ignored scope in OpenVINO, a no-quantize recipe entry in ai-edge-quantizer), and
-   ranked by how much the output error against the fp32 export falls (:func:`rank_layers`); then the
-   top 1, 2, 4, 8... are kept in float together until the artifact is within the target (at most
-   half of the layers: beyond that it is not an int8 model any more).
+   ranked by how much the output error against the fp32 export falls (:func:`rank_layers`); a model
+   with more than ``MAX_GROUPS`` such layers is ranked in that many contiguous groups in graph order,
+   so the ranking costs at most ``MAX_GROUPS`` quantizations; then the top 1, 2, 4, 8... are kept in
+   float together until the artifact is within the target (at most half of the layers: beyond that
+   it is not an int8 model any more).
 
 Every attempt is judged on the **validation** split (never the test split, which the build's budgets
 judge afterwards) against the canonical model: the net images lost and the agreement, with a
@@ -34,6 +36,7 @@ __all__ = ["ValidationSet", "judge", "rank_layers", "repair_quantization", "quic
 
 MAX_KEPT_SHARE = 0.5  # keep at most this share of the quantizable layers in float (beyond: not int8 any more)
 PROBE_IMAGES = 64  # validation images the layer ranking compares outputs on
+MAX_GROUPS = 16  # more layers than this are ranked in this many contiguous groups (one quantization per group)
 
 
 @dataclass
@@ -138,14 +141,17 @@ def repair_quantization(
             return done()
 
     base_opts = best[3]  # the best so far: a cheap fix that helped stays
-    ranking = rank_layers(quantize, load, layers(), base_opts, fp32, val.x[:PROBE_IMAGES], work / "rank")
-    facts["sensitivity"] = [{"layer": name, "error": round(float(err), 6)} for name, err in ranking[:20]]
-    facts["quantizable_layers"] = len(ranking)
+    names = [n for n in layers() if n not in (base_opts.get("keep_float") or [])]
+    groups = [list(g) for g in np.array_split(np.array(names, dtype=object), min(MAX_GROUPS, len(names))) if len(g)]
+    ranking = rank_layers(quantize, load, groups, base_opts, fp32, val.x[:PROBE_IMAGES], work / "rank")
+    facts["sensitivity"] = [{"layers": group, "error": round(float(err), 6)} for group, err in ranking[:20]]
+    facts["quantizable_layers"] = len(names)
+    unit = "layer" if all(len(g) == 1 for g in groups) else f"group of ~{len(names) // len(groups)} layers"
     limit = max(1, int(len(ranking) * MAX_KEPT_SHARE))
     k = 1
     while True:
-        keep = sorted(set(base_opts.get("keep_float") or []) | {name for name, _ in ranking[:k]})
-        fix = f"keep the {k} most sensitive layer(s) in float"
+        keep = sorted(set(base_opts.get("keep_float") or []) | {n for group, _ in ranking[:k] for n in group})
+        fix = f"keep the {k} most sensitive {unit}(s) in float"
         if attempt(fix, {**base_opts, "keep_float": keep}):
             facts["worked"] = fix
             break
@@ -162,15 +168,16 @@ def _relative_error(logits: np.ndarray, reference: np.ndarray) -> float:
 def rank_layers(
     quantize: Callable[[dict, Path], tuple[Path, dict]],
     load: Callable[[Path], Callable],
-    layers: list[str],
+    groups: list[list[str]],
     options: dict,
     fp32: Path,
     probe: np.ndarray,
     work: Path,
-) -> list[tuple[str, float]]:
-    """Each quantizable layer's sensitivity: how much the int8 model's output error (relative squared
-    error of the logits against the fp32 export, on ``probe`` validation images) falls when that one
-    layer is kept in float with the runtime's own mechanism. Most sensitive first."""
+) -> list[tuple[list[str], float]]:
+    """Each group of quantizable layers' sensitivity (a group is often one layer): how much the int8
+    model's output error (relative squared error of the logits against the fp32 export, on ``probe``
+    validation images) falls when that group is kept in float with the runtime's own mechanism. Most
+    sensitive first."""
     reference = _logits(load(fp32), probe)
 
     def error(opts: dict, folder: Path) -> float:
@@ -181,10 +188,9 @@ def rank_layers(
     base_keep = list(options.get("keep_float") or [])
     base = error(options, work / "base")
     ranking = []
-    with progress.bar(f"ranking {len(layers)} layers (each kept in float once)", len(layers)) as tick:
-        for i, name in enumerate(layers):
-            if name not in base_keep:
-                ranking.append((name, base - error({**options, "keep_float": [*base_keep, name]}, work / str(i))))
+    with progress.bar(f"ranking {len(groups)} layer groups (each kept in float once)", len(groups)) as tick:
+        for i, group in enumerate(groups):
+            ranking.append((group, base - error({**options, "keep_float": [*base_keep, *group]}, work / str(i))))
             tick(1)
     return sorted(ranking, key=lambda r: -r[1])
 

@@ -2,8 +2,8 @@
 
 For health decisions the device is the unit of trust: :func:`by_device` merges each device's
 summaries of a window, :func:`cap_weights` bounds what any one device contributes (at most a small
-multiple of the median device's count), and :func:`combine` / :func:`without` give the window's
-totals with and without one device, so a verdict can be checked for resting on a single device.
+multiple of the median device's count), and :func:`combine` gives the window's totals over any set
+of devices (all of them, or all but one, to check whether a verdict rests on a single device).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from ..stats import HISTOGRAMS
 
-__all__ = ["merge", "by_device", "cap_weights", "combine", "without"]
+__all__ = ["merge", "by_device", "cap_weights", "combine"]
 
 _ARRAYS = (*HISTOGRAMS, "predicted_class")
 
@@ -82,14 +82,4 @@ def combine(devices: dict[str, dict]) -> dict:
     for d in devices.values():
         _add(out, d)
     out["devices"] = len(devices)
-    return out
-
-
-def without(total: dict, device: dict) -> dict:
-    """The totals with one device's contribution taken out."""
-    out = {k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v) for k, v in total.items()}
-    _add(out, device, -1.0)
-    for k in _ARRAYS:
-        out[k] = np.maximum(out[k], 0.0)  # float rounding never makes a negative count
-    out["devices"] = total["devices"] - 1
     return out

@@ -21,7 +21,7 @@ from ..monitor.summaries import by_device, cap_weights, combine
 from . import db
 from . import rollouts as ro
 
-__all__ = ["release_reference", "series_for", "stage_verdicts", "evaluate_rollouts"]
+__all__ = ["release_reference", "series_for", "stage_series", "stage_verdicts", "evaluate_rollouts"]
 
 
 def release_reference(conn, key: str) -> dict:
@@ -135,7 +135,8 @@ def series_for(
             if rules:
                 fig, verdict = judge_window(devices, ref, p[0] if p else None, rules)
             else:
-                fig, verdict = window_figures(combine(cap_weights(devices, DEVICE_WEIGHT_CAP)), ref), None
+                capped = cap_weights(devices, DEVICE_WEIGHT_CAP)
+                fig, verdict = window_figures(combine(capped), ref, capped), None
             hit = (fig, verdict)
             _CACHE.put(ck, hit)
         out[w] = (hit[0], hit[1], fp)
@@ -146,18 +147,25 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
+def stage_series(conn, r: dict, target: str, stage_index: int, window_seconds: int) -> dict[float, tuple]:
+    """Judged windows of one target in one stage of rollout ``r`` (summaries attributed to that stage),
+    each against the previous release's devices of the same window: what the decisions saw."""
+    key, stage = r["releases"][target], (r["name"], stage_index)
+    first = min(_fingerprints(conn, _where(key, stage, None, window_seconds), window_seconds), default=None)
+    if first is None:
+        return {}
+    prev_key = r["previous"].get(target)
+    prev = series_for(conn, prev_key, window_seconds, since=first) if prev_key else {}
+    return series_for(conn, key, window_seconds, stage=stage, rules=r["plan"]["health"], prev=prev)
+
+
 def stage_verdicts(conn, r: dict, window_seconds: int) -> list[tuple]:
     """``(window_start, target, figures, verdict)`` for every window the rollout's current stage owns."""
-    rules, started = r["plan"]["health"], _epoch(r["stage_started_at"])
-    verdicts = []
-    for target, key in r["releases"].items():
-        stage = (r["name"], r["stage"])
-        prev_key = r["previous"].get(target)
-        first = min(_fingerprints(conn, _where(key, stage, None, window_seconds), window_seconds), default=started)
-        prev = series_for(conn, prev_key, window_seconds, since=first) if prev_key else {}
-        new = series_for(conn, key, window_seconds, stage=stage, rules=rules, prev=prev)
-        verdicts += [(w, target, fig, verdict) for w, (fig, verdict, _) in new.items()]
-    return verdicts
+    return [
+        (w, target, fig, verdict)
+        for target in r["releases"]
+        for w, (fig, verdict, _) in stage_series(conn, r, target, r["stage"], window_seconds).items()
+    ]
 
 
 def _evaluate_one(engine, name: str, window_seconds: int, now: float, actor: str) -> dict | None:

@@ -14,18 +14,17 @@ import time
 import sqlalchemy as sa
 
 from . import db
-from .health import release_reference, series_for
+from . import rollouts as ro
+from .health import release_reference, series_for, stage_series
 
 __all__ = ["health_report", "check_retraining", "Metrics"]
 
 
-def _series(
-    conn, key: str, since: float, window_seconds: int, rules: dict | None, prev_key: str | None = None
-) -> list[dict]:
+def _series(conn, key: str, since: float, window_seconds: int, rules: dict | None) -> list[dict]:
+    """A stable release's windows by time (drift against its reference; no previous release)."""
     ref = release_reference(conn, key)
-    prev = series_for(conn, prev_key, window_seconds, since=since) if prev_key else {}
     out = []
-    for w, (fig, verdict, _) in series_for(conn, key, window_seconds, since=since, rules=rules, prev=prev).items():
+    for w, (fig, verdict, _) in series_for(conn, key, window_seconds, since=since, rules=rules).items():
         fig = dict(fig)
         if rules:
             fig["verdict"] = verdict
@@ -35,22 +34,34 @@ def _series(
     return out
 
 
-def _rollout_entry(conn, r, since: float, window_seconds: int) -> dict:
-    plan, releases, previous = json.loads(r.plan), json.loads(r.releases), json.loads(r.previous)
+def _rollout_entry(conn, name: str, since: float, window_seconds: int) -> dict:
+    """A rollout's windows per target, stage by stage, judged exactly as its decisions were: on the
+    summaries attributed to each stage, against the previous release's devices of the same window."""
+    r = ro.get(conn, name)
     entry = {
-        "name": r.name,
-        "status": r.status,
-        "stage": r.stage,
-        "percent": plan["stages"][r.stage]["percent"],
-        "stages": len(plan["stages"]),
-        "updated_at": r.updated_at,
+        "name": r["name"],
+        "status": r["status"],
+        "stage": r["stage"],
+        "percent": r["plan"]["stages"][r["stage"]]["percent"],
+        "stages": len(r["plan"]["stages"]),
+        "updated_at": r["updated_at"],
         "targets": {},
     }
-    for target, key in releases.items():
+    for target, key in r["releases"].items():
+        manifest_p95 = (release_reference(conn, key).get("latency") or {}).get("p95_ms")
+        windows = []
+        for i in range(r["stage"] + 1):
+            for w, (fig, verdict, _) in stage_series(conn, r, target, i, window_seconds).items():
+                if w >= since - window_seconds:
+                    windows.append(
+                        dict(fig)
+                        | {"verdict": verdict, "window_start": w, "stage": i + 1, "manifest_p95_ms": manifest_p95}
+                    )
         entry["targets"][target] = {
             "release": key,
-            "previous": previous.get(target),
-            "windows": _series(conn, key, since, window_seconds, plan["health"], previous.get(target)),
+            "previous": r["previous"].get(target),
+            "windows": windows,
+            "limits": {k: (r["plan"].get("health") or {}).get(k, d) for k, d in (("max_psi", 0.25), ("max_js", 0.1))},
         }
     return entry
 
@@ -63,7 +74,7 @@ def health_report(engine, window_seconds: int, now: float | None = None, history
     with engine.connect() as conn:
         for r in conn.execute(sa.select(db.rollouts).order_by(db.rollouts.c.id.desc()).limit(20)).all():
             try:
-                report["rollouts"].append(_rollout_entry(conn, r, since, window_seconds))
+                report["rollouts"].append(_rollout_entry(conn, r.name, since, window_seconds))
             except Exception as exc:  # noqa: BLE001 - one unreadable rollout must not hide the others
                 report["rollouts"].append(
                     {
@@ -184,6 +195,8 @@ class Metrics:
     def update(self, report: dict) -> None:
         self.stage.clear()
         for r in report["rollouts"]:
+            if "percent" not in r:  # a rollout the report could not read (its entry says why)
+                continue
             self.stage.labels(r["name"], r["status"]).set(r["percent"])
             for t in r["targets"].values():
                 self._release(t["release"], t["windows"])

@@ -128,7 +128,22 @@ PLAN_SCHEMA = {
         "max_js": Key(
             float, 0.1, "Jensen-Shannon divergence of predicted classes vs the reference", check=_between(0, 1)
         ),
-        "min_inferences": Key(int, 50, "inferences a window needs before it is judged", check=_between(1, 10**9)),
+        "min_inferences": Key(
+            int, 50, "inferences a window needs (per target) before it is judged", check=_between(1, 10**9)
+        ),
+        "alpha": Key(
+            float,
+            0.01,
+            "false-alarm probability of the error and latency rules in one window at their limits: a rule "
+            "fails a window only when its confidence bound says so at this level",
+            check=_between(1e-9, 0.2),
+        ),
+        "drift_alpha": Key(
+            float,
+            0.001,
+            "significance level of the chi-square test each drift signal needs besides its PSI/JS limit",
+            check=_between(1e-9, 0.2),
+        ),
         "windows_to_halt": Key(
             int, 2, "consecutive unhealthy windows before the stage is halted", check=_between(1, 1000)
         ),

@@ -34,20 +34,24 @@ function f(x, d=3){ return x === null || x === undefined ? "-" : esc(Number(x).t
 function token(){ const m = location.hash.match(/token=([^&]+)/);
   if(m){ localStorage.setItem("factory-token", decodeURIComponent(m[1])); history.replaceState(null, "", location.pathname); }
   return localStorage.getItem("factory-token"); }
-function maxDrift(w){ const v = Object.values(w.drift || {}).filter(x => x !== null); return v.length ? Math.max(...v) : null; }
-function windowsTable(ws){
+// drift signals on one scale: each as a share of its own limit (PSI and JS are not comparable)
+function maxDrift(w, lim){ const v = Object.entries(w.drift || {}).filter(([k, x]) => x !== null)
+  .map(([k, x]) => x / (k.startsWith("js") ? lim.max_js : lim.max_psi)); return v.length ? Math.max(...v) : null; }
+function windowsTable(ws, lim){
+  lim = lim || {max_psi: 0.25, max_js: 0.1};
   if(!ws.length) return '<p class="muted">no telemetry yet</p>';
   let h = '<table><tr><th class="l">window</th><th>inferences</th><th>devices</th><th>error rate</th><th>p50 ms</th><th>p95 ms</th>' +
-          '<th>p95 vs previous</th><th>PSI conf.</th><th>PSI bright.</th><th>JS class</th><th class="l">verdict</th></tr>';
+          '<th>p95 vs previous</th><th>PSI conf.</th><th>PSI bright.</th><th>PSI contr.</th><th>JS class</th><th class="l">verdict</th></tr>';
   for(const w of ws.slice(-8)){
     const v = w.verdict || {}; const verdict = v.healthy === true ? '<span class="ok">healthy</span>' :
       v.healthy === false ? '<span class="bad">unhealthy: ' + esc(v.violations.join("; ")) + '</span>' : '<span class="muted">' + esc(v.why || "") + '</span>';
-    h += `<tr><td class="l">${new Date(w.window_start*1000).toISOString().slice(11,19)}</td><td>${f(w.count, 0)}</td><td>${f(w.devices, 0)}</td>` +
+    const stage = w.stage ? ` (stage ${f(w.stage, 0)})` : "";
+    h += `<tr><td class="l">${new Date(w.window_start*1000).toISOString().slice(11,19)}${stage}</td><td>${f(w.count, 0)}</td><td>${f(w.devices, 0)}</td>` +
          `<td>${f(w.error_rate)}</td><td>${f(w.p50_ms,2)}</td><td>${f(w.p95_ms,2)}</td><td>${f(w.latency_p95_ratio,2)}</td>` +
-         `<td>${f(w.drift.psi_confidence)}</td><td>${f(w.drift.psi_brightness)}</td><td>${f(w.drift.js_class)}</td><td class="l">${verdict}</td></tr>`;
+         `<td>${f(w.drift.psi_confidence)}</td><td>${f(w.drift.psi_brightness)}</td><td>${f(w.drift.psi_contrast)}</td><td>${f(w.drift.js_class)}</td><td class="l">${verdict}</td></tr>`;
   }
   return h + '</table>' + `<div>trend p95 <span class="spark">${spark(ws.map(w => w.p95_ms))}</span> &nbsp; ` +
-         `max drift <span class="spark">${spark(ws.map(maxDrift))}</span></div>`;
+         `drift (largest signal / its limit) <span class="spark">${spark(ws.map(w => maxDrift(w, lim)))}</span></div>`;
 }
 async function refresh(){
   try{
@@ -62,7 +66,7 @@ async function refresh(){
       out += `<div class="rollout" data-name="${esc(ro.name)}"><b>${esc(ro.name)}</b><span class="pill ${cls}">${esc(ro.status)}</span>` +
              `<span class="pill">stage ${f(ro.stage + 1, 0)}/${f(ro.stages, 0)} (${f(ro.percent, 0)}%)</span>` +
              (ro.error ? `<p class="bad">${esc(ro.error)}</p>` : "");
-      for(const [t, d] of Object.entries(ro.targets)){ out += `<p>${esc(t)}: <b>${esc(d.release)}</b> (previous ${esc(d.previous || "none")})</p>` + windowsTable(d.windows); }
+      for(const [t, d] of Object.entries(ro.targets)){ out += `<p>${esc(t)}: <b>${esc(d.release)}</b> (previous ${esc(d.previous || "none")})</p>` + windowsTable(d.windows, d.limits); }
       out += "</div>";
     }
     document.getElementById("rollouts").innerHTML = out || '<p class="muted">no rollouts</p>';
