@@ -70,6 +70,10 @@ def _train(arch: str, args, out: Path) -> dict:
     }
 
 
+def _classes(data: str) -> int:
+    return len(json.loads((Path(data) / "dataset.json").read_text())["classes"])
+
+
 def _cell(result) -> dict:
     """What a build (or its failure) says about one cell."""
     if not hasattr(result, "manifest"):
@@ -143,6 +147,9 @@ def _markdown(result: dict, args) -> str:
         if not r:
             continue
         t = r.get("train", {})
+        if r.get("train_error"):
+            lines.append(f"| {arch} | {family} | {t.get('seconds', 0):.0f} s | - | - | {r['train_error']} | | | |")
+            continue
         for i, target in enumerate(TARGETS):
             cells = r.get("cells", {}).get(target, {})
             fp, q = cells.get("fp32"), cells.get("int8-static")
@@ -250,6 +257,14 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - recorded; the sweep goes on with the next architecture
                 r["train_error"] = str(exc).splitlines()[0][:300]
                 continue
+        if "train" in r and r["train"]["top1"] < 2.0 / r["train"].setdefault("classes", _classes(args.data)):
+            # a model that learned nothing (constant output) would pass every parity check: not a result
+            r["train_error"] = (
+                f"did not learn in {args.epochs} epochs at this size and learning rate: test top-1 "
+                f"{r['train']['top1']:.3f}, chance {1 / r['train']['classes']:.3f}; not built"
+            )
+            write_json(out_json, result)
+            continue
         ctx = load_context(model_dir, args.data)
         for target in TARGETS:
             cells = r.setdefault("cells", {}).setdefault(target, {})
