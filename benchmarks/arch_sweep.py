@@ -211,6 +211,42 @@ def _summary(result: dict) -> dict:
     }
 
 
+def _running(r: dict, out_json: Path, result: dict, target: str, precision: str | None, step: str) -> None:
+    """Say on disk which cell is being worked on: if the process dies there, the supervisor records it."""
+    r["running"] = {"target": target, "precision": precision, "step": step}
+    write_json(out_json, result)
+
+
+def _supervise(args) -> None:
+    """Run each architecture in its own process. A runtime that crashes natively (a segfault in a delegate)
+    takes only that process down: the cell it was working on is recorded as failed and the sweep goes on."""
+    import subprocess
+
+    out_json = Path(args.out + ".json")
+    for arch, _ in [a for a in ARCHITECTURES if not args.arch or a[0] in args.arch]:
+        for _attempt in range(12):
+            cmd = [sys.executable, __file__, "--child", "--arch", arch]
+            for flag in ("data", "size", "epochs", "work", "bench_seconds", "out"):
+                cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+            rc = subprocess.run(cmd).returncode
+            result = json.loads(out_json.read_text()) if out_json.is_file() else {"architectures": {}}
+            r = result["architectures"].get(arch, {})
+            where = r.pop("running", None)
+            if rc == 0 or where is None:
+                break
+            why = f"the process died (exit {rc}: a native crash in the runtime) during {where['step']}"
+            cells = r.setdefault("cells", {}).setdefault(where["target"], {})
+            if where["step"] == "build":
+                cells[where["precision"]] = {"status": "failed", "stage": "process", "operator": None, "reason": why}
+            else:
+                r.setdefault("latency_errors", {})[where["target"]] = why
+            progress.info(f"== {arch}: {why}; recorded, going on")
+            write_json(out_json, result)
+    result = json.loads(out_json.read_text())
+    atomic_write(args.out + ".md", _markdown(result, args))
+    print(_markdown(result, args))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="data/synth", help="a dataset folder (make run synthesizes data/synth)")
@@ -220,7 +256,11 @@ def main() -> None:
     ap.add_argument("--work", default="sweep", help="models, bundles and cache of the sweep")
     ap.add_argument("--bench-seconds", type=float, default=6.0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "arch-sweep"))
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if not args.child:
+        _supervise(args)
+        return
     from factory.bundle.signing import generate_keys
     from factory.pipeline.build import build, isolated, load_context
 
@@ -272,13 +312,16 @@ def main() -> None:
                 if precision in cells:
                     continue
                 progress.info(f"== {arch}: {target} {precision}")
+                _running(r, out_json, result, target, precision, "build")
                 res = isolated(target, None, lambda t=target, p=precision, m=model_dir, c=ctx: _build(m, t, p, c))
                 cells[precision] = _cell(res)
-            if "ratio_vs_fp32" not in cells.get("int8-static", {}):
+            if "ratio_vs_fp32" not in cells.get("int8-static", {}) and target not in r.get("latency_errors", {}):
+                _running(r, out_json, result, target, None, "latency")
                 try:
                     _latency(cells, args.bench_seconds)
                 except Exception as exc:  # noqa: BLE001 - a latency run that fails is recorded, not fatal
                     r.setdefault("latency_errors", {})[target] = str(exc).splitlines()[0][:300]
+            r.pop("running", None)
             result["minutes"] = round((time.perf_counter() - started) / 60, 1)
             result["summary"] = _summary(result)
             write_json(out_json, result)  # after every runtime: the sweep resumes where it stopped
