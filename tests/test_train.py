@@ -135,3 +135,14 @@ def test_corrupt_canonical_model_is_detected(tmp_path, trained):
     (copy / "model_card.json").write_text("{not json")
     with pytest.raises(ModelError, match="malformed model card"):
         load_canonical(copy)
+
+
+def test_inception_style_models_give_logits_in_train_mode():
+    """googlenet's auxiliary heads would make the training loop receive a namedtuple instead of logits."""
+    import torch
+
+    from factory.train.models import create_model
+
+    model = create_model("googlenet", 4).train()
+    out = model(torch.zeros(2, 3, 64, 64))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 4)

@@ -71,7 +71,9 @@ def create_model(name: str, num_classes: int, pretrained: str | Path | None = No
             raise UnknownNameError(
                 "architecture", name, list_models(), hint="set model.architecture in the training config"
             )
-        model = tvm.get_model(name, weights=None, num_classes=num_classes)
+        # Inception-style nets add auxiliary heads in train mode (a namedtuple, not logits): one head only
+        extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+        model = tvm.get_model(name, weights=None, num_classes=num_classes, **extra)
     if pretrained:
         load_pretrained(model, pretrained)
     return model
