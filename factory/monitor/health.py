@@ -30,13 +30,12 @@ from .drift import js_divergence
 from .rules import histogram_test, log_mean, share_above, share_test, smoothed_psi, z_of
 from .summaries import cap_weights, combine
 
-__all__ = ["window_figures", "judge", "judge_window", "decide", "ALPHA", "DRIFT_ALPHA", "DRIFT_SIGNALS"]
+__all__ = ["window_figures", "judge", "judge_window", "decide", "ALPHA", "DRIFT_ALPHA"]
 
 DEVICE_WEIGHT_CAP = 2.0  # a device counts for at most this many times the median device of its window
 _MOST_INFLUENTIAL = 50  # devices checked for carrying a verdict alone (by weight, and by errors)
 ALPHA = 0.01  # default false-alarm probability of the error and latency rules in one window, at their limit
 DRIFT_ALPHA = 0.001  # ... and of each drift signal (four per window; PSI is noisiest where windows are small)
-DRIFT_SIGNALS = ("psi_confidence", "psi_brightness", "psi_contrast", "js_class")
 _TAIL = 0.05  # p95: at most 5% of inferences may be slower than the limit
 _P95_UPPER_Z = z_of(0.05)  # the previous release's p95 is taken at its 95% upper confidence bound
 

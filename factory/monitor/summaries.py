@@ -25,15 +25,15 @@ def _empty() -> dict:
     }
 
 
-def _add(out: dict, s: dict, sign: float = 1.0) -> None:
-    out["count"] += sign * s["count"]
-    out["errors"] += sign * s["errors"]
+def _add(out: dict, s: dict) -> None:
+    out["count"] += s["count"]
+    out["errors"] += s["errors"]
     for k in HISTOGRAMS:
-        out[k] = out[k] + sign * np.asarray(s[k], np.float64)
+        out[k] = out[k] + np.asarray(s[k], np.float64)
     pc = np.asarray(s["predicted_class"], np.float64)
     if pc.size > out["predicted_class"].size:
         out["predicted_class"] = np.pad(out["predicted_class"], (0, pc.size - out["predicted_class"].size))
-    out["predicted_class"][: pc.size] += sign * pc
+    out["predicted_class"][: pc.size] += pc
 
 
 def merge(summaries: list[dict]) -> dict:
