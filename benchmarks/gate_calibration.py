@@ -140,7 +140,7 @@ def main() -> None:
     policy = load_policy(args.policy)
     args.seconds = args.seconds or policy["remeasure"]["seconds"]
     limit = 1 + policy["latency"]["tolerance"]
-    from factory.bench.proportions import z_value
+    from factory.proportions import z_value
 
     z = z_value(policy["latency"]["confidence"])
     progress.set_enabled(False)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from factory.bench.budgets import check_budgets, unresolvable
-from factory.bench.proportions import images_to_resolve, non_inferiority, tango_interval, wilson_interval
 from factory.bench.stats import mcnemar_p, median_ci, paired_ratio_ci, ratio_of_medians_ci, round_ratios, summarize
+from factory.proportions import images_to_resolve, non_inferiority, tango_interval, wilson_interval
 
 
 def test_summarize_percentiles():

@@ -11,7 +11,7 @@ from .. import progress
 from ..data.manifest import load_manifest
 from ..data.splits import load_split
 from ..errors import DataError
-from .proportions import tango_interval, wilson_interval
+from ..proportions import tango_interval, wilson_interval
 from .stats import mcnemar_p
 
 __all__ = ["measure_accuracy", "pack_bits", "unpack_bits"]

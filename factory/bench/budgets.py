@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .proportions import at_least, non_inferiority, tango_interval, wilson_interval, z_value
+from ..proportions import at_least, non_inferiority, tango_interval, wilson_interval, z_value
 
 __all__ = ["Check", "check_budgets", "parity_evidence", "failed", "unresolvable", "CONFIDENCE"]
 

@@ -20,9 +20,9 @@ import numpy as np
 
 from ..config import Key, load_config
 from ..errors import InputError
+from ..proportions import non_inferiority, z_value
 from .accuracy import unpack_bits
 from .budgets import check_budgets
-from .proportions import non_inferiority, z_value
 from .stats import paired_ratio_ci, ratio_of_medians_ci
 
 __all__ = ["POLICY_SCHEMA", "load_policy", "pair_artifacts", "evaluate_gate", "remeasure", "run_gate"]

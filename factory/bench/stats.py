@@ -59,7 +59,7 @@ def median_ci(
 def _log_interval(point: float, log_boots: np.ndarray, confidence: float, extra_sd: float) -> list[float]:
     """A ratio's interval on the log scale: the bootstrap's spread plus a variance component the run
     itself cannot see (``extra_sd``, measured from repeated A/A runs), combined in quadrature."""
-    from .proportions import z_value
+    from ..proportions import z_value
 
     half = z_value(confidence) * math.sqrt(float(np.std(log_boots, ddof=1)) ** 2 + extra_sd**2)
     return [point * math.exp(-half), point * math.exp(half)]

@@ -115,7 +115,7 @@ def _quantize(backend: Backend, canonical, profile: dict, runtime: dict, dataset
     if precision != "int8-static" or (q["repair"] == "off" and not q["keep_float"]):
         return quantize(q, work)
     x, y = load_split(dataset, "val", canonical.preprocessing, canonical.labels)
-    val = ValidationSet(x, y, onnx_logits(canonical.onnx, x))
+    val = ValidationSet(x, y, onnx_logits(canonical.onnx, x), n_test=len(dataset.subset("test")))
     return repair_quantization(
         quantize,
         lambda path: backend.runtime.load_file(path, runtime),

@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from .._quiet import native_quiet
-from ..device.runtimes.litert_runtime import interpreter_class, open_interpreter, xnnpack_partitions
+from ..device.runtimes.litert_runtime import (
+    constant_batch_reshapes,
+    interpreter_class,
+    open_interpreter,
+    resizable,
+    xnnpack_partitions,
+)
 from ..errors import ExportError
 from .base import Backend, Capabilities, operator_in, register_backend, require
 
@@ -131,6 +137,34 @@ def _aeq(artifact: Path, out: Path, precision: str, calibration: np.ndarray, kee
     return {"method": "ai-edge-quantizer", "recipe": name} | ({"ops_kept_float": scope} if scope else {})
 
 
+def _check_loads(quantized: Path, fp32: Path) -> None:
+    """ai-edge-quantizer can write a model LiteRT refuses ("Tensor 5 has invalid quantization parameters"):
+    name the ops behind those tensors (looked up in the fp32 model, whose tensor order the quantizer keeps)
+    so the error says which layers to keep in float."""
+    try:
+        with native_quiet():
+            interpreter_class()(model_path=str(quantized))
+        return
+    except (RuntimeError, ValueError) as exc:
+        text = str(exc)
+    bad = sorted({int(i) for i in re.findall(r"Tensor (\d+) has invalid quantization", text)})
+    ops, names = _ops(fp32)
+    users = [o for o in ops if any(i in bad for i in (o["inputs"] if o["inputs"] is not None else []))]
+    kinds = sorted({o["op_name"] for o in users})
+    first = text.split("Tensor")[0].strip().rstrip(".")[:200]
+    raise ExportError(
+        "litert-quantize",
+        f"ai-edge-quantizer wrote a model LiteRT cannot load ({first}) for {len(bad)} tensors"
+        + (
+            f" read by {len(users)} {'/'.join(kinds)} ops ({', '.join(_op_name(o, names) for o in users[:3])}...)"
+            if users
+            else ""
+        ),
+        operator="/".join(kinds) or None,
+        hint="keep those ops in float (quantization.keep_float) or quantize with engine: pt2e",
+    )
+
+
 def _pt2e(module, out: Path, calibration: np.ndarray, input_hw: tuple[int, int]) -> dict:
     import torch
 
@@ -203,6 +237,7 @@ class LiteRtBackend(Backend):
                 facts = _pt2e(module_factory(), out, calibration, input_hw)
             else:
                 facts = _aeq(artifact, out, precision, calibration, list(options.get("keep_float") or []))
+        _check_loads(out, artifact)
         return out, facts
 
     def cheap_fixes(self, precision, options):
@@ -237,10 +272,19 @@ class LiteRtBackend(Backend):
         parts = xnnpack_partitions(it)
         if delegate == "xnnpack" and parts == 0:
             raise ExportError("litert-load", "the XNNPACK delegate took no part of the graph", hint=fallback)
-        return {
+        facts = {
             "delegate": "XNNPACK" if delegate == "xnnpack" else "none (built-in kernels, chosen in the profile)",
             "xnnpack_partitions": parts,
             "input_dtype": np.dtype(d["dtype"]).name,
             "output_dtype": np.dtype(o["dtype"]).name,
             "fixed_batch": int(d["shape"][0]),
         }
+        if not resizable(str(out / MODEL), int(runtime["threads"]), delegate):
+            reshapes = constant_batch_reshapes(it)
+            facts["batch_resizable"] = False
+            facts["why_not_resizable"] = (
+                f"{len(reshapes)} RESHAPE ops hold the export's batch of 1 in their target shape"
+                + (f" ({', '.join(reshapes[:3])}{'...' if len(reshapes) > 3 else ''})" if reshapes else "")
+                + "; the runner runs it one image at a time"
+            )
+        return facts
