@@ -124,6 +124,22 @@ def test_pretrained_only_from_a_local_file(tmp_path):
         create_model("tiny-cnn", 5, pretrained=tmp_path / "missing.pth")
 
 
+def test_heads_sized_for_a_thousand_classes_are_tamed_and_others_left_alone():
+    import torchvision.models as tvm
+
+    def head_std(model) -> float:
+        return float([m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].weight.detach().std())
+
+    torch.manual_seed(0)
+    as_made = head_std(tvm.get_model("mnasnet0_5", weights=None, num_classes=8))
+    assert as_made > 0.3  # Kaiming by fan-out: 8 outputs make the 1,280-input head's weights huge
+    assert 0.008 < head_std(create_model("mnasnet0_5", 8)) < 0.012  # N(0, 0.01), as MobileNet starts its head
+    torch.manual_seed(0)
+    resnet = tvm.get_model("resnet18", weights=None, num_classes=8)
+    torch.manual_seed(0)
+    assert head_std(create_model("resnet18", 8)) == head_std(resnet)  # a fan-in init is left as it is
+
+
 def test_corrupt_canonical_model_is_detected(tmp_path, trained):
     copy = tmp_path / "m"
     shutil.copytree(trained.path, copy)

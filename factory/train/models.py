@@ -74,9 +74,26 @@ def create_model(name: str, num_classes: int, pretrained: str | Path | None = No
         # Inception-style nets add auxiliary heads in train mode (a namedtuple, not logits): one head only
         extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
         model = tvm.get_model(name, weights=None, num_classes=num_classes, **extra)
+        _tame_head(model, num_classes)
     if pretrained:
         load_pretrained(model, pretrained)
     return model
+
+
+def _tame_head(model: nn.Module, num_classes: int) -> None:
+    """Re-initialise a classifier head whose init scales with the class count. MNASNet (Kaiming by fan-out)
+    and EfficientNet (uniform in 1/sqrt(classes)) size their last layer for 1,000 classes; with 8 its
+    weights are ~10x larger than a fan-in init and the first epoch's logits explode (train loss 8 on 8
+    classes, 0.6 top-1 after 8 epochs where other families reach 0.95). Such a head gets N(0, 0.01), as
+    MobileNet and RegNet start theirs; every other head is left as the architecture made it."""
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if not heads:
+        return
+    head = heads[-1]
+    if float(head.weight.detach().std()) > 1.5 / head.in_features**0.5:
+        nn.init.normal_(head.weight, 0.0, 0.01)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
 
 
 def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
