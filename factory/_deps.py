@@ -7,7 +7,7 @@ from types import ModuleType
 
 from .errors import MissingDependencyError
 
-__all__ = ["require"]
+__all__ = ["require", "pyplot"]
 
 
 def require(module: str, package: str, extra: str, purpose: str) -> ModuleType:
@@ -16,3 +16,11 @@ def require(module: str, package: str, extra: str, purpose: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         raise MissingDependencyError(package, extra, purpose) from None
+
+
+def pyplot() -> ModuleType:
+    """matplotlib's pyplot on the file-only Agg backend (charts are build- and report-side: the ``reports``
+    extra; a device install has no matplotlib)."""
+    mpl = require("matplotlib", "matplotlib", "reports", "charts")
+    mpl.use("Agg")
+    return importlib.import_module("matplotlib.pyplot")

@@ -66,7 +66,7 @@ def _register() -> None:
     from .data.commands import data
     from .device.commands import device, fleet
     from .export.commands import targets_cmd
-    from .pipeline.commands import build_cmd
+    from .pipeline.commands import build_cmd, parity_cmd
     from .pipeline.main import run
     from .registry.commands import registry, release, rollout
     from .train.commands import train_cmd
@@ -88,6 +88,7 @@ def _register() -> None:
         run,
     ):
         cli.add_command(command)
+    bundle.add_command(parity_cmd)  # needs the build context (pipeline), so it is attached here
 
 
 _register()

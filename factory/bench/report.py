@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import progress
 from .._io import atomic_dir, atomic_write, read_json, write_json
 from ..errors import InputError
 
@@ -86,10 +87,9 @@ def markdown(report: dict) -> str:
 
 
 def _plots(report: dict, folder: Path) -> None:
-    import matplotlib
+    from .._deps import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = report["artifacts"]
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows) + 2), 4))
@@ -121,11 +121,17 @@ def _plots(report: dict, folder: Path) -> None:
 
 
 def write_report(report: dict, out: str | Path) -> Path:
-    """``out/report.json``, ``report.md`` and the two plots, written atomically."""
+    """``out/report.json``, ``report.md`` and the two plots, written atomically (on a device install,
+    without matplotlib, the plots are left out and that is said)."""
+    from ..errors import MissingDependencyError
+
     with atomic_dir(out) as tmp:
         write_json(tmp / "report.json", report)
         atomic_write(tmp / "report.md", markdown(report) + "\n")
-        _plots(report, tmp)
+        try:
+            _plots(report, tmp)
+        except MissingDependencyError as exc:
+            progress.info(f"no plots: {exc}")
     return Path(out)
 
 

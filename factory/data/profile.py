@@ -92,10 +92,9 @@ def profile_dataset(manifest: DatasetManifest, progress: Callable[[int], None] |
 
 
 def _plot_balance(profile: dict, path: Path) -> None:
-    import matplotlib
+    from .._deps import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     classes = profile["classes"]
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(classes) + 2), 4))

@@ -1,4 +1,4 @@
-"""``factory device enroll|run`` and ``factory fleet simulate``."""
+"""``factory device enroll|run|check`` and ``factory fleet simulate``."""
 
 from __future__ import annotations
 
@@ -30,36 +30,68 @@ def _state_dir(state_dir: str | None, device_id: str) -> Path:
 @click.option(
     "--state-dir", default=None, type=click.Path(file_okay=False), help="[default: ~/.factory-device/<device-id>]"
 )
-def enroll_cmd(url, token, device_id, target, tags, state_dir) -> None:
+@click.option(
+    "--token-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write only the device token here (mode 0600), e.g. for systemd's LoadCredential, "
+    "instead of STATE_DIR/credentials.json.",
+)
+def enroll_cmd(url, token, device_id, target, tags, state_dir, token_file) -> None:
     """Enrol this device once: the registry issues it its own token, bound to --device-id.
 
-    The token is written to STATE_DIR/credentials.json (mode 0600) and `factory device run` uses it.
+    The token is written to STATE_DIR/credentials.json (mode 0600) and `factory device run` uses it;
+    with --token-file, to that file alone (the service unit hands it to the agent as a credential).
     With it the device can pull bundles and report about itself only; an enrolment token cannot
     enrol a device id that is already enrolled (an admin can, which revokes its old token).
     """
     import os
 
-    from .._io import write_json
+    from .._io import atomic_write, write_json
     from .client import RegistryClient
 
     state = _state_dir(state_dir, device_id)
     with RegistryClient(url, token) as client:
         answer = client.enroll(device_id, target, [t for t in tags.split(",") if t])
-    path = write_json(state / "credentials.json", {"device_id": device_id, "token": answer["token"], "registry": url})
+    if token_file:
+        path = atomic_write(token_file, answer["token"] + "\n")
+    else:
+        path = write_json(
+            state / "credentials.json", {"device_id": device_id, "token": answer["token"], "registry": url}
+        )
     os.chmod(path, 0o600)
     click.echo(f"enrolled {device_id} ({target}); its token is in {path}")
 
 
-def _credential(state: Path, device_id: str, token: str | None) -> str | None:
-    from .._io import read_json
+TOKEN_CREDENTIAL = "device-token"  # the credential's name in the service unit (LoadCredential=device-token:...)
 
-    path = state / "credentials.json"
-    if token or not path.is_file():
+
+def _credential(state: Path, device_id: str, token: str | None, token_file: str | None = None) -> str | None:
+    """--token, else --token-file, else systemd's $CREDENTIALS_DIRECTORY/device-token, else the state
+    folder's credentials.json (what `enroll` wrote), else $FACTORY_REGISTRY_TOKEN (read by the client)."""
+    import os
+
+    from .._io import read_json
+    from ..errors import InputError
+
+    if token:
         return token
+    creds_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if token_file is None and creds_dir and (Path(creds_dir) / TOKEN_CREDENTIAL).is_file():
+        token_file = str(Path(creds_dir) / TOKEN_CREDENTIAL)
+    if token_file:
+        try:
+            value = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise InputError(f"cannot read the device token from {token_file}: {exc.strerror}") from None
+        if not value or len(value) > 512 or any(c.isspace() for c in value):
+            raise InputError(f"{token_file} does not hold one device token")
+        return value
+    path = state / "credentials.json"
+    if not path.is_file():
+        return None
     creds = read_json(path)
     if creds.get("device_id") != device_id:
-        from ..errors import InputError
-
         raise InputError(f"{path} holds the credential of device {creds.get('device_id')!r}, not {device_id!r}")
     return creds.get("token")
 
@@ -95,6 +127,12 @@ def _credential(state: Path, device_id: str, token: str | None) -> str | None:
     "--frames", "max_frames", default=None, type=int, help="Stop after this many frames (default: run forever)."
 )
 @click.option("--fps", default=None, type=float, help="Limit the frame rate.")
+@click.option(
+    "--token-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Read the device token from this file [default: $CREDENTIALS_DIRECTORY/device-token under systemd].",
+)
 def run_cmd(
     url,
     token,
@@ -110,6 +148,7 @@ def run_cmd(
     poll_seconds,
     max_frames,
     fps,
+    token_file,
 ) -> None:
     """Serve a model on this device and keep it up to date.
 
@@ -129,7 +168,7 @@ def run_cmd(
     from .sources import frames
 
     state = _state_dir(state_dir, device_id)
-    client = RegistryClient(url, _credential(state, device_id, token))
+    client = RegistryClient(url, _credential(state, device_id, token, token_file))
     agent = Agent(
         client,
         model=model,
@@ -151,6 +190,82 @@ def run_cmd(
 
     counts = agent.run(paced(), poll_seconds=poll_seconds, max_frames=max_frames)
     click.echo(json.dumps(counts | {"release": agent.release_key, "last_error": agent.last_error}))
+
+
+@device.command("check")
+@click.argument("bundle_path", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--trusted-key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Public key the bundle must be signed with.",
+)
+@click.option(
+    "--inputs",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A .npy batch of preprocessed inputs (N, C, H, W float32) to run; default: one zero image.",
+)
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the outputs (logits) as .npy here.")
+@click.option("--batch", default=32, show_default=True, help="Images per call.")
+def check_cmd(bundle_path, trusted_key, inputs, out, batch) -> None:
+    """Check that this device can run a bundle: signature and file hashes, the runtime loads it, it runs.
+
+    Prints one JSON object: the host's facts (CPU, ARM/x86 features, whether this process runs
+    emulated), the runtime and its version, the bundle, and how many inputs ran. With --inputs and
+    --out, the outputs are written for a build machine to compare against the canonical model
+    (`factory bundle parity` does that on an emulated or real arm64 board).
+
+    \b
+    Example (on a board, after installing the device extra):
+      factory device check bundles/id-docs/1.2.0/tflite --trusted-key signing.pub
+    """
+    import time
+
+    import numpy as np
+
+    from .._io import atomic_write
+    from ..bundle.signing import load_public_key
+    from ..errors import InputError
+    from ..lineage import host_info
+    from .loader import open_bundle
+    from .runtimes import get_runtime
+
+    manifest, runner = open_bundle(bundle_path, load_public_key(trusted_key))
+    batch = max(1, batch)
+    if inputs:
+        try:
+            x = np.load(inputs, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{inputs} is not a .npy array: {exc}") from None
+        if x.dtype != np.float32 or x.ndim != 4:
+            raise InputError(f"{inputs}: want a float32 array of shape (N, C, H, W), got {x.dtype} {x.shape}")
+    else:
+        shape = [int(v) if isinstance(v, int) else 1 for v in manifest.input["shape"]]
+        x = np.zeros(shape, np.float32)
+    started = time.perf_counter()
+    y = np.concatenate([runner(x[i : i + batch]) for i in range(0, len(x), batch)])
+    seconds = time.perf_counter() - started
+    if out:
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, y.astype(np.float32), allow_pickle=False)
+        atomic_write(out, buf.getvalue())
+    runtime = get_runtime(manifest.runtime["backend"])
+    click.echo(
+        json.dumps(
+            {
+                "host": host_info(),
+                "runtime": {"backend": runtime.name, "package": runtime.package, "version": runtime.version()},
+                "bundle": manifest.key,
+                "inputs": int(len(x)),
+                "outputs_shape": list(y.shape),
+                # wall time of the whole batch loop: a smoke figure, not a latency (use factory bench for that)
+                "run_seconds": round(seconds, 3),
+            }
+        )
+    )
 
 
 @click.group()

@@ -344,3 +344,70 @@ def _search(
 
         results.append(isolated(t, profiles[t]["backend"], one))
     return results
+
+
+@click.command("parity")
+@click.argument("bundle_path", type=click.Path(exists=True, file_okay=False))
+@click.option("--platform", "platform", default="linux/arm64", show_default=True, help="The device architecture.")
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="An arm64 root with the device install (scripts/arm64-root.sh makes one; qemu runs it).",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The canonical model the bundle was built from.",
+)
+@click.option("--data", default=None, help="Dataset folder (default: the one in the model card).")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Private signing key: the bundle is signed again with the new section.",
+)
+@click.option(
+    "--trusted-key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Public key the bundle is signed with now (checked first, and again on the platform).",
+)
+def parity_cmd(bundle_path, platform, root, model_dir, data, key_path, trusted_key) -> None:
+    """Check a bundle's parity on the device's architecture and record it in the manifest.
+
+    Runs the bundle on the whole test split inside an arm64 root (qemu user-mode emulation on an x86
+    build host; the root holds the device install the README's board section makes), then compares its
+    outputs with the canonical model's (top-1 agreement, accuracy drop with its interval) and with the
+    same bundle's outputs on this host. The result goes into the manifest as
+    validation.platforms["linux/arm64"], and the bundle is signed again. No latency is recorded: under
+    emulation it would time the emulator.
+
+    \b
+    Example:
+      sudo scripts/arm64-root.sh .cache/arm64-root
+      factory bundle parity bundles/id-docs/1.2.0/tflite --root .cache/arm64-root \\
+          --model models/id-docs --key keys/signing.key --trusted-key keys/signing.pub
+    """
+    from ..bundle.signing import load_private_key
+    from .platforms import ArmRoot, platform_parity
+
+    section = platform_parity(
+        bundle_path,
+        ArmRoot(root, platform),
+        model_dir=model_dir,
+        data=data,
+        public_key_path=trusted_key,
+        private_key=load_private_key(key_path),
+    )
+    p = section["parity"]
+    drop = section["accuracy_drop"]
+    click.echo(
+        f"{platform} ({section['environment']}, {section['host']['cpu']}): top-1 agreement {p['top1_agreement']:.4f} "
+        f"with the canonical model on {p['n']} test images; drop {p['accuracy_drop_pt']:+.2f} pt"
+        + (f" [{drop['interval_pt'][0]:+.2f}, {drop['interval_pt'][1]:+.2f}] ({drop['verdict']})" if drop else "")
+        + f"; agreement with this host's run {section['vs_build_host']['top1_agreement']:.4f}"
+    )

@@ -58,10 +58,9 @@ def search_markdown(summary: dict) -> str:
 
 
 def _plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
+    from .._deps import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 5))
     measured = [r for r in rows if r.get("p50_ms") is not None]

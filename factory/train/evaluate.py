@@ -52,10 +52,9 @@ def classification_metrics(y_true: np.ndarray, logits: np.ndarray, classes: list
 
 def plot_confusion(cm: list[list[int]], classes: list[str], path: str | Path, title: str) -> None:
     """The confusion matrix as a PNG."""
-    import matplotlib
+    from .._deps import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     m = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(classes), 0.6 + 0.7 * len(classes)))
