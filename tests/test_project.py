@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from factory.config import load_config
@@ -170,3 +171,55 @@ def test_main_command_reports_a_bad_params_file(tmp_path):
     result = invoke("run", cwd=tmp_path)
     assert result.exit_code == 2
     assert "'synth.seed' must be int" in result.stderr
+
+
+def test_the_device_image_lints_clean_and_installs_one_runtime_without_torch():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    dockerfile = ROOT / "deploy" / "device" / "Dockerfile"
+    result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = dockerfile.read_text()
+    assert "[device-${RUNTIME}]" in text and "USER 10001" in text and "import torch" in text
+    for src in [line.split()[1] for line in text.splitlines() if line.startswith("COPY") and "--from" not in line]:
+        assert (ROOT / src).exists(), f"the device Dockerfile copies {src}, which is not in the repository"
+
+
+def test_the_service_unit_verifies_and_handles_restarts_state_and_credentials(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = (ROOT / "deploy" / "device" / "factory-agent.service").read_text()
+    options = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith(("#", " ")))
+    assert options["Restart"] == "always" and options["StateDirectory"] == "factory-agent"
+    assert options["LoadCredential"].startswith("device-token:")  # the token as a credential, not an argument
+    assert options["User"] == "factory-agent" and options["NoNewPrivileges"] == "yes"
+    assert options["ProtectSystem"] == "strict"
+    # verify a copy whose ExecStart names a binary that exists here (the board's /opt/factory-agent does not)
+    local = tmp_path / "factory-agent.service"
+    local.write_text(unit.replace("/opt/factory-agent/bin/factory", str(Path(sys.executable).parent / "factory")))
+    result = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr  # warnings count as failures
+
+
+@pytest.mark.parametrize("extra", ["device-litert", "device-onnxruntime", "device-openvino"])
+def test_a_device_install_never_pulls_torch_or_the_build_side(extra, tmp_path):
+    wheel = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
+    assert wheel.returncode == 0, wheel.stderr
+    path = next(tmp_path.glob("edge_model_factory-*.whl"))
+    report = tmp_path / "report.json"
+    dry = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--dry-run", "--ignore-installed", "--report", str(report)]
+        + ["--constraint", str(ROOT / "requirements" / "constraints.txt"), f"{path}[{extra}]"],
+        capture_output=True,
+        text=True,
+    )
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    runtime = {"device-litert": "ai-edge-litert", "device-onnxruntime": "onnxruntime", "device-openvino": "openvino"}
+    assert runtime[extra] in names and "httpx" in names
+    build_side = {"torch", "torchvision", "jax", "transformers", "litert-torch", "nncf", "onnx", "mlflow", "matplotlib"}
+    assert not names & build_side, sorted(names & build_side)
