@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -149,13 +150,38 @@ def _latency(cells: dict, seconds: float) -> None:
         cells["int8-static"]["ratio_vs_fp32"] = cells["int8-static"]["p50_ms"] / cells["fp32"]["p50_ms"]
 
 
+def _short(layer: str) -> str:
+    """A runtime's layer name, shortened for a table: the last two parts of a module path."""
+    parts = [p for p in layer.replace(";", "/").split("/") if p and not p.isdigit()]
+    return "/".join(parts[-2:]) if len(parts) > 2 else layer
+
+
+def _sensitive(c: dict, n: int = 2) -> list[str]:
+    """The layers the repair measured as most sensitive (from the bundle's manifest), for cells that
+    still miss the margin: the per-operator reason."""
+    if c.get("status") in ("pass", "failed") or not c.get("bundle"):
+        return []
+    try:
+        manifest = json.loads((Path(c["bundle"]) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return []
+    ranking = ((manifest["recipe"].get("quantization_applied") or {}).get("repair") or {}).get("sensitivity") or []
+    return [
+        f"{_short(r['layers'][0])} (+{len(r['layers']) - 1})" if len(r["layers"]) > 1 else _short(r["layers"][0])
+        for r in ranking[:n]
+    ]
+
+
 def _verdict(c: dict) -> str:
     if c["status"] == "failed":
         where = f"{c['stage']}" + (f", operator {c['operator']}" if c.get("operator") else "")
-        return f"FAILED ({where})"
+        return f"FAILED ({where}: {c['reason'][:160]})"
     iv = c.get("drop_interval")
     drop = f"{c['drop_pt']:+.2f}" + (f" [{iv[0]:+.2f}, {iv[1]:+.2f}]" if iv else "")
-    notes = [c["runtime_notes"]] if c.get("runtime_notes") else []
+    # op names listed in the manifest are left out of the table
+    notes = [re.sub(r" \([^()]*\.\.\.\)", "", c["runtime_notes"])] if c.get("runtime_notes") else []
+    if _sensitive(c):
+        notes.append("most sensitive: " + ", ".join(_sensitive(c)))
     if c.get("without_fallback"):
         notes.insert(0, f"with XNNPACK: {_verdict(c['without_fallback'])}")
     return f"{c['status']} {drop}" + (f" ({'; '.join(notes)})" if notes else "")
@@ -292,7 +318,14 @@ def main() -> None:
     ap.add_argument("--bench-seconds", type=float, default=6.0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "arch-sweep"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--report", action="store_true", help="only write the markdown again from the JSON")
     args = ap.parse_args()
+    if args.report:
+        result = json.loads(Path(args.out + ".json").read_text())
+        result["summary"] = _summary(result)
+        atomic_write(args.out + ".md", _markdown(result, args))
+        print(_markdown(result, args))
+        return
     if not args.child:
         if not (Path(args.data) / "dataset.json").is_file():
             from factory.data.synth import synthesize

@@ -59,8 +59,10 @@ if [ "$(cat "$root/opt/factory-agent/.wheel" 2>/dev/null)" != "$stamp" ]; then
   mount --bind /dev "$root/dev"
   trap 'umount -l "$root/proc" "$root/dev"' EXIT
   rm -rf "$root/opt/factory-agent"
+  install_started=$SECONDS
   chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
     bash -euxo pipefail -c "cd /root/install && . ./install.sh"
   echo "$stamp" > "$root/opt/factory-agent/.wheel"
+  echo "$((SECONDS - install_started))" > "$root/opt/factory-agent/.install-seconds"
 fi
 echo "device install in $root/opt/factory-agent ($((SECONDS - started)) s in all)"
