@@ -334,6 +334,9 @@ def main() -> None:
             synthesize(args.data, per_class=SYNTH["per_class"], size=SYNTH["size"], fractions=SYNTH["split"])
         _supervise(args)
         return
+    import faulthandler
+
+    faulthandler.enable()  # a native crash prints the Python stack it happened under (the supervisor goes on)
     from factory.bundle.signing import generate_keys
     from factory.pipeline.build import build, isolated, load_context
 

@@ -1,36 +1,8 @@
-"""Parity of an artifact against the canonical model: every figure first, the verdict after."""
+"""Parity of an artifact against the canonical model: every figure first, the verdict after. The
+figures are the task's (:mod:`factory.tasks`); classification's are re-exported here for callers."""
 
 from __future__ import annotations
 
-import numpy as np
+from ..tasks.classification import parity_metrics
 
 __all__ = ["parity_metrics"]
-
-
-def parity_metrics(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
-    """Top-1, drop and agreement against the canonical model, plus numeric closeness of the outputs."""
-    cand_pred, ref_pred = candidate.argmax(1), reference.argmax(1)
-    diff = candidate.astype(np.float64) - reference.astype(np.float64)
-    cos = (candidate * reference).sum(1) / (
-        np.linalg.norm(candidate, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12
-    )
-    noise = float((diff**2).sum())
-    cand_ok, ref_ok = cand_pred == labels, ref_pred == labels
-    top1, ref_top1 = float(cand_ok.mean()), float(ref_ok.mean())
-    return {
-        "n": int(len(labels)),
-        "lost": int((ref_ok & ~cand_ok).sum()),  # images the canonical model gets right and the artifact wrong
-        "gained": int((~ref_ok & cand_ok).sum()),
-        "top1": round(top1, 6),
-        "canonical_top1": round(ref_top1, 6),
-        "accuracy_drop_pt": round(100 * (ref_top1 - top1), 4),
-        "top1_agreement": round(float((cand_pred == ref_pred).mean()), 6),
-        "disagreements": int((cand_pred != ref_pred).sum()),
-        "max_abs_diff": float(np.abs(diff).max()),
-        "mean_abs_diff": float(np.abs(diff).mean()),
-        "cosine_min": round(float(cos.min()), 6),
-        "cosine_mean": round(float(cos.mean()), 6),
-        "snr_db": round(10 * np.log10(float((reference.astype(np.float64) ** 2).sum()) / noise), 2)
-        if noise > 0
-        else None,
-    }

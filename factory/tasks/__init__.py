@@ -1,0 +1,65 @@
+"""Tasks: what a model is for, declared once and used by every stage.
+
+A task (one module per task in this package, registered by name like the export backends) declares:
+
+- ``annotation``: what a dataset record must carry (a label; a document's quad; boxes);
+- the model's raw output (``output``) and how a torch head and loss are built for it (lazily: the
+  device side never imports torch);
+- ``targets``: training/evaluation targets from dataset records;
+- ``postprocess``: raw model outputs -> task outputs, in NumPy/OpenCV, the one implementation that
+  runners, the benchmark, the device agent and the MLflow pyfunc share;
+- ``metrics`` and the ``primary`` metric budgets and gates judge;
+- ``parity``: a candidate's outputs against the canonical model's on the same images, with the paired
+  evidence budgets decide on;
+- ``telemetry``: what a device counts per inference for monitoring.
+
+``classification`` is the task every model had before tasks existed (and the default when a card names
+none); ``document-localisation`` finds one document's four corners in a frame.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from ..errors import UnknownNameError
+from .base import Task
+
+__all__ = ["Task", "register_task", "get_task", "task_names", "DEFAULT_TASK"]
+
+DEFAULT_TASK = "classification"
+_REGISTRY: dict[str, type[Task]] = {}
+_discovered = False
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make a task findable by its ``name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    from .. import tasks
+
+    for info in pkgutil.iter_modules(tasks.__path__):
+        if info.name != "base":
+            importlib.import_module(f"{tasks.__name__}.{info.name}")
+
+
+def task_names() -> list[str]:
+    """Every registered task, sorted."""
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str | None) -> Task:
+    """The task called ``name`` (None: classification, what a card without a task was trained for)."""
+    _discover()
+    name = name or DEFAULT_TASK
+    if name not in _REGISTRY:
+        raise UnknownNameError("task", name, task_names(), hint="set model.task in the training config")
+    return _REGISTRY[name]()

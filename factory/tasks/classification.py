@@ -1,0 +1,76 @@
+"""Classification: one label per image; the model returns logits; top-1 is what budgets judge."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import register_task
+from .base import Task
+
+__all__ = ["Classification", "parity_metrics", "softmax"]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of a batch of logits."""
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def parity_metrics(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
+    """Top-1, drop and agreement against the canonical model, plus numeric closeness of the outputs."""
+    cand_pred, ref_pred = candidate.argmax(1), reference.argmax(1)
+    diff = candidate.astype(np.float64) - reference.astype(np.float64)
+    cos = (candidate * reference).sum(1) / (
+        np.linalg.norm(candidate, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12
+    )
+    noise = float((diff**2).sum())
+    cand_ok, ref_ok = cand_pred == labels, ref_pred == labels
+    top1, ref_top1 = float(cand_ok.mean()), float(ref_ok.mean())
+    return {
+        "n": int(len(labels)),
+        "lost": int((ref_ok & ~cand_ok).sum()),  # images the canonical model gets right and the artifact wrong
+        "gained": int((~ref_ok & cand_ok).sum()),
+        "top1": round(top1, 6),
+        "canonical_top1": round(ref_top1, 6),
+        "accuracy_drop_pt": round(100 * (ref_top1 - top1), 4),
+        "top1_agreement": round(float((cand_pred == ref_pred).mean()), 6),
+        "disagreements": int((cand_pred != ref_pred).sum()),
+        "max_abs_diff": float(np.abs(diff).max()),
+        "mean_abs_diff": float(np.abs(diff).mean()),
+        "cosine_min": round(float(cos.min()), 6),
+        "cosine_mean": round(float(cos.mean()), 6),
+        "snr_db": round(10 * np.log10(float((reference.astype(np.float64) ** 2).sum()) / noise), 2)
+        if noise > 0
+        else None,
+    }
+
+
+@register_task
+class Classification(Task):
+    name = "classification"
+    annotation = "label"
+    primary = "top1"
+
+    def output(self, classes):
+        return {
+            "name": "logits",
+            "shape": ["batch", len(classes)],
+            "dtype": "float32",
+            "activation": "none (apply softmax)",
+        }
+
+    def targets(self, records, classes):
+        index = {c: i for i, c in enumerate(classes)}
+        return np.array([index[r.label] for r in records], np.int64)
+
+    def postprocess(self, raw):
+        """``{"probs", "label"}``: softmax probabilities and the top-1 class index per image."""
+        probs = softmax(raw)
+        return {"probs": probs, "label": probs.argmax(1)}
+
+    def metrics(self, raw, targets):
+        return {"top1": round(float((np.asarray(raw).argmax(1) == targets).mean()), 6), "n": int(len(targets))}
+
+    def parity(self, candidate, reference, targets):
+        return parity_metrics(candidate, reference, targets)

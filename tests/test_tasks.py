@@ -1,0 +1,80 @@
+"""The task registry and the document-localisation task's NumPy side: targets, metrics, parity, the crop."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from factory.data.manifest import Record
+from factory.errors import DataError, UnknownNameError
+from factory.tasks import get_task, task_names
+from factory.tasks.localisation import corner_errors, quad_ious, rectify
+
+QUAD = [[40.0, 30.0], [200.0, 40.0], [190.0, 150.0], [50.0, 140.0]]
+
+
+def _record(quad=QUAD, path="a.jpg") -> Record:
+    return Record(path=path, sha256="0" * 64, label="id_card", width=256, height=192, quad=quad)
+
+
+def test_tasks_are_found_by_name_and_classification_is_the_default():
+    assert {"classification", "document-localisation"} <= set(task_names())
+    assert get_task(None).name == "classification"
+    with pytest.raises(UnknownNameError, match="valid tasks: .*document-localisation"):
+        get_task("segmentation")
+
+
+def test_classification_parity_is_what_the_export_layer_always_computed():
+    from factory.export.parity import parity_metrics
+
+    task = get_task("classification")
+    ref = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, 0.0]], np.float32)
+    cand = np.array([[3.0, 0.1], [2.5, 0.0], [1.0, 0.0]], np.float32)
+    p = task.parity(cand, ref, np.array([0, 1, 1]))
+    assert p == parity_metrics(cand, ref, np.array([0, 1, 1]))
+    assert (p["lost"], p["gained"], p["disagreements"]) == (1, 0, 1)
+    assert task.postprocess(ref)["label"].tolist() == [0, 1, 0]
+
+
+def test_localisation_targets_are_fractions_with_the_frame_size_and_missing_quads_are_all_reported():
+    task = get_task("document-localisation")
+    t = task.targets([_record()], ["id_card"])
+    assert t.shape == (1, 10) and np.allclose(t[0, :2], [40 / 256, 30 / 192]) and t[0, 8:].tolist() == [256, 192]
+    with pytest.raises(DataError, match="2 image\\(s\\) have no document quad: b.jpg: no quad; c.jpg: 3 points"):
+        task.targets([_record(), _record(None, "b.jpg"), _record(QUAD[:3], "c.jpg")], ["id_card"])
+
+
+def test_corner_error_is_in_percent_of_the_diagonal_and_iou_of_the_quads():
+    task = get_task("document-localisation")
+    t = task.targets([_record(), _record()], ["id_card"])
+    q = np.asarray(QUAD)
+    diagonal = 0.5 * (np.linalg.norm(q[2] - q[0]) + np.linalg.norm(q[3] - q[1]))
+    shifted = t[:, :8].copy()
+    shifted[1, 0::2] += 0.01 * diagonal / 256  # every corner of the second frame 1% of the diagonal to the right
+    err = corner_errors(shifted, t)
+    assert err[0] == pytest.approx(0.0) and err[1] == pytest.approx(1.0, rel=1e-4)
+    iou = quad_ious(shifted, t)
+    assert iou[0] == pytest.approx(1.0, abs=1e-5) and 0.95 < iou[1] < 1.0
+    m = task.metrics(shifted, t)
+    assert m["corner_error_pct"] == pytest.approx(0.5, rel=1e-3) and m["within_2pct"] == 1.0 and m["n"] == 2
+
+
+def test_localisation_parity_pairs_the_frames_and_says_how_far_the_candidate_is_from_the_canonical_model():
+    task = get_task("document-localisation")
+    rng = np.random.default_rng(0)
+    t = task.targets([_record()] * 40, ["id_card"])
+    ref = t[:, :8] + rng.normal(0, 0.004, (40, 8)).astype(np.float32)
+    same = task.parity(ref, ref, t)
+    assert same["corner_error_increase_pct"] == 0 and same["increase_interval_pct"] == [0, 0]
+    worse = task.parity(ref + 0.01, ref, t)
+    lo, hi = worse["increase_interval_pct"]
+    assert 0 < lo <= worse["corner_error_increase_pct"] <= hi and worse["corners_from_canonical_pct"] > 0
+
+
+def test_rectify_cuts_the_document_out_flat():
+    frame = np.zeros((192, 256, 3), np.uint8)
+    cv2.fillConvexPoly(frame, np.int32(QUAD), (0, 200, 0))
+    crop = rectify(frame, (np.asarray(QUAD) / [256, 192]).reshape(-1), size=(100, 60))
+    assert crop.shape == (60, 100, 3)
+    assert crop[5:-5, 5:-5, 1].mean() > 195 and crop[5:-5, 5:-5, [0, 2]].max() == 0  # all document, no background
