@@ -78,3 +78,52 @@ def test_rectify_cuts_the_document_out_flat():
     crop = rectify(frame, (np.asarray(QUAD) / [256, 192]).reshape(-1), size=(100, 60))
     assert crop.shape == (60, 100, 3)
     assert crop[5:-5, 5:-5, 1].mean() > 195 and crop[5:-5, 5:-5, [0, 2]].max() == 0  # all document, no background
+
+
+@pytest.mark.slow
+def test_a_localisation_model_trains_into_a_canonical_directory_that_rebuilds(tmp_path, synth_ds):
+    import json
+
+    import torch
+
+    from factory.train.canonical import load_canonical, onnx_logits
+    from tests.conftest import invoke, write_train_config
+
+    cfg = write_train_config(
+        tmp_path / "t.yaml",
+        synth_ds / "dataset.json",
+        tmp_path / "model",
+        model__task="document-localisation",
+        train__epochs=2,
+        tracking__log_model=False,
+    )
+    result = invoke("train", "--config", str(cfg))
+    assert result.exit_code == 0, result.output
+    assert "corner error" in result.output and "% of the diagonal" in result.output
+    card = json.loads((tmp_path / "model" / "model_card.json").read_text())
+    assert card["task"] == "document-localisation" and card["output"]["name"] == "corners"
+    test = card["metrics"]["test"]
+    assert test["n"] > 0 and 0 <= test["corner_error_pct"] < 100 and 0 <= test["quad_iou"] <= 1
+    model = load_canonical(tmp_path / "model")
+    module = model.build_module()  # the backbone and the task's head, rebuilt from the card
+    x = np.random.default_rng(0).standard_normal((3, 3, *model.input_hw)).astype(np.float32)
+    with torch.no_grad():
+        out = module(torch.from_numpy(x)).numpy()
+    assert out.shape == (3, 8) and np.abs(out - onnx_logits(model.onnx, x)).max() < 1e-4
+    assert ((out >= 0) & (out <= 1)).all()  # soft-argmax corners lie on the frame
+
+
+def test_localisation_refuses_a_dataset_whose_images_lack_quads(tmp_path):
+    from tests.conftest import invoke, write_train_config
+
+    for c in ("a", "b"):
+        (tmp_path / "src" / c).mkdir(parents=True)
+        for i in range(6):
+            cv2.imwrite(str(tmp_path / "src" / c / f"{c}{i}.png"), np.full((40, 50, 3), 40 * i, np.uint8))
+    assert invoke("data", "import", "imagefolder", str(tmp_path / "src"), "--out", str(tmp_path / "ds")).exit_code == 0
+    cfg = write_train_config(
+        tmp_path / "t.yaml", tmp_path / "ds" / "dataset.json", tmp_path / "m", model__task="document-localisation"
+    )
+    result = invoke("train", "--config", str(cfg))
+    assert result.exit_code == 2 and "have no document quad" in result.output and "a0.png: no quad" in result.output
+    assert not (tmp_path / "m").exists()  # nothing half-written

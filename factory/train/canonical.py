@@ -108,6 +108,11 @@ class CanonicalModel:
         return self.card["labels"]
 
     @property
+    def task(self) -> str:
+        """What the model is for (cards written before tasks existed are classifiers)."""
+        return self.card.get("task") or "classification"
+
+    @property
     def preprocessing(self) -> dict:
         return self.card["preprocessing"]
 
@@ -122,7 +127,13 @@ class CanonicalModel:
 
         from .models import create_model
 
-        module = create_model(self.card["architecture"], len(self.labels))
+        if self.task != "classification":
+            from ..tasks import get_task
+            from .localise import localisation_module
+
+            module = localisation_module(self.card["architecture"], get_task(self.task), self.input_hw)
+        else:
+            module = create_model(self.card["architecture"], len(self.labels))
         try:
             module.load_state_dict(torch.load(self.weights, map_location="cpu", weights_only=True))
         except Exception as exc:

@@ -51,8 +51,14 @@ def train_cmd(config_path: str | None, overrides: tuple[str, ...], list_architec
     cfg = load_config(config_path, TRAIN_SCHEMA, overrides)
     model = train(cfg, config_path=config_path)
     card = model.card
+    test = card["metrics"]["test"]
+    figure = (
+        f"test top-1 {test['top1']:.4f}"
+        if "top1" in test
+        else f"test corner error {test['corner_error_pct']:.2f}% of the diagonal, quad IoU {test['quad_iou']:.4f}"
+    )
     click.echo(
-        f"wrote {model.path}: {card['architecture']} test top-1 {card['metrics']['test']['top1']:.4f} "
-        f"on {card['metrics']['test']['n']} images; ONNX max abs diff {card['onnx_parity']['max_abs_diff']:.2e}; "
+        f"wrote {model.path}: {card['architecture']} {figure} "
+        f"on {test['n']} images; ONNX max abs diff {card['onnx_parity']['max_abs_diff']:.2e}; "
         f"MLflow run {card['lineage']['mlflow']['run_id']}"
     )

@@ -55,8 +55,9 @@ def load_images(
     return out
 
 
-def augment(img: np.ndarray, rng: np.random.Generator, cfg: dict) -> np.ndarray:
-    """One random document-photo augmentation of a BGR image (seeded by ``rng``)."""
+def augment(img: np.ndarray, rng: np.random.Generator, cfg: dict, points: np.ndarray | None = None):
+    """One random document-photo augmentation of a BGR image (seeded by ``rng``). With ``points`` (N x 2
+    pixels, e.g. a document's corners), returns ``(image, points moved by the same warp)``."""
     h, w = img.shape[:2]
     src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
     s = rng.uniform(*cfg["scale"])
@@ -77,7 +78,10 @@ def augment(img: np.ndarray, rng: np.random.Generator, cfg: dict) -> np.ndarray:
     out = np.clip(f, 0, 255).astype(np.uint8)
     if rng.random() < cfg["blur_p"]:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.2))
-    return out
+    if points is None:
+        return out
+    moved = cv2.perspectiveTransform(np.asarray(points, np.float32).reshape(-1, 1, 2), hom).reshape(-1, 2)
+    return out, moved
 
 
 class ImageDataset(Dataset):

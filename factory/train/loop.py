@@ -218,15 +218,21 @@ def _load_splits(cfg: dict, manifest) -> _Splits:
     return _Splits(manifest, images, labels)
 
 
+def _make_threads(t: dict) -> None:
+    import torch
+
+    # One torch thread per core not used by augmentation workers: on a 2-core machine an
+    # oversubscribed OpenMP pool trains 5-10x slower (measured), so never exceed the cores.
+    torch.set_num_threads(t["threads"] or max(1, (os.cpu_count() or 1) - t["workers"]))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def _make_model(cfg: dict, n_classes: int):
     import torch
 
     t, m = cfg["train"], cfg["model"]
     torch.manual_seed(t["seed"])
-    # One torch thread per core not used by augmentation workers: on a 2-core machine an
-    # oversubscribed OpenMP pool trains 5-10x slower (measured), so never exceed the cores.
-    torch.set_num_threads(t["threads"] or max(1, (os.cpu_count() or 1) - t["workers"]))
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _make_threads(t)
     model = create_model(m["architecture"], n_classes, m["pretrained"])  # unknown names fail before data loading
     set_bn_momentum(model, t["bn_momentum"])
     return model
@@ -294,6 +300,7 @@ def _card(
     return {
         "schema": CARD_SCHEMA,
         "name": m["name"],
+        "task": "classification",
         "architecture": m["architecture"],
         "labels": classes,
         "input": input_spec(spec),
@@ -351,9 +358,15 @@ def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
     import mlflow
     import torch
 
+    from ..tasks import get_task
     from .data import ImageDataset
     from .tracking import setup_experiment
 
+    task = get_task(cfg["model"]["task"])
+    if task.name != "classification":
+        from .localise import train_localisation
+
+        return train_localisation(cfg, task, config_path=config_path)
     m = cfg["model"]
     manifest = _checked_manifest(cfg)
     classes = manifest.classes

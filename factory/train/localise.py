@@ -1,0 +1,263 @@
+"""Training for document localisation: a classifier's backbone, the task's regression head, and a loop that
+keeps the epoch with the lowest validation corner error. Geometric augmentation moves the corners with
+the image. Ends in the same canonical model directory (weights, ONNX, card with ``task``) as classification.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__, progress
+from .._io import atomic_dir, sha256_file, write_json
+from ..config import config_hash
+from ..data.manifest import load_manifest
+from ..errors import DataError, ModelError
+from ..lineage import git_revision, package_versions
+from ..preprocess import input_spec, make_spec, preprocess
+from ..stats import BRIGHTNESS_EDGES, CONTRAST_EDGES, histogram, image_stats
+from ..tasks import Task
+from .canonical import CARD_NAME, CARD_SCHEMA, ONNX_NAME, ONNX_OPSET, WEIGHTS_NAME, CanonicalModel, count_macs
+
+__all__ = ["localisation_module", "fit_localisation", "train_localisation"]
+
+
+def _backbone(base):
+    """The feature extractor of a torchvision-style classifier: its ``features``, or its children up to the
+    global pooling (ResNet, RegNet, tiny-cnn)."""
+    from torch import nn
+
+    if hasattr(base, "features"):
+        return base.features
+    children = list(base.children())
+    cut = next((i for i, c in enumerate(children) if isinstance(c, nn.AdaptiveAvgPool2d)), None)
+    if not cut:
+        raise ModelError(
+            f"{type(base).__name__} has no feature extractor this task can take (no .features, no global pooling)",
+            hint="use a MobileNet, EfficientNet, ResNet, RegNet or tiny-cnn backbone",
+        )
+    return nn.Sequential(*children[:cut])
+
+
+def localisation_module(architecture: str, task: Task, image_size: tuple[int, int], pretrained=None):
+    """Backbone of ``architecture`` plus the task's head, sized for ``image_size`` (static shapes)."""
+    import torch
+    from torch import nn
+
+    from .models import create_model
+
+    backbone = _backbone(create_model(architecture, 8, pretrained))
+    with torch.no_grad():
+        c, fh, fw = backbone.eval()(torch.zeros(1, 3, *image_size)).shape[1:]
+    return nn.Sequential(backbone, task.head(int(c), int(fh), int(fw)))
+
+
+class _QuadDataset:
+    """(image tensor, 8 corner fractions); augmentation warps the image and moves the corners with it."""
+
+    def __init__(self, images, targets: np.ndarray, spec: dict, augment_cfg: dict | None, seed: int):
+        self.images, self.targets, self.spec = images, targets, spec
+        self.augment_cfg, self.seed, self.epoch = augment_cfg, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        from .data import augment
+
+        img, corners = self.images[i], self.targets[i, :8].copy()
+        if self.augment_cfg is not None:
+            h, w = img.shape[:2]
+            pts = corners.reshape(4, 2) * np.float32([w, h])
+            img, pts = augment(img, np.random.default_rng([self.seed, self.epoch, i]), self.augment_cfg, points=pts)
+            corners = (pts / np.float32([w, h])).reshape(-1).astype(np.float32)
+        return torch.from_numpy(preprocess(img, self.spec)[0]), torch.from_numpy(corners)
+
+
+def _predict(model, images, spec, batch: int = 64) -> np.ndarray:
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            outs.append(model(torch.from_numpy(preprocess(images[i : i + batch], spec))).numpy())
+    return np.concatenate(outs)
+
+
+def fit_localisation(model, task: Task, train_ds, val_images, val_targets, spec, cfg, log_metrics) -> dict:
+    """Train with the configured schedule; keep the epoch with the lowest validation corner error."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .loop import _lr_at, _make_optimizer
+
+    t = cfg["train"]
+    torch.manual_seed(t["seed"])
+    opt = _make_optimizer(model, t)
+    loss_fn = task.loss()
+    best = {"error": math.inf, "epoch": -1, "state": None}
+    history = []
+    for epoch in range(t["epochs"]):
+        started = time.perf_counter()
+        train_ds.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(t["seed"] * 1000 + epoch)
+        loader = DataLoader(train_ds, batch_size=t["batch_size"], shuffle=True, generator=gen, num_workers=t["workers"],
+                            drop_last=len(train_ds) > t["batch_size"])  # fmt: skip
+        model.train()
+        seen, loss_sum = 0, 0.0
+        with progress.bar(f"epoch {epoch + 1}/{t['epochs']}", len(loader)) as tick:
+            for step, (x, y) in enumerate(loader):
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(epoch, step, len(loader), cfg)
+                loss = loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                seen += len(y)
+                loss_sum += loss.detach().item() * len(y)
+                tick(1)
+        model.eval()
+        val = task.metrics(_predict(model, val_images, spec), val_targets)
+        row = {"train_loss": loss_sum / seen, "val_corner_error_pct": val["corner_error_pct"],
+               "val_quad_iou": val["quad_iou"], "lr": opt.param_groups[0]["lr"],
+               "epoch_seconds": time.perf_counter() - started}  # fmt: skip
+        history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in row.items()}})
+        log_metrics(row, epoch + 1)
+        progress.info(
+            f"epoch {epoch + 1}: train loss {row['train_loss']:.5f} | val corner error {val['corner_error_pct']:.2f}% "
+            f"of the diagonal, quad IoU {val['quad_iou']:.4f} ({row['epoch_seconds']:.1f}s)"
+        )
+        if val["corner_error_pct"] < best["error"]:
+            best.update(error=val["corner_error_pct"], epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
+    model.load_state_dict(best["state"])
+    return {"best_epoch": best["epoch"], "epochs_run": len(history), "best_val_corner_error_pct": best["error"],
+            "history": history}  # fmt: skip
+
+
+def _input_profile(images, split: str) -> dict:
+    """What the model sees on held-out data (brightness, contrast): the drift baseline."""
+    stats = [image_stats(im) for im in images]
+    return {
+        "split": split,
+        "n": len(images),
+        "brightness": {"edges": BRIGHTNESS_EDGES, "counts": histogram([s[0] for s in stats], BRIGHTNESS_EDGES)},
+        "contrast": {"edges": CONTRAST_EDGES, "counts": histogram([s[1] for s in stats], CONTRAST_EDGES)},
+    }
+
+
+def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None) -> CanonicalModel:
+    """Train, evaluate and export a localisation model into a canonical model directory (one MLflow run)."""
+    import mlflow
+    import torch
+
+    from .loop import PACKAGES, _flatten, _log_onnx_model, _make_threads, _onnx_checked
+    from .models import set_bn_momentum
+    from .tracking import setup_experiment
+
+    m, t = cfg["model"], cfg["train"]
+    manifest = load_manifest(cfg["data"]["manifest"])
+    task.targets(sorted(manifest.files, key=lambda r: r.path), manifest.classes)  # every missing quad, at once
+    splits = {s: sorted(manifest.subset(s), key=lambda r: r.path) for s in ("train", "val", "test")}
+    if not all(splits.values()):
+        raise DataError(f"dataset {manifest.name!r} needs images in train, val and test")
+    targets = {s: task.targets(recs, manifest.classes) for s, recs in splits.items()}
+    _make_threads(t)
+    torch.manual_seed(t["seed"])
+    h, w = m["image_size"]
+    model = localisation_module(m["architecture"], task, (h, w), m["pretrained"])
+    set_bn_momentum(model, t["bn_momentum"])  # MobileNetV3's 0.01 leaves eval statistics far behind a short run
+    from .data import load_images
+
+    images = {}
+    with progress.bar("loading images", sum(len(r) for r in splits.values())) as tick:
+        for s, recs in splits.items():
+            images[s] = load_images(manifest, recs, max_side=2 * max(h, w), progress=tick)
+    spec = make_spec(h, w)
+    train_ds = _QuadDataset(images["train"], targets["train"], spec, cfg["augment"], t["seed"])
+    setup_experiment(cfg["tracking"]["experiment"])
+    started = time.perf_counter()
+    with mlflow.start_run(run_name=f"train-{m['name']}-{m['architecture']}") as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg).items()})
+        tags = {"factory.stage": "train", "factory.task": task.name, "factory.dataset_hash": manifest.dataset_hash}
+        mlflow.set_tags(tags | {"factory.config_hash": config_hash(cfg)})
+        fitted = fit_localisation(model, task, train_ds, images["val"], targets["val"], spec, cfg,
+                                  lambda row, step: mlflow.log_metrics(row, step=step))  # fmt: skip
+        seconds = time.perf_counter() - started
+        model.eval()
+        test = task.metrics(_predict(model, images["test"], spec), targets["test"])
+        mlflow.log_metrics({"test_corner_error_pct": test["corner_error_pct"], "test_quad_iou": test["quad_iou"]})
+        out = Path(cfg["output"]["dir"])
+        with atomic_dir(out) as tmp:
+            torch.save(model.state_dict(), tmp / WEIGHTS_NAME)
+            parity = _onnx_checked(model, tmp, cfg, images["test"], spec)
+            model_uri = _log_onnx_model(tmp, parity[2], parity[3]) if cfg["tracking"]["log_model"] else None
+            card = {
+                "schema": CARD_SCHEMA,
+                "name": m["name"],
+                "task": task.name,
+                "architecture": m["architecture"],
+                "labels": manifest.classes,
+                "input": input_spec(spec),
+                "preprocessing": spec,
+                "output": task.output(manifest.classes),
+                "files": {
+                    "weights": {
+                        "path": WEIGHTS_NAME,
+                        "sha256": sha256_file(tmp / WEIGHTS_NAME),
+                        "format": "torch state_dict",
+                    },
+                    "onnx": {
+                        "path": ONNX_NAME,
+                        "sha256": sha256_file(tmp / ONNX_NAME),
+                        "opset": ONNX_OPSET,
+                        "dynamic_batch": True,
+                    },
+                },  # fmt: skip
+                "complexity": {
+                    "params": int(sum(p.numel() for p in model.parameters())),
+                    "macs": count_macs(model, h, w),
+                },
+                "metrics": {
+                    "test": test,
+                    "val": {"corner_error_pct": fitted["best_val_corner_error_pct"], "n": len(images["val"])},
+                    "training": {k: fitted[k] for k in ("best_epoch", "epochs_run")} | {"seconds": round(seconds, 1)},
+                },
+                "onnx_parity": {
+                    "n": parity[1],
+                    "max_abs_diff": parity[0],
+                    "tolerance": cfg["eval"]["parity_tolerance"],
+                },
+                "history": fitted["history"],
+                "lineage": {
+                    "dataset": manifest.name,
+                    "dataset_hash": manifest.dataset_hash,
+                    "dataset_manifest": str(manifest.location),
+                    "config": config_path,
+                    "config_hash": config_hash(cfg),
+                    "config_values": cfg,
+                    "seed": t["seed"],
+                    "git": git_revision(),
+                    "mlflow": {
+                        "tracking_uri": mlflow.get_tracking_uri(),
+                        "run_id": run.info.run_id,
+                        "experiment_id": run.info.experiment_id,
+                        "model_uri": model_uri,
+                    },  # fmt: skip
+                    "packages": package_versions(PACKAGES) | {"edge-model-factory": __version__},
+                },
+                "reference_profile": _input_profile(images["val"], "val"),
+            }
+            write_json(tmp / CARD_NAME, card)
+            write_json(tmp / "metrics.json", {"test": test, "onnx_max_abs_diff": parity[0],
+                                              "epochs_run": fitted["epochs_run"]})  # fmt: skip
+            mlflow.log_artifact(str(tmp / CARD_NAME))
+    return CanonicalModel(out, card)
