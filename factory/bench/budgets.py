@@ -70,6 +70,7 @@ def check_budgets(
     size_mb: float | None = None,
     top1: float | None = None,
     min_top1: float | None = None,
+    corner_increase: tuple[float, list[float]] | None = None,
     confidence: float = CONFIDENCE,
 ) -> list[Check]:
     """One check per budget that is set and whose evidence was measured (``None`` is skipped).
@@ -111,6 +112,27 @@ def check_budgets(
                 r["why"],
             )
         )
+    limit = budgets.get("max_corner_error_increase_pct")
+    if corner_increase is not None and limit is not None:  # document localisation: a paired bootstrap interval
+        value, (lo, hi) = corner_increase
+        verdict = "fail" if lo > limit else "pass" if hi <= limit else "inconclusive"
+        checks.append(
+            Check(
+                "corner_error_increase",
+                round(value, 4),
+                limit,
+                verdict,
+                "<=",
+                " pt of the diagonal",
+                [round(lo, 4), round(hi, 4)],
+                "paired bootstrap interval of the mean corner-error increase against the limit",
+                f"corner error {value:+.2f} pt of the diagonal [{lo:+.2f}, {hi:+.2f}]: "
+                + {"pass": "interval within", "fail": "interval wholly above", "inconclusive": "interval straddles"}[
+                    verdict
+                ]
+                + f" {limit:g}",
+            )
+        )
     if max_abs_diff is not None and tolerance is not None:
         checks.append(_point("max_abs_diff", round(max_abs_diff, 8), tolerance, "<="))
     if latency_p95_ms is not None and budgets.get("max_latency_ms") is not None:
@@ -123,7 +145,9 @@ def check_budgets(
 
 
 def parity_evidence(parity: dict) -> dict:
-    """The accuracy evidence of a parity report, as :func:`check_budgets` takes it."""
+    """The accuracy evidence of a parity report, as :func:`check_budgets` takes it (by the task's figures)."""
+    if "corner_error_increase_pct" in parity:
+        return {"corner_increase": (parity["corner_error_increase_pct"], parity["increase_interval_pct"])}
     n = parity["n"]
     return {"paired": (parity["lost"], parity["gained"], n), "agreement": (n - parity["disagreements"], n)}
 

@@ -86,6 +86,9 @@ PROFILE_SCHEMA = {
     "budgets": {
         "max_accuracy_drop_pt": Key(float, 1.0, "top-1 drop vs the canonical model on the test split, in points"),
         "min_top1_agreement": Key(float, 0.0, "share of test images where the artifact and canonical agree"),
+        "max_corner_error_increase_pct": Key(
+            float, 0.5, "document localisation: corner-error increase vs the canonical model, in % of the diagonal"
+        ),
         "max_latency_ms": Key(float, None, "p95 latency at batch 1 on the build host", nullable=True),
         "max_size_mb": Key(float, None, "artifact size", nullable=True),
     },

@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,9 +29,9 @@ from ..data.splits import load_split
 from ..errors import DataError, InputError, ValidationError
 from ..export.base import get_backend, stage
 from ..export.convert import TOOLCHAIN, Converted, convert
-from ..export.parity import parity_metrics
 from ..export.targets import load_target
 from ..lineage import host_info, package_versions
+from ..tasks import Task, get_task
 from ..train.canonical import CanonicalModel, load_canonical, onnx_logits
 from .publish import BuildResult, publish
 
@@ -56,8 +56,9 @@ class BuildContext:
     canonical: CanonicalModel
     dataset: DatasetManifest
     x_test: np.ndarray
-    y_test: np.ndarray
+    y_test: np.ndarray  # the task's targets: label indices, or corners (factory.tasks)
     reference: np.ndarray
+    task: Task = field(default_factory=lambda: get_task(None))
 
 
 def load_context(model_dir: str | Path, data: str | None = None) -> BuildContext:
@@ -75,12 +76,17 @@ def load_context(model_dir: str | Path, data: str | None = None) -> BuildContext
             f"note: dataset {dataset.location} has hash {dataset.dataset_hash[:12]}, "
             f"the model was trained on {canonical.card['lineage']['dataset_hash'][:12]}"
         )
+    task = get_task(canonical.task)
     x_test, y_test = load_split(dataset, "test", canonical.preprocessing, canonical.labels)
-    return BuildContext(canonical, dataset, x_test, y_test, onnx_logits(canonical.onnx, x_test))
+    if task.name != "classification":  # load_split's order: by path
+        y_test = task.targets(sorted(dataset.subset("test"), key=lambda r: r.path), canonical.labels)
+    return BuildContext(canonical, dataset, x_test, y_test, onnx_logits(canonical.onnx, x_test), task)
 
 
 def check_resolvable(ctx: BuildContext, profile: dict) -> None:
     """Exit 1 before building anything when the test split cannot judge even a perfect candidate."""
+    if ctx.task.name != "classification":
+        return  # a bootstrap interval of a continuous metric has no such floor
     why = unresolvable(profile["budgets"], len(ctx.y_test))
     if why:
         raise ValidationError(
@@ -160,9 +166,12 @@ def build_report(result: BuildResult) -> dict:
         "bundle": str(result.folder),
         "archive": str(result.archive),
         "archive_sha256": sha256_file(result.archive),
-        "top1": p["top1"],
-        "accuracy_drop_pt": p["accuracy_drop_pt"],
-        "top1_agreement": p["top1_agreement"],
+        "task": m.validation.get("task", "classification"),
+        "top1": p.get("top1"),
+        "accuracy_drop_pt": p.get("accuracy_drop_pt"),
+        "top1_agreement": p.get("top1_agreement"),
+        "corner_error_pct": p.get("corner_error_pct"),
+        "corner_error_increase_pct": p.get("corner_error_increase_pct"),
         "latency_p50_ms": m.latency["p50_ms"],
         "latency_p95_ms": m.latency["p95_ms"],
         "latency_source": m.latency.get("source"),
@@ -184,7 +193,7 @@ def _validate(ctx: BuildContext, backend, out: Path, runtime: dict) -> tuple[dic
         runner = backend.runtime.load(out, runtime)
     with stage(f"{backend.name}-validate"):
         outputs = _run_batches(runner, ctx.x_test, 32)
-    parity = parity_metrics(outputs, ctx.reference, ctx.y_test)
+    parity = ctx.task.parity(outputs, ctx.reference, ctx.y_test)
     latency = quick_latency(runner, ctx.x_test) | {
         "threads": runtime.get("threads"),
         "host": host_info(),
@@ -254,6 +263,7 @@ def _manifest(
             "note": backend.capabilities.notes.get(precision),
         },
         validation={
+            "task": ctx.task.name,
             "split": "test",
             "dataset_hash": ctx.dataset.dataset_hash,
             "parity": parity,
@@ -268,7 +278,13 @@ def _manifest(
                 "weights_sha256": canonical.card["files"]["weights"]["sha256"],
                 "onnx_sha256": canonical.card["files"]["onnx"]["sha256"],
                 "architecture": canonical.card["architecture"],
-                "test_top1": canonical.card["metrics"]["test"]["top1"],
+                "task": canonical.task,
+                "test_metrics": {k: v for k, v in canonical.card["metrics"]["test"].items() if isinstance(v, float)},
+                **(
+                    {"test_top1": canonical.card["metrics"]["test"]["top1"]}
+                    if canonical.task == "classification"
+                    else {}
+                ),
             },
             "training": {
                 k: canonical.card["lineage"].get(k)

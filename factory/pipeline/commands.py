@@ -10,8 +10,11 @@ __all__ = ["build_cmd", "build_table"]
 
 
 def _drop(m) -> str:
-    check = next((c for c in m.validation["checks"] if c["check"] == "accuracy_drop"), None)
     p = m.validation["parity"]
+    if "corner_error_increase_pct" in p:  # document localisation: corner error, in % of the diagonal
+        lo, hi = p["increase_interval_pct"]
+        return f"corner error {p['corner_error_increase_pct']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    check = next((c for c in m.validation["checks"] if c["check"] == "accuracy_drop"), None)
     if check and check.get("interval"):
         lo, hi = check["interval"]
         return f"{p['accuracy_drop_pt']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
@@ -56,8 +59,10 @@ def build_table(results, *, latency: bool = True) -> str:
         prune = (
             "none" if rec["pruning"]["method"] == "none" else f"{rec['pruning']['method']} {rec['pruning']['ratio']:g}"
         )
-        row = f"| {m.target} | {m.runtime['backend']} | {rec['precision']} | {prune} | {p['top1']:.4f} | {_drop(m)} | "
-        row += f"{p['top1_agreement']:.4f} | "
+        quality = f"{p['top1']:.4f}" if "top1" in p else f"corner error {p['corner_error_pct']:.2f}%"
+        agreement = f"{p['top1_agreement']:.4f}" if "top1_agreement" in p else "-"
+        row = f"| {m.target} | {m.runtime['backend']} | {rec['precision']} | {prune} | {quality} | {_drop(m)} | "
+        row += f"{agreement} | "
         if latency:
             source = "search run" if str(m.latency.get("source", "")).startswith("search") else "build probe"
             row += f"{m.latency['p50_ms']:.2f} | {m.latency['p95_ms']:.2f} | {source} | "

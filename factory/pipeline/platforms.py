@@ -108,7 +108,6 @@ def platform_parity(
     from ..bundle.manifest import copy_resigned
     from ..bundle.signing import load_public_key
     from ..device.loader import open_bundle
-    from ..export.parity import parity_metrics
     from ..proportions import non_inferiority
     from .build import load_context
 
@@ -140,11 +139,16 @@ def platform_parity(
         raise InputError(
             f"the {root.platform} run returned outputs of shape {outputs.shape}, not {ctx.reference.shape}"
         )
-    parity = parity_metrics(outputs, ctx.reference, ctx.y_test)
+    parity = ctx.task.parity(outputs, ctx.reference, ctx.y_test)
     _, here = open_bundle(bundle)  # the same bundle on the build host: what differs is the architecture
     on_host = np.concatenate([here(ctx.x_test[i : i + 32]) for i in range(0, len(ctx.x_test), 32)])
     margin = (manifest.validation.get("budgets") or {}).get("max_accuracy_drop_pt")
-    drop = non_inferiority(parity["lost"], parity["gained"], parity["n"], margin, CONFIDENCE) if margin else None
+    classification = "lost" in parity
+    drop = (
+        non_inferiority(parity["lost"], parity["gained"], parity["n"], margin, CONFIDENCE)
+        if margin and classification
+        else None
+    )
     section = {
         "platform": root.platform,
         "environment": "emulated (qemu user mode)" if facts["host"].get("emulated") else "native",
@@ -155,7 +159,9 @@ def platform_parity(
         "parity": parity,
         "accuracy_drop": drop,
         "vs_build_host": {
-            "top1_agreement": round(float((outputs.argmax(1) == on_host.argmax(1)).mean()), 6),
+            "top1_agreement": round(float((outputs.argmax(1) == on_host.argmax(1)).mean()), 6)
+            if classification
+            else None,
             "max_abs_diff": float(np.abs(outputs.astype(np.float64) - on_host).max()),
         },
         "latency": "not measured: under emulation it would measure the emulator"

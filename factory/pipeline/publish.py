@@ -89,9 +89,7 @@ def _log(run, folder: Path, archive: Path, m: Manifest) -> dict:
     )
     mlflow.log_metrics(
         {
-            "top1": p["top1"],
-            "accuracy_drop_pt": p["accuracy_drop_pt"],
-            "top1_agreement": p["top1_agreement"],
+            **{k: p[k] for k in ("top1", "accuracy_drop_pt", "top1_agreement", "corner_error_pct") if k in p},
             "max_abs_diff": p["max_abs_diff"],
             "latency_p50_ms": m.latency["p50_ms"],
             "latency_p95_ms": m.latency["p95_ms"],

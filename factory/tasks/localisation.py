@@ -32,10 +32,13 @@ def _diagonal(quads: np.ndarray) -> np.ndarray:
     return 0.5 * (np.linalg.norm(quads[:, 2] - quads[:, 0], axis=1) + np.linalg.norm(quads[:, 3] - quads[:, 1], axis=1))
 
 
-def corner_errors(raw: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Per-frame mean corner distance in % of the true quad's diagonal."""
-    truth, pred = _pixels(targets[:, :8], targets[:, 8:10]), _pixels(raw[:, :8], targets[:, 8:10])
-    return 100.0 * np.linalg.norm(pred - truth, axis=2).mean(1) / np.maximum(_diagonal(truth), 1e-9)
+def corner_errors(raw: np.ndarray, targets: np.ndarray, against: np.ndarray | None = None) -> np.ndarray:
+    """Per-frame mean corner distance from the true corners (or from ``against``'s, e.g. the canonical
+    model's), in % of the true quad's diagonal."""
+    truth = _pixels(targets[:, :8], targets[:, 8:10])
+    other = truth if against is None else _pixels(against[:, :8], targets[:, 8:10])
+    pred = _pixels(raw[:, :8], targets[:, 8:10])
+    return 100.0 * np.linalg.norm(pred - other, axis=2).mean(1) / np.maximum(_diagonal(truth), 1e-9)
 
 
 def quad_ious(raw: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -159,7 +162,7 @@ class DocumentLocalisation(Task):
         increase with a paired bootstrap interval, and how far its corners are from the canonical ones."""
         cand, ref = corner_errors(candidate, targets), corner_errors(reference, targets)
         lo, hi = paired_bootstrap(cand, ref)
-        apart = corner_errors(candidate, np.concatenate([reference[:, :8], targets[:, 8:10]], axis=1))
+        apart = corner_errors(candidate, targets, against=reference)
         return {
             "n": int(len(targets)),
             "corner_error_pct": round(float(cand.mean()), 4),
