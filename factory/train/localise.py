@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, progress
+from .. import progress
 from .._io import atomic_dir, sha256_file, write_json
 from ..config import config_hash
 from ..data.manifest import load_manifest
 from ..errors import DataError, ModelError
-from ..lineage import git_revision, package_versions
 from ..preprocess import input_spec, make_spec, preprocess
 from ..stats import BRIGHTNESS_EDGES, CONTRAST_EDGES, histogram, image_stats
 from ..tasks import Task
@@ -159,7 +158,7 @@ def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None)
     import mlflow
     import torch
 
-    from .loop import PACKAGES, _flatten, _log_onnx_model, _make_threads, _onnx_checked
+    from .loop import _flatten, _log_onnx_model, _make_threads, _onnx_checked, card_lineage
     from .models import set_bn_momentum
     from .tracking import setup_experiment
 
@@ -237,23 +236,7 @@ def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None)
                     "tolerance": cfg["eval"]["parity_tolerance"],
                 },
                 "history": fitted["history"],
-                "lineage": {
-                    "dataset": manifest.name,
-                    "dataset_hash": manifest.dataset_hash,
-                    "dataset_manifest": str(manifest.location),
-                    "config": config_path,
-                    "config_hash": config_hash(cfg),
-                    "config_values": cfg,
-                    "seed": t["seed"],
-                    "git": git_revision(),
-                    "mlflow": {
-                        "tracking_uri": mlflow.get_tracking_uri(),
-                        "run_id": run.info.run_id,
-                        "experiment_id": run.info.experiment_id,
-                        "model_uri": model_uri,
-                    },  # fmt: skip
-                    "packages": package_versions(PACKAGES) | {"edge-model-factory": __version__},
-                },
+                "lineage": card_lineage(cfg, config_path, manifest, run, model_uri),
                 "reference_profile": _input_profile(images["val"], "val"),
             }
             write_json(tmp / CARD_NAME, card)

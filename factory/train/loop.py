@@ -277,6 +277,29 @@ def _log_onnx_model(folder: Path, batch: np.ndarray, logits: np.ndarray) -> str:
     return info.model_uri
 
 
+def card_lineage(cfg: dict, config_path, manifest, run, model_uri) -> dict:
+    """The model card's ``lineage``: dataset, config, seed, git, the MLflow run, package versions."""
+    import mlflow
+
+    return {
+        "dataset": manifest.name,
+        "dataset_hash": manifest.dataset_hash,
+        "dataset_manifest": str(manifest.location),
+        "config": config_path,
+        "config_hash": config_hash(cfg),
+        "config_values": cfg,
+        "seed": cfg["train"]["seed"],
+        "git": git_revision(),
+        "mlflow": {
+            "tracking_uri": mlflow.get_tracking_uri(),
+            "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id,
+            "model_uri": model_uri,
+        },
+        "packages": package_versions(PACKAGES) | {"edge-model-factory": __version__},
+    }
+
+
 def _card(
     cfg: dict,
     config_path,
@@ -292,9 +315,7 @@ def _card(
     run,
     model_uri,
 ) -> dict:
-    import mlflow
-
-    m, t = cfg["model"], cfg["train"]
+    m = cfg["model"]
     h, w = m["image_size"]
     classes, manifest = data.manifest.classes, data.manifest
     return {
@@ -332,23 +353,7 @@ def _card(
         },
         "onnx_parity": {"n": parity[1], "max_abs_diff": parity[0], "tolerance": cfg["eval"]["parity_tolerance"]},
         "history": fitted["history"],
-        "lineage": {
-            "dataset": manifest.name,
-            "dataset_hash": manifest.dataset_hash,
-            "dataset_manifest": str(manifest.location),
-            "config": config_path,
-            "config_hash": config_hash(cfg),
-            "config_values": cfg,
-            "seed": t["seed"],
-            "git": git_revision(),
-            "mlflow": {
-                "tracking_uri": mlflow.get_tracking_uri(),
-                "run_id": run.info.run_id,
-                "experiment_id": run.info.experiment_id,
-                "model_uri": model_uri,
-            },
-            "packages": package_versions(PACKAGES) | {"edge-model-factory": __version__},
-        },
+        "lineage": card_lineage(cfg, config_path, manifest, run, model_uri),
         "reference_profile": ref,
     }
 
