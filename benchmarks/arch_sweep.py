@@ -136,13 +136,18 @@ def _cell(result) -> dict:
 
 
 def _latency(cells: dict, seconds: float) -> None:
-    """fp32 and int8 of one runtime in one interleaved run: the int8/fp32 ratio of p50."""
-    from factory.bench.run import run_bench
+    """fp32 and int8 of one runtime in one interleaved run (`factory bench`, in a fresh process: the sweep's
+    own process has loaded many quantizers and runtimes by then): the int8/fp32 ratio of p50."""
+    import subprocess
 
     built = {p: c for p, c in cells.items() if c.get("bundle")}
     if len(built) < 2:
         return
-    report = run_bench([c["bundle"] for c in built.values()], seconds=seconds, accuracy=False)
+    cmd = [sys.executable, "-m", "factory.cli", "-q", "bench", *(c["bundle"] for c in built.values())]
+    done = subprocess.run(cmd + ["--seconds", str(seconds), "--no-accuracy", "--json"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"factory bench exited {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}")
+    report = json.loads(done.stdout)
     by_path = {a["path"]: a["latency"]["p50_ms"] for a in report["artifacts"]}
     for c in built.values():
         c["p50_ms"] = next((v for k, v in by_path.items() if str(k).rstrip("/") == c["bundle"].rstrip("/")), None)

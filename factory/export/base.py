@@ -90,6 +90,11 @@ class Backend:
         layer is kept in float: (what it is, quantization option overrides). None by default."""
         return []
 
+    def keep_float_options(self, options: dict) -> dict:
+        """The quantization options the float stage of a repair starts from, given the best so far (a fix
+        that cannot keep layers in float is swapped for one that can). Unchanged by default."""
+        return options
+
     def quantizable_layers(self, fp32: Path) -> list[str]:
         """The layers an int8 repair may keep in float, by the names ``keep_float`` takes, in graph order."""
         raise NotImplementedError(f"{self.name} cannot keep layers in float")

@@ -129,6 +129,7 @@ def _quantize(backend: Backend, canonical, profile: dict, runtime: dict, dataset
         budgets=profile["budgets"],
         cheap_fixes=backend.cheap_fixes(precision, q),
         layers=lambda: backend.quantizable_layers(fp32),
+        keep_float_options=backend.keep_float_options,
     )
 
 

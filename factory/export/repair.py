@@ -101,6 +101,7 @@ def repair_quantization(
     budgets: dict,
     cheap_fixes: list[tuple[str, dict]],
     layers: Callable[[], list[str]],
+    keep_float_options: Callable[[dict], dict] = lambda opts: opts,
 ) -> tuple[Path, dict]:
     """Quantize as configured; if the validation split says it misses the target, try the cheaper fixes,
     then keep the most sensitive layers in float. Returns the chosen artifact and its facts, with the
@@ -156,7 +157,7 @@ def repair_quantization(
             facts["worked"] = fix
             return done()
 
-    base_opts = best[3]  # the best so far: a cheap fix that helped stays
+    base_opts = keep_float_options(best[3])  # the best so far: a cheap fix that helped stays (if it can keep float)
     names = [n for n in layers() if n not in (base_opts.get("keep_float") or [])]
     groups = [list(g) for g in np.array_split(np.array(names, dtype=object), min(MAX_GROUPS, len(names))) if len(g)]
     ranking = rank_layers(quantize, load, groups, base_opts, fp32, val.x[:PROBE_IMAGES], work / "rank")
