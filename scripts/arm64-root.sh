@@ -23,8 +23,13 @@ if [ "$(uname -m)" != "aarch64" ]; then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
   fi
-  mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register
+  mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] \
+    || cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register 2>/dev/null || true
+  if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+    echo "this host cannot run arm64 binaries: binfmt_misc is not available to register qemu-aarch64" >&2
+    exit 3  # the environment, not the install: callers may skip
+  fi
 fi
 
 if [ ! -e "$root/.factory-root-ready" ]; then
