@@ -128,7 +128,12 @@ def _cell(result) -> dict:
             "worked": repair.get("worked"),
             "chosen": repair.get("chosen"),
             "kept_float": applied.get("keep_float") or [],
-            "attempts": [(a["fix"], a["val"]["drop_pt"], a["val"]["agreement"]) for a in repair.get("attempts", [])],
+            "attempts": [
+                (a["fix"], a["val"]["drop_pt"], a["val"]["agreement"])
+                if "val" in a
+                else (a["fix"], "failed", a["error"])
+                for a in repair.get("attempts", [])
+            ],
         }
         if repair
         else None,
@@ -290,6 +295,7 @@ def _supervise(args) -> None:
 
     out_json = Path(args.out + ".json")
     for arch, _ in [a for a in ARCHITECTURES if not args.arch or a[0] in args.arch]:
+        crashed_latency: set[str] = set()
         for _attempt in range(12):
             cmd = [sys.executable, __file__, "--child", "--arch", arch]
             for flag in ("data", "size", "epochs", "work", "bench_seconds", "out"):
@@ -304,6 +310,13 @@ def _supervise(args) -> None:
             cells = r.setdefault("cells", {}).setdefault(where["target"], {})
             if where["step"] == "build":
                 cells[where["precision"]] = {"status": "failed", "stage": "process", "operator": None, "reason": why}
+            elif where["target"] not in crashed_latency:
+                # latency runs in its own `factory bench` process: a crash here is the sweep process's (native
+                # objects of the builds before it), so the next process measures it again, once
+                crashed_latency.add(where["target"])
+                progress.info(f"== {arch}: {why}; measuring it again in a fresh process")
+                write_json(out_json, result)
+                continue
             else:
                 r.setdefault("latency_errors", {})[where["target"]] = why
             progress.info(f"== {arch}: {why}; recorded, going on")

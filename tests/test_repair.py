@@ -115,3 +115,38 @@ def test_judge_projects_the_validation_rates_onto_the_test_split_and_wants_the_u
     assert wide["projected_to"] == 100 and wide["projected_interval_pt"][1] < 30 and wide["within_target"]
     # agreement: 0.8 misses half of a 0.9 floor's allowance (at most 5% may disagree)
     assert not judge(logits, val, {"min_top1_agreement": 0.9})["within_target"]
+
+
+def test_a_quantizer_that_cannot_make_the_model_gives_way_to_a_cheaper_fix_that_can(tmp_path):
+    """ai-edge-quantizer writes ConvNeXt a model LiteRT refuses; the repair goes on to the other quantizer.
+    (Stand-in quantizers: this checks the repair's order and record, not a runtime.)"""
+    from factory.errors import ExportError
+    from factory.export.repair import ValidationSet, repair_quantization
+
+    y = np.arange(40) % 4
+    reference = np.eye(4, dtype=np.float32)[y] * 5
+    val = ValidationSet(np.arange(40, dtype=np.float32)[:, None], y, reference)
+
+    def quantize(opts, folder):
+        if opts.get("engine") != "pt2e":
+            raise ExportError("litert-quantize", "invalid quantization parameters", operator="FULLY_CONNECTED")
+        path = folder / "m"
+        path.write_text("ok")
+        return path, {"method": opts["engine"]}
+
+    def load(path):
+        return lambda x: reference[x[:, 0].astype(int)]  # the canonical model's answers: a perfect int8
+
+    path, facts = repair_quantization(
+        quantize, load, fp32=tmp_path / "fp32", options={"engine": "auto"}, work=tmp_path, val=val,
+        budgets={"max_accuracy_drop_pt": 20.0}, cheap_fixes=[("PT2E", {"engine": "pt2e"})], layers=lambda: [],
+    )  # fmt: skip
+    repair = facts["repair"]
+    assert [a["fix"] for a in repair["attempts"]] == ["as configured", "PT2E"]
+    assert "FULLY_CONNECTED" in repair["attempts"][0]["error"] and repair["worked"] == "PT2E"
+    assert facts["method"] == "pt2e" and path.read_text() == "ok"
+    with pytest.raises(ExportError, match="invalid quantization parameters"):  # nothing works: the first failure
+        repair_quantization(
+            quantize, load, fp32=tmp_path / "fp32", options={"engine": "auto"}, work=tmp_path / "2", val=val,
+            budgets={"max_accuracy_drop_pt": 20.0}, cheap_fixes=[], layers=lambda: [],
+        )  # fmt: skip

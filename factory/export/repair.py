@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from .. import progress
+from ..errors import ExportError
 from ..proportions import tango_interval
 
 __all__ = ["ValidationSet", "judge", "rank_layers", "repair_quantization", "quick_compare"]
@@ -108,16 +109,24 @@ def repair_quantization(
     repair's record under ``repair``: target, every attempt, the ranking, what worked, and (when the
     recipe changed) the indicative latency of the fp32 export, the unrepaired and the repaired int8."""
     attempts: list[dict] = []
-    tried: list[Path] = []
+    tried: list[Path | None] = []  # the artifact of each attempt (None: the quantizer failed)
     best: tuple | None = None  # (score, artifact, facts, options)
+    errors: list[Exception] = []
 
     def attempt(fix: str, opts: dict) -> bool:
         nonlocal best
         folder = work / f"repair-{len(attempts)}"
         folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        artifact, facts = quantize(opts, folder)
-        v = judge(_logits(load(artifact), val.x), val, budgets)
+        try:
+            artifact, facts = quantize(opts, folder)
+            v = judge(_logits(load(artifact), val.x), val, budgets)
+        except (ExportError, RuntimeError, ValueError) as exc:  # a quantizer that cannot make this model
+            errors.append(exc)
+            attempts.append({"fix": fix, "error": str(exc)[:500], "seconds": round(time.perf_counter() - started, 1)})
+            tried.append(None)
+            progress.info(f"  repair: {fix}: failed: {str(exc).splitlines()[0][:200]}")
+            return False
         attempts.append({"fix": fix, "val": v, "seconds": round(time.perf_counter() - started, 1)})
         tried.append(artifact)
         lo, hi = v["projected_interval_pt"]
@@ -139,11 +148,12 @@ def repair_quantization(
     facts = {"target": target, "attempts": attempts, "worked": None}
 
     def done() -> tuple[Path, dict]:
+        if best is None:  # no fix made a model at all: the first failure says why (stage, operator)
+            raise errors[0]
         chosen = best[1]
         if chosen != tried[0]:  # the recipe changed: what did it cost?
-            facts["latency_ms"] = quick_compare(
-                load, {"fp32_export": fp32, "int8_as_configured": tried[0], "int8_repaired": chosen}, val.x
-            )
+            compared = {"fp32_export": fp32, "int8_as_configured": tried[0], "int8_repaired": chosen}
+            facts["latency_ms"] = quick_compare(load, {k: v for k, v in compared.items() if v is not None}, val.x)
         facts["chosen"] = attempts[tried.index(chosen)]["fix"]
         return chosen, best[2] | {"keep_float": list(best[3].get("keep_float") or []), "repair": facts}
 
@@ -156,6 +166,8 @@ def repair_quantization(
         if attempt(fix, {**options, **overrides}):
             facts["worked"] = fix
             return done()
+    if tried[0] is None:  # the configured quantizer cannot make this model: keeping layers in float cannot help
+        return done()
 
     base_opts = keep_float_options(best[3])  # the best so far: a cheap fix that helped stays (if it can keep float)
     names = [n for n in layers() if n not in (base_opts.get("keep_float") or [])]
