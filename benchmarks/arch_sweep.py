@@ -202,7 +202,8 @@ def _markdown(result: dict, args) -> str:
     lines = [
         f"# Architecture sweep on {h['cpu']} ({h['cores']} cores)",
         "",
-        f"Each architecture trained from scratch on `{args.data}` ({_split_sizes(args.data)}) at "
+        f"Each architecture trained from scratch on the sweep's synthetic set ({SYNTH['per_class']} photos per "
+        f"class at {SYNTH['size'][0]}x{SYNTH['size'][1]}: {_split_sizes(args.data)}) at "
         f"{args.size}x{args.size} for {args.epochs} epochs (configs/train.yaml otherwise; own settings: "
         + ", ".join(f"{a} {' '.join(f'{k}={v}' for k, v in o.items())}" for a, o in TRAIN_OVERRIDES.items())
         + "), then built for every runtime at fp32 and int8-static (accuracy repair on). "
@@ -253,8 +254,9 @@ def _markdown(result: dict, args) -> str:
         f"({s.get('int8_share', 0):.0%}; goal >= 90%). Repairs that changed the recipe: {s.get('repaired', 0)}; "
         f"of those slower than fp32 (not worth it): {s.get('not_worth_it', 0)}.",
         "",
-        f"Reproduce: `python benchmarks/arch_sweep.py --data {args.data} --size {args.size} --epochs {args.epochs}` "
-        f"({result.get('minutes', 0):.0f} minutes here).",
+        f"Reproduce: `python benchmarks/arch_sweep.py` (it synthesizes that set into sweep/data; "
+        f"{result.get('minutes', 0):.0f} minutes here, in four runs resumed from the JSON as the code changed: "
+        "the cells a later change could alter were built again with it).",
         "",
     ]
     return "\n".join(lines)
