@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,6 +45,7 @@ __all__ = [
     "make_bundle",
     "build",
     "build_report",
+    "run_batches",
 ]
 
 
@@ -58,7 +59,11 @@ class BuildContext:
     x_test: np.ndarray
     y_test: np.ndarray  # the task's targets: label indices, or corners (factory.tasks)
     reference: np.ndarray
-    task: Task = field(default_factory=lambda: get_task(None))
+
+    @property
+    def task(self) -> Task:
+        """What the canonical model is for (its card says)."""
+        return get_task(self.canonical.task)
 
 
 def load_context(model_dir: str | Path, data: str | None = None) -> BuildContext:
@@ -80,7 +85,7 @@ def load_context(model_dir: str | Path, data: str | None = None) -> BuildContext
     x_test, y_test = load_split(dataset, "test", canonical.preprocessing, canonical.labels)
     if task.name != "classification":  # load_split's order: by path
         y_test = task.targets(sorted(dataset.subset("test"), key=lambda r: r.path), canonical.labels)
-    return BuildContext(canonical, dataset, x_test, y_test, onnx_logits(canonical.onnx, x_test), task)
+    return BuildContext(canonical, dataset, x_test, y_test, onnx_logits(canonical.onnx, x_test))
 
 
 def check_resolvable(ctx: BuildContext, profile: dict) -> None:
@@ -183,7 +188,8 @@ def build_report(result: BuildResult) -> dict:
     }
 
 
-def _run_batches(runner, x: np.ndarray, batch: int) -> np.ndarray:
+def run_batches(runner, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    """A runner's outputs on ``x``, ``batch`` images per call."""
     return np.concatenate([runner(np.ascontiguousarray(x[i : i + batch])) for i in range(0, len(x), batch)])
 
 
@@ -192,7 +198,7 @@ def _validate(ctx: BuildContext, backend, out: Path, runtime: dict) -> tuple[dic
     with stage(f"{backend.name}-load"):
         runner = backend.runtime.load(out, runtime)
     with stage(f"{backend.name}-validate"):
-        outputs = _run_batches(runner, ctx.x_test, 32)
+        outputs = run_batches(runner, ctx.x_test, 32)
     parity = ctx.task.parity(outputs, ctx.reference, ctx.y_test)
     latency = quick_latency(runner, ctx.x_test) | {
         "threads": runtime.get("threads"),

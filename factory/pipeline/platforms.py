@@ -109,7 +109,7 @@ def platform_parity(
     from ..bundle.signing import load_public_key
     from ..device.loader import open_bundle
     from ..proportions import non_inferiority
-    from .build import load_context
+    from .build import load_context, run_batches
 
     bundle = Path(bundle)
     manifest = verify_bundle(bundle, load_public_key(public_key_path))["manifest"]
@@ -141,7 +141,7 @@ def platform_parity(
         )
     parity = ctx.task.parity(outputs, ctx.reference, ctx.y_test)
     _, here = open_bundle(bundle)  # the same bundle on the build host: what differs is the architecture
-    on_host = np.concatenate([here(ctx.x_test[i : i + 32]) for i in range(0, len(ctx.x_test), 32)])
+    on_host = run_batches(here, ctx.x_test)
     margin = (manifest.validation.get("budgets") or {}).get("max_accuracy_drop_pt")
     classification = "lost" in parity
     drop = (

@@ -11,10 +11,10 @@ __all__ = ["Classification", "parity_metrics", "softmax"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of a batch of logits."""
-    z = np.asarray(logits, np.float64)
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    """Row-wise softmax, numerically stable."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def parity_metrics(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:

@@ -11,15 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ..stats import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, histogram
+from ..tasks.classification import softmax
 
 __all__ = ["softmax", "classification_metrics", "confusion_matrix", "plot_confusion", "reference_profile"]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, numerically stable."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:

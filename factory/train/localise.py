@@ -13,14 +13,26 @@ from pathlib import Path
 import numpy as np
 
 from .. import progress
-from .._io import atomic_dir, sha256_file, write_json
+from .._io import atomic_dir, write_json
 from ..config import config_hash
 from ..data.manifest import load_manifest
 from ..errors import DataError, ModelError
 from ..preprocess import input_spec, make_spec, preprocess
 from ..stats import BRIGHTNESS_EDGES, CONTRAST_EDGES, histogram, image_stats
 from ..tasks import Task
-from .canonical import CARD_NAME, CARD_SCHEMA, ONNX_NAME, ONNX_OPSET, WEIGHTS_NAME, CanonicalModel, count_macs
+from .canonical import CARD_NAME, CARD_SCHEMA, WEIGHTS_NAME, CanonicalModel, count_macs
+from .data import ImageDataset, augment
+from .loop import (
+    _flatten,
+    _log_onnx_model,
+    _lr_at,
+    _make_optimizer,
+    _make_threads,
+    _onnx_checked,
+    card_files,
+    card_lineage,
+    predict_logits,
+)
 
 __all__ = ["localisation_module", "fit_localisation", "train_localisation"]
 
@@ -55,25 +67,13 @@ def localisation_module(architecture: str, task: Task, image_size: tuple[int, in
     return nn.Sequential(backbone, task.head(int(c), int(fh), int(fw)))
 
 
-class _QuadDataset:
+class _QuadDataset(ImageDataset):
     """(image tensor, 8 corner fractions); augmentation warps the image and moves the corners with it."""
-
-    def __init__(self, images, targets: np.ndarray, spec: dict, augment_cfg: dict | None, seed: int):
-        self.images, self.targets, self.spec = images, targets, spec
-        self.augment_cfg, self.seed, self.epoch = augment_cfg, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def __getitem__(self, i: int):
         import torch
 
-        from .data import augment
-
-        img, corners = self.images[i], self.targets[i, :8].copy()
+        img, corners = self.images[i], self.labels[i, :8].copy()
         if self.augment_cfg is not None:
             h, w = img.shape[:2]
             pts = corners.reshape(4, 2) * np.float32([w, h])
@@ -82,22 +82,10 @@ class _QuadDataset:
         return torch.from_numpy(preprocess(img, self.spec)[0]), torch.from_numpy(corners)
 
 
-def _predict(model, images, spec, batch: int = 64) -> np.ndarray:
-    import torch
-
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            outs.append(model(torch.from_numpy(preprocess(images[i : i + batch], spec))).numpy())
-    return np.concatenate(outs)
-
-
 def fit_localisation(model, task: Task, train_ds, val_images, val_targets, spec, cfg, log_metrics) -> dict:
     """Train with the configured schedule; keep the epoch with the lowest validation corner error."""
     import torch
     from torch.utils.data import DataLoader
-
-    from .loop import _lr_at, _make_optimizer
 
     t = cfg["train"]
     torch.manual_seed(t["seed"])
@@ -125,7 +113,7 @@ def fit_localisation(model, task: Task, train_ds, val_images, val_targets, spec,
                 loss_sum += loss.detach().item() * len(y)
                 tick(1)
         model.eval()
-        val = task.metrics(_predict(model, val_images, spec), val_targets)
+        val = task.metrics(predict_logits(model, val_images, spec), val_targets)
         row = {"train_loss": loss_sum / seen, "val_corner_error_pct": val["corner_error_pct"],
                "val_quad_iou": val["quad_iou"], "lr": opt.param_groups[0]["lr"],
                "epoch_seconds": time.perf_counter() - started}  # fmt: skip
@@ -158,7 +146,6 @@ def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None)
     import mlflow
     import torch
 
-    from .loop import _flatten, _log_onnx_model, _make_threads, _onnx_checked, card_lineage
     from .models import set_bn_momentum
     from .tracking import setup_experiment
 
@@ -181,7 +168,7 @@ def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None)
         for s, recs in splits.items():
             images[s] = load_images(manifest, recs, max_side=2 * max(h, w), progress=tick)
     spec = make_spec(h, w)
-    train_ds = _QuadDataset(images["train"], targets["train"], spec, cfg["augment"], t["seed"])
+    train_ds = _QuadDataset(images["train"], targets["train"], spec, augment_cfg=cfg["augment"], seed=t["seed"])
     setup_experiment(cfg["tracking"]["experiment"])
     started = time.perf_counter()
     with mlflow.start_run(run_name=f"train-{m['name']}-{m['architecture']}") as run:
@@ -192,7 +179,7 @@ def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None)
                                   lambda row, step: mlflow.log_metrics(row, step=step))  # fmt: skip
         seconds = time.perf_counter() - started
         model.eval()
-        test = task.metrics(_predict(model, images["test"], spec), targets["test"])
+        test = task.metrics(predict_logits(model, images["test"], spec), targets["test"])
         mlflow.log_metrics({"test_corner_error_pct": test["corner_error_pct"], "test_quad_iou": test["quad_iou"]})
         out = Path(cfg["output"]["dir"])
         with atomic_dir(out) as tmp:
@@ -208,19 +195,7 @@ def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None)
                 "input": input_spec(spec),
                 "preprocessing": spec,
                 "output": task.output(manifest.classes),
-                "files": {
-                    "weights": {
-                        "path": WEIGHTS_NAME,
-                        "sha256": sha256_file(tmp / WEIGHTS_NAME),
-                        "format": "torch state_dict",
-                    },
-                    "onnx": {
-                        "path": ONNX_NAME,
-                        "sha256": sha256_file(tmp / ONNX_NAME),
-                        "opset": ONNX_OPSET,
-                        "dynamic_batch": True,
-                    },
-                },  # fmt: skip
+                "files": card_files(tmp),
                 "complexity": {
                     "params": int(sum(p.numel() for p in model.parameters())),
                     "macs": count_macs(model, h, w),

@@ -19,6 +19,7 @@ from ..errors import DataError, ExportError
 from ..lineage import git_revision, package_versions
 from ..preprocess import input_spec, make_spec, preprocess
 from ..stats import image_stats
+from ..tasks import get_task
 from .canonical import (
     CARD_NAME,
     CARD_SCHEMA,
@@ -277,6 +278,19 @@ def _log_onnx_model(folder: Path, batch: np.ndarray, logits: np.ndarray) -> str:
     return info.model_uri
 
 
+def card_files(folder: Path) -> dict:
+    """The model card's ``files``: the weights and the ONNX graph in ``folder``, with their sha256."""
+    return {
+        "weights": {"path": WEIGHTS_NAME, "sha256": sha256_file(folder / WEIGHTS_NAME), "format": "torch state_dict"},
+        "onnx": {
+            "path": ONNX_NAME,
+            "sha256": sha256_file(folder / ONNX_NAME),
+            "opset": ONNX_OPSET,
+            "dynamic_batch": True,
+        },
+    }
+
+
 def card_lineage(cfg: dict, config_path, manifest, run, model_uri) -> dict:
     """The model card's ``lineage``: dataset, config, seed, git, the MLflow run, package versions."""
     import mlflow
@@ -326,25 +340,8 @@ def _card(
         "labels": classes,
         "input": input_spec(spec),
         "preprocessing": spec,
-        "output": {
-            "name": "logits",
-            "shape": ["batch", len(classes)],
-            "dtype": "float32",
-            "activation": "none (apply softmax)",
-        },
-        "files": {
-            "weights": {
-                "path": WEIGHTS_NAME,
-                "sha256": sha256_file(folder / WEIGHTS_NAME),
-                "format": "torch state_dict",
-            },
-            "onnx": {
-                "path": ONNX_NAME,
-                "sha256": sha256_file(folder / ONNX_NAME),
-                "opset": ONNX_OPSET,
-                "dynamic_batch": True,
-            },
-        },
+        "output": get_task("classification").output(classes),
+        "files": card_files(folder),
         "complexity": {"params": int(sum(p.numel() for p in model.parameters())), "macs": count_macs(model, h, w)},
         "metrics": {
             "test": test,
