@@ -63,6 +63,7 @@ def enroll_cmd(url, token, device_id, target, tags, state_dir, token_file) -> No
     click.echo(f"enrolled {device_id} ({target}); its token is in {path}")
 
 
+ENROL_HINT = "write it with `factory device enroll ... --token-file PATH` (or pass --token)"
 TOKEN_CREDENTIAL = "device-token"  # the credential's name in the service unit (LoadCredential=device-token:...)
 
 
@@ -83,9 +84,11 @@ def _credential(state: Path, device_id: str, token: str | None, token_file: str 
         try:
             value = Path(token_file).read_text().strip()
         except OSError as exc:
-            raise InputError(f"cannot read the device token from {token_file}: {exc.strerror}") from None
+            raise InputError(
+                f"cannot read the device token from {token_file}: {exc.strerror}", hint=ENROL_HINT
+            ) from None
         if not value or len(value) > 512 or any(c.isspace() for c in value):
-            raise InputError(f"{token_file} does not hold one device token")
+            raise InputError(f"{token_file} does not hold one device token", hint=ENROL_HINT)
         return value
     path = state / "credentials.json"
     if not path.is_file():
