@@ -19,6 +19,12 @@ def _fractions(value: str | None) -> dict[str, float] | None:
 
 
 def _summary(manifest) -> str:
+    if manifest.detection:
+        per_split = ", ".join(f"{s} {len(manifest.subset(s))}" for s in ("train", "val", "test"))
+        objects = sum(len(r.objects or []) for r in manifest.files)
+        empty = sum(manifest.negatives().values())
+        return (f"{len(manifest.files)} frames ({per_split}), {objects} objects of {len(manifest.classes)} classes, "
+                f"{empty} frames without objects; dataset hash {manifest.dataset_hash}")  # fmt: skip
     counts = manifest.counts()
     per_split = ", ".join(f"{s} {sum(counts[s].values())}" for s in counts)
     return f"{len(manifest.files)} images, {len(manifest.classes)} classes ({per_split}); dataset hash {manifest.dataset_hash}"
@@ -41,7 +47,11 @@ def data() -> None:
 @click.option("--size", default="256x192", show_default=True, help="Image size WIDTHxHEIGHT.")
 @click.option("--types", default=None, help="Comma-separated document types (default: all; see `factory data types`).")
 @click.option("--split", default=None, help="train,val,test fractions [default: 0.6,0.2,0.2].")
-def synth_cmd(out: str, seed: int, per_class: int, size: str, types: str | None, split: str | None) -> None:
+@click.option("--frames", default=None, type=int,
+              help="Detection: write this many frames with 0..--max-objects documents each (boxes), not one per image.")
+@click.option("--max-objects", default=3, show_default=True, help="Detection: most documents in one frame.")
+def synth_cmd(out: str, seed: int, per_class: int, size: str, types: str | None, split: str | None,
+              frames: int | None, max_objects: int) -> None:  # fmt: skip
     """Generate MIDV-500-style photos of identity documents.
 
     Each image is a document of one of several types (ID card, passport, driving licence, ...)
@@ -49,11 +59,24 @@ def synth_cmd(out: str, seed: int, per_class: int, size: str, types: str | None,
     noise and JPEG artefacts. Writes images/, annotations.xml (CVAT for images 1.1: a tag with the
     type and a polygon with the four corners per image) and dataset.json.
 
-    Example: factory data synth --out data/synth --per-class 300 --seed 0
+    With --frames N, writes N detection frames instead: 0 to --max-objects smaller documents per
+    frame (about one frame in seven has none: a valid negative), each with its box and its quad
+    (CVAT boxes and polygons).
+
+    \b
+    Examples:
+      factory data synth --out data/synth --per-class 300 --seed 0
+      factory data synth --out data/frames --frames 2000 --size 160x128 --types id-card,passport,visa
     """
-    from .synth import parse_size, synthesize
+    from .synth import parse_size, synthesize, synthesize_frames
 
     classes = [t.strip() for t in types.split(",")] if types else None
+    if frames is not None:
+        with progress.bar("synthesizing frames", frames) as tick:
+            manifest = synthesize_frames(out, seed=seed, frames=frames, size=parse_size(size), classes=classes,
+                                         max_objects=max_objects, fractions=_fractions(split), progress=tick)  # fmt: skip
+        click.echo(f"wrote {out}: {_summary(manifest)}")
+        return
     n_types = len(classes) if classes else None
     if n_types is None:
         from .documents import document_types
@@ -75,32 +98,46 @@ def types_cmd() -> None:
 
 
 @data.command("import")
-@click.argument("fmt", metavar="FORMAT", type=click.Choice(["imagefolder", "cvat", "midv500"]))
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(["imagefolder", "cvat", "coco", "midv500"]))
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder to write (replaced atomically).")
-@click.option("--annotations", type=click.Path(dir_okay=False), help="CVAT for images 1.1 XML (format cvat).")
+@click.option("--annotations", type=click.Path(dir_okay=False),
+              help="CVAT for images 1.1 XML (format cvat) or COCO detection JSON (format coco).")
+@click.option("--task", default=None, type=click.Choice(["classification", "document-localisation", "detection"]),
+              help="What the dataset is for; its annotation is checked per image [default: detection for coco, "
+              "else classification].")
 @click.option("--classes", default=None, help="Comma-separated class list, in index order (default: from the source).")
 @click.option("--reference", is_flag=True, help="Do not copy images; the manifest points at SRC.")
 @click.option("--split", default=None, help="train,val,test fractions [default: 0.6,0.2,0.2].")
-def import_cmd(fmt: str, src: str, out: str, annotations: str | None, classes: str | None, reference: bool, split: str | None) -> None:
+def import_cmd(fmt: str, src: str, out: str, annotations: str | None, task: str | None, classes: str | None,
+               reference: bool, split: str | None) -> None:  # fmt: skip
     """Import a dataset from FORMAT at SRC.
 
     \b
     imagefolder  SRC/<class>/<images>                      (torchvision ImageFolder)
-    cvat         images under SRC + --annotations XML      (tags = classes, polygons = quads)
+    cvat         images under SRC + --annotations XML      (tags = classes, polygons = quads,
+                                                            boxes (or polygons) = objects with --task detection)
+    coco         images under SRC + --annotations JSON     (COCO detection: bbox = [x, y, w, h])
     midv500      SRC/01_alb_id/images/CA/CA01_01.tif ...   (frames of one clip share a split)
 
-    Every image is decoded and hashed; all problems (corrupt images, labels not in the class list,
-    empty classes) are reported together and nothing is written unless the import is clean.
+    Every image is decoded and hashed and its annotation checked for --task: a class
+    (classification), one quad of 4 points (document-localisation), boxes inside the image and not
+    degenerate, of declared classes (detection; a frame without objects is a valid negative). All
+    problems (corrupt images, annotation errors with their file and line, labels not in the class
+    list, empty classes) are reported together and nothing is written unless the import is clean.
+
+    \b
+    Example: factory data import coco photos/ --annotations instances.json --out data/parts
     """
     from .importers import import_dataset
 
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    if fmt == "cvat" and not annotations:
-        raise InputError("format cvat needs --annotations PATH/TO/annotations.xml")
+    if fmt in ("cvat", "coco") and not annotations:
+        raise InputError(f"format {fmt} needs --annotations PATH/TO/" + ("annotations.xml" if fmt == "cvat" else "instances.json"))
+    task = task or ("detection" if fmt == "coco" else "classification")
     with progress.bar("importing", 0) as tick:
         manifest = import_dataset(fmt, src, out, annotations=annotations, classes=class_list, copy=not reference,
-                                  fractions=_fractions(split), progress=tick)
+                                  fractions=_fractions(split), task=task, progress=tick)  # fmt: skip
     click.echo(f"wrote {out}: {_summary(manifest)}")
 
 

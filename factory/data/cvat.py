@@ -1,13 +1,16 @@
 """CVAT "for images 1.1" XML: write what the generator draws, read what annotators made.
 
 Class labels come from ``<tag>`` elements (one per image); document quads from a 4-point
-``<polygon>`` or ``<points>`` shape. Parsing problems name the file and the line.
+``<polygon>`` or ``<points>`` shape; detection objects from ``<box>`` elements (and from polygons, by
+their bounds, when a frame has no boxes). Every shape keeps its line in the file, so problems found
+later (a box outside its image, a label nobody declared) name the file and the line.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+import xml.parsers.expat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._io import atomic_write
@@ -25,6 +28,10 @@ class CvatImage:
     height: int
     label: str | None
     quad: list[list[float]] | None
+    objects: list[dict] | None = None  # detection: [{"label", "box", "quad"?, "line"?}]
+    line: int = 0  # of the <image> element, when read from a file
+    polygons: list[dict] = field(default_factory=list)  # every polygon as read: {"label", "points", "line"}
+    problems: list[str] = field(default_factory=list)  # shape-level problems, each with file:line
 
 
 def _points(quad: list[list[float]]) -> str:
@@ -52,6 +59,13 @@ def cvat_xml(images: list[CvatImage], classes: list[str], task_name: str = "fact
         if im.quad is not None:
             ET.SubElement(el, "polygon", label=im.label or "document", source="manual", occluded="0",
                           points=_points(im.quad), z_order="0")
+        for z, o in enumerate(im.objects or []):
+            x1, y1, x2, y2 = o["box"]
+            ET.SubElement(el, "box", label=o["label"], source="manual", occluded="0", xtl=f"{x1:.2f}", ytl=f"{y1:.2f}",
+                          xbr=f"{x2:.2f}", ybr=f"{y2:.2f}", z_order=str(z))  # fmt: skip
+            if o.get("quad") is not None:
+                ET.SubElement(el, "polygon", label=o["label"], source="manual", occluded="0", points=_points(o["quad"]),
+                              z_order=str(z))  # fmt: skip
     ET.indent(root)
     return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
 
@@ -65,9 +79,63 @@ def _parse_points(text: str, where: str) -> list[list[float]]:
         pts = [[float(v) for v in p.split(",")] for p in text.strip().split(";") if p.strip()]
     except ValueError:
         raise DataError(f"{where}: points {text!r} are not 'x,y;x,y;...' numbers") from None
-    if len(pts) != 4 or any(len(p) != 2 for p in pts):
-        raise DataError(f"{where}: a document quad needs exactly 4 points, got {len(pts)}")
+    if any(len(p) != 2 for p in pts):
+        raise DataError(f"{where}: points {text!r} are not 'x,y;x,y;...' pairs")
     return pts
+
+
+def _start_lines(path: Path) -> list[int]:
+    """The line of every element's start tag, in document order (ElementTree keeps no positions)."""
+    lines: list[int] = []
+    parser = xml.parsers.expat.ParserCreate()
+    parser.StartElementHandler = lambda _name, _attrs: lines.append(parser.CurrentLineNumber)
+    with open(path, "rb") as f:
+        parser.ParseFile(f)
+    return lines
+
+
+def _box(el: ET.Element, where: str) -> list[float]:
+    try:
+        return [float(el.get(k, "")) for k in ("xtl", "ytl", "xbr", "ybr")]
+    except ValueError:
+        raise DataError(f"{where}: box corners xtl/ytl/xbr/ybr are not numbers") from None
+
+
+def _image(el: ET.Element, path: Path, line_of: dict[int, int]) -> CvatImage:
+    from .objects import box_of
+
+    name = el.get("name")
+    where = f"{path}:{line_of.get(id(el), 0)}: <image id={el.get('id')!r} name={name!r}>"
+    if not name:
+        raise DataError(f"{where}: missing 'name' attribute")
+    try:
+        width, height = int(el.get("width", "0")), int(el.get("height", "0"))
+    except ValueError:
+        raise DataError(f"{where}: width/height are not integers") from None
+    tags = [t.get("label") for t in el.findall("tag")]
+    if len(tags) > 1:
+        raise DataError(f"{where}: {len(tags)} tags; a classification image needs exactly one")
+    problems, polygons, boxes = [], [], []
+    for shape in el.findall("polygon") + el.findall("points"):
+        at = f"{path}:{line_of.get(id(shape), 0)}"
+        try:
+            polygons.append({"label": shape.get("label"), "points": _parse_points(shape.get("points", ""), at),
+                             "line": line_of.get(id(shape), 0)})  # fmt: skip
+        except DataError as exc:
+            problems.append(exc.message)
+    for shape in el.findall("box"):
+        at = f"{path}:{line_of.get(id(shape), 0)}"
+        try:
+            boxes.append({"label": shape.get("label"), "box": _box(shape, at), "line": line_of.get(id(shape), 0)})
+        except DataError as exc:
+            problems.append(exc.message)
+    four = [p for p in polygons if len(p["points"]) == 4]
+    quad = four[0]["points"] if len(polygons) == 1 and four else None
+    objects = boxes or [{"label": p["label"], "box": box_of(p["points"]), "line": p["line"]} for p in polygons
+                        if len(p["points"]) >= 3]  # fmt: skip
+    label = tags[0] if tags else (polygons[0]["label"] if len(polygons) == 1 else None)
+    return CvatImage(name=name, width=width, height=height, label=label, quad=quad, objects=objects,
+                     line=line_of.get(id(el), 0), polygons=polygons, problems=problems)  # fmt: skip
 
 
 def read_cvat(path: str | Path) -> tuple[list[str], list[CvatImage]]:
@@ -88,27 +156,10 @@ def read_cvat(path: str | Path) -> tuple[list[str], list[CvatImage]]:
     version = root.findtext("version")
     if version is not None and version.strip() != "1.1":
         raise DataError(f"{path}: CVAT format version {version!r}; only 'CVAT for images 1.1' is supported")
+    line_of = {id(el): line for el, line in zip(root.iter(), _start_lines(path))}
     labels = [lab.findtext("name", "").strip() for lab in root.iter("label")]
     labels = [x for x in labels if x]
-    images: list[CvatImage] = []
-    for el in root.findall("image"):
-        name = el.get("name")
-        where = f"{path}: <image id={el.get('id')!r} name={name!r}>"
-        if not name:
-            raise DataError(f"{where}: missing 'name' attribute")
-        try:
-            width, height = int(el.get("width", "0")), int(el.get("height", "0"))
-        except ValueError:
-            raise DataError(f"{where}: width/height are not integers") from None
-        tags = [t.get("label") for t in el.findall("tag")]
-        if len(tags) > 1:
-            raise DataError(f"{where}: {len(tags)} tags; a classification image needs exactly one")
-        quad = None
-        shapes = el.findall("polygon") + el.findall("points")
-        if shapes:
-            quad = _parse_points(shapes[0].get("points", ""), where)
-        label = tags[0] if tags else (shapes[0].get("label") if shapes else None)
-        images.append(CvatImage(name=name, width=width, height=height, label=label, quad=quad))
+    images = [_image(el, path, line_of) for el in root.findall("image")]
     if not images:
         raise DataError(f"{path}: no <image> elements", hint="was the task exported with 'CVAT for images 1.1'?")
     return labels, images

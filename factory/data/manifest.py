@@ -17,6 +17,7 @@ import numpy as np
 
 from .._io import canonical_json, read_json, sha256_bytes, write_json
 from ..errors import DataError
+from .objects import object_labels
 
 __all__ = [
     "SCHEMA",
@@ -46,6 +47,12 @@ class Record:
     split: str = ""
     quad: list[list[float]] | None = None  # four corners TL, TR, BR, BL in pixels
     group: str | None = None  # frames sharing a group share a split
+    objects: list[dict] | None = None  # detection: [{"label", "box": [x1, y1, x2, y2] px, "quad"?}]; [] = negative
+
+    @property
+    def labels(self) -> list[str]:
+        """The classes this image speaks for: its objects' (detection) or its one label."""
+        return object_labels(self.objects, self.label)
 
 
 @dataclass
@@ -60,7 +67,10 @@ class DatasetManifest:
 
     @property
     def dataset_hash(self) -> str:
-        rows = sorted((r.path, r.sha256, r.label, r.split) for r in self.files)
+        rows = sorted(
+            (r.path, r.sha256, r.label, r.split) + (() if r.objects is None else (canonical_json(r.objects).decode(),))
+            for r in self.files
+        )
         return hashlib.sha256(canonical_json({"classes": self.classes, "files": rows})).hexdigest()
 
     @property
@@ -74,11 +84,22 @@ class DatasetManifest:
     def subset(self, split: str) -> list[Record]:
         return [r for r in self.files if r.split == split]
 
+    @property
+    def detection(self) -> bool:
+        """Frames with objects (boxes), not one label per image."""
+        return any(r.objects is not None for r in self.files)
+
     def counts(self) -> dict[str, dict[str, int]]:
+        """Per split and class: images (one label each), or objects for a detection set."""
         out = {s: {c: 0 for c in self.classes} for s in SPLITS}
         for r in self.files:
-            out[r.split][r.label] += 1
+            for label in r.labels:
+                out[r.split][label] += 1
         return out
+
+    def negatives(self) -> dict[str, int]:
+        """Per split: frames without any object (valid negatives of a detection set)."""
+        return {s: sum(1 for r in self.files if r.split == s and r.objects == []) for s in SPLITS}
 
     def to_dict(self) -> dict:
         files = []
@@ -94,6 +115,7 @@ class DatasetManifest:
             "source": self.source,
             "dataset_hash": self.dataset_hash,
             "counts": self.counts(),
+            **({"negatives": self.negatives()} if self.detection else {}),
             "files": files,
         }
 
@@ -164,12 +186,15 @@ def build_manifest(
     if not records:
         raise DataError(f"dataset {name!r} has no images", hint="check the source folder or annotation file")
     if classes is None:
-        classes = sorted({r.label for r in records})
+        classes = sorted({label for r in records for label in r.labels})
     if len(set(classes)) != len(classes):
         raise DataError(f"class list has duplicates: {classes}")
     known = set(classes)
-    problems = [f"{r.path}: label {r.label!r} is not in the class list {classes}" for r in records if r.label not in known]
-    present = {r.label for r in records}
+    problems = [
+        f"{r.path}: label {label!r} is not in the class list {classes}" for r in records for label in r.labels
+        if label not in known
+    ]  # fmt: skip
+    present = {label for r in records for label in r.labels}
     problems += [f"class {c!r} has no images" for c in classes if c not in present]
     if problems:
         shown = "\n  - ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
@@ -197,6 +222,8 @@ def load_manifest(path: str | Path) -> DatasetManifest:
         if raw.get("schema") != SCHEMA:
             raise DataError(f"{path}: schema is {raw.get('schema')!r}, expected {SCHEMA!r}")
         files = [Record(**f) for f in raw["files"]]
+        if any(not isinstance(r.objects, (list, type(None))) for r in files):
+            raise DataError(f"{path}: 'objects' of a file must be a list")
         m = DatasetManifest(
             name=raw["name"], classes=list(raw["classes"]), files=files, root=raw.get("root", "."),
             split=raw.get("split", dict(DEFAULT_SPLIT)), source=raw.get("source", {}), location=path,

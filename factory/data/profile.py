@@ -19,7 +19,7 @@ from ..errors import DataError
 from ..stats import BRIGHTNESS_EDGES, CONTRAST_EDGES, histogram, image_stats
 from .manifest import DatasetManifest
 
-__all__ = ["profile_dataset", "write_report"]
+__all__ = ["profile_dataset", "objects_profile", "write_report"]
 
 
 def _summary(values: list[float]) -> dict:
@@ -38,6 +38,24 @@ def _read(manifest: DatasetManifest, rec) -> np.ndarray:
     return img
 
 
+def objects_profile(manifest: DatasetManifest) -> dict:
+    """A detection set's shape: objects per frame, frames without any, box sizes (fractions of the frame)."""
+    per_frame = [len(r.objects or []) for r in manifest.files]
+    boxes = [(o["box"], r.width, r.height) for r in manifest.files for o in r.objects or []]
+    widths = [(b[2] - b[0]) / w for b, w, _ in boxes] or [0.0]
+    heights = [(b[3] - b[1]) / h for b, _, h in boxes] or [0.0]
+    return {
+        "frames": len(per_frame),
+        "objects": len(boxes),
+        "empty_frames": manifest.negatives(),
+        "per_frame": {str(k): per_frame.count(k) for k in range(max(per_frame) + 1)},
+        "per_frame_mean": round(float(np.mean(per_frame)), 4),
+        "box_width_frac": _summary(widths),
+        "box_height_frac": _summary(heights),
+        "box_area_frac": _summary([a * b for a, b in zip(widths, heights, strict=True)]),
+    }
+
+
 def profile_dataset(manifest: DatasetManifest, progress: Callable[[int], None] | None = None) -> dict:
     bright: list[float] = []
     contrast: list[float] = []
@@ -47,7 +65,8 @@ def profile_dataset(manifest: DatasetManifest, progress: Callable[[int], None] |
         b, c = image_stats(_read(manifest, rec))
         bright.append(b)
         contrast.append(c)
-        per_class[rec.label].append((b, c))
+        if rec.objects is None:
+            per_class[rec.label].append((b, c))
         by_hash[rec.sha256].append(rec)
         if progress:
             progress(1)
@@ -75,12 +94,14 @@ def profile_dataset(manifest: DatasetManifest, progress: Callable[[int], None] |
             c: {"brightness_mean": round(float(np.mean([v[0] for v in per_class[c]])), 3),
                 "contrast_mean": round(float(np.mean([v[1] for v in per_class[c]])), 3)}
             for c in manifest.classes
+            if per_class[c]
         },
         "reference_histograms": {
             "brightness": {"edges": BRIGHTNESS_EDGES, "counts": histogram(bright, BRIGHTNESS_EDGES)},
             "contrast": {"edges": CONTRAST_EDGES, "counts": histogram(contrast, CONTRAST_EDGES)},
         },
         "quads": sum(1 for r in manifest.files if r.quad is not None),
+        **({"objects": objects_profile(manifest)} if manifest.detection else {}),
         "duplicates": {
             "groups": len(dup_groups),
             "extra_copies": sum(len(g) - 1 for g in dup_groups),
@@ -103,7 +124,7 @@ def _plot_balance(profile: dict, path: Path) -> None:
         vals = np.array([profile["class_counts"][split][c] for c in classes])
         ax.bar(classes, vals, bottom=bottom, label=split, color=color)
         bottom += vals
-    ax.set_ylabel("images")
+    ax.set_ylabel("objects" if "objects" in profile else "images")
     ax.set_title(f"class balance: {profile['dataset']} ({profile['images']} images)")
     ax.legend()
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
@@ -115,10 +136,14 @@ def _plot_balance(profile: dict, path: Path) -> None:
 def _sample_grid(manifest: DatasetManifest, path: Path, per_class: int, cell: int = 128) -> None:
     rows = []
     for c in manifest.classes:
-        recs = sorted((r for r in manifest.files if r.label == c), key=lambda r: r.sha256)[:per_class]
+        recs = sorted((r for r in manifest.files if c in r.labels), key=lambda r: r.sha256)[:per_class]
         tiles = []
         for r in recs:
             img = _read(manifest, r)
+            for o in r.objects or []:
+                x1, y1, x2, y2 = (int(round(v)) for v in o["box"])
+                color = (0, 255, 0) if o["label"] == c else (0, 160, 255)
+                cv2.rectangle(img, (x1, y1), (x2, y2), color, max(1, img.shape[1] // 200), cv2.LINE_AA)
             if r.quad is not None:
                 cv2.polylines(img, [np.asarray(r.quad, np.int32)], True, (0, 255, 0), max(1, img.shape[1] // 200), cv2.LINE_AA)
             scale = cell / max(img.shape[:2])

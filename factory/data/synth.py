@@ -18,9 +18,10 @@ from .._io import atomic_dir, sha256_bytes
 from ..errors import DataError
 from .cvat import CvatImage, write_cvat
 from .documents import FONT, document_types, get_document, render_document
+from .objects import box_of
 from .manifest import DEFAULT_SPLIT, MANIFEST_NAME, DatasetManifest, Record, build_manifest
 
-__all__ = ["synthesize", "render_scene", "parse_size"]
+__all__ = ["synthesize", "synthesize_frames", "render_scene", "render_frame", "parse_size"]
 
 Rng = np.random.Generator
 
@@ -105,22 +106,117 @@ def _photometric(img: np.ndarray, rng: Rng) -> np.ndarray:
     return np.clip(out.astype(np.float32) + noise, 0, 255).astype(np.uint8)
 
 
-def render_scene(doc_type: str, rng: Rng, size: tuple[int, int] = (256, 192)) -> tuple[np.ndarray, np.ndarray]:
-    """Return (BGR photograph, quad of the document corners TL, TR, BR, BL in pixels)."""
-    w, h = size
-    frame = _background(rng, w, h)
+def _paste(frame: np.ndarray, doc_type: str, quad: np.ndarray, rng: Rng) -> np.ndarray:
+    """``frame`` with a freshly drawn document of ``doc_type`` warped onto ``quad`` (TL, TR, BR, BL px)."""
+    h, w = frame.shape[:2]
     aspect = get_document(doc_type).aspect
-    quad = _target_quad(rng, w, h, aspect)
     span = float(np.linalg.norm(quad[1] - quad[0]))
     doc = render_document(doc_type, rng, width=480)
     doc = cv2.resize(doc, (max(8, int(span * 1.3)), max(8, int(span * 1.3 / aspect))), interpolation=cv2.INTER_AREA)
     dh, dw = doc.shape[:2]
     src = np.array([[0, 0], [dw, 0], [dw, dh], [0, dh]], np.float32)
-    hom = cv2.getPerspectiveTransform(src, quad)
+    hom = cv2.getPerspectiveTransform(src, quad.astype(np.float32))
     warped = cv2.warpPerspective(doc, hom, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     alpha = cv2.warpPerspective(np.ones((dh, dw), np.float32), hom, (w, h), flags=cv2.INTER_LINEAR)[..., None]
-    frame = (frame * (1 - alpha) + warped * alpha).astype(np.uint8)
-    return _photometric(frame, rng), quad
+    return (frame * (1 - alpha) + warped * alpha).astype(np.uint8)
+
+
+def render_scene(doc_type: str, rng: Rng, size: tuple[int, int] = (256, 192)) -> tuple[np.ndarray, np.ndarray]:
+    """Return (BGR photograph, quad of the document corners TL, TR, BR, BL in pixels)."""
+    w, h = size
+    frame = _background(rng, w, h)
+    quad = _target_quad(rng, w, h, get_document(doc_type).aspect)
+    return _photometric(_paste(frame, doc_type, quad, rng), rng), quad
+
+
+def _box_iou(a: list[float], b: list[float]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _small_quad(rng: Rng, w: int, h: int, aspect: float) -> np.ndarray:
+    """A document 22-45% of the frame's width, tilted and in perspective, wholly inside the frame."""
+    dw = w * rng.uniform(0.22, 0.45)
+    dh = min(dw / aspect, 0.6 * h)
+    dw = dh * aspect
+    theta = np.deg2rad(rng.uniform(-25, 25))
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    corners = np.array([[-dw / 2, -dh / 2], [dw / 2, -dh / 2], [dw / 2, dh / 2], [-dw / 2, dh / 2]]) @ rot.T
+    corners += rng.normal(0, 0.04 * dw, (4, 2))
+    lo, hi = -corners.min(0) + 1, np.array([w, h]) - corners.max(0) - 1
+    return (corners + rng.uniform(lo, np.maximum(lo, hi))).astype(np.float32)
+
+
+def render_frame(doc_types: list[str], rng: Rng, size: tuple[int, int], max_objects: int = 3) -> tuple[np.ndarray, list[dict]]:
+    """A frame with 0..``max_objects`` documents (about one frame in seven is empty: a valid negative) and
+    their objects: type, box and quad in pixels. Documents overlap little (box IoU <= 0.15)."""
+    w, h = size
+    frame = _background(rng, w, h)
+    n = 0 if rng.random() < 0.15 else int(rng.integers(1, max_objects + 1))
+    objects: list[dict] = []
+    for _ in range(n):
+        doc_type = str(rng.choice(doc_types))
+        for _attempt in range(20):
+            quad = _small_quad(rng, w, h, get_document(doc_type).aspect)
+            box = box_of(quad)
+            if all(_box_iou(box, o["box"]) <= 0.15 for o in objects):
+                break
+        else:
+            continue
+        frame = _paste(frame, doc_type, quad, rng)
+        objects.append({"label": doc_type, "box": box, "quad": [[round(float(x), 2), round(float(y), 2)] for x, y in quad]})
+    return _photometric(frame, rng), objects
+
+
+def _encode(img: np.ndarray, rng: Rng, what: str) -> bytes:
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(55, 96))])
+    if not ok:
+        raise DataError(f"OpenCV could not encode {what} as JPEG")
+    return buf.tobytes()
+
+
+def synthesize_frames(
+    out: str | Path,
+    *,
+    seed: int = 0,
+    frames: int = 1000,
+    size: tuple[int, int] = (256, 192),
+    classes: list[str] | None = None,
+    max_objects: int = 3,
+    fractions: dict[str, float] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> DatasetManifest:
+    """Detection frames: ``out/images/frames/*.jpg`` with 0..``max_objects`` documents each, CVAT 1.1
+    boxes and polygons in ``out/annotations.xml`` and ``out/dataset.json`` (objects per frame)."""
+    classes = list(classes or document_types())
+    for c in classes:
+        get_document(c)
+    if frames < 1 or max_objects < 1:
+        raise DataError(f"need frames >= 1 and max_objects >= 1, got {frames} and {max_objects}")
+    if size[0] < 64 or size[1] < 64:
+        raise DataError(f"image size {size} is too small for frames of several documents; use at least 64x64")
+    records: list[Record] = []
+    cvat_images: list[CvatImage] = []
+    with atomic_dir(out) as tmp:
+        (tmp / "images/frames").mkdir(parents=True)
+        for i in range(frames):
+            rng = np.random.default_rng([seed, 1_000_003, i])
+            img, objects = render_frame(classes, rng, size, max_objects)
+            data = _encode(img, rng, f"frame {i}")
+            rel = f"images/frames/frame-{i:05d}.jpg"
+            (tmp / rel).write_bytes(data)
+            records.append(Record(path=rel, sha256=sha256_bytes(data), label="", width=size[0], height=size[1], objects=objects))
+            cvat_images.append(CvatImage(name=rel, width=size[0], height=size[1], label=None, quad=None, objects=objects))
+            if progress:
+                progress(1)
+        write_cvat(tmp / "annotations.xml", cvat_images, classes, task_name="factory-synth-frames")
+        source = {"kind": "synth-frames", "seed": seed, "frames": frames, "max_objects": max_objects, "size": list(size)}
+        manifest = build_manifest("synth-frames", records, classes, fractions=fractions or DEFAULT_SPLIT, source=source)
+        manifest.save(tmp / MANIFEST_NAME)
+    manifest.location = Path(out) / MANIFEST_NAME
+    return manifest
 
 
 def synthesize(
@@ -149,12 +245,8 @@ def synthesize(
             for i in range(per_class):
                 rng = np.random.default_rng([seed, all_types.index(c), i])
                 img, quad = render_scene(c, rng, size)
-                quality = int(rng.integers(55, 96))
-                ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-                if not ok:
-                    raise DataError(f"OpenCV could not encode sample {c}/{i} as JPEG")
+                data = _encode(img, rng, f"sample {c}/{i}")
                 rel = f"images/{c}/{c}-{i:05d}.jpg"
-                data = buf.tobytes()
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / rel).write_bytes(data)  # inside the temp folder: the folder's rename is the commit
                 q = [[round(float(x), 2), round(float(y), 2)] for x, y in quad]
