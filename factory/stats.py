@@ -18,6 +18,9 @@ __all__ = [
     "CONFIDENCE_EDGES",
     "LATENCY_EDGES_MS",
     "HISTOGRAMS",
+    "TASK_HISTOGRAMS",
+    "OBJECTS_EDGES",
+    "BOX_AREA_EDGES",
     "image_stats",
     "histogram",
     "percentile_from_hist",
@@ -33,6 +36,12 @@ CONFIDENCE_EDGES: list[float] = [round(float(x), 2) for x in np.linspace(0, 1, 1
 # was 50 us in telemetry schema 1: a small model under ONNX Runtime's `all` level runs below that,
 # and every inference then fell into one bucket, hiding any slowdown.
 LATENCY_EDGES_MS: list[float] = [round(0.005 * 10 ** (k / 16), 7) for k in range(104)]
+# Objects a frame's model output holds (detection: boxes above the deployment threshold), 0..9 and 10+.
+OBJECTS_EDGES: list[float] = [float(k) for k in range(12)]
+# Each object's box area as a fraction of the frame.
+BOX_AREA_EDGES: list[float] = [0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24, 0.32, 0.48, 1.0]
+# Histograms a summary carries when its task reports objects (detection, document localisation).
+TASK_HISTOGRAMS: dict[str, list[float]] = {"objects": OBJECTS_EDGES, "box_area": BOX_AREA_EDGES}
 # The histograms every telemetry summary carries, by field name.
 HISTOGRAMS: dict[str, list[float]] = {
     "latency_ms": LATENCY_EDGES_MS,

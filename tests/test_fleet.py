@@ -103,9 +103,7 @@ def _summary(env, device_id, version="1.0.0", **changes):
 
     w = Window(device_id, "cpu", [], {"name": env["model"], "version": version, "target": "cpu"}, 8, seconds=WINDOW)
     for i in range(5):
-        probs = np.full(8, 0.02)
-        probs[i] = 0.86
-        w.add(1.0 + i, probs, (120.0, 40.0))
+        w.add(1.0 + i, {"confidence": 0.86, "cls": i}, (120.0, 40.0))
     s = w.summary()
     s.update(changes)
     return s

@@ -70,7 +70,7 @@ def check_budgets(
     size_mb: float | None = None,
     top1: float | None = None,
     min_top1: float | None = None,
-    corner_increase: tuple[float, list[float]] | None = None,
+    metric_interval: tuple | None = None,
     confidence: float = CONFIDENCE,
 ) -> list[Check]:
     """One check per budget that is set and whose evidence was measured (``None`` is skipped).
@@ -79,7 +79,9 @@ def check_budgets(
     ``min_top1_agreement``, ``max_latency_ms`` for the p95, ``max_size_mb``). ``paired`` is
     ``(lost, gained, n)`` against the reference on the same images; ``agreement`` is
     ``(agreeing, n)``; ``tolerance`` is the numeric parity tolerance of exact conversions;
-    ``min_top1`` an absolute floor.
+    ``min_top1`` an absolute floor. ``metric_interval`` is a task metric's change against the canonical
+    model with its paired bootstrap interval, as :func:`parity_evidence` makes it: (check name, value,
+    interval, budget key, unit, words), e.g. detection's mAP@0.5 drop against ``max_map_drop_pt``.
     """
     checks: list[Check] = []
     if paired is not None and budgets.get("max_accuracy_drop_pt") is not None:
@@ -112,27 +114,30 @@ def check_budgets(
                 r["why"],
             )
         )
-    limit = budgets.get("max_corner_error_increase_pct")
-    if corner_increase is not None and limit is not None:  # document localisation: a paired bootstrap interval
-        value, (lo, hi) = corner_increase
-        verdict = "fail" if lo > limit else "pass" if hi <= limit else "inconclusive"
-        checks.append(
-            Check(
-                "corner_error_increase",
-                round(value, 4),
-                limit,
-                verdict,
-                "<=",
-                " pt of the diagonal",
-                [round(lo, 4), round(hi, 4)],
-                "paired bootstrap interval of the mean corner-error increase against the limit",
-                f"corner error {value:+.2f} pt of the diagonal [{lo:+.2f}, {hi:+.2f}]: "
-                + {"pass": "interval within", "fail": "interval wholly above", "inconclusive": "interval straddles"}[
-                    verdict
-                ]
-                + f" {limit:g}",
+    if metric_interval is not None:  # a task metric's change with a paired bootstrap interval (see factory.tasks)
+        name, value, (lo, hi), key, unit, what = metric_interval
+        limit = budgets.get(key)
+        if limit is not None:
+            verdict = "fail" if lo > limit else "pass" if hi <= limit else "inconclusive"
+            checks.append(
+                Check(
+                    name,
+                    round(value, 4),
+                    limit,
+                    verdict,
+                    "<=",
+                    unit,
+                    [round(lo, 4), round(hi, 4)],
+                    f"paired bootstrap interval of the {what} against the limit",
+                    f"{what} {value:+.2f}{unit} [{lo:+.2f}, {hi:+.2f}]: "
+                    + {
+                        "pass": "interval within",
+                        "fail": "interval wholly above",
+                        "inconclusive": "interval straddles",
+                    }[verdict]
+                    + f" {limit:g}",
+                )
             )
-        )
     if max_abs_diff is not None and tolerance is not None:
         checks.append(_point("max_abs_diff", round(max_abs_diff, 8), tolerance, "<="))
     if latency_p95_ms is not None and budgets.get("max_latency_ms") is not None:
@@ -147,7 +152,21 @@ def check_budgets(
 def parity_evidence(parity: dict) -> dict:
     """The accuracy evidence of a parity report, as :func:`check_budgets` takes it (by the task's figures)."""
     if "corner_error_increase_pct" in parity:
-        return {"corner_increase": (parity["corner_error_increase_pct"], parity["increase_interval_pct"])}
+        return {"metric_interval": ("corner_error_increase", parity["corner_error_increase_pct"],
+                                    parity["increase_interval_pct"], "max_corner_error_increase_pct",
+                                    " pt of the diagonal", "corner-error increase")}  # fmt: skip
+    if "map50_drop_pt" in parity:
+        drop = parity["map50_drop_pt"]
+        return {
+            "metric_interval": (
+                "map50_drop",
+                drop,
+                parity["drop_interval_pt"],
+                "max_map_drop_pt",
+                " pt",
+                "mAP@0.5 drop",
+            )
+        }
     n = parity["n"]
     return {"paired": (parity["lost"], parity["gained"], n), "agreement": (n - parity["disagreements"], n)}
 

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["quick_latency"]
+__all__ = ["quick_latency", "postprocess_latency"]
 
 
 def quick_latency(
@@ -36,3 +36,22 @@ def quick_latency(
         "p95_ms": round(float(np.percentile(a, 95)), 4),
         "mean_ms": round(float(a.mean()), 4),
     }
+
+
+def postprocess_latency(task, outputs: np.ndarray, *, frames: int = 200, max_seconds: float = 2.0) -> dict:
+    """The task's post-processing (decode, NMS...) of one frame's raw output at a time, over up to
+    ``frames`` real outputs: what a device spends after the model on every frame."""
+    times = []
+    deadline = time.perf_counter() + max_seconds
+    for i in range(min(frames, len(outputs))):
+        one = np.ascontiguousarray(outputs[i : i + 1])
+        t0 = time.perf_counter()
+        task.postprocess(one)
+        times.append((time.perf_counter() - t0) * 1000)
+        if time.perf_counter() > deadline:
+            break
+    if not times:
+        return {}
+    a = np.asarray(times)
+    return {"postprocess_p50_ms": round(float(np.percentile(a, 50)), 4),
+            "postprocess_p95_ms": round(float(np.percentile(a, 95)), 4)}  # fmt: skip

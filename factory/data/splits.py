@@ -15,7 +15,7 @@ from .manifest import DatasetManifest, Record
 from ..errors import DataError
 from ..preprocess import preprocess
 
-__all__ = ["load_split", "calibration_set"]
+__all__ = ["load_split", "load_split_images", "calibration_set"]
 
 
 def _read(manifest: DatasetManifest, records: list[Record]) -> list[np.ndarray]:
@@ -39,6 +39,15 @@ def load_split(manifest: DatasetManifest, split: str, spec: dict, classes: list[
         raise DataError(f"dataset labels {unknown} are not among the model's labels {classes}",
                         hint="evaluate on the dataset the model was trained on")
     return preprocess(_read(manifest, records), spec), np.array([index[r.label] for r in records])
+
+
+def load_split_images(manifest: DatasetManifest, split: str, spec: dict) -> tuple[np.ndarray, list[Record]]:
+    """(preprocessed batch, records) of a whole split in manifest order, for tasks whose targets are not
+    one label per image (the task makes targets of the records)."""
+    records = sorted(manifest.subset(split), key=lambda r: r.path)
+    if not records:
+        raise DataError(f"dataset {manifest.name!r} has no {split} images")
+    return preprocess(_read(manifest, records), spec), records
 
 
 def calibration_set(manifest: DatasetManifest, spec: dict, n: int, seed: int) -> tuple[np.ndarray, dict]:

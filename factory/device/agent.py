@@ -47,11 +47,6 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 log = logging.getLogger("factory.device")
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max())
-    return e / e.sum()
-
-
 def check_release(release: object, model: str, target: str) -> dict:
     """The release an assignment names, checked field by field; InputError on anything unexpected."""
     if not isinstance(release, dict):
@@ -274,8 +269,23 @@ class Agent:
             return f"kept {self.release_key}: {self.last_error}"
 
     # ------------------------------------------------------------------ inference and telemetry
-    def infer(self, frame: np.ndarray, now: float | None = None) -> tuple[str, float] | None:
-        """Run the active model on one BGR frame; (label, confidence), or None when nothing serves."""
+    @property
+    def task(self):
+        """What the active bundle's model is for, with its output's geometry (its manifest says)."""
+        from ..tasks import get_task
+
+        m = self.manifest
+        key = (m.name, m.version, m.target)
+        if getattr(self, "_task_key", None) != key:
+            self._task, self._task_key = get_task(m.validation.get("task"), m.output), key
+        return self._task
+
+    def infer(self, frame: np.ndarray, now: float | None = None):
+        """Run the active model on one BGR frame and its task's post-processing; None when nothing serves.
+
+        Classification: (label, confidence); detection: ``[{"label", "score", "box"}]`` in the frame's
+        pixels; document localisation: ``{"corners", "crop"}`` (the document warped flat). The latency
+        telemetry counts is the model's and the post-processing's together: what the application waits."""
         now = time.time() if now is None else now
         if self.runner is None:
             return None
@@ -283,23 +293,20 @@ class Agent:
         stats = image_stats(frame)
         t0 = time.perf_counter()
         try:
-            logits = self.runner(preprocess(frame, self.manifest.preprocessing))[0]
+            raw = self.runner(preprocess(frame, self.manifest.preprocessing))
+            result, outcome = self.task.device_output(raw, frame, self.manifest.labels)
         except Exception:  # an inference error is data for telemetry, not a crash
             self.window.add(0.0, None, stats)
             return None
-        ms = (time.perf_counter() - t0) * 1000
-        probs = _softmax(logits.astype(np.float64))
-        self.window.add(ms, probs, stats)
-        i = int(probs.argmax())
-        return self.manifest.labels[i], float(probs[i])
+        self.window.add((time.perf_counter() - t0) * 1000, outcome, stats)
+        return result
 
     def _new_window(self, now: float) -> Window:
         m = self.manifest
         rel = {"name": m.name, "version": m.version, "target": m.target}
         start = now - now % self.window_seconds
-        return Window(
-            self.device_id, self.target, self.tags, rel, len(m.labels), start=start, seconds=self.window_seconds
-        )
+        classes = len(self.task.telemetry_classes(m.labels))
+        return Window(self.device_id, self.target, self.tags, rel, classes, start=start, seconds=self.window_seconds)
 
     def _roll_window(self, now: float) -> None:
         if self.window is not None and (

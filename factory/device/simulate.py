@@ -54,17 +54,18 @@ class Behaviour:
         latencies: dict | None = None,
         latency_model_ms: float | None = None,
     ):
+        from ..tasks import get_task
         from .loader import open_bundle
 
         self.manifest, runner = open_bundle(folder, bundle_key)
+        self.task = get_task(self.manifest.validation.get("task"), self.manifest.output)
         pre = self.manifest.preprocessing
         self.outputs = {}
         for kind, factor in (("normal", 1.0), ("dark", darkness)):
             frames = [np.clip(im.astype(np.float32) * factor, 0, 255).astype(np.uint8) for im in images]
-            logits = np.concatenate([runner(preprocess(frames[i : i + 32], pre)) for i in range(0, len(frames), 32)])
-            z = logits - logits.max(axis=1, keepdims=True)
-            probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-            self.outputs[kind] = (probs.max(1), probs.argmax(1), np.array([image_stats(f) for f in frames]))
+            raw = np.concatenate([runner(preprocess(frames[i : i + 32], pre)) for i in range(0, len(frames), 32)])
+            # what a device counts of each frame (the task's post-processing), and the frame's input statistics
+            self.outputs[kind] = (self.task.outcomes(raw), np.array([image_stats(f) for f in frames]))
         # Releases that ship the very same artifact share one latency sample: timing them apart on a
         # noisy host would make identical models look 20% apart, and injected slowdowns meaningless.
         artifact = self.manifest.files[self.manifest.main_file]["sha256"]
@@ -213,28 +214,24 @@ class Fleet:
             b = self.behaviours[d.release]
             version = d.release.split("/")[1]
             dark = d.dark or (k.dark_release is not None and version == k.dark_release)
-            conf, cls, stats = b.outputs["dark" if dark else "normal"]
+            outcomes, stats = b.outputs["dark" if dark else "normal"]
             m = b.manifest
             w = Window(
                 d.device_id,
                 d.target,
                 d.tags,
                 {"name": m.name, "version": m.version, "target": m.target},
-                len(m.labels),
+                len(b.task.telemetry_classes(m.labels)),
                 start=start,
                 seconds=self.window_seconds,
             )
-            pick = self.rng.integers(0, len(conf), inferences)
+            pick = self.rng.integers(0, len(outcomes), inferences)
             lat = b.latency[self.rng.integers(0, len(b.latency), inferences)]
             if k.slow_release is not None and version == k.slow_release:
                 lat = lat * k.slowdown
             fails = self.rng.random(inferences) < (k.fail_rate if d.failing else 0.0)
             for j, i in enumerate(pick):
-                probs = None
-                if not fails[j]:
-                    probs = np.zeros(len(m.labels))
-                    probs[cls[i]] = conf[i]
-                w.add(float(lat[j]), probs, tuple(stats[i]))
+                w.add(float(lat[j]), None if fails[j] else outcomes[i], tuple(stats[i]))
             d.outbox.append(w.summary())
 
     def upload(self, batch: int = 500) -> dict:

@@ -1,7 +1,9 @@
 """On-device telemetry: compact, mergeable summaries per device per window. Never raw images.
 
 A summary is counts only: inferences, errors, and fixed-bucket histograms of latency (log-spaced),
-top-1 confidence, predicted class and input brightness/contrast. Bucket edges are protocol constants
+top-1 confidence, predicted class and input brightness/contrast; a task that finds objects adds
+objects per frame and box areas (what the frame's outcome is comes from the task:
+:meth:`factory.tasks.Task.outcomes`). Bucket edges are protocol constants
 (:mod:`factory.stats`), so any two summaries of a release merge by adding counts. Each
 summary carries an idempotency key: a retried upload is stored once.
 """
@@ -17,7 +19,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from ..stats import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, HISTOGRAMS, LATENCY_EDGES_MS, histogram
+from ..stats import (
+    BRIGHTNESS_EDGES,
+    CONFIDENCE_EDGES,
+    CONTRAST_EDGES,
+    HISTOGRAMS,
+    LATENCY_EDGES_MS,
+    TASK_HISTOGRAMS,
+    histogram,
+)
 
 __all__ = ["SCHEMA", "Window", "validate_summary"]
 
@@ -43,17 +53,24 @@ class Window:
     classes: list[int] = field(default_factory=list)
     brightness: list[float] = field(default_factory=list)
     contrast: list[float] = field(default_factory=list)
+    objects: list[int] = field(default_factory=list)
+    box_areas: list[float] = field(default_factory=list)
 
-    def add(self, latency_ms: float, probs: np.ndarray | None, stats: tuple[float, float]) -> None:
+    def add(self, latency_ms: float, outcome: dict | None, stats: tuple[float, float]) -> None:
+        """One inference: its outcome (``{"confidence", "cls"}``, plus ``"objects"`` and ``"box_areas"`` when
+        the task finds objects; None when the inference failed) and its input's (brightness, contrast)."""
         self.count += 1
         self.brightness.append(stats[0])
         self.contrast.append(stats[1])
-        if probs is None:
+        if outcome is None:
             self.errors += 1
             return
         self.latency.append(latency_ms)
-        self.confidence.append(float(probs.max()))
-        self.classes.append(int(probs.argmax()))
+        self.confidence.append(float(outcome["confidence"]))
+        self.classes.append(int(outcome["cls"]))
+        if "objects" in outcome:
+            self.objects.append(int(outcome["objects"]))
+            self.box_areas.extend(float(a) for a in outcome["box_areas"])
 
     def summary(self) -> dict:
         return {
@@ -73,6 +90,14 @@ class Window:
             .tolist(),
             "brightness": histogram(self.brightness, BRIGHTNESS_EDGES),
             "contrast": histogram(self.contrast, CONTRAST_EDGES),
+            **(
+                {
+                    "objects": histogram(self.objects, TASK_HISTOGRAMS["objects"]),
+                    "box_area": histogram(self.box_areas, TASK_HISTOGRAMS["box_area"]),
+                }
+                if self.objects
+                else {}
+            ),  # fmt: skip
         }
 
 
@@ -149,4 +174,13 @@ def validate_summary(
         raise InputError("input histograms must count every inference")
     if sum(_counts(s.get("predicted_class"), None, "predicted_class")) != ok:
         raise InputError("predicted_class must count every successful inference")
+    if ("objects" in s) != ("box_area" in s):
+        raise InputError("objects and box_area come together (a task that finds objects reports both)")
+    if "objects" in s:
+        for name, edges in TASK_HISTOGRAMS.items():
+            _counts(s.get(name), len(edges) - 1, name)
+        if sum(s["objects"]) != ok:
+            raise InputError("objects must count every successful inference")
+        if sum(s["box_area"]) > 1000 * max(ok, 1):
+            raise InputError("box_area counts more objects than 1000 per inference")
     return s

@@ -89,6 +89,9 @@ PROFILE_SCHEMA = {
         "max_corner_error_increase_pct": Key(
             float, 0.5, "document localisation: corner-error increase vs the canonical model, in % of the diagonal"
         ),
+        "max_map_drop_pt": Key(
+            float, 1.0, "detection: mAP@0.5 drop vs the canonical model on the test split, in points"
+        ),
         "max_latency_ms": Key(float, None, "p95 latency at batch 1 on the build host", nullable=True),
         "max_size_mb": Key(float, None, "artifact size", nullable=True),
     },

@@ -4,7 +4,8 @@ Pure functions on numbers: the registry reads telemetry rows and rollout state f
 and hands them here (:mod:`factory.registry.health`); nothing in this package touches a database.
 
 Per window and target, the new release's devices are compared with:
-- the bundle's reference profile (drift: PSI of confidence, brightness and contrast histograms,
+- the bundle's reference profile (drift: PSI of confidence, brightness and contrast histograms, and of
+  objects per frame and box areas for tasks that find objects,
   JS of the predicted-class mix), each failing only when the chi-square test of the two histograms
   is significant at ``drift_alpha`` as well (:mod:`.rules`);
 - the previous release's devices in the same window (latency: neither the typical latency, a
@@ -62,8 +63,8 @@ def window_figures(merged: dict, reference: dict, devices: dict | None = None) -
     hists = [d["latency_ms"] for d in devices.values()] if devices else [lat]
     fig["log_latency"] = log_mean(hists, HISTOGRAMS["latency_ms"])
     drift = {}
-    for sig in ("confidence", "brightness", "contrast"):
-        if sig in prof:
+    for sig in ("confidence", "brightness", "contrast", "objects", "box_area"):
+        if sig in prof and sig in merged:  # objects and box area: tasks that find objects (detection)
             drift[f"psi_{sig}"] = smoothed_psi(prof[sig]["counts"], merged[sig])
     if "predicted_class" in prof:
         drift["js_class"] = js_divergence(prof["predicted_class"]["counts"], merged["predicted_class"])

@@ -12,11 +12,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..stats import HISTOGRAMS
+from ..stats import HISTOGRAMS, TASK_HISTOGRAMS
 
 __all__ = ["merge", "by_device", "cap_weights", "combine"]
 
-_ARRAYS = (*HISTOGRAMS, "predicted_class")
+_ARRAYS = (*HISTOGRAMS, "predicted_class")  # task histograms (objects, box_area) are added when present
 
 
 def _empty() -> dict:
@@ -30,6 +30,9 @@ def _add(out: dict, s: dict) -> None:
     out["errors"] += s["errors"]
     for k in HISTOGRAMS:
         out[k] = out[k] + np.asarray(s[k], np.float64)
+    for k, edges in TASK_HISTOGRAMS.items():
+        if k in s:
+            out[k] = out.get(k, np.zeros(len(edges) - 1)) + np.asarray(s[k], np.float64)
     pc = np.asarray(s["predicted_class"], np.float64)
     if pc.size > out["predicted_class"].size:
         out["predicted_class"] = np.pad(out["predicted_class"], (0, pc.size - out["predicted_class"].size))
@@ -59,8 +62,9 @@ def _scaled(m: dict, factor: float) -> dict:
     out = dict(m)
     for k in ("count", "errors"):
         out[k] = m[k] * factor
-    for k in _ARRAYS:
-        out[k] = np.asarray(m[k], np.float64) * factor
+    for k in (*_ARRAYS, *TASK_HISTOGRAMS):
+        if k in m:
+            out[k] = np.asarray(m[k], np.float64) * factor
     return out
 
 

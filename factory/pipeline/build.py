@@ -21,11 +21,11 @@ import numpy as np
 from .. import __version__, progress
 from .._io import atomic_dir, sha256_file
 from ..bench.budgets import check_budgets, parity_evidence, unresolvable
-from ..bench.quick import quick_latency
+from ..bench.quick import postprocess_latency, quick_latency
 from ..bundle.manifest import Manifest, bundle_dir, file_entries, resolve_version
 from ..bundle.signing import load_private_key
 from ..data.manifest import DatasetManifest, load_manifest
-from ..data.splits import load_split
+from ..data.splits import load_split, load_split_images
 from ..errors import DataError, InputError, ValidationError
 from ..export.base import get_backend, stage
 from ..export.convert import TOOLCHAIN, Converted, convert
@@ -63,7 +63,7 @@ class BuildContext:
     @property
     def task(self) -> Task:
         """What the canonical model is for (its card says)."""
-        return get_task(self.canonical.task)
+        return get_task(self.canonical.task, self.canonical.card["output"])
 
 
 def load_context(model_dir: str | Path, data: str | None = None) -> BuildContext:
@@ -81,10 +81,12 @@ def load_context(model_dir: str | Path, data: str | None = None) -> BuildContext
             f"note: dataset {dataset.location} has hash {dataset.dataset_hash[:12]}, "
             f"the model was trained on {canonical.card['lineage']['dataset_hash'][:12]}"
         )
-    task = get_task(canonical.task)
-    x_test, y_test = load_split(dataset, "test", canonical.preprocessing, canonical.labels)
-    if task.name != "classification":  # load_split's order: by path
-        y_test = task.targets(sorted(dataset.subset("test"), key=lambda r: r.path), canonical.labels)
+    task = get_task(canonical.task, canonical.card["output"])
+    if task.name == "classification":
+        x_test, y_test = load_split(dataset, "test", canonical.preprocessing, canonical.labels)
+    else:
+        x_test, records = load_split_images(dataset, "test", canonical.preprocessing)
+        y_test = task.targets(records, canonical.labels)
     return BuildContext(canonical, dataset, x_test, y_test, onnx_logits(canonical.onnx, x_test))
 
 
@@ -177,6 +179,9 @@ def build_report(result: BuildResult) -> dict:
         "top1_agreement": p.get("top1_agreement"),
         "corner_error_pct": p.get("corner_error_pct"),
         "corner_error_increase_pct": p.get("corner_error_increase_pct"),
+        "map50": p.get("map50"),
+        "map50_drop_pt": p.get("map50_drop_pt"),
+        "latency_postprocess_p50_ms": m.latency.get("postprocess_p50_ms"),
         "latency_p50_ms": m.latency["p50_ms"],
         "latency_p95_ms": m.latency["p95_ms"],
         "latency_source": m.latency.get("source"),
@@ -200,11 +205,15 @@ def _validate(ctx: BuildContext, backend, out: Path, runtime: dict) -> tuple[dic
     with stage(f"{backend.name}-validate"):
         outputs = run_batches(runner, ctx.x_test, 32)
     parity = ctx.task.parity(outputs, ctx.reference, ctx.y_test)
-    latency = quick_latency(runner, ctx.x_test) | {
-        "threads": runtime.get("threads"),
-        "host": host_info(),
-        "source": "quick probe at build time (separate run)",
-    }
+    latency = (
+        quick_latency(runner, ctx.x_test)
+        | postprocess_latency(ctx.task, outputs)
+        | {
+            "threads": runtime.get("threads"),
+            "host": host_info(),
+            "source": "quick probe at build time (separate run)",
+        }
+    )
     return parity, latency
 
 

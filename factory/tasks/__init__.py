@@ -14,7 +14,8 @@ A task (one module per task in this package, registered by name like the export 
 - ``telemetry``: what a device counts per inference for monitoring.
 
 ``classification`` is the task every model had before tasks existed (and the default when a card names
-none); ``document-localisation`` finds one document's four corners in a frame.
+none); ``document-localisation`` finds one document's four corners in a frame; ``detection`` finds zero
+or more objects of several classes, each with its box.
 """
 
 from __future__ import annotations
@@ -56,10 +57,11 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_task(name: str | None) -> Task:
-    """The task called ``name`` (None: classification, what a card without a task was trained for)."""
+def get_task(name: str | None, spec: dict | None = None) -> Task:
+    """The task called ``name`` (None: classification, what a card without a task was trained for), for a
+    model whose raw output the card's ``output`` block ``spec`` describes (detection needs its grid)."""
     _discover()
     name = name or DEFAULT_TASK
     if name not in _REGISTRY:
         raise UnknownNameError("task", name, task_names(), hint="set model.task in the training config")
-    return _REGISTRY[name]()
+    return _REGISTRY[name](spec)

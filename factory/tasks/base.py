@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from ..stats import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, TASK_HISTOGRAMS, histogram
+
 __all__ = ["Task", "paired_bootstrap"]
 
 
@@ -17,7 +19,10 @@ class Task:
     primary: str = ""  # the metric budgets and gates judge
     higher_is_better: bool = True
 
-    def output(self, classes: list[str]) -> dict:
+    def __init__(self, spec: dict | None = None):
+        self.spec = dict(spec or {})  # the card's (or bundle manifest's) ``output`` block: what the raw tensor holds
+
+    def output(self, classes: list[str], **geometry) -> dict:
         """The card's ``output`` block: the raw tensor the model graph returns."""
         raise NotImplementedError
 
@@ -36,6 +41,69 @@ class Task:
     def parity(self, candidate: np.ndarray, reference: np.ndarray, targets: np.ndarray) -> dict:
         """A candidate's raw outputs against the canonical model's on the same images."""
         raise NotImplementedError
+
+    def outcomes(self, raw: np.ndarray) -> list[dict]:
+        """What a device counts of each frame's raw output (telemetry): ``confidence`` (0..1) and ``cls``
+        (an index into :meth:`telemetry_classes`), plus ``objects`` and ``box_areas`` (fractions of the
+        frame) for a task that finds objects."""
+        raise NotImplementedError
+
+    def device_output(self, raw: np.ndarray, frame: np.ndarray, labels: list[str]) -> tuple[Any, dict]:
+        """One frame on a device: (what the agent returns to the application, the outcome telemetry counts).
+        ``raw``: the model's output for this frame (batch of 1); ``frame``: the BGR frame it saw."""
+        raise NotImplementedError
+
+    def telemetry_classes(self, labels: list[str]) -> list[str]:
+        """The buckets of the ``predicted_class`` count telemetry carries."""
+        return list(labels)
+
+    def reference_profile(
+        self, raw: np.ndarray, labels: list[str], stats: list[tuple[float, float]], split: str
+    ) -> dict:
+        """What the model says and sees on held-out frames, counted as a device counts it (telemetry's
+        histograms): the baseline monitoring compares devices with."""
+        out = self.outcomes(raw)
+        classes = self.telemetry_classes(labels)
+        predicted = np.bincount([o["cls"] for o in out], minlength=len(classes)).astype(int).tolist()
+        profile = {
+            "split": split,
+            "n": len(out),
+            "predicted_class": {"classes": classes, "counts": predicted},
+            "confidence": {
+                "edges": CONFIDENCE_EDGES,
+                "counts": histogram([o["confidence"] for o in out], CONFIDENCE_EDGES),
+            },
+            "brightness": {"edges": BRIGHTNESS_EDGES, "counts": histogram([v[0] for v in stats], BRIGHTNESS_EDGES)},
+            "contrast": {"edges": CONTRAST_EDGES, "counts": histogram([v[1] for v in stats], CONTRAST_EDGES)},
+        }
+        if out and "objects" in out[0]:
+            edges = TASK_HISTOGRAMS
+            profile["objects"] = {
+                "edges": edges["objects"],
+                "counts": histogram([o["objects"] for o in out], edges["objects"]),
+            }
+            areas = [a for o in out for a in o["box_areas"]]
+            profile["box_area"] = {"edges": edges["box_area"], "counts": histogram(areas, edges["box_area"])}
+        return profile
+
+    def summary(self, metrics: dict) -> str:
+        """One line of the task's metrics for people (``metrics`` as :meth:`metrics` returns them)."""
+        return f"{self.primary} {metrics[self.primary]}"
+
+    # -- training of spatial tasks (factory.train.spatial): the target's points move with augmentation --
+    upsample: int = 4  # how much the head enlarges the backbone's feature map
+
+    def points(self, target: np.ndarray) -> np.ndarray:
+        """(K, 2) points of one image's target, as fractions of the frame, that a geometric warp moves."""
+        raise NotImplementedError
+
+    def moved(self, target: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """The target after its points were moved to ``points`` (same order as :meth:`points`)."""
+        raise NotImplementedError
+
+    def train_target(self, target: np.ndarray) -> np.ndarray:
+        """What the loss compares the model's output with, for one image."""
+        return target
 
 
 def paired_bootstrap(

@@ -52,7 +52,7 @@ class Classification(Task):
     annotation = "label"
     primary = "top1"
 
-    def output(self, classes):
+    def output(self, classes, **geometry):
         return {
             "name": "logits",
             "shape": ["batch", len(classes)],
@@ -74,3 +74,16 @@ class Classification(Task):
 
     def parity(self, candidate, reference, targets):
         return parity_metrics(candidate, reference, targets)
+
+    def summary(self, metrics):
+        return f"top-1 {metrics['top1']:.4f}"
+
+    def device_output(self, raw, frame, labels):
+        """(label, its probability)."""
+        p = softmax(np.asarray(raw, np.float64))[0]
+        i = int(p.argmax())
+        return (labels[i], float(p[i])), {"confidence": float(p[i]), "cls": i}
+
+    def outcomes(self, raw):
+        probs = softmax(np.asarray(raw, np.float64))
+        return [{"confidence": float(p.max()), "cls": int(p.argmax())} for p in probs]

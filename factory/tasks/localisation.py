@@ -87,7 +87,7 @@ class DocumentLocalisation(Task):
     primary = "corner_error_pct"
     higher_is_better = False
 
-    def output(self, classes):
+    def output(self, classes, **geometry):
         return {
             "name": "corners",
             "shape": ["batch", 8],
@@ -156,6 +156,39 @@ class DocumentLocalisation(Task):
             "quad_iou": round(float(iou.mean()), 6),
             "n": int(len(targets)),
         }
+
+    def summary(self, metrics):
+        return f"corner error {metrics['corner_error_pct']:.2f}% of the diagonal, quad IoU {metrics['quad_iou']:.4f}"
+
+    def outcomes(self, raw):
+        """One document per frame, always found (the model has no score): counted as one object whose area
+        is the predicted quad's share of the frame, so a camera that moved away shows as drift."""
+        quads = np.asarray(raw, np.float64)[:, :8].reshape(-1, 4, 2)
+        x, y = quads[..., 0], quads[..., 1]
+        areas = 0.5 * np.abs((x * np.roll(y, -1, 1) - np.roll(x, -1, 1) * y).sum(1))  # shoelace, in frame fractions
+        return [{"confidence": 1.0, "cls": 0, "objects": 1, "box_areas": [float(min(a, 1.0))]} for a in areas]
+
+    def telemetry_classes(self, labels):
+        return ["document"]
+
+    def device_output(self, raw, frame, labels):
+        """``{"corners": (4, 2) pixels TL, TR, BR, BL, "crop": the document warped flat}``: the crop is what a
+        classification bundle takes next (localise -> rectify -> classify)."""
+        corners = np.asarray(raw, np.float32)[0, :8]
+        h, w = frame.shape[:2]
+        result = {"corners": corners.reshape(4, 2) * np.float32([w, h]), "crop": rectify(frame, corners)}
+        return result, self.outcomes(raw[:1])[0]
+
+    def points(self, target):
+        return target[:8].reshape(4, 2)
+
+    def moved(self, target, points):
+        out = target.copy()
+        out[:8] = points.reshape(-1)
+        return out
+
+    def train_target(self, target):
+        return np.ascontiguousarray(target[:8], np.float32)
 
     def parity(self, candidate, reference, targets):
         """The candidate's corner error against the canonical model's on the same frames: the mean

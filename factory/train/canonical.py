@@ -129,9 +129,9 @@ class CanonicalModel:
 
         if self.task != "classification":
             from ..tasks import get_task
-            from .localise import localisation_module
+            from .spatial import task_module
 
-            module = localisation_module(self.card["architecture"], get_task(self.task), self.input_hw)
+            module = task_module(self.card["architecture"], get_task(self.task, self.card["output"]), self.input_hw)
         else:
             module = create_model(self.card["architecture"], len(self.labels))
         try:

@@ -52,11 +52,9 @@ def train_cmd(config_path: str | None, overrides: tuple[str, ...], list_architec
     model = train(cfg, config_path=config_path)
     card = model.card
     test = card["metrics"]["test"]
-    figure = (
-        f"test top-1 {test['top1']:.4f}"
-        if "top1" in test
-        else f"test corner error {test['corner_error_pct']:.2f}% of the diagonal, quad IoU {test['quad_iou']:.4f}"
-    )
+    from ..tasks import get_task
+
+    figure = "test " + get_task(model.task, card["output"]).summary(test)
     click.echo(
         f"wrote {model.path}: {card['architecture']} {figure} "
         f"on {test['n']} images; ONNX max abs diff {card['onnx_parity']['max_abs_diff']:.2e}; "

@@ -80,6 +80,8 @@ def augment(img: np.ndarray, rng: np.random.Generator, cfg: dict, points: np.nda
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.2))
     if points is None:
         return out
+    if len(points) == 0:  # a frame without objects: nothing to move
+        return out, np.zeros((0, 2), np.float32)
     moved = cv2.perspectiveTransform(np.asarray(points, np.float32).reshape(-1, 1, 2), hom).reshape(-1, 2)
     return out, moved
 

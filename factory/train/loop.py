@@ -366,9 +366,9 @@ def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
 
     task = get_task(cfg["model"]["task"])
     if task.name != "classification":
-        from .localise import train_localisation
+        from .spatial import train_spatial
 
-        return train_localisation(cfg, task, config_path=config_path)
+        return train_spatial(cfg, task, config_path=config_path)
     m = cfg["model"]
     manifest = _checked_manifest(cfg)
     classes = manifest.classes

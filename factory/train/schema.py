@@ -28,7 +28,9 @@ TRAIN_SCHEMA = {
     "model": {
         "name": Key(str, "id-docs", "model name used for bundles and the MLflow registry"),
         "task": Key(
-            str, "classification", "what the model is for (factory.tasks): classification | document-localisation"
+            str,
+            "classification",
+            "what the model is for (factory.tasks): classification | document-localisation | detection",
         ),
         "architecture": Key(str, help="torchvision.models name (e.g. mobilenet_v3_small) or tiny-cnn"),
         "pretrained": Key(str, None, "local weights file to start from; never downloaded", nullable=True),

@@ -1,6 +1,8 @@
-"""Training for document localisation: a classifier's backbone, the task's regression head, and a loop that
-keeps the epoch with the lowest validation corner error. Geometric augmentation moves the corners with
-the image. Ends in the same canonical model directory (weights, ONNX, card with ``task``) as classification.
+"""Training for the tasks whose output says where things are (document localisation, detection): a
+classifier's backbone, the task's head and loss, and a loop that keeps the epoch with the best validation
+value of the task's primary metric. Geometric augmentation moves the task's points (corners, box corners)
+with the image. Ends in the same canonical model directory (weights, ONNX, card with ``task``) as
+classification.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..config import config_hash
 from ..data.manifest import load_manifest
 from ..errors import DataError, ModelError
 from ..preprocess import input_spec, make_spec, preprocess
-from ..stats import BRIGHTNESS_EDGES, CONTRAST_EDGES, histogram, image_stats
+from ..stats import image_stats
 from ..tasks import Task
 from .canonical import CARD_NAME, CARD_SCHEMA, WEIGHTS_NAME, CanonicalModel, count_macs
 from .data import ImageDataset, augment
@@ -34,7 +36,7 @@ from .loop import (
     predict_logits,
 )
 
-__all__ = ["localisation_module", "fit_localisation", "train_localisation"]
+__all__ = ["task_module", "fit_spatial", "train_spatial"]
 
 
 def _backbone(base):
@@ -54,8 +56,9 @@ def _backbone(base):
     return nn.Sequential(*children[:cut])
 
 
-def localisation_module(architecture: str, task: Task, image_size: tuple[int, int], pretrained=None):
-    """Backbone of ``architecture`` plus the task's head, sized for ``image_size`` (static shapes)."""
+def task_module(architecture: str, task: Task, image_size: tuple[int, int], pretrained=None):
+    """Backbone of ``architecture`` plus the task's head, sized for ``image_size`` (static shapes). A task
+    whose output is a grid (detection) learns the grid here: ``task.spec["grid"]``."""
     import torch
     from torch import nn
 
@@ -64,26 +67,32 @@ def localisation_module(architecture: str, task: Task, image_size: tuple[int, in
     backbone = _backbone(create_model(architecture, 8, pretrained))
     with torch.no_grad():
         c, fh, fw = backbone.eval()(torch.zeros(1, 3, *image_size)).shape[1:]
+    task.spec.setdefault("grid", [task.upsample * int(fh), task.upsample * int(fw)])
     return nn.Sequential(backbone, task.head(int(c), int(fh), int(fw)))
 
 
-class _QuadDataset(ImageDataset):
-    """(image tensor, 8 corner fractions); augmentation warps the image and moves the corners with it."""
+class _SpatialDataset(ImageDataset):
+    """(image tensor, the task's training target); augmentation warps the image and moves the target's
+    points (in pixels) with it."""
+
+    def __init__(self, images, labels, spec, *, task: Task, augment_cfg=None, seed: int = 0):
+        super().__init__(images, labels, spec, augment_cfg=augment_cfg, seed=seed)
+        self.task = task
 
     def __getitem__(self, i: int):
         import torch
 
-        img, corners = self.images[i], self.labels[i, :8].copy()
+        img, target = self.images[i], self.labels[i].copy()
         if self.augment_cfg is not None:
             h, w = img.shape[:2]
-            pts = corners.reshape(4, 2) * np.float32([w, h])
+            pts = self.task.points(target) * np.float32([w, h])
             img, pts = augment(img, np.random.default_rng([self.seed, self.epoch, i]), self.augment_cfg, points=pts)
-            corners = (pts / np.float32([w, h])).reshape(-1).astype(np.float32)
-        return torch.from_numpy(preprocess(img, self.spec)[0]), torch.from_numpy(corners)
+            target = self.task.moved(target, (pts / np.float32([w, h])).astype(np.float32))
+        return torch.from_numpy(preprocess(img, self.spec)[0]), torch.from_numpy(self.task.train_target(target))
 
 
-def fit_localisation(model, task: Task, train_ds, val_images, val_targets, spec, cfg, log_metrics) -> dict:
-    """Train with the configured schedule; keep the epoch with the lowest validation corner error."""
+def fit_spatial(model, task: Task, train_ds, val_images, val_targets, spec, cfg, log_metrics) -> dict:
+    """Train with the configured schedule; keep the epoch with the best validation primary metric."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -91,7 +100,8 @@ def fit_localisation(model, task: Task, train_ds, val_images, val_targets, spec,
     torch.manual_seed(t["seed"])
     opt = _make_optimizer(model, t)
     loss_fn = task.loss()
-    best = {"error": math.inf, "epoch": -1, "state": None}
+    sign = -1.0 if task.higher_is_better else 1.0  # the best epoch has the lowest sign * metric
+    best = {"value": math.inf, "epoch": -1, "state": None}
     history = []
     for epoch in range(t["epochs"]):
         started = time.perf_counter()
@@ -114,35 +124,28 @@ def fit_localisation(model, task: Task, train_ds, val_images, val_targets, spec,
                 tick(1)
         model.eval()
         val = task.metrics(predict_logits(model, val_images, spec), val_targets)
-        row = {"train_loss": loss_sum / seen, "val_corner_error_pct": val["corner_error_pct"],
-               "val_quad_iou": val["quad_iou"], "lr": opt.param_groups[0]["lr"],
-               "epoch_seconds": time.perf_counter() - started}  # fmt: skip
+        row = {"train_loss": loss_sum / seen, **{f"val_{k}": v for k, v in val.items() if isinstance(v, float)},
+               "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}  # fmt: skip
         history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in row.items()}})
         log_metrics(row, epoch + 1)
         progress.info(
-            f"epoch {epoch + 1}: train loss {row['train_loss']:.5f} | val corner error {val['corner_error_pct']:.2f}% "
-            f"of the diagonal, quad IoU {val['quad_iou']:.4f} ({row['epoch_seconds']:.1f}s)"
+            f"epoch {epoch + 1}: train loss {row['train_loss']:.5f} | val {task.summary(val)} "
+            f"({row['epoch_seconds']:.1f}s)"
         )
-        if val["corner_error_pct"] < best["error"]:
-            best.update(error=val["corner_error_pct"], epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
+        if sign * val[task.primary] < best["value"]:
+            best.update(value=sign * val[task.primary], epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
     model.load_state_dict(best["state"])
-    return {"best_epoch": best["epoch"], "epochs_run": len(history), "best_val_corner_error_pct": best["error"],
-            "history": history}  # fmt: skip
-
-
-def _input_profile(images, split: str) -> dict:
-    """What the model sees on held-out data (brightness, contrast): the drift baseline."""
-    stats = [image_stats(im) for im in images]
     return {
-        "split": split,
-        "n": len(images),
-        "brightness": {"edges": BRIGHTNESS_EDGES, "counts": histogram([s[0] for s in stats], BRIGHTNESS_EDGES)},
-        "contrast": {"edges": CONTRAST_EDGES, "counts": histogram([s[1] for s in stats], CONTRAST_EDGES)},
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "best_val": sign * best["value"],
+        "history": history,
     }
 
 
-def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None) -> CanonicalModel:
-    """Train, evaluate and export a localisation model into a canonical model directory (one MLflow run)."""
+def train_spatial(cfg: dict, task: Task, *, config_path: str | None = None) -> CanonicalModel:
+    """Train, evaluate and export a localisation or detection model into a canonical model directory
+    (one MLflow run)."""
     import mlflow
     import torch
 
@@ -151,7 +154,8 @@ def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None)
 
     m, t = cfg["model"], cfg["train"]
     manifest = load_manifest(cfg["data"]["manifest"])
-    task.targets(sorted(manifest.files, key=lambda r: r.path), manifest.classes)  # every missing quad, at once
+    task.spec["classes"] = len(manifest.classes)
+    task.targets(sorted(manifest.files, key=lambda r: r.path), manifest.classes)  # every missing annotation, at once
     splits = {s: sorted(manifest.subset(s), key=lambda r: r.path) for s in ("train", "val", "test")}
     if not all(splits.values()):
         raise DataError(f"dataset {manifest.name!r} needs images in train, val and test")
@@ -159,7 +163,7 @@ def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None)
     _make_threads(t)
     torch.manual_seed(t["seed"])
     h, w = m["image_size"]
-    model = localisation_module(m["architecture"], task, (h, w), m["pretrained"])
+    model = task_module(m["architecture"], task, (h, w), m["pretrained"])
     set_bn_momentum(model, t["bn_momentum"])  # MobileNetV3's 0.01 leaves eval statistics far behind a short run
     from .data import load_images
 
@@ -168,19 +172,20 @@ def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None)
         for s, recs in splits.items():
             images[s] = load_images(manifest, recs, max_side=2 * max(h, w), progress=tick)
     spec = make_spec(h, w)
-    train_ds = _QuadDataset(images["train"], targets["train"], spec, augment_cfg=cfg["augment"], seed=t["seed"])
+    train_ds = _SpatialDataset(images["train"], targets["train"], spec, task=task, augment_cfg=cfg["augment"],
+                               seed=t["seed"])  # fmt: skip
     setup_experiment(cfg["tracking"]["experiment"])
     started = time.perf_counter()
     with mlflow.start_run(run_name=f"train-{m['name']}-{m['architecture']}") as run:
         mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg).items()})
         tags = {"factory.stage": "train", "factory.task": task.name, "factory.dataset_hash": manifest.dataset_hash}
         mlflow.set_tags(tags | {"factory.config_hash": config_hash(cfg)})
-        fitted = fit_localisation(model, task, train_ds, images["val"], targets["val"], spec, cfg,
-                                  lambda row, step: mlflow.log_metrics(row, step=step))  # fmt: skip
+        fitted = fit_spatial(model, task, train_ds, images["val"], targets["val"], spec, cfg,
+                             lambda row, step: mlflow.log_metrics(row, step=step))  # fmt: skip
         seconds = time.perf_counter() - started
         model.eval()
         test = task.metrics(predict_logits(model, images["test"], spec), targets["test"])
-        mlflow.log_metrics({"test_corner_error_pct": test["corner_error_pct"], "test_quad_iou": test["quad_iou"]})
+        mlflow.log_metrics({f"test_{k}": v for k, v in test.items() if isinstance(v, float)})
         out = Path(cfg["output"]["dir"])
         with atomic_dir(out) as tmp:
             torch.save(model.state_dict(), tmp / WEIGHTS_NAME)
@@ -194,7 +199,7 @@ def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None)
                 "labels": manifest.classes,
                 "input": input_spec(spec),
                 "preprocessing": spec,
-                "output": task.output(manifest.classes),
+                "output": task.output(manifest.classes, **({"grid": task.spec["grid"]} if "grid" in task.spec else {})),
                 "files": card_files(tmp),
                 "complexity": {
                     "params": int(sum(p.numel() for p in model.parameters())),
@@ -202,7 +207,7 @@ def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None)
                 },
                 "metrics": {
                     "test": test,
-                    "val": {"corner_error_pct": fitted["best_val_corner_error_pct"], "n": len(images["val"])},
+                    "val": {task.primary: fitted["best_val"], "n": len(images["val"])},
                     "training": {k: fitted[k] for k in ("best_epoch", "epochs_run")} | {"seconds": round(seconds, 1)},
                 },
                 "onnx_parity": {
@@ -212,7 +217,12 @@ def train_localisation(cfg: dict, task: Task, *, config_path: str | None = None)
                 },
                 "history": fitted["history"],
                 "lineage": card_lineage(cfg, config_path, manifest, run, model_uri),
-                "reference_profile": _input_profile(images["val"], "val"),
+                "reference_profile": task.reference_profile(
+                    predict_logits(model, images["val"], spec),
+                    manifest.classes,
+                    [image_stats(im) for im in images["val"]],
+                    "val",
+                ),  # fmt: skip
             }
             write_json(tmp / CARD_NAME, card)
             write_json(tmp / "metrics.json", {"test": test, "onnx_max_abs_diff": parity[0],
