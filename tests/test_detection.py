@@ -283,12 +283,12 @@ def test_a_detector_trains_and_builds_for_every_runtime_judged_by_map(detector, 
     assert "mAP@0.5" in output
     model = load_canonical(path)
     card = model.card
-    assert card["task"] == "detection" and card["output"]["grid"] == [8, 10] and card["output"]["classes"] == 3
+    assert card["task"] == "detection" and card["output"]["grid"] == [16, 20] and card["output"]["classes"] == 3
     assert "objects" in card["reference_profile"] and "box_area" in card["reference_profile"]
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 80)).astype(np.float32)
     with torch.no_grad():
         out = model.build_module()(torch.from_numpy(x)).numpy()
-    assert out.shape == (2, 7 * 8 * 10) and np.abs(out - onnx_logits(model.onnx, x)).max() < 1e-4
+    assert out.shape == (2, 7 * 16 * 20) and np.abs(out - onnx_logits(model.onnx, x)).max() < 1e-4
     args = build_args(path, "cpu", keypair, loose_targets, tmp_path / "b", "--data", str(frames_ds), "--no-track")
     result = invoke(*args, "--target", "openvino", "--target", "tflite")
     assert result.exit_code == 0, result.output
@@ -296,7 +296,7 @@ def test_a_detector_trains_and_builds_for_every_runtime_judged_by_map(detector, 
     for target in ("cpu", "openvino", "tflite"):
         manifest = json.loads(next((tmp_path / "b").glob(f"*/*/{target}/manifest.json")).read_text())
         v = manifest["validation"]
-        assert v["task"] == "detection" and manifest["output"]["grid"] == [8, 10]
+        assert v["task"] == "detection" and manifest["output"]["grid"] == [16, 20]
         check = next(c for c in v["checks"] if c["check"] == "map50_drop")
         assert check["interval"][0] <= check["value"] <= check["interval"][1]
         assert manifest["latency"]["postprocess_p50_ms"] > 0

@@ -14,6 +14,9 @@ def _drop(m) -> str:
     if "corner_error_increase_pct" in p:  # document localisation: corner error, in % of the diagonal
         lo, hi = p["increase_interval_pct"]
         return f"corner error {p['corner_error_increase_pct']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    if "map50_drop_pt" in p:  # detection: mAP@0.5, in points
+        lo, hi = p["drop_interval_pt"]
+        return f"mAP@0.5 {p['map50_drop_pt']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
     check = next((c for c in m.validation["checks"] if c["check"] == "accuracy_drop"), None)
     if check and check.get("interval"):
         lo, hi = check["interval"]
@@ -59,7 +62,13 @@ def build_table(results, *, latency: bool = True) -> str:
         prune = (
             "none" if rec["pruning"]["method"] == "none" else f"{rec['pruning']['method']} {rec['pruning']['ratio']:g}"
         )
-        quality = f"{p['top1']:.4f}" if "top1" in p else f"corner error {p['corner_error_pct']:.2f}%"
+        quality = (
+            f"{p['top1']:.4f}"
+            if "top1" in p
+            else f"mAP@0.5 {p['map50']:.4f}"
+            if "map50" in p
+            else f"corner error {p['corner_error_pct']:.2f}%"
+        )
         agreement = f"{p['top1_agreement']:.4f}" if "top1_agreement" in p else "-"
         row = f"| {m.target} | {m.runtime['backend']} | {rec['precision']} | {prune} | {quality} | {_drop(m)} | "
         row += f"{agreement} | "

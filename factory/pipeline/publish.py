@@ -89,7 +89,19 @@ def _log(run, folder: Path, archive: Path, m: Manifest) -> dict:
     )
     mlflow.log_metrics(
         {
-            **{k: p[k] for k in ("top1", "accuracy_drop_pt", "top1_agreement", "corner_error_pct") if k in p},
+            **{
+                k: p[k]
+                for k in (
+                    "top1",
+                    "accuracy_drop_pt",
+                    "top1_agreement",
+                    "corner_error_pct",
+                    "map50",
+                    "map50_drop_pt",
+                    "map",
+                )
+                if k in p
+            },
             "max_abs_diff": p["max_abs_diff"],
             "latency_p50_ms": m.latency["p50_ms"],
             "latency_p95_ms": m.latency["p95_ms"],
