@@ -271,13 +271,23 @@ def detector(tmp_path_factory, frames_ds):
     return tmp / "model", result.output
 
 
+@pytest.fixture(scope="session")
+def detector_bundles(tmp_path_factory, detector, frames_ds, keypair, loose_targets):
+    """The tiny detector built for cpu, openvino (int8-static) and tflite: (build output, bundles folder)."""
+    from tests.conftest import build_args
+
+    out = tmp_path_factory.mktemp("det-bundles")
+    args = build_args(detector[0], "cpu", keypair, loose_targets, out, "--data", str(frames_ds), "--no-track")
+    result = invoke(*args, "--target", "openvino", "--target", "tflite", "--version", "1.0.0")
+    assert result.exit_code == 0, result.output
+    return result.output, out
+
+
 @pytest.mark.slow
-def test_a_detector_trains_and_builds_for_every_runtime_judged_by_map(detector, frames_ds, keypair, loose_targets,
-                                                                           tmp_path):  # fmt: skip
+def test_a_detector_trains_and_builds_for_every_runtime_judged_by_map(detector, detector_bundles):
     import torch
 
     from factory.train.canonical import load_canonical, onnx_logits
-    from tests.conftest import build_args
 
     path, output = detector
     assert "mAP@0.5" in output
@@ -289,12 +299,10 @@ def test_a_detector_trains_and_builds_for_every_runtime_judged_by_map(detector, 
     with torch.no_grad():
         out = model.build_module()(torch.from_numpy(x)).numpy()
     assert out.shape == (2, 7 * 16 * 20) and np.abs(out - onnx_logits(model.onnx, x)).max() < 1e-4
-    args = build_args(path, "cpu", keypair, loose_targets, tmp_path / "b", "--data", str(frames_ds), "--no-track")
-    result = invoke(*args, "--target", "openvino", "--target", "tflite")
-    assert result.exit_code == 0, result.output
-    assert result.output.count("mAP@0.5") >= 3
+    build_output, bundles = detector_bundles
+    assert build_output.count("mAP@0.5") >= 3
     for target in ("cpu", "openvino", "tflite"):
-        manifest = json.loads(next((tmp_path / "b").glob(f"*/*/{target}/manifest.json")).read_text())
+        manifest = json.loads(next(bundles.glob(f"*/*/{target}/manifest.json")).read_text())
         v = manifest["validation"]
         assert v["task"] == "detection" and manifest["output"]["grid"] == [16, 20]
         check = next(c for c in v["checks"] if c["check"] == "map50_drop")
@@ -302,3 +310,74 @@ def test_a_detector_trains_and_builds_for_every_runtime_judged_by_map(detector, 
         assert manifest["latency"]["postprocess_p50_ms"] > 0
         if manifest["recipe"]["precision"] == "fp32":
             assert abs(v["parity"]["map50_drop_pt"]) < 0.5 and v["parity"]["max_abs_diff"] < 1e-3, (target, v["parity"])
+
+
+@pytest.mark.slow
+def test_a_detection_bundle_goes_through_rollout_devices_telemetry_and_health(detector_bundles, frames_ds, keypair,
+                                                                               tmp_path):  # fmt: skip
+    """publish -> staged rollout -> simulated devices running the real bundle -> per-task telemetry -> health."""
+    import httpx
+    import sqlalchemy as sa
+
+    from factory.bundle.signing import generate_keys, load_private_key, load_public_key
+    from factory.device.agent import Agent
+    from factory.device.client import RegistryClient
+    from factory.device.simulate import Fleet, Knobs, load_images
+    from factory.pipeline.fleet_demo import _retag as retag
+    from factory.registry import db
+    from factory.registry.auth import create_token
+    from tests.registry_server import Server, make_settings
+
+    base = next(detector_bundles[1].glob("*/1.0.0/cpu"))
+    model = json.loads((base / "manifest.json").read_text())["name"]
+    retag(base, tmp_path / "1.1.0", "1.1.0", load_private_key(keypair[0]), "test re-release")
+    fleet_key, _ = generate_keys(tmp_path / "fleet")
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'r.db'}", [str(keypair[1])], str(fleet_key))
+    settings["telemetry"] = {"window_seconds": 2, "max_summary_bytes": 65536, "evaluate_seconds": 0.0}
+    srv = Server(settings)
+    settings["public_url"] = srv.url
+    srv.start()
+    try:
+        engine = db.engine_for(settings["database"])
+        with engine.begin() as conn:
+            admin = create_token(conn, "admin", "admin")
+            device_token = create_token(conn, "device:cam-1", "device", "cam-1")
+        client = RegistryClient(srv.url, admin)
+        for folder in (base, tmp_path / "1.1.0"):
+            client.publish(folder)
+        client.create_rollout(
+            {"name": "base", "release": {"name": model, "version": "1.0.0"}, "stages": [{"percent": 100}]}
+        )
+        client.act("base", "advance", "first release")
+        # one real agent: it pulls the detection bundle and returns boxes in the frame's pixels
+        agent = Agent(RegistryClient(srv.url, device_token), model=model, device_id="cam-1", target="cpu", tags=[],
+                      state_dir=tmp_path / "cam-1", bundle_key=load_public_key(keypair[1]), window_seconds=2)  # fmt: skip
+        assert agent.sync().startswith("switched")
+        frame = load_images(str(frames_ds))[0]
+        found = agent.infer(frame)
+        assert isinstance(found, list) and all({"label", "score", "box"} <= set(d) for d in found)
+        assert all(0 <= d["box"][0] <= d["box"][2] <= frame.shape[1] for d in found)
+        agent.close_window()
+        assert agent.upload()["sent"] == 1
+        # a simulated fleet takes 1.1.0 through its stages on health, with per-task telemetry
+        health = {"min_inferences": 40, "windows_to_halt": 2, "max_psi": 50.0, "max_js": 1.0}
+        stages = [{"percent": 50, "min_devices_reporting": 3}, {"percent": 100}]
+        fleet = Fleet(client, model=model, devices=12, targets=["cpu"], knobs=Knobs(latency_model_ms=0.5),
+                      images=load_images(str(frames_ds)), cache=tmp_path / "cache", window_seconds=2)  # fmt: skip
+        client.create_rollout({"name": "det", "release": {"name": model, "version": "1.1.0"}, "stages": stages,
+                               "health": health})  # fmt: skip
+        for _ in range(8):
+            fleet.simulate(1, inferences=30)
+            if client.rollout("det")["status"] == "completed":
+                break
+        assert client.rollout("det")["status"] == "completed"
+        with engine.connect() as conn:
+            stored = [json.loads(r[0]) for r in conn.execute(sa.select(db.telemetry.c.summary)).all()]
+        assert stored and all("objects" in s and "box_area" in s for s in stored)
+        assert all(len(s["predicted_class"]) == 4 for s in stored)  # 3 classes and "(no object)"
+        report = httpx.get(srv.url + "/v1/health", headers={"Authorization": f"Bearer {admin}"}).json()
+        windows = next(r for r in report["rollouts"] if r["name"] == "det")["targets"]["cpu"]["windows"]
+        assert any("psi_objects" in w["drift"] and "psi_box_area" in w["drift"] for w in windows), windows[-1]
+        client.close()
+    finally:
+        srv.stop()
