@@ -350,8 +350,10 @@ def test_a_detection_bundle_goes_through_rollout_devices_telemetry_and_health(de
         )
         client.act("base", "advance", "first release")
         # one real agent: it pulls the detection bundle and returns boxes in the frame's pixels
-        agent = Agent(RegistryClient(srv.url, device_token), model=model, device_id="cam-1", target="cpu", tags=[],
-                      state_dir=tmp_path / "cam-1", bundle_key=load_public_key(keypair[1]), window_seconds=2)  # fmt: skip
+        agent = Agent(
+            RegistryClient(srv.url, device_token), model=model, device_id="cam-1", target="cpu", tags=[],
+            state_dir=tmp_path / "cam-1", bundle_key=load_public_key(keypair[1]), window_seconds=2,
+        )  # fmt: skip
         assert agent.sync().startswith("switched")
         frame = load_images(str(frames_ds))[0]
         found = agent.infer(frame)
