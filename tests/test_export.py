@@ -216,6 +216,8 @@ def test_build_is_tracked_and_registered_in_mlflow(tmp_path, trained, synth_ds, 
     _, runner = open_bundle(folder)
     batch = np.zeros((2, *trained.card["input"]["shape"][1:]), np.float32)
     assert np.allclose(model.predict(batch), runner(batch), atol=1e-6)
+    answers = model.predict(batch, params={"postprocess": True})  # the task's outputs, as a device gets them
+    assert [a["label"] for a in answers] == [trained.labels[i] for i in runner(batch).argmax(1)]
 
 
 def test_failed_conversion_names_stage_and_operator(tmp_path, synth_ds, keypair, loose_targets, monkeypatch):

@@ -29,10 +29,18 @@ with warnings.catch_warnings():  # MLflow warns at class creation that predict()
 
         def load_context(self, context):
             """Open the bundle (hash-checked) and load its runtime."""
+            from ..tasks import get_task
             from .loader import open_bundle
 
             self.manifest, self.runner = open_bundle(Path(context.artifacts["bundle"]))
+            self.task = get_task(self.manifest.validation.get("task"), self.manifest.output)
 
         def predict(self, context, model_input, params=None):
-            """Raw model outputs for a preprocessed float32 batch."""
-            return self.runner(np.asarray(model_input, dtype=np.float32))
+            """Raw model outputs for a preprocessed float32 batch; with ``params={"postprocess": True}``, the
+            task's outputs per image (the same post-processing as the device agent's): classification
+            ``{"label", "confidence"}``, detection a list of ``{"label", "score", "box"}`` (box in fractions
+            of the frame), document localisation ``{"corners"}`` (fractions)."""
+            raw = self.runner(np.asarray(model_input, dtype=np.float32))
+            if not (params or {}).get("postprocess"):
+                return raw
+            return self.task.records(raw, self.manifest.labels)

@@ -117,7 +117,9 @@ def _log(run, folder: Path, archive: Path, m: Manifest) -> dict:
             name="bundle",
             python_model=BundlePyfunc(),
             artifacts={"bundle": str(folder)},
-            signature=infer_signature(example, np.zeros((2, len(m.labels)), np.float32)),
+            signature=infer_signature(
+                example, np.zeros((2, *m.output["shape"][1:]), np.float32), params={"postprocess": False}
+            ),
             pip_requirements=[f"{m.runtime['package']}>={m.runtime['min_version']}", "edge-model-factory"],
         )
     with native_quiet():  # "Registered model ... / Created version ..." chatter

@@ -53,6 +53,10 @@ class Task:
         ``raw``: the model's output for this frame (batch of 1); ``frame``: the BGR frame it saw."""
         raise NotImplementedError
 
+    def records(self, raw: np.ndarray, labels: list[str]) -> list:
+        """The task's outputs of a batch as plain, JSON-able values, one per image (the MLflow pyfunc's answer)."""
+        raise NotImplementedError
+
     def telemetry_classes(self, labels: list[str]) -> list[str]:
         """The buckets of the ``predicted_class`` count telemetry carries."""
         return list(labels)

@@ -84,6 +84,10 @@ class Classification(Task):
         i = int(p.argmax())
         return (labels[i], float(p[i])), {"confidence": float(p[i]), "cls": i}
 
+    def records(self, raw, labels):
+        probs = softmax(np.asarray(raw, np.float64))
+        return [{"label": labels[int(p.argmax())], "confidence": float(p.max())} for p in probs]
+
     def outcomes(self, raw):
         probs = softmax(np.asarray(raw, np.float64))
         return [{"confidence": float(p.max()), "cls": int(p.argmax())} for p in probs]

@@ -276,6 +276,12 @@ class Detection(Task):
         ]  # fmt: skip
         return result, self._outcome(d)
 
+    def records(self, raw, labels):
+        return [
+            [{"label": labels[int(r[5])], "score": float(r[4]), "box": [float(v) for v in r[:4]]} for r in d]
+            for d in self.postprocess(raw)["detections"]
+        ]
+
     def telemetry_classes(self, labels):
         return [*labels, "(no object)"]
 

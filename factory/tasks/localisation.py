@@ -171,6 +171,9 @@ class DocumentLocalisation(Task):
     def telemetry_classes(self, labels):
         return ["document"]
 
+    def records(self, raw, labels):
+        return [{"corners": c.tolist()} for c in self.postprocess(raw)["corners"]]
+
     def device_output(self, raw, frame, labels):
         """``{"corners": (4, 2) pixels TL, TR, BR, BL, "crop": the document warped flat}``: the crop is what a
         classification bundle takes next (localise -> rectify -> classify)."""
