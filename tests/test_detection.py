@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -383,3 +384,33 @@ def test_a_detection_bundle_goes_through_rollout_devices_telemetry_and_health(de
         client.close()
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_bench_and_gate_judge_a_detector_by_map_with_post_processing_timed(detector, detector_bundles, tmp_path):
+    bundle = next(detector_bundles[1].glob("*/1.0.0/cpu"))
+    r = invoke("bench", str(detector[0]), str(bundle), "--seconds", "2", "--out", str(tmp_path / "rep"),
+               "--save-baseline", str(tmp_path / "base"))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    rows = {row["kind"]: row for row in report["artifacts"]}
+    for row in rows.values():
+        acc = row["accuracy"]
+        assert acc["task"] == "detection" and 0 <= acc["map50"] <= 1 and acc["matches"]["frames"] == acc["n"]
+        assert row["latency"]["postprocess_p50_ms"] > 0
+        assert row["latency"]["end_to_end_p50_ms"] > row["latency"]["p50_ms"]
+    vs = rows["bundle"]["accuracy"]["vs_canonical"]
+    assert (
+        abs(vs["map50_drop_pt"]) < 0.5 and vs["drop_interval_pt"][0] <= vs["map50_drop_pt"] <= vs["drop_interval_pt"][1]
+    )
+    assert rows["bundle"]["speedup_vs_pytorch_eager_end_to_end"] > 0
+    assert "mAP@0.5" in (tmp_path / "rep" / "report.md").read_text()
+    policy = tmp_path / "gates.yaml"
+    policy.write_text(Path("configs/gates.yaml").read_text())
+    g = invoke("gate", "--candidate", str(tmp_path / "rep"), "--baseline", str(tmp_path / "base"), "--policy",
+               str(policy))  # fmt: skip
+    accuracy = [line for line in g.output.splitlines() if "mAP@0.5" in line]
+    assert accuracy and all("drop +0.00 pt" in line and "verdict pass" in line for line in accuracy), (
+        g.output,
+        g.exception,
+    )

@@ -42,6 +42,31 @@ def _dataset_for(artifact, explicit: str | None):
     return load_manifest(path) if path and Path(path).exists() else None
 
 
+def _task_accuracy(a, manifest, cache: dict, batch: int) -> dict:
+    """A model of another task than classification: its task's metrics on the test split and, against the
+    canonical model, its task's parity (e.g. the mAP@0.5 drop with a paired bootstrap interval)."""
+    from ..data.splits import load_split_images
+    from ..tasks import get_task
+    from ..train.canonical import load_canonical, onnx_logits
+
+    task = get_task(a.task, a.output)
+    key = ("task", str(manifest.location), a.canonical_path)
+    if key not in cache:
+        progress.info(f"accuracy: loading the test split of {manifest.name}")
+        x, records = load_split_images(manifest, "test", a.preprocessing)
+        ref = onnx_logits(load_canonical(a.canonical_path).onnx, x) if a.canonical_path else None
+        cache[key] = (x, task.targets(records, a.labels), ref)
+    x, y, ref = cache[key]
+    raw = np.concatenate([a.runner(np.ascontiguousarray(x[i : i + batch])) for i in range(0, len(x), batch)])
+    a.extra["raw_sample"] = raw[:200]  # real outputs, for timing the post-processing after the latency run
+    row = {"task": task.name, "dataset_hash": manifest.dataset_hash, **task.metrics(raw, y)}
+    if hasattr(task, "match_table"):
+        row["matches"] = task.match_table(raw, y)  # for the gate: two reports paired frame by frame
+    if ref is not None:
+        row["vs_canonical"] = task.parity(raw, ref, y)
+    return row
+
+
 def measure_accuracy(artifacts, *, data: str | None = None, confidence: float = 0.95, batch: int = 32) -> dict:
     """Per artifact: top-1, per-class recall, and against the canonical model the drop with Tango's paired
     score interval, McNemar's exact p and top-1 agreement with Wilson's interval."""
@@ -61,6 +86,9 @@ def measure_accuracy(artifacts, *, data: str | None = None, confidence: float = 
             raise DataError(
                 f"{a.id} was validated on dataset {a.identity['dataset_hash'][:12]}, not {manifest.dataset_hash[:12]}"
             )
+        if a.task != "classification":
+            out[a.id] = _task_accuracy(a, manifest, cache, batch)
+            continue
         key = (str(manifest.location), a.canonical_path)
         if key not in cache:
             progress.info(f"accuracy: loading the test split of {manifest.name}")

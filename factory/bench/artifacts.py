@@ -40,6 +40,8 @@ class Artifact:
     canonical_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # what a benchmark worker process opens (an archive's unpacked folder)
+    task: str = "classification"  # what the model is for (factory.tasks)
+    output: dict | None = None  # the raw output's description (a detection model's grid and classes)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -85,6 +87,8 @@ def _bundle(folder: Path, public_key) -> Artifact:
         budgets=m.validation["budgets"],
         canonical_path=m.lineage.get("canonical", {}).get("path"),
         extra={"macs": m.artifact.get("macs")},
+        task=m.validation.get("task", "classification"),
+        output=m.output,
     )
 
 
@@ -120,6 +124,8 @@ def _canonical(folder: Path, threads: int) -> Artifact:
         preprocessing=card["preprocessing"],
         canonical_path=str(folder),
         extra={"macs": card["complexity"]["macs"]},
+        task=model.task,
+        output=card["output"],
     )
 
 

@@ -57,7 +57,10 @@ def bench_cmd(
     Latency: warm-up, then timed batch-1 runs interleaved across all inputs in a random order per
     round, so drift hits them alike; p50/p90/p95/p99, mean, std and a bootstrap interval of the
     median. Accuracy: top-1 and per-class recall on the test split, the drop vs the canonical
-    model with a paired bootstrap interval, McNemar's p and top-1 agreement.
+    model with a paired bootstrap interval, McNemar's p and top-1 agreement. A detection model:
+    mAP@0.5 and mAP@[.5:.95], the mAP@0.5 drop vs the canonical model with a paired bootstrap
+    interval over frames, and its post-processing time (decode, NMS) measured apart from the
+    model's, with the speedup over PyTorch eager end to end.
 
     Example: factory bench models/id-docs bundles/id-docs --out reports/bench
     """
@@ -123,7 +126,8 @@ def gate_cmd(candidate, baseline, policy, remeasure, out, record_missing_baselin
               without: the ratio of stored medians, widened by the spread between runs
     accuracy  non-inferiority: pass when the upper end of Tango's paired interval of the top-1
               drop is <= max_drop_pt, fail when its lower end is above it; otherwise the test
-              split cannot tell (accuracy.inconclusive: fail | pass says what that means)
+              split cannot tell (accuracy.inconclusive: fail | pass says what that means);
+              detection: the same rule on the mAP@0.5 drop, paired bootstrap over the frames
     budgets   the candidate bundle's target-profile budgets (p95 latency, size), a top-1 floor
     Prints one line per check with the measured value, interval and reason. Reports of different
     models or datasets, or a policy with a missing key, are usage errors (exit 2).

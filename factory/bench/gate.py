@@ -10,7 +10,8 @@ Rules (each check gathers its figures first, then the policy decides):
 - accuracy: a non-inferiority test of the drop (baseline - candidate, points) against ``max_drop_pt``
   with Tango's score interval over the paired test images: pass when the upper end is within the
   margin, regression when the lower end is beyond it, otherwise inconclusive (``accuracy.inconclusive``
-  says whether that fails the gate);
+  says whether that fails the gate); a detection model's mAP@0.5 drop gets a paired bootstrap interval
+  over the test frames both reports matched, judged by the same margin;
 - budgets: the candidate's own target-profile budgets (p95 latency, size) and an absolute top-1 floor.
 """
 
@@ -155,9 +156,31 @@ def _latency(name, c, b, policy, paired, settings) -> dict:
     return _line("latency", name, passed, text) | {"ratio": ratio, "ci": ci, "limit": limit}
 
 
+def _map_accuracy(name, c, b, policy) -> dict | None:
+    """Detection: the mAP@0.5 drop with a paired bootstrap interval over the frames both reports matched."""
+    from ..tasks.detection import paired_map_drop, unpack_matches
+
+    ap = policy["accuracy"]
+    ca, ba = c["accuracy"], b["accuracy"]
+    if not (ca.get("matches") and ba.get("matches")) or ca["matches"]["frames"] != ba["matches"]["frames"]:
+        return _line("accuracy", name, False, "mAP@0.5: the two reports did not match the same test frames")
+    r = paired_map_drop(unpack_matches(ca["matches"]), unpack_matches(ba["matches"]), confidence=ap["confidence"])
+    drop, ci = r["drop_pt"], r["interval_pt"]
+    verdict = "fail" if ci[0] > ap["max_drop_pt"] else "pass" if ci[1] <= ap["max_drop_pt"] else "inconclusive"
+    passed = verdict == "pass" or (verdict == "inconclusive" and ap["inconclusive"] == "pass")
+    text = (
+        f"mAP@0.5 {r['map50']:.4f} vs {r['base_map50']:.4f} (detections scoring >= {ca['matches']['min_score']:g}): "
+        f"drop {drop:+.2f} pt [{ci[0]:+.2f}, {ci[1]:+.2f}] (paired bootstrap over frames); verdict {verdict} "
+        f"(margin {ap['max_drop_pt']:g} pt)"
+    )
+    return _line("accuracy", name, passed, text) | {"drop_pt": drop, "ci": ci, "verdict": verdict}
+
+
 def _accuracy(name, c, b, policy) -> dict | None:
     ap = policy["accuracy"]
     ca, ba = c["accuracy"], b["accuracy"]
+    if "map50" in ca or "map50" in ba:
+        return _map_accuracy(name, c, b, policy)
     if "top1" not in ca or "top1" not in ba:
         return None
     if ca.get("correct_bits") and ba.get("correct_bits") and ca["n"] == ba["n"]:

@@ -21,13 +21,26 @@ frame; rows of class -1 pad. IoU does not change when the axes are scaled, so fr
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 
 from ..errors import DataError
 from . import register_task
 from .base import Task
 
-__all__ = ["Detection", "decode", "nms", "box_iou", "match", "average_precision", "IOU_THRESHOLDS"]
+__all__ = [
+    "Detection",
+    "decode",
+    "nms",
+    "box_iou",
+    "match",
+    "average_precision",
+    "pack_matches",
+    "unpack_matches",
+    "paired_map_drop",
+    "IOU_THRESHOLDS",
+]
 
 IOU_THRESHOLDS = np.round(np.arange(0.5, 0.96, 0.05), 2)  # COCO's mAP@[.5:.95]
 EVAL = {"score_threshold": 0.01, "max_detections": 100}  # how mAP is measured (every plausible detection)
@@ -135,7 +148,7 @@ def average_precision(m: dict, weights: np.ndarray | None = None, k: slice | int
     """COCO 101-point AP per IoU threshold (selected by ``k``), averaged over classes that have true
     boxes. ``weights``: how often each frame counts (a bootstrap resample); None = once."""
     w_frame = np.ones(len(m["gt"])) if weights is None else np.asarray(weights, np.float64)
-    tp_all = m["tp"][:, k].reshape(len(m["tp"]), -1)
+    tp_all = m["tp"][:, [k]] if isinstance(k, int) else m["tp"][:, k]
     recall_points = np.linspace(0, 1, 101)
     aps = []
     for c in range(m["gt"].shape[1]):
@@ -159,6 +172,55 @@ def average_precision(m: dict, weights: np.ndarray | None = None, k: slice | int
             ap[j] = np.where(idx < len(envelope), envelope[np.minimum(idx, len(envelope) - 1)], 0).mean()
         aps.append(ap)
     return np.mean(aps, 0) if aps else np.zeros(tp_all.shape[1])
+
+
+TABLE_MIN_SCORE = 0.05  # detections below this are left out of a benchmark report's match table
+
+
+def pack_matches(m: dict, min_score: float = TABLE_MIN_SCORE) -> dict:
+    """A compact, JSON-able form of :func:`match`'s result at IoU 0.5 (detections scoring at least
+    ``min_score``): what a benchmark report keeps so the gate can pair two reports frame by frame."""
+    keep = m["score"] >= min_score
+    b64 = lambda a: base64.b64encode(np.ascontiguousarray(a).tobytes()).decode()  # noqa: E731
+    return {
+        "min_score": min_score,
+        "frames": int(len(m["gt"])),
+        "classes": int(m["gt"].shape[1]),
+        "frame": b64(m["frame"][keep].astype(np.uint32)),
+        "cls": b64(m["cls"][keep].astype(np.uint16)),
+        "score": b64(m["score"][keep].astype(np.float32)),
+        "tp50": b64(np.packbits(m["tp"][keep, 0])),
+        "n": int(keep.sum()),
+        "gt": b64(m["gt"].astype(np.uint16)),
+    }
+
+
+def unpack_matches(t: dict) -> dict:
+    """The inverse of :func:`pack_matches` (IoU 0.5 only)."""
+    raw = lambda k, dt: np.frombuffer(base64.b64decode(t[k]), dt)  # noqa: E731
+    n = int(t["n"])
+    return {
+        "frame": raw("frame", np.uint32).astype(np.int64),
+        "cls": raw("cls", np.uint16).astype(np.int64),
+        "score": raw("score", np.float32).astype(np.float64),
+        "tp": np.unpackbits(raw("tp50", np.uint8))[:n].astype(bool)[:, None],
+        "gt": raw("gt", np.uint16).astype(np.int64).reshape(int(t["frames"]), int(t["classes"])),
+    }
+
+
+def paired_map_drop(cand: dict, base: dict, rounds: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """mAP@0.5 drop (base - candidate, points) of two match results on the same frames, with a paired
+    bootstrap interval (frames resampled together for both)."""
+    n = len(base["gt"])
+    ap_c, ap_b = average_precision(cand, k=0)[0], average_precision(base, k=0)[0]
+    rng = np.random.default_rng(seed)
+    drops = np.empty(rounds)
+    for i in range(rounds):
+        w = np.bincount(rng.integers(0, n, n), minlength=n)
+        drops[i] = 100 * (average_precision(base, w, 0)[0] - average_precision(cand, w, 0)[0])
+    lo, hi = np.quantile(drops, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"map50": float(ap_c), "base_map50": float(ap_b), "drop_pt": float(100 * (ap_b - ap_c)),
+            "interval_pt": [float(lo), float(hi)]}  # fmt: skip
 
 
 @register_task
@@ -213,6 +275,10 @@ class Detection(Task):
         )
         return {"detections": dets}
 
+    def match_table(self, raw, targets) -> dict:
+        """:func:`pack_matches` of these outputs against the targets (what a benchmark report keeps)."""
+        return pack_matches(match(self._eval_dets(raw), targets))
+
     def _eval_dets(self, raw) -> list[np.ndarray]:
         iou = (DEPLOY | self.spec.get("postprocess", {}))["iou_threshold"]
         return decode(raw, self.n_classes, self.grid, EVAL["score_threshold"], EVAL["max_detections"], iou)
@@ -235,13 +301,8 @@ class Detection(Task):
         a paired bootstrap interval (frames resampled together for both), mAP@[.5:.95] beside it."""
         mc, mr = match(self._eval_dets(candidate), targets), match(self._eval_dets(reference), targets)
         ap_c, ap_r = average_precision(mc), average_precision(mr)
-        rng = np.random.default_rng(seed)
         n = len(targets)
-        drops = np.empty(rounds)
-        for i in range(rounds):
-            w = np.bincount(rng.integers(0, n, n), minlength=n)
-            drops[i] = 100 * (average_precision(mr, w, 0)[0] - average_precision(mc, w, 0)[0])
-        lo, hi = np.quantile(drops, [0.025, 0.975])
+        lo, hi = paired_map_drop(mc, mr, rounds, seed=seed)["interval_pt"]
         return {
             "n": int(n),
             "map50": round(float(ap_c[0]), 6),
