@@ -414,3 +414,24 @@ def test_bench_and_gate_judge_a_detector_by_map_with_post_processing_timed(detec
         g.output,
         g.exception,
     )
+
+
+@pytest.mark.slow
+def test_search_ranks_detection_candidates_by_map_loss(detector, frames_ds, keypair, loose_targets, tmp_path):
+    import yaml
+
+    profile = yaml.safe_load((loose_targets / "cpu.yaml").read_text())
+    profile["search"] = {"objective": "p50_latency", "space": {"recipe.precision": ["fp32", "int8-static"]},
+                         "bench_seconds": 1, "budget_minutes": 10}  # fmt: skip
+    profile["budgets"]["max_map_drop_pt"] = 100.0
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "edge.yaml").write_text(yaml.safe_dump(profile))
+    r = invoke("build", "--search", "--target", "edge", "--model", str(detector[0]), "--key", str(keypair[0]),
+               "--targets-dir", str(tmp_path / "t"), "--out", str(tmp_path / "b"), "--cache-dir", str(tmp_path / "c"),
+               "--search-dir", str(tmp_path / "s"), "--data", str(frames_ds), "--no-track")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "s" / "edge" / "search.json").read_text())
+    rows = [row for row in summary["candidates"] if row.get("p50_ms") is not None]
+    assert len(rows) == 2 and all(row["quality_name"] == "mAP@0.5" and row["top1"] is None for row in rows)
+    assert all(row["accuracy_verdict"] == "pass" for row in rows)
+    assert "mAP@0.5 drop" in summary["verdict"] and "mAP@0.5" in (tmp_path / "s" / "edge" / "search.md").read_text()

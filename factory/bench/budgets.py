@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..proportions import at_least, non_inferiority, tango_interval, wilson_interval, z_value
 
-__all__ = ["Check", "check_budgets", "parity_evidence", "failed", "unresolvable", "CONFIDENCE"]
+__all__ = ["Check", "check_budgets", "parity_evidence", "task_quality", "failed", "unresolvable", "CONFIDENCE"]
 
 CONFIDENCE = 0.95
 
@@ -169,6 +169,21 @@ def parity_evidence(parity: dict) -> dict:
         }
     n = parity["n"]
     return {"paired": (parity["lost"], parity["gained"], n), "agreement": (n - parity["disagreements"], n)}
+
+
+def task_quality(parity: dict) -> dict:
+    """A parity report's headline figure and its loss against the canonical model, whatever the task:
+    ``{"name", "value", "loss", "check", "words"}`` (loss in points, higher is worse; ``check``: the budget check
+    that judges it). Search ranks and plots candidates by this loss."""
+    if "map50_drop_pt" in parity:
+        return {"name": "mAP@0.5", "value": parity["map50"], "loss": parity["map50_drop_pt"], "check": "map50_drop",
+                "words": "mAP@0.5 drop"}  # fmt: skip
+    if "corner_error_increase_pct" in parity:
+        return {"name": "corner error %", "value": parity["corner_error_pct"],
+                "loss": parity["corner_error_increase_pct"], "check": "corner_error_increase",
+                "words": "corner-error increase"}  # fmt: skip
+    return {"name": "top-1", "value": parity["top1"], "loss": parity["accuracy_drop_pt"], "check": "accuracy_drop",
+            "words": "drop"}  # fmt: skip
 
 
 def failed(checks: list[Check]) -> list[Check]:

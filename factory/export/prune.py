@@ -184,6 +184,12 @@ def prepare_module(canonical: CanonicalModel, manifest: DatasetManifest | None, 
         return canonical.build_module(), {"method": "none"}
     if manifest is None:
         raise ExportError("prune", "pruning needs the training dataset for fine-tuning; pass --data")
+    if canonical.task != "classification":
+        raise ExportError(
+            "prune",
+            f"pruning fine-tunes by top-1 and is not available for {canonical.task} models yet",
+            hint="set recipe.pruning to none for this target (or leave pruning out of the search space)",
+        )
     key = _cache_key(canonical, manifest, recipe)
     cached = cache_dir / "pruned" / f"{key}.pt"
     if cached.is_file():

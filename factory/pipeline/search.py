@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import __version__, progress
 from .._io import canonical_json, read_json, write_json
-from ..bench.budgets import check_budgets, failed, parity_evidence
+from ..bench.budgets import check_budgets, failed, parity_evidence, task_quality
 from ..bundle.manifest import Manifest, bundle_dir, copy_resigned, resolve_version
 from ..bundle.signing import load_private_key
 from ..config import load_config
@@ -291,8 +291,13 @@ def _checks(c: Candidate, budgets: dict):
     )
 
 
+def _loss(c: Candidate) -> float:
+    """The candidate's loss against the canonical model by its task's figure (top-1 or mAP points...)."""
+    return task_quality(c.manifest.validation["parity"])["loss"]
+
+
 def _objective(c: Candidate, objective: str) -> tuple:
-    drop = c.manifest.validation["parity"]["accuracy_drop_pt"]
+    drop = _loss(c)
     size = c.manifest.artifact["size_bytes"]
     if objective == "size":
         return (size, c.latency["p50_ms"], drop)
@@ -301,7 +306,7 @@ def _objective(c: Candidate, objective: str) -> tuple:
 
 
 def _pareto(cands: list[Candidate]) -> set[str]:
-    pts = {c.key: (c.latency["p50_ms"], c.manifest.validation["parity"]["accuracy_drop_pt"]) for c in cands}
+    pts = {c.key: (c.latency["p50_ms"], _loss(c)) for c in cands}
     return {
         k
         for k, (lat, d) in pts.items()
@@ -321,10 +326,14 @@ def _row(c: Candidate, winner, ref, front: set[str]) -> dict:
     }
     if c.latency:
         p, a = c.manifest.validation["parity"], c.manifest.artifact
+        q = task_quality(p)
         row |= {
-            "top1": p["top1"],
-            "accuracy_drop_pt": p["accuracy_drop_pt"],
-            "top1_agreement": p["top1_agreement"],
+            "quality_name": q["name"],
+            "quality": q["value"],
+            "loss": q["loss"],
+            "top1": p.get("top1"),
+            "accuracy_drop_pt": p.get("accuracy_drop_pt"),
+            "top1_agreement": p.get("top1_agreement"),
             "p50_ms": c.latency["p50_ms"],
             "p95_ms": c.latency["p95_ms"],
             "median_ci": c.latency.get("median_ci"),
@@ -334,7 +343,7 @@ def _row(c: Candidate, winner, ref, front: set[str]) -> dict:
             "pareto": c.key in front,
             "speedup_vs_reference": (ref.latency["p50_ms"] / c.latency["p50_ms"]) if ref and ref.latency else None,
         }
-        drop = next((ch for ch in c.checks if ch["check"] == "accuracy_drop"), None)
+        drop = next((ch for ch in c.checks if ch["check"] == q["check"]), None)
         if drop:
             row |= {
                 "drop_interval_pt": drop["interval"],
@@ -411,8 +420,8 @@ def rank(plan: SearchPlan, measured: list[Candidate], bench: dict) -> tuple[Cand
             f", {ref.latency['p50_ms'] / winner.latency['p50_ms']:.2f}x faster (p50) than {ref.label}" if ref else ""
         )
         summary["verdict"] = (
-            f"Winner: {winner.label}: p50 {winner.latency['p50_ms']:.3f} ms, drop "
-            f"{winner.manifest.validation['parity']['accuracy_drop_pt']:+.2f} pt{speed}."
+            f"Winner: {winner.label}: p50 {winner.latency['p50_ms']:.3f} ms, "
+            f"{task_quality(winner.manifest.validation['parity'])['words']} {_loss(winner):+.2f} pt{speed}."
         )
     return winner, summary
 
@@ -445,6 +454,9 @@ def publish_winner(
                         "label",
                         "status",
                         "reason",
+                        "quality_name",
+                        "quality",
+                        "loss",
                         "top1",
                         "accuracy_drop_pt",
                         "drop_interval_pt",

@@ -19,7 +19,8 @@ def search_markdown(summary: dict) -> str:
         f"{summary['counts']['measured']} candidates measured together ({summary['bench_seconds']:g} s, interleaved); "
         f"{summary['counts']['from_cache']} came from the cache; search took {summary['seconds']:g} s.",
         "",
-        "| candidate | status | top-1 | drop pt [95% interval] | accuracy verdict | agreement | p50 ms | p95 ms | "
+        f"| candidate | status | {_quality_name(summary)} | loss pt [95% interval] | accuracy verdict | agreement | "
+        "p50 ms | p95 ms | "
         "speedup vs fp32 | size MB | MACs (M) | pareto | reason |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -30,12 +31,13 @@ def search_markdown(summary: dict) -> str:
         name = f"**{r['label']}** (winner)" if r["winner"] else r["label"]
         speed = f"{r['speedup_vs_reference']:.2f}x" if r.get("speedup_vs_reference") else "-"
         ci = r.get("drop_interval_pt")
-        drop = f"{r['accuracy_drop_pt']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+        drop = f"{r['loss']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+        agreement = f"{r['top1_agreement']:.4f}" if r.get("top1_agreement") is not None else "-"
         words = {"pass": "within the margin", "fail": "beyond the margin", "inconclusive": "cannot tell"}.get(
             r.get("accuracy_verdict"), "-"
         )
         lines.append(
-            f"| {name} | {r['status']} | {r['top1']:.4f} | {drop} | {words} | {r['top1_agreement']:.4f} | "
+            f"| {name} | {r['status']} | {r['quality']:.4f} | {drop} | {words} | {agreement} | "
             f"{r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {speed} | {r['size_mb']:.2f} | {r['macs'] / 1e6:.1f} | "
             f"{'yes' if r['pareto'] else ''} | {r['reason']} |"
         )
@@ -48,13 +50,18 @@ def search_markdown(summary: dict) -> str:
         ]
     lines += [
         "",
-        "Accuracy: the drop against the canonical model is judged as a non-inferiority test (Tango's score "
-        "interval over the paired test images): within the margin when the interval's upper end is, beyond it "
-        "when its lower end is, and 'cannot tell' (not feasible) otherwise; the reason says how many images "
-        "would decide.",
+        "Accuracy: the loss against the canonical model (top-1 points; mAP@0.5 points for detection; corner "
+        "error in % of the diagonal for document localisation) is judged as a non-inferiority test (Tango's "
+        "score interval over the paired test images; a paired bootstrap interval for the task metrics): within "
+        "the margin when the interval's upper end is, beyond it when its lower end is, and 'cannot tell' (not "
+        "feasible) otherwise.",
     ]
     lines += ["", summary["verdict"], ""]
     return "\n".join(lines)
+
+
+def _quality_name(summary: dict) -> str:
+    return next((r["quality_name"] for r in summary["candidates"] if r.get("quality_name")), "top-1")
 
 
 def _plot(rows: list[dict], path: Path, title: str) -> None:
@@ -69,7 +76,7 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
         if pts:
             ax.scatter(
                 [r["p50_ms"] for r in pts],
-                [r["accuracy_drop_pt"] for r in pts],
+                [r["loss"] for r in pts],
                 s=[30 + 25 * r["size_mb"] for r in pts],
                 c=color,
                 marker="o",
@@ -83,7 +90,7 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
     if len(front) > 1:
         ax.plot(
             [r["p50_ms"] for r in front],
-            [r["accuracy_drop_pt"] for r in front],
+            [r["loss"] for r in front],
             "--",
             c="#2ca02c",
             zorder=4,
@@ -94,7 +101,7 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
             tag = " (winner)" if r["winner"] else " (fp32 reference)" if r.get("reference") else ""
             ax.annotate(
                 r["label"] + tag,
-                (r["p50_ms"], r["accuracy_drop_pt"]),
+                (r["p50_ms"], r["loss"]),
                 textcoords="offset points",
                 xytext=(6, -14) if tag == " (fp32 reference)" else (6, 8),
                 fontsize=8,
@@ -103,7 +110,7 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
         if r["winner"]:
             ax.scatter(
                 [r["p50_ms"]],
-                [r["accuracy_drop_pt"]],
+                [r["loss"]],
                 s=260,
                 c="#d62728",
                 marker="*",
@@ -113,7 +120,8 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
             )
     ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("p50 latency, ms (interleaved, same run)")
-    ax.set_ylabel("top-1 drop vs canonical, points")
+    name = next((r["quality_name"] for r in measured if r.get("quality_name")), "top-1")
+    ax.set_ylabel(f"{name} loss vs canonical, points")
     ax.set_title(title + "  (marker area ~ size in MB)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -156,7 +164,16 @@ def track_search(summary: dict, train_run: str | None) -> None:
                 mlflow.log_params({k: str(v)[:250] for k, v in r["overrides"].items()})
                 metrics = {
                     k: r[k]
-                    for k in ("top1", "accuracy_drop_pt", "top1_agreement", "p50_ms", "p95_ms", "size_mb")
+                    for k in (
+                        "top1",
+                        "accuracy_drop_pt",
+                        "top1_agreement",
+                        "quality",
+                        "loss",
+                        "p50_ms",
+                        "p95_ms",
+                        "size_mb",
+                    )
                     if r.get(k) is not None
                 }
                 if metrics:
