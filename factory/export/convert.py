@@ -17,12 +17,13 @@ from pathlib import Path
 from .. import progress
 from .._io import atomic_dir, canonical_json
 from ..data.manifest import DatasetManifest
-from ..data.splits import calibration_set, load_split
+from ..data.splits import calibration_set, load_split, load_split_images
 from ..lineage import package_versions
+from ..tasks import get_task
 from ..train.canonical import CanonicalModel, export_onnx, onnx_logits
 from .base import Backend, stage
 from .prune import PROCEDURE_VERSION, prepare_module
-from .repair import ValidationSet, repair_quantization
+from .repair import ValidationSet, repair_quantization, task_judge
 
 __all__ = ["TOOLCHAIN", "Converted", "convert"]
 
@@ -114,10 +115,13 @@ def _quantize(backend: Backend, canonical, profile: dict, runtime: dict, dataset
 
     if precision != "int8-static" or (q["repair"] == "off" and not q["keep_float"]):
         return quantize(q, work)
-    if canonical.task != "classification":  # the repair judges by top-1; other tasks are quantized as configured
-        path, facts = quantize(q, work)
-        return path, facts | {"repair": {"worked": None, "note": f"accuracy repair not available for {canonical.task}"}}
-    x, y = load_split(dataset, "val", canonical.preprocessing, canonical.labels)
+    judge_fn = {}
+    if canonical.task == "classification":
+        x, y = load_split(dataset, "val", canonical.preprocessing, canonical.labels)
+    else:  # judged by the task's own metric and budget (mAP@0.5 drop, corner-error increase)
+        task = get_task(canonical.task, canonical.card["output"])
+        x, records = load_split_images(dataset, "val", canonical.preprocessing)
+        y, judge_fn = task.targets(records, canonical.labels), {"judge": task_judge(task)}
     val = ValidationSet(x, y, onnx_logits(canonical.onnx, x), n_test=len(dataset.subset("test")))
     return repair_quantization(
         quantize,
@@ -130,6 +134,7 @@ def _quantize(backend: Backend, canonical, profile: dict, runtime: dict, dataset
         cheap_fixes=backend.cheap_fixes(precision, q),
         layers=lambda: backend.quantizable_layers(fp32),
         keep_float_options=backend.keep_float_options,
+        **judge_fn,
     )
 
 

@@ -22,7 +22,9 @@ agreement must be within half the allowed disagreement. A point estimate within 
 enough: a candidate that flips many images both ways has a wide interval that the test split cannot
 resolve, and the repair goes on until the flips are few. Every attempt, the ranking and what worked
 are returned as facts for the manifest; the repaired recipe (``keep_float`` and the options that
-worked) is an ordinary recipe.
+worked) is an ordinary recipe. A task with its own metric (detection, document localisation) is judged
+the same way by :func:`task_judge`: its paired bootstrap interval of the loss, narrowed to the test
+split's size, must lie within the task's budget.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .. import progress
 from ..errors import ExportError
 from ..proportions import tango_interval
 
-__all__ = ["ValidationSet", "judge", "rank_layers", "repair_quantization", "quick_compare"]
+__all__ = ["ValidationSet", "judge", "task_judge", "rank_layers", "repair_quantization", "quick_compare"]
 
 MAX_KEPT_SHARE = 0.5  # keep at most this share of the quantizable layers in float (beyond: not int8 any more)
 PROBE_IMAGES = 64  # validation images the layer ranking compares outputs on
@@ -81,10 +83,35 @@ def judge(logits: np.ndarray, val: ValidationSet, budgets: dict) -> dict:
     }
 
 
+def task_judge(task) -> Callable[[np.ndarray, ValidationSet, dict], dict]:
+    """:func:`judge` for a task judged by its own metric (detection's mAP@0.5 drop, localisation's corner
+    error): the task's paired bootstrap interval of the loss on the validation split, its half-widths
+    shrunk by sqrt(n_val / n_test) to the test split's size, within the task's budget."""
+
+    def judge_task(raw: np.ndarray, val: ValidationSet, budgets: dict) -> dict:
+        loss, (lo, hi), key = task.loss_interval(task.parity(raw, val.reference, val.y))
+        n = len(val.y)
+        m = max(val.n_test, n)
+        shrink = float(np.sqrt(n / m))
+        lo, hi = loss - (loss - lo) * shrink, loss + (hi - loss) * shrink
+        limit = budgets.get(key)
+        return {
+            "n": n,
+            "metric": key,
+            "drop_pt": round(float(loss), 4),
+            "projected_interval_pt": [round(float(lo), 4), round(float(hi), 4)],
+            "projected_to": m,
+            "agreement": None,
+            "within_target": bool(limit is None or hi <= limit),
+        }
+
+    return judge_task
+
+
 def _score(v: dict) -> tuple:
     # within the target first; then the smallest plausible drop (the projected upper end weighs the flips
     # both ways, where the point estimate would reward a lucky candidate that flips many images)
-    return (v["within_target"], -v["projected_interval_pt"][1], v["agreement"])
+    return (v["within_target"], -v["projected_interval_pt"][1], v["agreement"] or 0.0)
 
 
 def _logits(runner, x: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -103,6 +130,7 @@ def repair_quantization(
     cheap_fixes: list[tuple[str, dict]],
     layers: Callable[[], list[str]],
     keep_float_options: Callable[[dict], dict] = lambda opts: opts,
+    judge: Callable[[np.ndarray, ValidationSet, dict], dict] = judge,
 ) -> tuple[Path, dict]:
     """Quantize as configured; if the validation split says it misses the target, try the cheaper fixes,
     then keep the most sensitive layers in float. Returns the chosen artifact and its facts, with the
@@ -130,10 +158,10 @@ def repair_quantization(
         attempts.append({"fix": fix, "val": v, "seconds": round(time.perf_counter() - started, 1)})
         tried.append(artifact)
         lo, hi = v["projected_interval_pt"]
+        agreement = f", agreement {v['agreement']:.4f}" if v["agreement"] is not None else ""
         progress.info(
-            f"  repair: {fix}: validation drop {v['drop_pt']:+.2f} pt (on {v['projected_to']} images:"
-            f" [{lo:+.2f}, {hi:+.2f}]), agreement {v['agreement']:.4f}"
-            + (" (within target)" if v["within_target"] else "")
+            f"  repair: {fix}: validation {v.get('metric', 'drop')} {v['drop_pt']:+.2f} pt (on {v['projected_to']} "
+            f"images: [{lo:+.2f}, {hi:+.2f}]){agreement}" + (" (within target)" if v["within_target"] else "")
         )
         if best is None or _score(v) > best[0]:
             best = (_score(v), artifact, facts, opts)
@@ -141,7 +169,9 @@ def repair_quantization(
 
     target = {
         "split": "val",
-        "rule": "the drop interval at the validation rates on the test split's size lies within the margin",
+        "rule": "the drop interval at the validation rates on the test split's size lies within the margin"
+        if judge is globals()["judge"]
+        else "the task metric's bootstrap interval, narrowed to the test split's size, lies within its budget",
         "max_drop_upper_pt": budgets.get("max_accuracy_drop_pt"),
         "min_agreement": None if not budgets.get("min_top1_agreement") else 1 - (1 - budgets["min_top1_agreement"]) / 2,
     }

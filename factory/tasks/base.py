@@ -90,6 +90,11 @@ class Task:
             profile["box_area"] = {"edges": edges["box_area"], "counts": histogram(areas, edges["box_area"])}
         return profile
 
+    def loss_interval(self, parity: dict) -> tuple[float, tuple[float, float], str]:
+        """(the loss against the canonical model, its interval, the budget key that limits it) of a
+        :meth:`parity` report: what the int8 repair and the budgets judge for a task with its own metric."""
+        raise NotImplementedError
+
     def summary(self, metrics: dict) -> str:
         """One line of the task's metrics for people (``metrics`` as :meth:`metrics` returns them)."""
         return f"{self.primary} {metrics[self.primary]}"

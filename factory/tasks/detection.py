@@ -314,6 +314,9 @@ class Detection(Task):
             "max_abs_diff": float(np.abs(np.asarray(candidate, np.float64) - reference).max()),
         }
 
+    def loss_interval(self, parity):
+        return parity["map50_drop_pt"], tuple(parity["drop_interval_pt"]), "max_map_drop_pt"
+
     def _outcome(self, d: np.ndarray) -> dict:
         areas = ((d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1])).tolist()
         best = int(d[:, 4].argmax()) if len(d) else None

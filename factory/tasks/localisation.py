@@ -193,6 +193,13 @@ class DocumentLocalisation(Task):
     def train_target(self, target):
         return np.ascontiguousarray(target[:8], np.float32)
 
+    def loss_interval(self, parity):
+        return (
+            parity["corner_error_increase_pct"],
+            tuple(parity["increase_interval_pct"]),
+            "max_corner_error_increase_pct",
+        )
+
     def parity(self, candidate, reference, targets):
         """The candidate's corner error against the canonical model's on the same frames: the mean
         increase with a paired bootstrap interval, and how far its corners are from the canonical ones."""
