@@ -38,7 +38,8 @@ def _run(*args: str, log: list) -> float:
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT)
     seconds = time.perf_counter() - t0
-    log.append({"command": "factory " + " ".join(args), "seconds": round(seconds, 1), "exit": done.returncode})
+    shown = " ".join(a.replace(str(ROOT) + "/", "") for a in args)  # paths relative to the repository
+    log.append({"command": "factory " + shown, "seconds": round(seconds, 1), "exit": done.returncode})
     if done.returncode not in (0, 1):  # 1: a build whose bundle misses a budget; still measured and reported
         raise SystemExit(f"factory {args[0]} failed with exit {done.returncode}")
     return seconds
@@ -124,7 +125,9 @@ def main() -> None:
             "input": card["input"]["shape"],
             "test": card["metrics"]["test"],
             "training": card["metrics"]["training"],
-        },  # fmt: skip
+            "config": _config_facts(card),
+        },
+        "work": str(work.relative_to(ROOT)) if work.is_relative_to(ROOT) else str(work),
         "rows": rows,
         "commands": log,
         "settings": {k: v for k, v in vars(a).items()},
@@ -133,6 +136,12 @@ def main() -> None:
     write_json(out.with_suffix(".json"), result)
     atomic_write(out.with_suffix(".md"), _markdown(result).encode())
     print(_markdown(result))
+
+
+def _config_facts(card: dict) -> dict:
+    cfg = card["lineage"].get("config_values") or {}
+    return {"epochs": cfg.get("train", {}).get("epochs"), "lr": cfg.get("train", {}).get("lr"),
+            "image_size": cfg.get("model", {}).get("image_size")}  # fmt: skip
 
 
 def _markdown(r: dict) -> str:
@@ -168,7 +177,15 @@ def _markdown(r: dict) -> str:
             f"{row.get('verdict', '-')} | {row['p50_ms']:.3f} | {'-' if post is None else f'{post:.3f}'} | "
             f"{'-' if e2e is None else f'{e2e:.3f}'} | {'-' if not speed else f'{speed:.2f}x'} |"
         )
-    lines += ["", "Commands (each skipped when its output existed):", ""]
+    cfg = r["canonical"].get("config") or {}
+    lines += [
+        "",
+        f"Training: `factory train --config {r['work']}/train.yaml` (task {r['task']}, {cfg.get('epochs')} epochs, "
+        f"lr {cfg.get('lr')}, input {cfg.get('image_size')}; the card's lineage holds the full config).",
+        "",
+        "Commands of this run (a step whose output existed was skipped):",
+        "",
+    ]
     lines += [f"- `{c['command']}` ({c['seconds']} s)" for c in r["commands"]]
     return "\n".join(lines) + "\n"
 
