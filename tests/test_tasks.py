@@ -166,4 +166,4 @@ def test_a_localisation_model_builds_for_every_runtime_judged_by_corner_error(
         else:  # the openvino profile quantizes (int8-static): repaired, if need be, by the corner error itself
             repair = manifest["recipe"]["quantization_applied"]["repair"]
             assert "task metric" in repair["target"]["rule"]
-            assert repair["attempts"][0]["val"]["metric"] == "max_corner_error_increase_pct"
+            assert repair["attempts"][0]["val"]["budget"] == "max_corner_error_increase_pct"

@@ -97,7 +97,8 @@ def task_judge(task) -> Callable[[np.ndarray, ValidationSet, dict], dict]:
         limit = budgets.get(key)
         return {
             "n": n,
-            "metric": key,
+            "metric": task.loss_words,
+            "budget": key,
             "drop_pt": round(float(loss), 4),
             "projected_interval_pt": [round(float(lo), 4), round(float(hi), 4)],
             "projected_to": m,

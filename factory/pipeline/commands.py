@@ -16,7 +16,7 @@ def _drop(m) -> str:
         return f"corner error {p['corner_error_increase_pct']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
     if "map50_drop_pt" in p:  # detection: mAP@0.5, in points
         lo, hi = p["drop_interval_pt"]
-        return f"mAP@0.5 {p['map50_drop_pt']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+        return f"{p['map50_drop_pt']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
     check = next((c for c in m.validation["checks"] if c["check"] == "accuracy_drop"), None)
     if check and check.get("interval"):
         lo, hi = check["interval"]
@@ -41,7 +41,12 @@ def build_table(results, *, latency: bool = True) -> str:
     figures: its final interleaved benchmark); the speedup over the runtime's fp32 export is kept, with
     where it was measured.
     """
-    head = "| target | backend | precision | pruning | top-1 | drop pt [95% interval] | agreement | "
+    from ..bench.budgets import task_quality
+
+    built = [r for r in results if hasattr(r, "manifest")]
+    name = task_quality(built[0].manifest.validation["parity"])["name"] if built else "top-1"
+    loss = "drop pt" if name in ("top-1", "mAP@0.5") else "increase pt"
+    head = f"| target | backend | precision | pruning | {name} | {loss} [95% interval] | agreement | "
     head += "p50 ms | p95 ms | latency from | " if latency else ""
     head += "speedup vs fp32 export (search run) | size MB | MACs (M) | verdict |"
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -65,9 +70,9 @@ def build_table(results, *, latency: bool = True) -> str:
         quality = (
             f"{p['top1']:.4f}"
             if "top1" in p
-            else f"mAP@0.5 {p['map50']:.4f}"
+            else f"{p['map50']:.4f}"
             if "map50" in p
-            else f"corner error {p['corner_error_pct']:.2f}%"
+            else f"{p['corner_error_pct']:.2f}"
         )
         agreement = f"{p['top1_agreement']:.4f}" if "top1_agreement" in p else "-"
         row = f"| {m.target} | {m.runtime['backend']} | {rec['precision']} | {prune} | {quality} | {_drop(m)} | "

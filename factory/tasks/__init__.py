@@ -10,8 +10,16 @@ A task (one module per task in this package, registered by name like the export 
   runners, the benchmark, the device agent and the MLflow pyfunc share;
 - ``metrics`` and the ``primary`` metric budgets and gates judge;
 - ``parity``: a candidate's outputs against the canonical model's on the same images, with the paired
-  evidence budgets decide on;
-- ``telemetry``: what a device counts per inference for monitoring.
+  evidence budgets decide on, and ``loss_interval``: the loss, its interval and the budget key the int8
+  repair and the budgets judge it by;
+- ``device_output`` (what the agent returns for a frame), ``records`` (the MLflow pyfunc's answer);
+- ``outcomes``, ``telemetry_classes`` and ``reference_profile``: what a device counts per inference
+  (confidence, class, objects and box areas) and the validation split's same counts, the baseline of
+  drift monitoring;
+- for training: ``head``, ``loss``, and the ``points`` a geometric augmentation moves.
+
+The model's output geometry (a detector's grid and class count) comes from the card's ``output`` block:
+``get_task(name, card["output"])``.
 
 ``classification`` is the task every model had before tasks existed (and the default when a card names
 none); ``document-localisation`` finds one document's four corners in a frame; ``detection`` finds zero

@@ -18,6 +18,7 @@ class Task:
     annotation: str = ""  # what a record must carry: "label" | "quad" | "boxes"
     primary: str = ""  # the metric budgets and gates judge
     higher_is_better: bool = True
+    loss_words: str = "drop"  # what its loss against the canonical model is called ("mAP@0.5 drop"...)
 
     def __init__(self, spec: dict | None = None):
         self.spec = dict(spec or {})  # the card's (or bundle manifest's) ``output`` block: what the raw tensor holds

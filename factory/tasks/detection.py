@@ -228,6 +228,7 @@ class Detection(Task):
     name = "detection"
     annotation = "boxes"
     primary = "map50"
+    loss_words = "mAP@0.5 drop"
 
     @property
     def grid(self) -> tuple[int, int]:

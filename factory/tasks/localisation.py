@@ -86,6 +86,7 @@ class DocumentLocalisation(Task):
     annotation = "quad"
     primary = "corner_error_pct"
     higher_is_better = False
+    loss_words = "corner-error increase"
 
     def output(self, classes, **geometry):
         return {

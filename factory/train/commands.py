@@ -18,9 +18,20 @@ __all__ = ["train_cmd"]
     metavar="KEY=VALUE",
     help="Override a config key, e.g. --set train.epochs=3 (repeatable).",
 )
+@click.option(
+    "--task",
+    default=None,
+    type=click.Choice(["classification", "detection", "document-localisation"]),
+    help="What the model is for (same as --set model.task=...; default: the config's, else classification).",
+)
 @click.option("--list-architectures", is_flag=True, help="List the architectures that can be trained, then exit.")
-def train_cmd(config_path: str | None, overrides: tuple[str, ...], list_architectures: bool) -> None:
-    """Train a classifier and write the canonical model directory.
+def train_cmd(config_path: str | None, overrides: tuple[str, ...], task: str | None, list_architectures: bool) -> None:
+    """Train a model for its task and write the canonical model directory.
+
+    Tasks: classification (a class per image), detection (boxes of several classes per frame; a
+    dataset from `factory data synth --frames` or `factory data import coco`) and
+    document-localisation (one document's four corners per frame). A detector is a classifier's
+    backbone with a CenterNet-style head; see the README's Tasks section.
 
     \b
     The directory (output.dir in the config) holds:
@@ -34,7 +45,11 @@ def train_cmd(config_path: str | None, overrides: tuple[str, ...], list_architec
     Runs are tracked in MLflow (default: SQLite store in ./mlruns; MLFLOW_TRACKING_URI overrides).
     Pretrained weights are only ever read from a local file (model.pretrained); nothing is downloaded.
 
-    Example: factory train --config configs/train.yaml --set train.epochs=5
+    \b
+    Examples:
+      factory train --config configs/train.yaml --set train.epochs=5
+      factory train --config configs/train.yaml --task detection --set data.manifest=data/frames/dataset.json \\
+          --set 'model.image_size=[128,160]' --set output.dir=models/doc-detector
     """
     if list_architectures:
         from .models import list_models
@@ -48,7 +63,7 @@ def train_cmd(config_path: str | None, overrides: tuple[str, ...], list_architec
     from .loop import train
     from .schema import TRAIN_SCHEMA
 
-    cfg = load_config(config_path, TRAIN_SCHEMA, overrides)
+    cfg = load_config(config_path, TRAIN_SCHEMA, (*overrides, *([f"model.task={task}"] if task else [])))
     model = train(cfg, config_path=config_path)
     card = model.card
     test = card["metrics"]["test"]
