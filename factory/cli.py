@@ -51,6 +51,8 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
       factory gate                CI gate: fail a change that got slower or less accurate
       factory registry serve      the bundle registry (HTTP); `release publish`, `rollout create|...`
       factory device run          the device agent; `factory fleet simulate` runs many of them
+      factory data captures|version   field captures -> CVAT task -> a new dataset version
+      factory loop run|demo       retrain on it, gate, publish, roll out (the closed loop)
       factory run                 all of the above on embedded defaults (params.yaml)
 
     Exit codes: 0 ok, 1 a stage failed, 2 bad usage or input.
@@ -66,6 +68,7 @@ def _register() -> None:
     from .data.commands import data
     from .device.commands import device, fleet
     from .export.commands import targets_cmd
+    from .loop.commands import captures_group, loop, version_cmd
     from .pipeline.commands import build_cmd, parity_cmd
     from .pipeline.main import run
     from .registry.commands import registry, release, rollout
@@ -86,9 +89,12 @@ def _register() -> None:
         device,
         fleet,
         run,
+        loop,
     ):
         cli.add_command(command)
     bundle.add_command(parity_cmd)  # needs the build context (pipeline), so it is attached here
+    data.add_command(captures_group)  # the closed loop's data steps (they talk to the registry: layer loop)
+    data.add_command(version_cmd)
 
 
 _register()

@@ -48,6 +48,7 @@ class Record:
     quad: list[list[float]] | None = None  # four corners TL, TR, BR, BL in pixels
     group: str | None = None  # frames sharing a group share a split
     objects: list[dict] | None = None  # detection: [{"label", "box": [x1, y1, x2, y2] px, "quad"?}]; [] = negative
+    slice: str | None = None  # a named part of the set, e.g. "field:<capture set>" (its test part is judged apart)
 
     @property
     def labels(self) -> list[str]:
@@ -68,7 +69,9 @@ class DatasetManifest:
     @property
     def dataset_hash(self) -> str:
         rows = sorted(
-            (r.path, r.sha256, r.label, r.split) + (() if r.objects is None else (canonical_json(r.objects).decode(),))
+            (r.path, r.sha256, r.label, r.split)
+            + (() if r.objects is None else (canonical_json(r.objects).decode(),))
+            + (() if r.slice is None else (f"slice:{r.slice}",))
             for r in self.files
         )
         return hashlib.sha256(canonical_json({"classes": self.classes, "files": rows})).hexdigest()
@@ -81,8 +84,13 @@ class DatasetManifest:
     def resolve(self, rec: Record) -> Path:
         return self.root_dir / rec.path
 
-    def subset(self, split: str) -> list[Record]:
-        return [r for r in self.files if r.split == split]
+    def subset(self, split: str, slice: str | None = "*") -> list[Record]:
+        """Records of ``split`` (and of ``slice``: "*" any, None the records of no slice, or a slice's name)."""
+        return [r for r in self.files if r.split == split and (slice == "*" or r.slice == slice)]
+
+    def slices(self) -> list[str]:
+        """The named slices of the set (e.g. field captures), sorted."""
+        return sorted({r.slice for r in self.files if r.slice})
 
     @property
     def detection(self) -> bool:

@@ -107,6 +107,11 @@ class Agent:
         self.upload_failures = 0
         self.next_upload = 0.0
         self.registered = False
+        self.rollout: str | None = None  # the rollout the current assignment came through
+        self.capture_policy: dict | None = None  # its plan's capture block (opt-in; None: never capture)
+        from .capture import Capturer
+
+        self.capturer = Capturer(self.state_dir / "outbox" / "captures", device_id)
         self._load_active()
 
     # ------------------------------------------------------------------ paths, all inside the state folder
@@ -223,11 +228,16 @@ class Agent:
             floor = read_json(seen).get("sequence") if seen.is_file() else None
             state = verify_state(self.client.fleet_manifest(), self.fleet_key, min_sequence=floor)
             write_json(seen, {"sequence": state["sequence"]})
-            return assign(state, self.model, self.device_id, self.target, self.tags).release
+            a = assign(state, self.model, self.device_id, self.target, self.tags)
+            self.rollout, self.capture_policy = a.rollout, a.capture
+            return a.release
         assignment, etag = self.client.assignment(self.model, self.device_id, self.target, self.tags, self.etag)
         if assignment is None:
             return False
         self.etag = etag
+        policy = assignment.get("capture")
+        self.rollout = assignment.get("rollout") if isinstance(assignment.get("rollout"), str) else None
+        self.capture_policy = policy if isinstance(policy, dict) else None
         return assignment.get("release")
 
     def sync(self, now: float | None = None) -> str:
@@ -299,7 +309,22 @@ class Agent:
             self.window.add(0.0, None, stats)
             return None
         self.window.add((time.perf_counter() - t0) * 1000, outcome, stats)
+        self._maybe_capture(frame, raw, outcome, stats, now)
         return result
+
+    def _maybe_capture(self, frame, raw, outcome: dict, stats, now: float) -> None:
+        """Keep the frame for the field dataset when the rollout's plan asks (see :mod:`.capture`)."""
+        if not self.capture_policy:
+            return
+        m = self.manifest
+        try:
+            self.capturer.consider(
+                frame, outcome, self.task.records(raw, m.labels)[0], stats, policy=self.capture_policy,
+                release={"name": m.name, "version": m.version, "target": m.target}, rollout=self.rollout,
+                reference=m.reference_profile, window_start=self.window.start if self.window else None, now=now,
+            )  # fmt: skip
+        except (OSError, ValueError) as exc:  # a full disk must not stop inference
+            log.warning("capture not kept: %s", exc)
 
     def _new_window(self, now: float) -> Window:
         m = self.manifest
@@ -364,7 +389,10 @@ class Agent:
             f.unlink(missing_ok=True)
         else:
             self.upload_failures = 0
-        return {"sent": sent, "dropped": dropped, "waiting": len(list((self.state_dir / "outbox").glob("*.json")))}
+        out = {"sent": sent, "dropped": dropped, "waiting": len(list((self.state_dir / "outbox").glob("*.json")))}
+        if self.capturer.pending() and self.upload_failures == 0:
+            out["captures"] = self.capturer.upload(self.client)
+        return out
 
     def run(self, frames, *, poll_seconds: float = 30.0, max_frames: int | None = None, on_result=None) -> dict:
         """Serve frames from an iterator; poll and upload in between. Returns counters."""

@@ -46,9 +46,11 @@ class Assignment:
     rollout: str | None
     stage: int | None
     reason: str
+    capture: dict | None = None  # the rollout's field-capture policy, for devices it moved to its release
 
     def to_dict(self) -> dict:
-        return {"release": self.release, "rollout": self.rollout, "stage": self.stage, "reason": self.reason}
+        out = {"release": self.release, "rollout": self.rollout, "stage": self.stage, "reason": self.reason}
+        return out | ({"capture": self.capture} if self.capture else {})
 
 
 def _release(state: dict, key: str | None) -> dict | None:
@@ -73,7 +75,11 @@ def assign(state: dict, model: str, device_id: str, target: str, tags: list[str]
         percent = r["stages"][r["stage"]]["percent"]
         if bucket(r["salt"], device_id) < percent:
             return Assignment(
-                _release(state, new_key), r["name"], r["stage"], f"in stage {r['stage'] + 1} ({percent:g}%)"
+                _release(state, new_key),
+                r["name"],
+                r["stage"],
+                f"in stage {r['stage'] + 1} ({percent:g}%)",
+                r.get("capture"),
             )
         return Assignment(previous, r["name"], r["stage"], f"not yet in stage {r['stage'] + 1} ({percent:g}%)")
     if stable_key:

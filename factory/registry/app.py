@@ -24,7 +24,7 @@ from . import rollouts as ro
 from .auth import TokenCache
 from .limits import BodyLimit
 from .monitoring import Metrics
-from .routes import fleet, ops, releases, rollouts, telemetry
+from .routes import captures, fleet, ops, releases, rollouts, telemetry
 from .services import Services
 from .settings import check_settings, load_settings
 from .state import StateCache
@@ -69,6 +69,8 @@ def _body_limits(settings: dict):
             return upload
         if path == "/v1/telemetry/batch":
             return batch
+        if method == "POST" and path == "/v1/captures":
+            return captures.MAX_BODY
         return json_bytes
 
     return limit_for
@@ -127,7 +129,8 @@ def create_app(settings: dict | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit_for=_body_limits(svc.settings))
     metrics = Metrics()
     tele_router, evaluate = telemetry.router(svc, metrics)
-    for api in (ops.router(svc, metrics), releases.router(svc), rollouts.router(svc), fleet.router(svc), tele_router):
+    routers = (ops.router(svc, metrics), releases.router(svc), rollouts.router(svc), fleet.router(svc), tele_router)
+    for api in (*routers, captures.router(svc)):
         app.include_router(api)
     ops.start_evaluator(svc, evaluate)
     return app

@@ -23,6 +23,7 @@ __all__ = [
     "state",
     "devices",
     "telemetry",
+    "captures",
     "engine_for",
     "now",
     "bump_state",
@@ -126,6 +127,27 @@ telemetry = sa.Table(
     sa.Column("window_start", sa.Float, nullable=False, index=True),
     sa.Column("received_at", sa.Float, nullable=False),
     sa.Column("summary", sa.Text, nullable=False),
+)
+
+
+captures = sa.Table(
+    "captures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=False, unique=True),
+    sa.Column("device_id", sa.String(200), nullable=False, index=True),
+    sa.Column("release_key", sa.String(500), nullable=False),
+    sa.Column("rollout", sa.String(200), nullable=False, index=True),
+    sa.Column("window_start", sa.Float),
+    sa.Column("reason", sa.String(100), nullable=False),
+    sa.Column("output", sa.Text, nullable=False),  # the model's own output on the frame (JSON)
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("meta", sa.Text, nullable=False),  # anything else the device said (JSON, bounded)
+    sa.Column("received_at", sa.Float, nullable=False, index=True),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
 )
 
 

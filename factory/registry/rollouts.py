@@ -97,6 +97,32 @@ def _stages(v) -> str | None:
     return None if last == 100 else "the last stage must reach 100 percent"
 
 
+CAPTURE_WHEN = {"max_confidence", "drifting", "random_rate"}
+CAPTURE_KEYS = {"when", "max_per_device_per_day", "max_bytes", "retention_days"}
+MAX_CAPTURE_BYTES = 2_000_000
+
+
+def _capture(v) -> str | None:
+    """The opt-in field-capture policy: conditions, caps and retention (nothing is captured without one)."""
+    if not isinstance(v, dict) or set(v) - CAPTURE_KEYS:
+        return f"is a mapping of {sorted(CAPTURE_KEYS)}"
+    when = v.get("when")
+    if not isinstance(when, dict) or not when or set(when) - CAPTURE_WHEN:
+        return f"capture.when needs at least one of {sorted(CAPTURE_WHEN)}"
+    if "max_confidence" in when and not (_number(when["max_confidence"]) and 0 < when["max_confidence"] <= 1):
+        return "capture.when.max_confidence must be a number in (0, 1]"
+    if "random_rate" in when and not (_number(when["random_rate"]) and 0 < when["random_rate"] <= 1):
+        return "capture.when.random_rate must be a number in (0, 1]"
+    if "drifting" in when and not (_number(when["drifting"]) and 0 < when["drifting"] <= 100):
+        return "capture.when.drifting is the brightness PSI of the device's recent frames above which it captures"
+    caps = {"max_per_device_per_day": (1, 10_000), "max_bytes": (1_000, MAX_CAPTURE_BYTES), "retention_days": (1, 3650)}
+    for key, (lo, hi) in caps.items():
+        x = v.get(key)
+        if not isinstance(x, int) or isinstance(x, bool) or not lo <= x <= hi:
+            return f"capture.{key} must be a whole number in [{lo}, {hi}]"
+    return None
+
+
 PLAN_SCHEMA = {
     "name": Key(str, help="unique rollout name, e.g. id-docs-0.1.1", check=_pattern(NAME, "rollout name")),
     "release": {
@@ -150,6 +176,14 @@ PLAN_SCHEMA = {
         "auto_advance": Key(bool, True),
         "auto_rollback": Key(bool, True),
     },
+    "capture": Key(
+        dict,
+        None,
+        "opt-in field capture by the rollout's devices: {when: {max_confidence, drifting, random_rate}, "
+        "max_per_device_per_day, max_bytes, retention_days}; without it nothing is captured",
+        check=_capture,
+        nullable=True,
+    ),
 }
 
 

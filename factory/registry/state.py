@@ -52,6 +52,7 @@ def build_state(conn, public_url: str) -> dict:
                 "stage_started_at": r.stage_started_at,
                 "stages": plan["stages"],
                 "cohort": plan["cohort"],
+                "capture": plan.get("capture"),
                 "salt": salt_for(r.name),
                 "releases": rel,
                 "previous": prev,

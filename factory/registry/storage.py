@@ -28,6 +28,25 @@ class BlobStore:
     def key_for(sha256: str) -> str:
         return f"bundles/{sha256[:2]}/{sha256}.tar.gz"
 
+    @staticmethod
+    def capture_key(sha256: str) -> str:
+        """Where a field-captured image lives (content-addressed, like bundles)."""
+        return f"captures/{sha256[:2]}/{sha256}.jpg"
+
+    def put_bytes(self, data: bytes, key: str) -> None:
+        """Store ``data`` under ``key`` (complete or not at all)."""
+        if self.exists(key):
+            return
+        tmp = f"{self.root}/tmp/{uuid.uuid4().hex}"
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        self.fs.makedirs(self._path(key).rsplit("/", 1)[0], exist_ok=True)
+        self.fs.mv(tmp, self._path(key))
+
+    def read(self, key: str) -> bytes:
+        with self.fs.open(self._path(key), "rb") as f:
+            return f.read()
+
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
 

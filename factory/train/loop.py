@@ -219,6 +219,20 @@ def _load_splits(cfg: dict, manifest) -> _Splits:
     return _Splits(manifest, images, labels)
 
 
+def _reference_images(data) -> tuple[list, str]:
+    """What devices should be seeing, for drift monitoring: the validation split, or, for a dataset version
+    that added field captures, the validation part of its newest field slice (the conditions the new model
+    is released into; the old data still trains and judges it)."""
+    newest = data.manifest.source.get("field_slice")
+    if newest:
+        picked = [
+            im for im, r in zip(data.images["val"], data.manifest.subset("val"), strict=True) if r.slice == newest
+        ]
+        if len(picked) >= 20:
+            return picked, f"val:{newest}"
+    return data.images["val"], "val"
+
+
 def _make_threads(t: dict) -> None:
     import torch
 
@@ -405,11 +419,9 @@ def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
         test = classification_metrics(
             np.asarray(data.labels["test"]), predict_logits(model, data.images["test"], spec), classes
         )
+        ref_images, ref_split = _reference_images(data)
         ref = reference_profile(
-            predict_logits(model, data.images["val"], spec),
-            classes,
-            [image_stats(im) for im in data.images["val"]],
-            "val",
+            predict_logits(model, ref_images, spec), classes, [image_stats(im) for im in ref_images], ref_split
         )
         mlflow.log_metrics(
             {"test_top1": test["top1"], "best_val_top1": fitted["best_val_top1"], "train_seconds": train_seconds}

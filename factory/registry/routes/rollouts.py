@@ -1,10 +1,12 @@
 """``/v1/rollouts`` and ``/v1/audit``: create and steer staged rollouts (admin), read them and the audit log."""
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi import Path as PathParam
 
+from ...errors import InputError
 from .. import db
 from .. import rollouts as ro
 from ..auth import Identity
@@ -46,6 +48,22 @@ def router(svc: Services) -> APIRouter:
         reason = str((body or {}).get("reason", ""))[:1000]
         with engine.begin() as conn:
             return ro.transition(conn, name, action, who.name, reason)
+
+    @api.post("/v1/audit", status_code=201)
+    def audit_append(body: Annotated[dict, Body()], who: Annotated[Identity, Depends(auth.admin)]) -> dict:
+        """Record a step of the closed loop (``loop.*``) or close a retraining trigger (``retrain.closed``)."""
+        action, detail, rollout = body.get("action"), body.get("detail"), body.get("rollout")
+        if not isinstance(action, str) or not (
+            action == "retrain.closed" or re.fullmatch(r"loop\.[a-z_]{1,40}", action)
+        ):
+            raise InputError("action must be loop.<step> or retrain.closed; other entries are written by the registry")
+        if not isinstance(detail, dict) or len(db.dumps(detail)) > 32_768:
+            raise InputError("detail must be a JSON object of at most 32 KB")
+        if rollout is not None and not (isinstance(rollout, str) and re.fullmatch(NAME, rollout)):
+            raise InputError("rollout must be a rollout name")
+        with engine.begin() as conn:
+            db.add_audit(conn, who.name, action, rollout, detail)
+        return {"action": action}
 
     @api.get("/v1/audit")
     def audit_log(

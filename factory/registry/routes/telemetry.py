@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from ...errors import InputError
 from ..auth import Identity, enroll_device
+from ..captures import purge_expired
 from ..health import evaluate_rollouts
 from ..ingest import Ingestor, register_device
 from ..monitoring import check_retraining
@@ -30,6 +31,8 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
         with lock:  # one evaluation at a time per process; transitions are guarded by status checks in SQL
             now = time.time()
             decisions = evaluate_rollouts(engine, tele["window_seconds"], now)
+            with engine.begin() as conn:
+                purge_expired(conn, svc.store, now)  # captures past their plan's retention
             triggers = check_retraining(
                 engine,
                 tele["window_seconds"],
