@@ -86,7 +86,10 @@ def _capture_round(client, fleet, pool: list[np.ndarray], truth: list[str], poli
             continue  # consent: only devices a capture plan covers
         b = fleet.behaviours[d.release]
         outcomes, _stats = b.outputs["dark"]
+        kept = 0
         for j in range(i * share, min(len(pool), (i + 1) * share)):
+            if kept >= policy["max_per_device_per_day"]:
+                break  # the device keeps the plan's daily cap itself, as the agent's Capturer does
             o = outcomes[j]
             if capture_reason(policy, o["confidence"], None, float(rng.random())) is None:
                 counts["not_kept"] += 1
@@ -106,6 +109,7 @@ def _capture_round(client, fleet, pool: list[np.ndarray], truth: list[str], poli
             }
             r = client.request("POST", "/v1/captures", json=body, ok=(200, 201, 403, 413, 422, 429))
             counts["uploaded" if r.status_code in (200, 201) else "refused"] += 1
+            kept += 1
     return counts
 
 
@@ -212,7 +216,8 @@ def loop_demo(out: str | Path, *, devices: int = 40, epochs: int = 8, seed: int 
         summary["dataset"] = {"version": str(out / "data/v2"), "hash": version.dataset_hash,
                               "parent": version.source["parent"]["dataset_hash"],
                               "capture_set": exported["capture_set"], "field_test_images": len(field_test)}  # fmt: skip
-        stages = [{"percent": 25, "min_devices_reporting": 5}, {"percent": 100, "min_devices_reporting": 5}]
+        enough = max(2, devices // 10)  # devices reporting before a stage may advance (a quarter of the fleet at 25%)
+        stages = [{"percent": 25, "min_devices_reporting": enough}, {"percent": 100, "min_devices_reporting": enough}]
         loop = run_loop(client, dataset=out / "data/v2", canonical=base.path, key_path=key,
                         plan={"stages": stages, "health": HEALTH}, out=out / "loop", trigger_id=trigger["id"],
                         margin=margin, public_key=load_public_key(pub), epochs=max(3, epochs // 2),

@@ -1,0 +1,200 @@
+"""The closed loop: opt-in field capture (consent, caps, hostile uploads), dataset versions, and the demo."""
+
+from __future__ import annotations
+
+import base64
+import json
+import xml.etree.ElementTree as ET
+
+import cv2
+import numpy as np
+import pytest
+
+from factory.data.manifest import load_manifest
+from tests.conftest import build_args, invoke
+
+POLICY = {"when": {"random_rate": 1.0}, "max_per_device_per_day": 3, "max_bytes": 40_000, "retention_days": 1}
+
+
+@pytest.fixture(scope="module")
+def capture_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
+    """A registry with 1.0.0 stable (a plan without capture) and 1.1.0 rolled out to tagged devices with one."""
+    from factory.bundle.signing import generate_keys, load_private_key
+    from factory.device.client import RegistryClient
+    from factory.pipeline.fleet_demo import _retag as retag
+    from factory.registry import db
+    from factory.registry.auth import create_token
+    from tests.registry_server import Server, make_settings
+
+    tmp = tmp_path_factory.mktemp("capture")
+    r = invoke(*build_args(trained.path, "cpu", keypair, loose_targets, tmp / "b", "--data", str(synth_ds),
+                           "--no-track", "--version", "1.0.0"))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    base = next((tmp / "b").glob("*/1.0.0/cpu"))
+    retag(base, tmp / "1.1.0", "1.1.0", load_private_key(keypair[0]), "test re-release")
+    fleet_key, _ = generate_keys(tmp / "fleet")
+    settings = make_settings(tmp, f"sqlite:///{tmp / 'r.db'}", [str(keypair[1])], str(fleet_key))
+    srv = Server(settings)
+    settings["public_url"] = srv.url
+    srv.start()
+    engine = db.engine_for(settings["database"])
+    with engine.begin() as conn:
+        admin = create_token(conn, "admin", "admin")
+        tokens = {d: create_token(conn, f"device:{d}", "device", d) for d in ("cam-in", "cam-out")}
+    client = RegistryClient(srv.url, admin)
+    model = trained.card["name"]
+    for folder in (base, tmp / "1.1.0"):
+        client.publish(folder)
+    client.create_rollout(
+        {"name": "base", "release": {"name": model, "version": "1.0.0"}, "stages": [{"percent": 100}]}
+    )
+    client.act("base", "advance", "first release")
+    yield {"srv": srv, "client": client, "tokens": tokens, "model": model, "engine": engine, "tmp": tmp,
+           "settings": settings}  # fmt: skip
+    client.close()
+    srv.stop()
+
+
+def _agent(env, device_id, keypair, tags):
+    from factory.bundle.signing import load_public_key
+    from factory.device.agent import Agent
+    from factory.device.client import RegistryClient
+
+    client = RegistryClient(env["srv"].url, env["tokens"][device_id])
+    key = load_public_key(keypair[1])
+    return Agent(client, model=env["model"], device_id=device_id, target="cpu", tags=tags,
+                 state_dir=env["tmp"] / device_id, bundle_key=key, window_seconds=60)  # fmt: skip
+
+
+def _stored(env) -> int:
+    import sqlalchemy as sa
+
+    from factory.registry import db
+
+    with env["engine"].connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(db.captures)).scalar()
+
+
+def _body(device_id, rollout, version, image: bytes, key="k1"):
+    return {"idempotency_key": f"{device_id}:{key}", "device_id": device_id, "rollout": rollout,
+            "release": {"name": "id-docs", "version": version, "target": "cpu"}, "reason": "random",
+            "output": {"label": "x", "confidence": 0.5}, "image": base64.b64encode(image).decode()}  # fmt: skip
+
+
+def test_capture_needs_a_plan_that_asks_and_keeps_its_caps(capture_env, keypair, synth_ds):
+    env = capture_env
+    frames = [cv2.imread(str(p)) for p in sorted((synth_ds / "images").rglob("*.jpg"))[:8]]
+    inside = _agent(env, "cam-in", keypair, ["capture-ok"])
+    assert inside.sync().startswith("switched")
+    for f in frames[:4]:  # 1.0.0's plan has no capture block: consent, nothing is kept
+        inside.infer(f)
+    assert inside.capture_policy is None and not inside.capturer.pending()
+    plan = {"name": "field", "release": {"name": env["model"], "version": "1.1.0"}, "stages": [{"percent": 100}],
+            "cohort": {"tags": ["capture-ok"]}, "capture": POLICY, "health": {"auto_advance": False}}  # fmt: skip
+    env["client"].create_rollout(plan)
+    assert inside.sync().startswith("switched") and inside.capture_policy == POLICY
+    for f in frames:
+        inside.infer(f)
+    assert len(inside.capturer.pending()) == 3  # the device keeps the plan's cap of 3 a day
+    up = inside.upload()
+    assert up["captures"] == {"sent": 3, "dropped": 0, "waiting": 0} and _stored(env) == 3
+    rows = env["client"].call("GET", "/v1/captures", params={"rollout": "field"})["captures"]
+    assert len(rows) == 3 and {r["device_id"] for r in rows} == {"cam-in"} and rows[0]["reason"] == "random"
+    assert rows[0]["output"]["label"] in env["client"].call("GET", "/v1/releases/" + rows[0]["release"])["manifest"][
+        "labels"
+    ]  # fmt: skip
+    # the device outside the rollout's cohort runs 1.0.0 without a capture policy
+    outside = _agent(env, "cam-out", keypair, [])
+    outside.sync()
+    for f in frames[:3]:
+        outside.infer(f)
+    assert outside.capture_policy is None and not outside.capturer.pending()
+
+
+def test_hostile_capture_uploads_are_refused_and_nothing_is_stored(capture_env):
+    import httpx
+
+    env = capture_env
+    ok, jpeg = cv2.imencode(".jpg", np.full((60, 80, 3), 90, np.uint8))
+    jpeg = jpeg.tobytes()
+    before = _stored(env)
+
+    def post(token, body):
+        return httpx.post(env["srv"].url + "/v1/captures", json=body, headers={"Authorization": f"Bearer {token}"})
+
+    r = post(env["tokens"]["cam-out"], _body("cam-out", "field", "1.1.0", jpeg))  # not in the plan's cohort
+    assert r.status_code == 403 and "not asked to capture" in r.text
+    r = post(env["tokens"]["cam-out"], _body("cam-out", "base", "1.0.0", jpeg))  # a plan without capture
+    assert r.status_code == 403
+    r = post(env["tokens"]["cam-out"], _body("cam-in", "field", "1.1.0", jpeg))  # speaking for another device
+    assert r.status_code == 403 and "does not speak for" in r.text
+    r = post(env["tokens"]["cam-in"], _body("cam-in", "field", "1.1.0", b"\xff\xd8\xff\xe0 not a jpeg", "k2"))
+    assert r.status_code == 422 and "corrupt" in r.text
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), np.uint8)
+    big = cv2.imencode(".png", noise)[1].tobytes()
+    r = post(env["tokens"]["cam-in"], _body("cam-in", "field", "1.1.0", big, "k3"))
+    assert r.status_code == 413
+    r = post(env["tokens"]["cam-in"], _body("cam-in", "field", "1.1.0", jpeg, "k4"))  # a 4th frame today
+    assert r.status_code == 429 and "3 captures a day" in r.text
+    assert _stored(env) == before
+
+
+def test_captures_export_as_a_cvat_task_and_become_a_dataset_version(capture_env, synth_ds, tmp_path):
+    from factory.loop.captures import export_captures
+    from factory.loop.versions import new_version
+
+    env = capture_env
+    summary = export_captures(env["client"], tmp_path / "task", rollout="field")
+    assert len(summary["captures"]) == 3 and len(summary["capture_set"]) == 16
+    tree = ET.parse(tmp_path / "task" / "annotations.xml")
+    images = tree.getroot().findall("image")
+    assert len(images) == 3 and all(im.find("tag") is not None for im in images)  # pre-annotated by the model
+    parent = load_manifest(synth_ds)
+    bad = ET.parse(tmp_path / "task" / "annotations.xml")
+    bad.getroot().findall("image")[0].find("tag").set("label", "library-card")
+    bad.getroot().findall("image")[1].remove(bad.getroot().findall("image")[1].find("tag"))
+    bad.write(tmp_path / "bad.xml")
+    from factory.errors import DataError
+
+    with pytest.raises(DataError, match="2 problem") as err:
+        new_version(synth_ds, tmp_path / "task", tmp_path / "v-bad", annotations=tmp_path / "bad.xml")
+    assert "library-card" in str(err.value) and "no class" in str(err.value)
+    assert not (tmp_path / "v-bad").exists()
+    v2 = new_version(synth_ds, tmp_path / "task", tmp_path / "v2")
+    old = {r.sha256: r.split for r in parent.files}
+    assert all(old[r.sha256] == r.split for r in v2.files if r.slice is None)  # no old file moved
+    field = v2.source["field_slice"]
+    assert len([r for r in v2.files if r.slice == field]) == 3
+    assert v2.source["parent"]["dataset_hash"] == parent.dataset_hash
+    assert v2.source["capture_set"] == summary["capture_set"]
+    assert load_manifest(tmp_path / "v2").dataset_hash == v2.dataset_hash != parent.dataset_hash
+
+
+def test_a_plan_with_a_bad_capture_block_is_refused():
+    from factory.errors import ConfigError
+    from factory.registry.rollouts import check_plan
+
+    plan = {"name": "x", "release": {"name": "m", "version": "1.0.0"}, "stages": [{"percent": 100}]}
+    for capture, words in (({"when": {}}, "at least one"), (POLICY | {"max_bytes": 10**9}, "max_bytes"),
+                           (POLICY | {"when": {"max_confidence": 2}}, "max_confidence")):  # fmt: skip
+        with pytest.raises(ConfigError, match=words):
+            check_plan(plan | {"capture": capture})
+
+
+@pytest.mark.slow
+def test_the_loop_demo_closes_the_loop(tmp_path):
+    result = invoke("loop", "demo", "--out", str(tmp_path / "demo"), "--devices", "24", "--epochs", "6")
+    assert result.exit_code == 0, result.output
+    s = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert s["simulated"]["annotator"] is True and "SIMULATED" in result.output
+    assert s["captures"]["uploaded"] > 0 and s["captures"]["refused"] == 0
+    a = s["accuracy"]
+    assert a["drifted_slice_after"] > a["drifted_slice_before"] + 0.1
+    assert s["psi_before"]["psi_brightness"] > 0.25 > s["psi_after"]["psi_brightness"]
+    assert s["rollout_status"] == "completed"
+    steps = [link["step"] for link in s["lineage_chain"]]
+    assert steps == ["telemetry window", "release", "training run", "dataset version", "parent dataset",
+                     "capture set", "commit"]  # fmt: skip
+    actions = [e["action"] for e in s["audit"]]
+    for action in ("retrain.trigger", "loop.start", "loop.retrain", "loop.gate", "retrain.closed", "loop.rollout"):
+        assert action in actions
