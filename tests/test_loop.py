@@ -198,3 +198,25 @@ def test_the_loop_demo_closes_the_loop(tmp_path):
     actions = [e["action"] for e in s["audit"]]
     for action in ("retrain.trigger", "loop.start", "loop.retrain", "loop.gate", "retrain.closed", "loop.rollout"):
         assert action in actions
+
+
+def test_a_device_captures_when_its_own_frames_drift_and_keeps_its_cap(tmp_path):
+    from factory.device.capture import Capturer
+    from factory.stats import BRIGHTNESS_EDGES, histogram
+
+    reference = {"brightness": {"edges": BRIGHTNESS_EDGES, "counts": histogram([120.0 + i % 20 for i in range(200)],
+                                                                             BRIGHTNESS_EDGES)}}  # fmt: skip
+    policy = {"when": {"drifting": 0.25}, "max_per_device_per_day": 5, "max_bytes": 60_000, "retention_days": 1}
+    cap = Capturer(tmp_path / "captures", "cam-1", seed=0)
+    frame = np.full((48, 64, 3), 40, np.uint8)
+    release = {"name": "m", "version": "1.0.0", "target": "cpu"}
+    where = {"release": release, "rollout": "r", "reference": reference, "window_start": None, "now": 1_000_000.0}
+    kept = [cap.consider(frame, {"confidence": 0.99}, {"label": "a"}, (40.0, 5.0), policy=policy, **where)
+            for _ in range(60)]  # fmt: skip
+    assert kept[:29] == [None] * 29  # too few frames to judge drift yet
+    assert kept.count("drifting") == 5 and len(cap.pending()) == 5  # then drifting, up to the daily cap
+    assert cap.drift_psi(reference) > 0.25
+    normal = Capturer(tmp_path / "normal", "cam-2", seed=0)
+    for i in range(60):  # frames as bright as the reference's: no drift, nothing kept
+        assert normal.consider(frame, {"confidence": 0.99}, {}, (120.0 + i % 20, 5.0), policy=policy, **where) is None
+    assert not cap.consider(frame, {"confidence": 0.1}, {}, (40.0, 5.0), policy=None, **where)  # no policy: never
