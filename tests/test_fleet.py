@@ -1,6 +1,7 @@
 """Devices, telemetry and health-driven rollouts, end to end against the real service on loopback."""
 
 import json
+import re
 import shutil
 
 import httpx
@@ -387,3 +388,55 @@ def test_input_drift_halts_a_rollout_and_sustained_drift_triggers_retraining(fle
     assert triggers[0]["start_from"]["dataset_hash"] and triggers[0]["start_from"]["training_run"]
     health = httpx.get(env["server"].url + "/v1/health", headers={"Authorization": f"Bearer {env['admin']}"})
     assert health.json()["triggers"]
+
+
+def _dom(chromium: str, url: str, profile) -> str:
+    import subprocess
+
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+             "--virtual-time-budget=5000"]  # fmt: skip
+    return subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+
+
+def test_history_pages_keep_the_evidence_days_later(fleet_env, tmp_path):
+    """Two days after the rollouts (telemetry far outside the health report's window), the rollout and
+    release pages still show why 1.2.0 was rolled back (rule, measured value, limit) and charts with points;
+    the snapshots say the same with no server."""
+    import sqlalchemy as sa
+
+    from factory.registry import db
+    from factory.registry.history import write_snapshots
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (CI installs Debian's chromium)")
+    env = fleet_env
+    engine = db.engine_for(env["settings"]["database"])
+    with engine.begin() as conn:  # everything happened two days ago
+        conn.execute(db.telemetry.update().values(window_start=db.telemetry.c.window_start - 2 * 86400,
+                                                  received_at=db.telemetry.c.received_at - 2 * 86400))  # fmt: skip
+        conn.execute(db.windows.delete())
+    auth = {"Authorization": f"Bearer {env['admin']}"}
+    httpx.post(env["server"].url + "/v1/evaluate", headers=auth).raise_for_status()  # rolls the windows up
+    history = httpx.get(env["server"].url + "/v1/history/rollouts/bad", headers=auth).json()
+    assert history["status"] == "rolled_back" and len(history["targets"]["cpu"]["series"]) >= 2
+    model = env["model"]
+    for path in ("/status/rollouts/bad", f"/status/releases/{model}/1.2.0/cpu"):
+        dom = _dom(chromium, env["server"].url + path + "#token=" + env["admin"], tmp_path / "profile")
+        assert "rollout.rollback" in dom, dom[:2000]
+        rule = [line for line in dom.split('class="bad rule">')[1:]]
+        assert (
+            rule and re.search(r"1\.\d\dx the previous release", rule[0]) and "limit 1.2x" in rule[0]
+        )  # rule, value, limit
+        assert 'class="chart"' in dom and dom.count('class="point"') >= 2 and 'class="threshold"' in dom
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(db.windows)).scalar() > 0
+    pages = write_snapshots(engine, WINDOW, tmp_path / "snap")
+    status = (tmp_path / "snap" / "status.html").read_text()
+    assert "https://" not in status and "<script src" not in status  # self-contained
+    release_page = next(p for p in pages if p.name.startswith("release-") and "1.2.0" in p.name)
+    dom = _dom(chromium, release_page.as_uri(), tmp_path / "profile2")
+    assert "rollout.rollback" in dom and dom.count('class="point"') >= 2
+    dom = _dom(chromium, (tmp_path / "snap" / "status.html").as_uri(), tmp_path / "profile3")
+    assert 'data-name="bad"' in dom and "rollout-bad.html" in dom

@@ -137,5 +137,10 @@ def fleet_demo(
         summary["audit"] = client.audit(limit=200)
         summary["fleet_manifest"] = str(out / "fleet-manifest.json")
         write_json(out / "fleet-manifest.json", client.fleet_manifest())
+    from ..registry import db
+    from ..registry.history import write_snapshots
+
+    pages = write_snapshots(db.engine_for(settings["database"]), window_seconds, out)
+    summary["pages"] = [str(p) for p in pages]  # status.html and one page per rollout and release
     write_json(out / "summary.json", summary)
     return summary

@@ -24,7 +24,7 @@ from . import rollouts as ro
 from .auth import TokenCache
 from .limits import BodyLimit
 from .monitoring import Metrics
-from .routes import captures, fleet, ops, releases, rollouts, telemetry
+from .routes import captures, fleet, history, ops, releases, rollouts, telemetry
 from .services import Services
 from .settings import check_settings, load_settings
 from .state import StateCache
@@ -130,7 +130,7 @@ def create_app(settings: dict | None = None) -> FastAPI:
     metrics = Metrics()
     tele_router, evaluate = telemetry.router(svc, metrics)
     routers = (ops.router(svc, metrics), releases.router(svc), rollouts.router(svc), fleet.router(svc), tele_router)
-    for api in (*routers, captures.router(svc)):
+    for api in (*routers, captures.router(svc), history.router(svc)):
         app.include_router(api)
     ops.start_evaluator(svc, evaluate)
     return app

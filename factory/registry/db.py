@@ -24,6 +24,7 @@ __all__ = [
     "devices",
     "telemetry",
     "captures",
+    "windows",
     "engine_for",
     "now",
     "bump_state",
@@ -148,6 +149,18 @@ captures = sa.Table(
     sa.Column("meta", sa.Text, nullable=False),  # anything else the device said (JSON, bounded)
     sa.Column("received_at", sa.Float, nullable=False, index=True),
     sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+
+windows = sa.Table(  # one row per release and telemetry window: the figures the history pages draw
+    "windows",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("release_key", sa.String(500), nullable=False),
+    sa.Column("window_start", sa.Float, nullable=False),
+    sa.Column("figures", sa.Text, nullable=False),
+    sa.UniqueConstraint("release_key", "window_start", name="uq_windows_release_start"),
+    sa.Index("ix_windows_release_start", "release_key", "window_start"),
 )
 
 

@@ -37,6 +37,10 @@ SETTINGS_SCHEMA = {
         ),
         "retrain_max_psi": Key(float, 0.25, "PSI above which a stable release's window counts as drifting"),
         "retrain_max_js": Key(float, 0.1),
+        "history_days": Key(
+            float, 90.0, "how long the per-window figures behind the status pages' history are kept (days)"
+        ),
+        "raw_days": Key(float, 14.0, "how long raw device summaries are kept once their windows are rolled up (days)"),
     },
 }
 

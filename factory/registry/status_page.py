@@ -3,7 +3,9 @@ figures and their trend. One static HTML document that renders /v1/health in the
 
 The page itself holds no data; it asks /v1/health with a viewer or admin token taken from the URL
 fragment (``/status#token=...``, never sent to the server or its logs) and kept in localStorage.
-Everything it shows goes through ``esc()``: names, releases and reasons are data, never markup."""
+Everything it shows goes through ``esc()``: names, releases and reasons are data, never markup.
+Rollouts, releases and devices link to their history pages (:mod:`.history_page`); a snapshot
+(``snapshot()``) embeds the report instead of asking for it, for a report folder opened with no server."""
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Fleet status - edge model factory</title>
@@ -23,7 +25,10 @@ PAGE = """<!doctype html>
 <h2>Rollouts</h2><div id="rollouts" class="muted">loading...</div>
 <h2>Stable releases</h2><div id="stable" class="muted">loading...</div>
 <h2>Retraining triggers</h2><div id="triggers" class="muted">loading...</div>
+<script id="factory-data" type="application/json">__DATA__</script>
 <script>
+const SNAPSHOT = JSON.parse(document.getElementById("factory-data").textContent || "null");
+function link(kind, id){ return SNAPSHOT ? (SNAPSHOT.links || {})[kind + ":" + id] || "#" : "/status/" + kind + "/" + String(id).split("/").map(encodeURIComponent).join("/"); }
 const BARS = "\\u2581\\u2582\\u2583\\u2584\\u2585\\u2586\\u2587\\u2588";
 function spark(vals){ const v = vals.filter(x => x !== null && x !== undefined); if(!v.length) return "";
   const lo = Math.min(...v), hi = Math.max(...v); return vals.map(x => x === null || x === undefined ? " " :
@@ -39,7 +44,7 @@ function maxDrift(w, lim){ const v = Object.entries(w.drift || {}).filter(([k, x
   .map(([k, x]) => x / (k.startsWith("js") ? lim.max_js : lim.max_psi)); return v.length ? Math.max(...v) : null; }
 function windowsTable(ws, lim){
   lim = lim || {max_psi: 0.25, max_js: 0.1};
-  if(!ws.length) return '<p class="muted">no telemetry yet</p>';
+  if(!ws.length) return '<p class="muted">no telemetry in the last ' + (30 * ((window.HEALTH || {}).window_seconds || 60)) + ' s: the history page keeps the rest</p>';
   let h = '<table><tr><th class="l">window</th><th>inferences</th><th>devices</th><th>error rate</th><th>p50 ms</th><th>p95 ms</th>' +
           '<th>p95 vs previous</th><th>PSI conf.</th><th>PSI bright.</th><th>PSI contr.</th><th>JS class</th><th class="l">verdict</th></tr>';
   for(const w of ws.slice(-8)){
@@ -55,25 +60,42 @@ function windowsTable(ws, lim){
 }
 async function refresh(){
   try{
-    const t = token(); if(!t) throw new Error("open this page as /status#token=<a viewer or admin token>");
-    const r = await fetch("/v1/health", {headers: {"Authorization": "Bearer " + t}});
-    if(!r.ok) throw new Error("GET /v1/health: " + r.status + (r.status === 401 || r.status === 403 ? " (check the token)" : ""));
-    const h = await r.json(); document.getElementById("error").textContent = "";
+    let h;
+    if(SNAPSHOT){ h = SNAPSHOT.data; }
+    else{
+      const t = token(); if(!t) throw new Error("open this page as /status#token=<a viewer or admin token>");
+      const r = await fetch("/v1/health", {headers: {"Authorization": "Bearer " + t}});
+      if(!r.ok) throw new Error("GET /v1/health: " + r.status + (r.status === 401 || r.status === 403 ? " (check the token)" : ""));
+      h = await r.json();
+    }
+    document.getElementById("error").textContent = ""; window.HEALTH = h;
     document.getElementById("updated").textContent = "updated " + h.generated_at;
     let out = "";
     for(const ro of h.rollouts){
       const cls = ro.status === "rolled_back" || ro.status === "halted" ? "bad" : "ok";
-      out += `<div class="rollout" data-name="${esc(ro.name)}"><b>${esc(ro.name)}</b><span class="pill ${cls}">${esc(ro.status)}</span>` +
+      out += `<div class="rollout" data-name="${esc(ro.name)}"><b><a href="${link("rollouts", ro.name)}">${esc(ro.name)}</a></b><span class="pill ${cls}">${esc(ro.status)}</span>` +
              `<span class="pill">stage ${f(ro.stage + 1, 0)}/${f(ro.stages, 0)} (${f(ro.percent, 0)}%)</span>` +
              (ro.error ? `<p class="bad">${esc(ro.error)}</p>` : "");
-      for(const [t, d] of Object.entries(ro.targets)){ out += `<p>${esc(t)}: <b>${esc(d.release)}</b> (previous ${esc(d.previous || "none")})</p>` + windowsTable(d.windows, d.limits); }
+      for(const [t, d] of Object.entries(ro.targets)){ out += `<p>${esc(t)}: <b><a href="${link("releases", d.release)}">${esc(d.release)}</a></b> (previous ${esc(d.previous || "none")})</p>` + windowsTable(d.windows, d.limits); }
       out += "</div>";
     }
     document.getElementById("rollouts").innerHTML = out || '<p class="muted">no rollouts</p>';
-    document.getElementById("stable").innerHTML = h.stable.map(s => `<p><b>${esc(s.release)}</b> (${esc(s.target)})</p>` + windowsTable(s.windows)).join("") || "none";
+    document.getElementById("stable").innerHTML = h.stable.map(s => `<p><b><a href="${link("releases", s.release)}">${esc(s.release)}</a></b> (${esc(s.target)})</p>` + windowsTable(s.windows)).join("") || "none";
     document.getElementById("triggers").innerHTML = h.triggers.map(t => `<p class="bad">${esc(t.ts)}: ${esc(t.detail.release)}: ${esc(t.detail.reason)}; start from dataset ${esc(t.detail.start_from.dataset_hash)}</p>`).join("") || "none";
   }catch(e){ document.getElementById("error").textContent = String(e); }
 }
-refresh(); setInterval(refresh, 2000);
+refresh(); if(!SNAPSHOT) setInterval(refresh, 2000);
 </script></body></html>
 """
+
+
+def live() -> str:
+    """The page the server serves (it asks /v1/health)."""
+    return PAGE.replace("__DATA__", "null")
+
+
+def snapshot(report: dict, links: dict[str, str]) -> str:
+    """The page with ``report`` (a /v1/health answer) embedded and links to snapshot files."""
+    from .history_page import embed_json
+
+    return PAGE.replace("__DATA__", embed_json({"data": report, "links": links}))

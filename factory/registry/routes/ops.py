@@ -13,7 +13,7 @@ from .. import db
 from ..auth import Identity
 from ..monitoring import health_report
 from ..services import Services
-from ..status_page import PAGE
+from ..status_page import live
 
 __all__ = ["router", "start_evaluator"]
 
@@ -23,6 +23,7 @@ def router(svc: Services, metrics) -> APIRouter:
     api = APIRouter()
     engine, tele = svc.engine, svc.settings["telemetry"]
     auth = svc.auth()
+    page = live()
 
     @api.get("/healthz")
     def healthz() -> dict:
@@ -53,7 +54,7 @@ def router(svc: Services, metrics) -> APIRouter:
 
     @api.get("/status", response_class=HTMLResponse)
     def status_page() -> str:
-        return PAGE
+        return page
 
     return api
 

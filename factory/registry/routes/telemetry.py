@@ -12,6 +12,7 @@ from ...errors import InputError
 from ..auth import Identity, enroll_device
 from ..captures import purge_expired
 from ..health import evaluate_rollouts
+from ..history import purge_history, roll_up
 from ..ingest import Ingestor, register_device
 from ..monitoring import check_retraining
 from ..services import DEVICE, NAME, Services, matches, require_device
@@ -33,6 +34,8 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
             decisions = evaluate_rollouts(engine, tele["window_seconds"], now)
             with engine.begin() as conn:
                 purge_expired(conn, svc.store, now)  # captures past their plan's retention
+            roll_up(engine, tele["window_seconds"], now)  # complete windows into the history
+            purge_history(engine, now, tele["history_days"], tele["raw_days"], tele["window_seconds"])
             triggers = check_retraining(
                 engine,
                 tele["window_seconds"],
