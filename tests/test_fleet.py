@@ -440,3 +440,17 @@ def test_history_pages_keep_the_evidence_days_later(fleet_env, tmp_path):
     assert "rollout.rollback" in dom and dom.count('class="point"') >= 2
     dom = _dom(chromium, (tmp_path / "snap" / "status.html").as_uri(), tmp_path / "profile3")
     assert 'data-name="bad"' in dom and "rollout-bad.html" in dom
+
+
+def test_the_grafana_dashboard_reads_only_series_the_registry_exports(fleet_env):
+    from pathlib import Path
+
+    dash = json.loads((Path(__file__).parents[1] / "deploy/grafana/fleet-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs.append(dash["templating"]["list"][0]["query"]["query"])
+    names = {n for e in exprs for n in re.findall(r"factory_[a-z0-9_]+", e)}
+    auth = {"Authorization": f"Bearer {fleet_env['admin']}"}
+    metrics = httpx.get(fleet_env["server"].url + "/metrics", headers=auth).text
+    exported = set(re.findall(r"^(factory_[a-z0-9_]+)", metrics, re.M))
+    assert names and names <= exported, names - exported
+    assert all(p["datasource"]["uid"] == "${DS_PROMETHEUS}" for p in dash["panels"] if p["type"] != "row")

@@ -594,6 +594,19 @@ def test_07_the_status_page_shows_hostile_names_as_text(sec, tmp_path):
             '<img src=x onerror="document.title' in t for t in page.text
         )  # shown as text
         assert "img" not in page.tags and page.title.startswith("Fleet status")  # never markup, never run
+        # the release's history page lists the hostile rollout, as text; a snapshot embeds it inertly
+        url = sec["url"] + f"/status/releases/{sec['model']}/1.1.0/cpu#token=" + sec["tokens"]["viewer"]
+        dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        page = Parsed()
+        page.tags, page.text, page.title = set(), [], None
+        page.feed(dom)
+        assert any('<img src=x onerror="document.title' in t for t in page.text), dom[:3000]
+        assert "img" not in page.tags and page.title.startswith("Fleet history")
+        from factory.registry.history import write_snapshots
+
+        for f in write_snapshots(sec["engine"], 60, tmp_path / "snap"):
+            html = f.read_text()
+            assert "<img" not in html.split('id="factory-data"')[1].split("</script>")[0]  # embedded data is inert
     finally:
         with sec["engine"].begin() as conn:
             conn.execute(db.rollouts.delete().where(db.rollouts.c.name == hostile))
