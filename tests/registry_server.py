@@ -90,3 +90,23 @@ def make_settings(
         public_url=public_url,
         cache_seconds=0.0,
     )
+
+
+def start_registry(tmp: Path, trusted_pub: Path, telemetry: dict | None = None, devices: tuple[str, ...] = ()):
+    """A registry on SQLite in ``tmp``, started: (server, settings, engine, admin token, {device: its token})."""
+    from factory.bundle.signing import generate_keys
+    from factory.registry import db
+    from factory.registry.auth import create_token
+
+    fleet_key, _ = generate_keys(tmp / "fleet")
+    settings = make_settings(tmp, f"sqlite:///{tmp / 'r.db'}", [str(trusted_pub)], str(fleet_key))
+    if telemetry:
+        settings["telemetry"] = settings["telemetry"] | telemetry
+    srv = Server(settings)
+    settings["public_url"] = srv.url
+    srv.start()
+    engine = db.engine_for(settings["database"])
+    with engine.begin() as conn:
+        admin = create_token(conn, "admin", "admin")
+        tokens = {d: create_token(conn, f"device:{d}", "device", d) for d in devices}
+    return srv, settings, engine, admin, tokens

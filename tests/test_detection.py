@@ -321,29 +321,22 @@ def test_a_detection_bundle_goes_through_rollout_devices_telemetry_and_health(de
     import httpx
     import sqlalchemy as sa
 
-    from factory.bundle.signing import generate_keys, load_private_key, load_public_key
+    from factory.bundle.signing import load_private_key, load_public_key
     from factory.device.agent import Agent
     from factory.device.client import RegistryClient
     from factory.device.simulate import Fleet, Knobs, load_images
     from factory.pipeline.fleet_demo import _retag as retag
     from factory.registry import db
-    from factory.registry.auth import create_token
-    from tests.registry_server import Server, make_settings
+    from tests.registry_server import start_registry
 
     base = next(detector_bundles[1].glob("*/1.0.0/cpu"))
     model = json.loads((base / "manifest.json").read_text())["name"]
     retag(base, tmp_path / "1.1.0", "1.1.0", load_private_key(keypair[0]), "test re-release")
-    fleet_key, _ = generate_keys(tmp_path / "fleet")
-    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'r.db'}", [str(keypair[1])], str(fleet_key))
-    settings["telemetry"] = {"window_seconds": 2, "max_summary_bytes": 65536, "evaluate_seconds": 0.0}
-    srv = Server(settings)
-    settings["public_url"] = srv.url
-    srv.start()
+    srv, settings, engine, admin, tokens = start_registry(
+        tmp_path, keypair[1], {"window_seconds": 2, "evaluate_seconds": 0.0}, devices=("cam-1",)
+    )
+    device_token = tokens["cam-1"]
     try:
-        engine = db.engine_for(settings["database"])
-        with engine.begin() as conn:
-            admin = create_token(conn, "admin", "admin")
-            device_token = create_token(conn, "device:cam-1", "device", "cam-1")
         client = RegistryClient(srv.url, admin)
         for folder in (base, tmp_path / "1.1.0"):
             client.publish(folder)

@@ -19,12 +19,10 @@ POLICY = {"when": {"random_rate": 1.0}, "max_per_device_per_day": 3, "max_bytes"
 @pytest.fixture(scope="module")
 def capture_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     """A registry with 1.0.0 stable (a plan without capture) and 1.1.0 rolled out to tagged devices with one."""
-    from factory.bundle.signing import generate_keys, load_private_key
+    from factory.bundle.signing import load_private_key
     from factory.device.client import RegistryClient
     from factory.pipeline.fleet_demo import _retag as retag
-    from factory.registry import db
-    from factory.registry.auth import create_token
-    from tests.registry_server import Server, make_settings
+    from tests.registry_server import start_registry
 
     tmp = tmp_path_factory.mktemp("capture")
     r = invoke(*build_args(trained.path, "cpu", keypair, loose_targets, tmp / "b", "--data", str(synth_ds),
@@ -32,15 +30,7 @@ def capture_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     assert r.exit_code == 0, r.output
     base = next((tmp / "b").glob("*/1.0.0/cpu"))
     retag(base, tmp / "1.1.0", "1.1.0", load_private_key(keypair[0]), "test re-release")
-    fleet_key, _ = generate_keys(tmp / "fleet")
-    settings = make_settings(tmp, f"sqlite:///{tmp / 'r.db'}", [str(keypair[1])], str(fleet_key))
-    srv = Server(settings)
-    settings["public_url"] = srv.url
-    srv.start()
-    engine = db.engine_for(settings["database"])
-    with engine.begin() as conn:
-        admin = create_token(conn, "admin", "admin")
-        tokens = {d: create_token(conn, f"device:{d}", "device", d) for d in ("cam-in", "cam-out")}
+    srv, settings, engine, admin, tokens = start_registry(tmp, keypair[1], devices=("cam-in", "cam-out"))
     client = RegistryClient(srv.url, admin)
     model = trained.card["name"]
     for folder in (base, tmp / "1.1.0"):
