@@ -155,7 +155,7 @@ def _coco(src: Path, annotations: Path | None = None):
             yield Candidate(src / rel, rel, None, objects=objects[image_id], where=f"{annotations}: images[{i}]",
                             problems=problems.get(image_id))  # fmt: skip
 
-    return [categories[k] for k in sorted(categories, key=str)], rows()
+    return list(categories.values()), rows()  # the file's order of categories is the class index order
 
 
 _MIDV_DOC = re.compile(r"^(\d+)_(.+)$")

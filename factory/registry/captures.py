@@ -162,9 +162,13 @@ def _row(r) -> dict:
     }
 
 
-def list_captures(conn, rollout: str | None = None, release: str | None = None, limit: int = 10_000) -> list[dict]:
-    """Captures (oldest first), of one rollout or release if named."""
+def list_captures(
+    conn, rollout: str | None = None, release: str | None = None, limit: int = 10_000, capture_id: int | None = None
+) -> list[dict]:
+    """Captures (oldest first), of one rollout or release if named (or the one of ``capture_id``)."""
     q = sa.select(db.captures).order_by(db.captures.c.id).limit(limit)
+    if capture_id is not None:
+        q = q.where(db.captures.c.id == capture_id)
     if rollout:
         q = q.where(db.captures.c.rollout == rollout)
     if release:

@@ -58,7 +58,7 @@ def router(svc: Services) -> APIRouter:
     @api.get("/v1/captures/{capture_id}/image")
     def image(capture_id: int, who: Annotated[Identity, Depends(auth.admin)]) -> Response:
         with engine.connect() as conn:
-            rows = [c for c in list_captures(conn) if c["id"] == capture_id]
+            rows = list_captures(conn, capture_id=capture_id)
         if not rows:
             raise HTTPException(404, f"no capture {capture_id}")
         data = store.read(store.capture_key(rows[0]["sha256"]))
