@@ -65,13 +65,24 @@ def markdown(report: dict) -> str:
     ]
     for r in report["artifacts"]:
         acc, lat = r["accuracy"], r["latency"]
-        top1 = f"{acc['top1']:.4f}" if "top1" in acc else f"mAP@0.5 {acc['map50']:.4f}" if "map50" in acc else "-"
+        top1 = (
+            f"{acc['top1']:.4f}"
+            if "top1" in acc
+            else f"mAP@0.5 {acc['map50']:.4f}"
+            if "map50" in acc
+            else f"corner error {acc['corner_error_pct']:.2f}%"
+            if "corner_error_pct" in acc
+            else "-"
+        )
         vs = acc.get("vs_canonical") or {}
         drop = (
             f"{acc['drop_pt']:+.2f} [{acc['drop_ci_pt'][0]:+.2f}, {acc['drop_ci_pt'][1]:+.2f}]"
             if "drop_pt" in acc
             else f"{vs['map50_drop_pt']:+.2f} [{vs['drop_interval_pt'][0]:+.2f}, {vs['drop_interval_pt'][1]:+.2f}]"
             if "map50_drop_pt" in vs
+            else f"{vs['corner_error_increase_pct']:+.2f} [{vs['increase_interval_pct'][0]:+.2f}, "
+            f"{vs['increase_interval_pct'][1]:+.2f}]"
+            if "corner_error_increase_pct" in vs
             else "-"
         )
         agree = f"{acc['agreement']:.4f}" if "agreement" in acc else "-"
