@@ -157,10 +157,11 @@ windows = sa.Table(  # one row per release and telemetry window: the figures the
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("release_key", sa.String(500), nullable=False),
+    sa.Column("resolution", sa.Integer, nullable=False),  # seconds: the telemetry window, or 3600 (hourly merges)
     sa.Column("window_start", sa.Float, nullable=False),
     sa.Column("figures", sa.Text, nullable=False),
-    sa.UniqueConstraint("release_key", "window_start", name="uq_windows_release_start"),
-    sa.Index("ix_windows_release_start", "release_key", "window_start"),
+    sa.UniqueConstraint("release_key", "resolution", "window_start", name="uq_windows_release_res_start"),
+    sa.Index("ix_windows_release_res_start", "release_key", "resolution", "window_start"),
 )
 
 

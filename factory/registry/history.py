@@ -33,26 +33,44 @@ __all__ = [
 ]
 
 MAX_POINTS = 720
+HOUR = 3600  # windows are also merged per hour, so a month's chart reads 720 rows, not 43,200
 _KEEP = ("count", "errors", "devices", "error_rate", "p50_ms", "p95_ms", "drift")
 
 
 def roll_up(engine, window_seconds: int, now: float) -> int:
-    """Store the figures of every complete window not stored yet (all releases); returns how many."""
+    """Store the figures of every complete window not stored yet (all releases), and refresh the hourly
+    merges they fall in; returns how many windows were stored."""
     done = 0
     complete_before = now - 2 * window_seconds  # a window stays open to late summaries for one more window
+    base = db.windows.c.resolution == window_seconds
     with engine.begin() as conn:
         keys = [r[0] for r in conn.execute(sa.select(db.telemetry.c.release_key).distinct()).all()]
         for key in keys:
-            last = conn.execute(
-                sa.select(sa.func.max(db.windows.c.window_start)).where(db.windows.c.release_key == key)
-            ).scalar()
+            mine = db.windows.c.release_key == key
+            last = conn.execute(sa.select(sa.func.max(db.windows.c.window_start)).where(mine, base)).scalar()
             since = None if last is None else last + window_seconds
+            hours = set()
             for w, (fig, _verdict, _fp) in series_for(conn, key, window_seconds, since=since).items():
                 if w + window_seconds > complete_before or (last is not None and w <= last):
                     continue
                 kept = {k: fig.get(k) for k in _KEEP}
-                conn.execute(db.windows.insert().values(release_key=key, window_start=w, figures=db.dumps(kept)))
+                conn.execute(db.windows.insert().values(release_key=key, resolution=window_seconds, window_start=w,
+                                                        figures=db.dumps(kept)))  # fmt: skip
+                hours.add(w - w % HOUR)
                 done += 1
+            if window_seconds < HOUR:
+                for h in sorted(hours):
+                    rows = conn.execute(
+                        sa.select(db.windows.c.window_start, db.windows.c.figures)
+                        .where(mine, base, db.windows.c.window_start >= h, db.windows.c.window_start < h + HOUR)
+                        .order_by(db.windows.c.window_start)
+                    ).all()
+                    merged = _merge([(w, json.loads(f)) for w, f in rows])
+                    merged["window_start"] = h
+                    hourly = (mine, db.windows.c.resolution == HOUR, db.windows.c.window_start == h)
+                    conn.execute(db.windows.delete().where(*hourly))
+                    conn.execute(db.windows.insert().values(release_key=key, resolution=HOUR, window_start=h,
+                                                            figures=db.dumps(merged)))  # fmt: skip
     return done
 
 
@@ -83,7 +101,7 @@ def _merge(rows: list[tuple[float, dict]]) -> dict:
     count = sum(f.get("count") or 0 for _, f in rows)
     out = {
         "window_start": rows[0][0],
-        "windows": len(rows),
+        "windows": sum(f.get("windows", 1) for _, f in rows),
         "count": count,
         "errors": sum(f.get("errors") or 0 for _, f in rows),
         "devices": max((f.get("devices") or 0) for _, f in rows),
@@ -102,14 +120,25 @@ def _merge(rows: list[tuple[float, dict]]) -> dict:
 
 
 def series(conn, key: str | None, since: float | None = None, until: float | None = None) -> list[dict]:
-    """A release's rolled-up windows between ``since`` and ``until``, at most :data:`MAX_POINTS` points."""
+    """A release's rolled-up windows between ``since`` and ``until``, at most :data:`MAX_POINTS` points
+    (from the hourly merges when the finest windows would be more than that)."""
     if not key:
         return []
-    q = sa.select(db.windows.c.window_start, db.windows.c.figures).where(db.windows.c.release_key == key)
+    where = [db.windows.c.release_key == key]
     if since is not None:
-        q = q.where(db.windows.c.window_start >= since)
+        where.append(db.windows.c.window_start >= since)
     if until is not None:
-        q = q.where(db.windows.c.window_start <= until)
+        where.append(db.windows.c.window_start <= until)
+    counts = dict(
+        conn.execute(
+            sa.select(db.windows.c.resolution, sa.func.count()).where(*where).group_by(db.windows.c.resolution)
+        ).all()
+    )
+    if not counts:
+        return []
+    fine = min(counts)
+    resolution = HOUR if counts[fine] > MAX_POINTS and HOUR in counts else fine
+    q = sa.select(db.windows.c.window_start, db.windows.c.figures).where(*where, db.windows.c.resolution == resolution)
     rows = [(w, json.loads(f)) for w, f in conn.execute(q.order_by(db.windows.c.window_start)).all()]
     step = max(1, math.ceil(len(rows) / MAX_POINTS))
     return [_merge(rows[i : i + step]) for i in range(0, len(rows), step)]
