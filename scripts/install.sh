@@ -13,5 +13,5 @@ fi
 "$py" -m pip install --quiet --upgrade pip
 # constraints.txt pins the versions this project was tested with (torch 2.14.1 + torchvision 0.29.1,
 # onnxruntime, openvino, nncf, litert, mlflow, dvc ...). Expect ~4-7 minutes and ~7.7 GB.
-"$py" -m pip install --quiet --constraint requirements/constraints.txt --editable ".[all,dev]"
+"$py" -m pip install --quiet --constraint requirements/constraints.txt --editable ".[all,dev,ray]"
 "$py" -m pip check

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,18 @@ import yaml
 from factory.config import load_config
 from factory.pipeline import PIPELINE_SCHEMA
 from tests.conftest import ROOT, invoke
+
+
+def test_only_the_executor_imports_ray():
+    """Ray is an optional extra: the core, the device side and everything else never import it."""
+    importers = sorted(
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "factory").rglob("*.py")
+        if re.search(r"^(import ray\b|from ray\b)", p.read_text(), re.M)  # at module level: imported with factory
+    )
+    assert importers == [], importers  # the executor imports it inside its functions only
+    users = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "factory").rglob("*.py") if "import ray" in p.read_text())
+    assert users == ["factory/pipeline/executor.py"], users
 
 
 def test_readme_starts_with_the_two_commands():
@@ -142,6 +155,9 @@ def test_main_command_end_to_end_on_tiny_params(tmp_path, loose_targets):
     assert (tmp_path / "reports/fleet-demo/summary.json").is_file() and (
         tmp_path / "reports/fleet-demo/fleet-manifest.json"
     ).is_file()
+    snapshots = sorted(p.name for p in (tmp_path / "reports/fleet-demo").glob("*.html"))
+    assert "status.html" in snapshots and any(n.startswith("rollout-") for n in snapshots)  # the fleet view, offline
+    assert any(n.startswith("release-") for n in snapshots)
     again = invoke("run", cwd=tmp_path)
     assert again.exit_code in (0, 1), again.output  # 1 only if the gate saw a regression on this noisy machine
     assert "is current" in again.stderr

@@ -26,6 +26,13 @@ PROFILE_SCHEMA = {
     "name": Key(str, None, "defaults to the file name", nullable=True),
     "description": Key(str, ""),
     "backend": Key(str, help="runtime backend: onnxruntime | openvino | litert"),
+    "device_class": Key(
+        str,
+        None,
+        "boards of this class measure latency when the search runs on Ray: their nodes carry the resource "
+        "device:<class> (e.g. rpi4)",
+        nullable=True,
+    ),
     "recipe": {
         "precision": Key(str, "fp32", "fp32 | fp16 | int8-static | int8-dynamic | int8-weight-only"),
         "quantization": {

@@ -193,6 +193,16 @@ def _write_reports(results, report_dir) -> None:
         "profile's."
     ),
 )
+@click.option(
+    "--executor",
+    default=None,
+    type=click.Choice(["local", "ray"]),
+    help="With --search: build candidates in this process (default) or as Ray tasks; a profile's device_class "
+    "then measures on a node with the resource device:<class> [default: ray when $FACTORY_RAY_ADDRESS is set].",
+)
+@click.option(
+    "--ray-address", default=None, help="With --executor ray: the cluster's head (host:port) [default: auto]."
+)
 def build_cmd(
     targets,
     model_dir,
@@ -212,6 +222,8 @@ def build_cmd(
     remeasure,
     search_dir,
     search_config,
+    executor,
+    ray_address,
 ) -> None:
     """Build a verified, signed bundle of the canonical model for each --target.
 
@@ -258,6 +270,8 @@ def build_cmd(
             budget_minutes,
             remeasure,
             search_config,
+            executor,
+            ray_address,
         )
         _write_reports(results, report_dir)
         if len(results) > 1 or isinstance(results[0], Failure):
@@ -329,10 +343,15 @@ def _search(
     budget_minutes,
     remeasure,
     search_config,
+    executor_name=None,
+    ray_address=None,
 ):
     from ..export.targets import load_target
     from .build import isolated, load_context
+    from .executor import get_executor
     from .search import load_search_config, search, search_markdown
+
+    executor = get_executor(executor_name, ray_address)
 
     config = load_search_config(search_config) if search_config else None
     ctx = load_context(model_dir, data)
@@ -356,12 +375,14 @@ def _search(
                 track=not no_track,
                 search_config=config,
                 context=ctx,
+                executor=executor,
             )
             click.echo(search_markdown(summary))
             click.echo(f"{result.folder}  ({result.archive.name}); report {summary['report']}/search.md, pareto.png")
             return result
 
         results.append(isolated(t, profiles[t]["backend"], one))
+    executor.close()
     return results
 
 

@@ -94,6 +94,7 @@ class SearchPlan:
     targets_dir: str | Path | None
     cache_dir: Path
     started: float
+    spec: dict = field(default_factory=dict)  # what a worker needs to plan the same search (see executor)
 
 
 def _override_args(overrides: dict) -> tuple[str, ...]:
@@ -191,9 +192,29 @@ def plan_search(
     else:
         reference = next(c for c in cands if c.key == reference.key)
     root = Path(cache_dir) / "search" / ctx.canonical.card["name"] / base["name"]
+    spec = {"model_dir": str(model_dir or ctx.canonical.path), "target": target, "key_path": str(key_path),
+            "data": str(data) if data else None, "targets_dir": str(targets_dir) if targets_dir else None,
+            "cache_dir": str(cache_dir), "search_config": search_config}  # fmt: skip
     return SearchPlan(
-        ctx, base, sp, load_private_key(key_path), root, reference, cands, targets_dir, Path(cache_dir), started
+        ctx, base, sp, load_private_key(key_path), root, reference, cands, targets_dir, Path(cache_dir), started, spec
     )
+
+
+def build_remote(spec: dict, key: str) -> dict:
+    """On a worker: plan the same search and build the candidate with cache key ``key`` into the shared cache."""
+    plan = plan_search(spec["model_dir"], spec["target"], key_path=spec["key_path"], data=spec["data"],
+                       targets_dir=spec["targets_dir"], cache_dir=spec["cache_dir"],
+                       search_config=spec["search_config"])  # fmt: skip
+    cand = next(c for c in plan.candidates if c.key == key)
+    _build_one(plan, cand)
+    return {"status": cand.status, "folder": cand.folder}
+
+
+def bench_remote(folders: list[str], seconds: float) -> dict:
+    """On a worker (a board of the profile's device class): the interleaved benchmark of the candidates."""
+    from ..bench.run import run_bench
+
+    return run_bench(folders, seconds=seconds, accuracy=False)
 
 
 def _build_one(plan: SearchPlan, cand: Candidate) -> None:
@@ -217,9 +238,27 @@ def _build_one(plan: SearchPlan, cand: Candidate) -> None:
     cand.status, cand.folder = "built", str(folder)
 
 
-def build_candidates(plan: SearchPlan, budget_minutes: float) -> list[Candidate]:
+def _build_on(executor, plan: SearchPlan, todo: list[Candidate]) -> None:
+    """Every pending candidate as a task of ``executor`` (Ray): the same builds, into the same cache."""
+    progress.info(f"search {plan.profile['name']}: {len(todo)} candidate(s) as {executor.name} tasks")
+    for c, o in zip(todo, executor.map(build_remote, [(plan.spec, c.key) for c in todo], what="candidate build"),
+                    strict=True):  # fmt: skip
+        if o.error:
+            c.status, c.reason = "failed", o.error
+            continue
+        c.status, c.folder = o.value["status"], o.value["folder"]
+        try:
+            c.manifest = Manifest.read(Path(c.folder))
+        except BundleError as exc:  # the worker wrote where this process cannot read: not a shared cache
+            c.status, c.reason = "failed", f"{exc.message} (is --cache-dir on a filesystem every node shares?)"
+
+
+def build_candidates(plan: SearchPlan, budget_minutes: float, executor=None) -> list[Candidate]:
     """Build (or take from the cache) every pending candidate; return those that can be measured."""
     todo = [c for c in plan.candidates if c.status == "pending"]
+    if executor is not None and executor.name != "local" and todo:
+        _build_on(executor, plan, todo)
+        todo = []
     with progress.bar(f"search {plan.profile['name']}: building", len(todo)) as tick:
         for i, c in enumerate(todo):
             if (time.perf_counter() - plan.started) / 60 > budget_minutes and not _valid_bundle(plan.root / c.key):
@@ -253,8 +292,11 @@ def build_candidates(plan: SearchPlan, budget_minutes: float) -> list[Candidate]
     return measured
 
 
-def benchmark_candidates(measured: list[Candidate], root: Path, seconds: float, remeasure: bool) -> dict:
-    """All candidates in one interleaved latency run (reused from the cache when nothing changed)."""
+def benchmark_candidates(
+    measured: list[Candidate], root: Path, seconds: float, remeasure: bool, executor=None, device_class=None
+) -> dict:
+    """All candidates in one interleaved latency run (reused from the cache when nothing changed); on Ray
+    with a ``device_class``, on a node of that class (the manifest records which node, and its facts)."""
     from ..bench.run import run_bench
 
     ident = hashlib.sha256(canonical_json({"keys": sorted(c.key for c in measured), "seconds": seconds})).hexdigest()[
@@ -266,7 +308,19 @@ def benchmark_candidates(measured: list[Candidate], root: Path, seconds: float, 
         bench = read_json(cached) | {"cached": True}
     else:
         progress.info(f"benchmarking {len(measured)} candidates together, interleaved, for {seconds:g} s")
-        report = run_bench([c.folder for c in measured], seconds=seconds, accuracy=False)
+        node = None
+        if executor is not None and executor.name != "local" and device_class:
+            resource = {f"device:{device_class}": 1}
+            items = [([c.folder for c in measured], seconds)]
+            (o,) = executor.map(bench_remote, items, resources=resource, what=f"benchmark on a {device_class}")
+            if o.error:
+                raise ValidationError(
+                    f"the benchmark on a {device_class} node failed: {o.error}",
+                    hint=f"a node must carry the resource device:{device_class} (README: how a board joins)",
+                )
+            report, node = o.value, o.node | {"device_class": device_class}
+        else:
+            report = run_bench([c.folder for c in measured], seconds=seconds, accuracy=False)
         by_path = {a["path"]: a for a in report["artifacts"]}
         bench = {
             "settings": report["settings"],
@@ -274,6 +328,8 @@ def benchmark_candidates(measured: list[Candidate], root: Path, seconds: float, 
                 c.key: {k: v for k, v in by_path[c.folder]["latency"].items() if k != "samples_ms"} for c in measured
             },
         }
+        if node:
+            bench["node"] = node
         write_json(cached, bench)
         bench["cached"] = False
     for c in measured:
@@ -442,6 +498,7 @@ def publish_winner(
             "source": "search benchmark (interleaved, same run as every candidate)",
             "median_ci": winner.latency.get("median_ci"),
             "host": bench["settings"]["environment"]["host"],
+            **({"node": bench["node"]} if bench.get("node") else {}),  # the device-lab node that measured it
         }
         m.lineage["search"] = {
             k: summary[k] for k in ("objective", "space", "budgets", "bench_seconds", "counts", "verdict")
@@ -493,10 +550,13 @@ def search(
     track: bool = True,
     search_config: dict | None = None,
     context: BuildContext | None = None,
+    executor=None,
 ) -> tuple[BuildResult, dict]:
     """Search one target's recipe space; return the published winner and the search summary.
 
-    Raises ValidationError (exit 1) when no candidate meets the budgets; the report is written either way.
+    With a Ray ``executor`` (:mod:`.executor`), candidates are built as Ray tasks and, when the profile
+    names a ``device_class``, measured on a node of that class. Raises ValidationError (exit 1) when no
+    candidate meets the budgets; the report is written either way.
     """
     plan = plan_search(
         model_dir,
@@ -509,9 +569,13 @@ def search(
         context=context,
     )
     budget = budget_minutes if budget_minutes is not None else plan.config["budget_minutes"]
-    measured = build_candidates(plan, budget)
-    bench = benchmark_candidates(measured, plan.root, plan.config["bench_seconds"], remeasure)
+    measured = build_candidates(plan, budget, executor)
+    bench = benchmark_candidates(measured, plan.root, plan.config["bench_seconds"], remeasure, executor,
+                                 plan.profile.get("device_class"))  # fmt: skip
     winner, summary = rank(plan, measured, bench)
+    summary["executor"] = executor.name if executor is not None else "local"
+    if bench.get("node"):
+        summary["bench_node"] = bench["node"]
     rdir = write_search_report(summary, Path(report_dir) / plan.profile["name"])
     summary["report"] = str(rdir)
     if track:

@@ -1,0 +1,147 @@
+"""Where a search's work runs: in this process (the default) or as Ray tasks on a cluster.
+
+``--executor ray`` (or ``FACTORY_RAY_ADDRESS`` in the environment) sends each candidate build to a
+Ray worker and, when the target profile names a ``device_class``, the search's interleaved benchmark
+to a node that carries the custom resource ``device:<class>`` (a board of that class that joined the
+cluster). The results are the same either way: the same cache keys, the same manifests, the same
+winner, because a worker runs exactly what this process would (``_build_one``) against the same
+cache.
+
+The shared store is the search cache folder, content-addressed by the candidate's key (a hash of
+the canonical weights, the resolved recipe and the toolchain): on several machines it must be a shared
+filesystem (NFS, a cloud file share) mounted at the same path. Not Ray's object store: bundles are
+folders that later steps (the benchmark, publishing, devices) open by path, and the cache must outlive
+the cluster so a repeated search rebuilds nothing. Ray stays optional (``edge-model-factory[ray]``);
+nothing else in the factory imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .. import progress
+from ..errors import InputError, MissingDependencyError
+
+__all__ = ["Outcome", "LocalExecutor", "RayExecutor", "get_executor", "RAY_ADDRESS_ENV"]
+
+RAY_ADDRESS_ENV = "FACTORY_RAY_ADDRESS"
+
+
+@dataclass
+class Outcome:
+    """One task's result, or the error that ended it (a failure is data: the search records it)."""
+
+    value: Any = None
+    error: str | None = None
+    node: dict | None = None  # where it ran (Ray: node id and host facts)
+
+
+def _facts() -> dict:
+    from ..lineage import host_info
+
+    out = {"host": host_info()}
+    try:
+        import ray
+
+        out["node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - not in a Ray worker
+        pass
+    return out
+
+
+class LocalExecutor:
+    """Everything in this process, one task after the other."""
+
+    name = "local"
+
+    def map(
+        self, fn: Callable, items: list[tuple], *, resources: dict | None = None, what: str = "task"
+    ) -> list[Outcome]:
+        out = []
+        for args in items:
+            try:
+                out.append(Outcome(fn(*args), node=None))
+            except Exception as exc:  # noqa: BLE001 - the caller decides what a failed task means
+                out.append(Outcome(error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _run_with_facts(fn, *args):
+    return fn(*args), _facts()
+
+
+class RayExecutor:
+    """Tasks on a Ray cluster (``address``: ``host:port`` of its head, or None for ``auto``). A task that
+    raises, or whose node dies, becomes a failed :class:`Outcome` after ``retries`` retries; a task that
+    cannot be placed (no node has the resource it asks for) fails after ``place_seconds``, and none is
+    waited for longer than ``task_seconds`` (``FACTORY_RAY_PLACE_SECONDS``, ``FACTORY_RAY_TASK_SECONDS``)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, retries: int = 1, place_seconds: float | None = None,
+                 task_seconds: float | None = None):  # fmt: skip
+        try:
+            import ray
+        except ImportError:
+            raise MissingDependencyError("ray", "ray", "the ray executor") from None
+        self.ray, self.retries = ray, retries
+        env = os.environ.get
+        self.place_seconds = place_seconds or float(env("FACTORY_RAY_PLACE_SECONDS", "120"))
+        self.task_seconds = task_seconds or float(env("FACTORY_RAY_TASK_SECONDS", "3600"))  # never wait for ever
+        if not ray.is_initialized():
+            ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False)
+        self._remote = ray.remote(max_retries=retries, retry_exceptions=False)(_run_with_facts)
+
+    def nodes(self, resource: str | None = None) -> list[dict]:
+        """Live nodes (with ``resource``, only those that carry it)."""
+        return [
+            n for n in self.ray.nodes() if n.get("Alive") and (resource is None or resource in n.get("Resources", {}))
+        ]
+
+    def map(
+        self, fn: Callable, items: list[tuple], *, resources: dict | None = None, what: str = "task"
+    ) -> list[Outcome]:
+        ray = self.ray
+        for name in resources or {}:
+            deadline = time.monotonic() + self.place_seconds
+            while not self.nodes(name):
+                if time.monotonic() > deadline:
+                    return [Outcome(error=f"no live node of the cluster carries {name}: the {what} was not run")
+                            for _ in items]  # fmt: skip
+                time.sleep(1.0)
+        opts = {"num_cpus": 1} | ({"resources": resources} if resources else {})
+        refs = [self._remote.options(**opts).remote(fn, *args) for args in items]
+        out: list[Outcome] = []
+        deadline = time.monotonic() + self.task_seconds
+        for ref in refs:
+            try:
+                value, node = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+                out.append(Outcome(value, node=node))
+            except Exception as exc:  # noqa: BLE001 - a task error, its node died (after the retries), a timeout
+                if isinstance(exc, ray.exceptions.GetTimeoutError):
+                    ray.cancel(ref, force=True)
+                text = str(exc).strip().splitlines()
+                out.append(Outcome(error=f"{type(exc).__name__}: {text[-1][:300] if text else ''}"))
+        progress.info(f"ray: {sum(o.error is None for o in out)} of {len(out)} {what}(s) done on the cluster")
+        return out
+
+    def close(self) -> None:
+        if self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def get_executor(name: str | None, address: str | None = None):
+    """``local`` (default), or ``ray`` (also when ``FACTORY_RAY_ADDRESS`` is set and no name is given)."""
+    address = address or os.environ.get(RAY_ADDRESS_ENV)
+    name = name or ("ray" if address else "local")
+    if name == "local":
+        return LocalExecutor()
+    if name == "ray":
+        return RayExecutor(address)
+    raise InputError(f"unknown executor {name!r}; use local or ray")
