@@ -95,7 +95,11 @@ class RayExecutor:
         self.place_seconds = place_seconds or float(env("FACTORY_RAY_PLACE_SECONDS", "120"))
         self.task_seconds = task_seconds or float(env("FACTORY_RAY_TASK_SECONDS", "3600"))  # never wait for ever
         if not ray.is_initialized():
-            ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False)
+            host = (address or "").rsplit(":", 1)[0]
+            # a cluster on loopback: this driver must say it is there too, or Ray looks for the head at the
+            # host's own address (where nothing listens)
+            local = {"_node_ip_address": "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {}
+            ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False, **local)
         self._remote = ray.remote(max_retries=retries, retry_exceptions=False)(_run_with_facts)
 
     def nodes(self, resource: str | None = None) -> list[dict]:
