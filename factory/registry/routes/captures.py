@@ -5,6 +5,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
@@ -56,7 +57,9 @@ def router(svc: Services) -> APIRouter:
             return {"captures": list_captures(conn, rollout, release)}
 
     @api.get("/v1/captures/{capture_id}/image")
-    def image(capture_id: int, who: Annotated[Identity, Depends(auth.admin)]) -> Response:
+    def image(
+        capture_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], who: Annotated[Identity, Depends(auth.admin)]
+    ) -> Response:
         with engine.connect() as conn:
             rows = list_captures(conn, capture_id=capture_id)
         if not rows:
