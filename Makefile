@@ -13,8 +13,12 @@ install: $(STAMP)
 run: $(STAMP)       ## the main job end to end on embedded defaults (params.yaml)
 	$(VENV)/bin/factory run
 
+# The suite in three interpreters, one after the other: one process that ran every build and benchmark of the
+# suite died of a native SIGSEGV late in the run (README: "Tests and lint"); each third passes on its own.
 test: $(STAMP)      ## the whole test suite (what CI runs, after `make lint`)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest tests/test_[a-e]*.py
+	$(VENV)/bin/python -m pytest tests/test_[f-p]*.py
+	$(VENV)/bin/python -m pytest tests/test_[q-z]*.py
 
 test-quick: $(STAMP)  ## while developing: everything but the tests marked slow
 	$(VENV)/bin/python -m pytest -m "not slow"
