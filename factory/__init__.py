@@ -16,15 +16,6 @@ Layers (imports only point down; within a row, a package may import the ones to 
 
 __version__ = "0.1.0"
 
-import subprocess as _subprocess  # noqa: E402
-
-# No vfork() for child processes (Python's documented switch). A build process holds the thread pools and
-# signal handlers of several native runtimes (XLA, LLVM, OpenVINO, jemalloc); a child spawned with vfork
-# shares its memory until exec, and here that crashed the parent with SIGSEGV while it waited on the
-# child (the benchmark workers, `factory bench` from the sweep): seen in long test runs and in the sweep.
-_subprocess._USE_VFORK = False
-_subprocess._USE_POSIX_SPAWN = False
-
 from .errors import (  # noqa: E402
     BundleError,
     ConfigError,
