@@ -113,7 +113,7 @@ def main() -> None:
             f"| in-process | {local:.1f} s |",
             f"| Ray, head + 1 worker node (1 CPU each, loopback, token auth) | {remote:.1f} s (cluster start {cluster_start:.1f} s apart) |",
             "",
-            f"Per candidate in-process: {per_candidate:.2f} s; Ray's overhead per candidate here: {overhead:.2f} s (a worker "
+            f"Per candidate in-process (the search's wall time over its candidates, so its fixed costs, the start, the context load and the benchmark, are spread over them: an upper bound on a build): {per_candidate:.2f} s; Ray's overhead per candidate here: {overhead:.2f} s (a worker "
             "process imports the build side and loads the model and its test split for each task). On 2 cores "
             "there is nothing to gain: both nodes share them.",
             "",
