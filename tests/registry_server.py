@@ -92,14 +92,21 @@ def make_settings(
     )
 
 
-def start_registry(tmp: Path, trusted_pub: Path, telemetry: dict | None = None, devices: tuple[str, ...] = ()):
-    """A registry on SQLite in ``tmp``, started: (server, settings, engine, admin token, {device: its token})."""
+def start_registry(
+    tmp: Path,
+    trusted_pub: Path,
+    telemetry: dict | None = None,
+    devices: tuple[str, ...] = (),
+    database: str | None = None,
+):
+    """A registry in ``tmp`` (SQLite unless ``database`` names another), started, its fleet key at
+    ``tmp/fleet.key`` (``.pub``): (server, settings, engine, admin token, {device: its token})."""
     from factory.bundle.signing import generate_keys
     from factory.registry import db
     from factory.registry.auth import create_token
 
     fleet_key, _ = generate_keys(tmp / "fleet")
-    settings = make_settings(tmp, f"sqlite:///{tmp / 'r.db'}", [str(trusted_pub)], str(fleet_key))
+    settings = make_settings(tmp, database or f"sqlite:///{tmp / 'r.db'}", [str(trusted_pub)], str(fleet_key))
     if telemetry:
         settings["telemetry"] = settings["telemetry"] | telemetry
     srv = Server(settings)

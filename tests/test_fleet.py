@@ -11,7 +11,7 @@ import pytest
 from factory.bundle.signing import generate_keys, load_private_key, load_public_key
 from factory.pipeline.fleet_demo import _retag as retag
 from tests.conftest import DBS, build_args, db_url, invoke
-from tests.registry_server import Server, make_settings
+from tests.registry_server import start_registry
 
 WINDOW = 2
 
@@ -19,7 +19,6 @@ WINDOW = 2
 @pytest.fixture(scope="module", params=DBS)
 def fleet_env(request, tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     """A registry with release 1.0.0 stable, 1.1.0 (healthy) and 1.2.0 (the one that goes wrong) published."""
-    from factory.registry import db
     from factory.registry.auth import create_token
 
     tmp = tmp_path_factory.mktemp("fleet")
@@ -44,23 +43,11 @@ def fleet_env(request, tmp_path_factory, trained, synth_ds, keypair, loose_targe
     for v in ("1.1.0", "1.2.0"):
         folders[v] = tmp / "re" / v / "cpu"
         retag(base, folders[v], v, key, "test re-release")
-    fleet_key, fleet_pub = generate_keys(tmp / "fleet")
-    settings = make_settings(tmp, db_url(request.param, tmp), [str(keypair[1])], str(fleet_key))
     # drift limits far above the tiny model's noise (its reference profile has 29 images), below a real shift
-    settings["telemetry"] = {
-        "window_seconds": WINDOW,
-        "max_summary_bytes": 65536,
-        "evaluate_seconds": 0.0,
-        "retrain_windows": 3,
-        "retrain_max_psi": 3.0,
-        "retrain_max_js": 1.0,
-    }
-    srv = Server(settings)
-    settings["public_url"] = srv.url
-    srv.start()
-    engine = db.engine_for(settings["database"])
-    with engine.begin() as conn:
-        admin = create_token(conn, "admin", "admin")
+    telemetry = {"window_seconds": WINDOW, "evaluate_seconds": 0.0, "retrain_windows": 3, "retrain_max_psi": 3.0,
+                 "retrain_max_js": 1.0}  # fmt: skip
+    srv, settings, engine, admin, _ = start_registry(tmp, keypair[1], telemetry, database=db_url(request.param, tmp))
+    fleet_pub = tmp / "fleet.pub"
 
     def device_token(device_id: str) -> str:
         """A token bound to one device (what `factory device enroll` gives a device)."""

@@ -91,7 +91,8 @@ def _capture_round(client, fleet, pool: list[np.ndarray], truth: list[str], poli
             if kept >= policy["max_per_device_per_day"]:
                 break  # the device keeps the plan's daily cap itself, as the agent's Capturer does
             o = outcomes[j]
-            if capture_reason(policy, o["confidence"], None, float(rng.random())) is None:
+            reason = capture_reason(policy, o["confidence"], None, float(rng.random()))
+            if reason is None:
                 counts["not_kept"] += 1
                 continue
             ok, buf = cv2.imencode(".jpg", _dark(pool[j]), [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -101,7 +102,7 @@ def _capture_round(client, fleet, pool: list[np.ndarray], truth: list[str], poli
                 "device_id": d.device_id,
                 "rollout": a["rollout"],
                 "release": {"name": rel.name, "version": rel.version, "target": rel.target},
-                "reason": capture_reason(policy, o["confidence"], None, 0.0) or "random",
+                "reason": reason,
                 "output": {"label": rel.labels[o["cls"]], "confidence": round(o["confidence"], 4)},
                 "image": base64.b64encode(buf.tobytes()).decode(),
                 "simulated": True,

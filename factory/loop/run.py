@@ -168,7 +168,8 @@ def run_loop(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    name = load_manifest(dataset).name
+    version_manifest = load_manifest(dataset)
+    name = version_manifest.name
     card_name = read_json(Path(canonical) / "model_card.json")["name"]
     triggers = open_triggers(client, card_name)
     trigger = next((t for t in triggers if t["id"] == trigger_id), None) if trigger_id else (triggers or [None])[0]
@@ -177,7 +178,7 @@ def run_loop(
     summary: dict = {"trigger": trigger, "dataset": str(dataset), "steps": []}
     started = time.perf_counter()
     _audit(client, "loop.start", {"trigger_id": trigger and trigger["id"], "dataset": name,
-                                  "dataset_hash": load_manifest(dataset).dataset_hash})  # fmt: skip
+                                  "dataset_hash": version_manifest.dataset_hash})  # fmt: skip
     progress.info(f"loop: retraining {card_name} on {name} (warm start from {canonical})")
     model = retrain(Path(canonical), Path(dataset), out / "model", epochs=epochs)
     run_id = model.card["lineage"]["mlflow"]["run_id"]
@@ -217,9 +218,9 @@ def run_loop(
         "release": f"{card_name}/{version}",
         "mlflow_run": run_id,
         "dataset": str(dataset),
-        "dataset_hash": load_manifest(dataset).dataset_hash,
-        "parent_dataset_hash": (load_manifest(dataset).source.get("parent") or {}).get("dataset_hash"),
-        "capture_set": load_manifest(dataset).source.get("capture_set"),
+        "dataset_hash": version_manifest.dataset_hash,
+        "parent_dataset_hash": (version_manifest.source.get("parent") or {}).get("dataset_hash"),
+        "capture_set": version_manifest.source.get("capture_set"),
         "git": model.card["lineage"].get("git"),
         "rollout": rollout["name"],
     }

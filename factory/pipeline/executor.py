@@ -53,20 +53,9 @@ def _facts() -> dict:
 
 
 class LocalExecutor:
-    """Everything in this process, one task after the other."""
+    """Everything in this process: the search runs its own loop (with its time budget and progress bar)."""
 
     name = "local"
-
-    def map(
-        self, fn: Callable, items: list[tuple], *, resources: dict | None = None, what: str = "task"
-    ) -> list[Outcome]:
-        out = []
-        for args in items:
-            try:
-                out.append(Outcome(fn(*args), node=None))
-            except Exception as exc:  # noqa: BLE001 - the caller decides what a failed task means
-                out.append(Outcome(error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"))
-        return out
 
     def close(self) -> None:
         pass

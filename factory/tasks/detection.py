@@ -95,7 +95,7 @@ def decode(
     for b in range(len(maps)):
         c, y, x = np.nonzero(keep[b])
         scores = heat[b, c, y, x]
-        top = np.argsort(-scores, kind="stable")[: max(max_detections * 2, max_detections)]
+        top = np.argsort(-scores, kind="stable")[: 2 * max_detections]  # NMS drops some
         c, y, x, scores = c[top], y[top], x[top], scores[top]
         cx = (x + maps[b, classes, y, x]) / gw
         cy = (y + maps[b, classes + 1, y, x]) / gh
