@@ -351,11 +351,10 @@ def _search(
     from .executor import get_executor
     from .search import load_search_config, search, search_markdown
 
-    executor = get_executor(executor_name, ray_address)
-
     config = load_search_config(search_config) if search_config else None
     ctx = load_context(model_dir, data)
     profiles = {t: load_target(t, targets_dir) for t in targets}
+    executor = get_executor(executor_name, ray_address)  # after the inputs are checked: joining a cluster waits
     results = []
     for t in targets:
 

@@ -88,7 +88,14 @@ class RayExecutor:
             # a cluster on loopback: this driver must say it is there too, or Ray looks for the head at the
             # host's own address (where nothing listens)
             local = {"_node_ip_address": "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {}
-            ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False, **local)
+            try:
+                ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False, **local)
+            except (ConnectionError, RuntimeError) as exc:
+                raise InputError(
+                    f"cannot join the Ray cluster at {address or 'auto'}: {str(exc).splitlines()[0][:300]}",
+                    hint="start it (ray start --head) or pass its head as --ray-address HOST:PORT; with token "
+                    "authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN before running the factory",
+                ) from None
         self._remote = ray.remote(max_retries=retries, retry_exceptions=False)(_run_with_facts)
 
     def nodes(self, resource: str | None = None) -> list[dict]:
