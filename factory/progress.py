@@ -8,7 +8,7 @@ from typing import Iterator
 
 import click
 
-__all__ = ["set_enabled", "bar", "info"]
+__all__ = ["set_enabled", "enabled", "bar", "info"]
 
 _enabled = True
 
@@ -17,6 +17,11 @@ def set_enabled(value: bool) -> None:
     """Show (True) or hide (``factory -q``) progress output."""
     global _enabled
     _enabled = value
+
+
+def enabled() -> bool:
+    """Is progress output shown?"""
+    return _enabled
 
 
 class _Bar:

@@ -24,8 +24,22 @@ __all__ = ["train_cmd"]
     type=click.Choice(["classification", "detection", "document-localisation"]),
     help="What the model is for (same as --set model.task=...; default: the config's, else classification).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Data-parallel training processes on this machine (PyTorch DDP over gloo, started by torchrun's "
+    "launcher); same as --set distributed.workers=N [default: the config's, else 1]. Not train.workers, "
+    "which is the DataLoader's augmentation processes of each.",
+)
 @click.option("--list-architectures", is_flag=True, help="List the architectures that can be trained, then exit.")
-def train_cmd(config_path: str | None, overrides: tuple[str, ...], task: str | None, list_architectures: bool) -> None:
+def train_cmd(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    task: str | None,
+    workers: int | None,
+    list_architectures: bool,
+) -> None:
     """Train a model for its task and write the canonical model directory.
 
     Tasks: classification (a class per image), detection (boxes of several classes per frame; a
@@ -45,9 +59,16 @@ def train_cmd(config_path: str | None, overrides: tuple[str, ...], task: str | N
     Runs are tracked in MLflow (default: SQLite store in ./mlruns; MLFLOW_TRACKING_URI overrides).
     Pretrained weights are only ever read from a local file (model.pretrained); nothing is downloaded.
 
+    With --workers N, N processes train one model together (DDP): each takes its slice of the same
+    global batches (train.batch_size is the global batch), gradients are averaged, and the first
+    process validates, logs the one MLflow run and writes the directory. A seed and N reproduce
+    themselves exactly; N workers differ from one only by BatchNorm statistics per worker and
+    dropout masks (see the README's "Training on several workers" for the measured tolerance).
+
     \b
     Examples:
       factory train --config configs/train.yaml --set train.epochs=5
+      factory train --config configs/train.yaml --workers 2
       factory train --config configs/train.yaml --task detection --set data.manifest=data/frames/dataset.json \\
           --set 'model.image_size=[128,160]' --set output.dir=models/doc-detector
     """
@@ -63,7 +84,8 @@ def train_cmd(config_path: str | None, overrides: tuple[str, ...], task: str | N
     from .loop import train
     from .schema import TRAIN_SCHEMA
 
-    cfg = load_config(config_path, TRAIN_SCHEMA, (*overrides, *([f"model.task={task}"] if task else [])))
+    extra = [*([f"model.task={task}"] if task else []), *([f"distributed.workers={workers}"] if workers else [])]
+    cfg = load_config(config_path, TRAIN_SCHEMA, (*overrides, *extra))
     model = train(cfg, config_path=config_path)
     card = model.card
     test = card["metrics"]["test"]

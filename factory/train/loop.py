@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -15,7 +16,7 @@ from .. import __version__, progress
 from .._io import atomic_dir, sha256_file, write_json
 from ..config import config_hash
 from ..data.manifest import load_manifest
-from ..errors import DataError, ExportError
+from ..errors import DataError, ExportError, UnknownNameError
 from ..lineage import git_revision, package_versions
 from ..preprocess import input_spec, make_spec, preprocess
 from ..stats import image_stats
@@ -31,6 +32,7 @@ from .canonical import (
     export_onnx,
     onnx_logits,
 )
+from .distributed import SINGLE, Ranks, epoch_batches
 from .evaluate import classification_metrics, plot_confusion, reference_profile
 from .models import create_model, set_bn_momentum
 
@@ -92,6 +94,7 @@ def fit(
     teacher=None,
     distill_weight: float = 0.7,
     temperature: float = 2.0,
+    ranks: Ranks = SINGLE,
 ) -> dict:
     """Train with the configured schedule; keep the best epoch by validation top-1 (then loss).
 
@@ -113,27 +116,21 @@ def fit(
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
     if teacher is not None:
         teacher.eval()
+    net = ranks.wrap(model)
     best = {"top1": -1.0, "loss": math.inf, "epoch": -1, "state": None}
     stale, history = 0, []
     for epoch in range(t["epochs"]):
         started = time.perf_counter()
         train_ds.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(t["seed"] * 1000 + epoch)
-        loader = DataLoader(
-            train_ds,
-            batch_size=t["batch_size"],
-            shuffle=True,
-            generator=gen,
-            num_workers=t["workers"],
-            drop_last=len(train_ds) > t["batch_size"],
-        )
+        batches = epoch_batches(len(train_ds), t["batch_size"], t["seed"], epoch)
+        loader = DataLoader(train_ds, batch_sampler=[ranks.part(b) for b in batches], num_workers=t["workers"])
         model.train()
         seen, correct, loss_sum = 0, 0, 0.0
         with progress.bar(f"epoch {epoch + 1}/{t['epochs']}", len(loader)) as tick:
             for step, (x, y) in enumerate(loader):
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(epoch, step, len(loader), cfg)
-                out = model(x)
+                out = net(x)
                 loss = loss_fn(out, y)
                 if teacher is not None:
                     with torch.no_grad():
@@ -141,12 +138,17 @@ def fit(
                     kd = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean") * temperature**2
                     loss = (1 - distill_weight) * loss + distill_weight * kd
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * ranks.scale(batches[step])).backward()
                 opt.step()
                 seen += len(y)
                 correct += int((out.argmax(1) == y).sum())
                 loss_sum += loss.detach().item() * len(y)
                 tick(1)
+        seen, correct, loss_sum = ranks.total(seen, correct, loss_sum)
+        if not ranks.main:
+            if ranks.agree(False):
+                break
+            continue
         model.eval()
         val_logits = predict_logits(model, val_images, spec)
         val_loss = float(loss_fn(torch.from_numpy(val_logits), torch.as_tensor(val_labels)))
@@ -173,9 +175,12 @@ def fit(
             stale = 0
         else:
             stale += 1
-            if t["early_stopping"]["patience"] and stale >= t["early_stopping"]["patience"]:
-                progress.info(f"early stopping: no val improvement for {stale} epochs (best epoch {best['epoch']})")
-                break
+        stop = bool(t["early_stopping"]["patience"]) and stale >= t["early_stopping"]["patience"]
+        if ranks.agree(stop):
+            progress.info(f"early stopping: no val improvement for {stale} epochs (best epoch {best['epoch']})")
+            break
+    if not ranks.main:
+        return None
     model.load_state_dict(best["state"])
     return {"best_epoch": best["epoch"], "epochs_run": len(history), "best_val_top1": best["top1"], "history": history}
 
@@ -233,21 +238,21 @@ def _reference_images(data) -> tuple[list, str]:
     return data.images["val"], "val"
 
 
-def _make_threads(t: dict) -> None:
+def _make_threads(t: dict, ranks: Ranks = SINGLE) -> None:
     import torch
 
-    # One torch thread per core not used by augmentation workers: on a 2-core machine an
-    # oversubscribed OpenMP pool trains 5-10x slower (measured), so never exceed the cores.
-    torch.set_num_threads(t["threads"] or max(1, (os.cpu_count() or 1) - t["workers"]))
+    # One torch thread per core not used by augmentation workers (the cores shared among the training
+    # workers): on a 2-core machine an oversubscribed OpenMP pool trains 5-10x slower (measured).
+    torch.set_num_threads(t["threads"] or max(1, (os.cpu_count() or 1) // ranks.world - t["workers"]))
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _make_model(cfg: dict, n_classes: int):
+def _make_model(cfg: dict, n_classes: int, ranks: Ranks = SINGLE):
     import torch
 
     t, m = cfg["train"], cfg["model"]
     torch.manual_seed(t["seed"])
-    _make_threads(t)
+    _make_threads(t, ranks)
     model = create_model(m["architecture"], n_classes, m["pretrained"])  # unknown names fail before data loading
     set_bn_momentum(model, t["bn_momentum"])
     return model
@@ -360,7 +365,7 @@ def _card(
         "metrics": {
             "test": test,
             "val": {"top1": round(fitted["best_val_top1"], 6), "n": len(data.labels["val"])},
-            "training": {k: fitted[k] for k in ("best_epoch", "epochs_run")} | {"seconds": round(train_seconds, 1)},
+            "training": {k: fitted[k] for k in ("best_epoch", "epochs_run")} | _training_facts(cfg, train_seconds),
         },
         "onnx_parity": {"n": parity[1], "max_abs_diff": parity[0], "tolerance": cfg["eval"]["parity_tolerance"]},
         "history": fitted["history"],
@@ -369,51 +374,87 @@ def _card(
     }
 
 
-def train(cfg: dict, *, config_path: str | None = None) -> CanonicalModel:
-    """Train, evaluate and export the canonical model directory; one MLflow run with everything."""
+def _training_facts(cfg: dict, seconds: float) -> dict:
+    """How the model was trained, for its card: wall time and the data-parallel workers."""
+    return {"seconds": round(seconds, 1), "workers": cfg["distributed"]["workers"],
+            "backend": "gloo" if cfg["distributed"]["workers"] > 1 else None}  # fmt: skip
+
+
+def _precheck(cfg: dict, task) -> None:
+    """What would stop every training worker, checked once before any is started."""
+    from .distributed import check_split
+    from .models import list_models
+
+    if task.name == "classification":
+        manifest = _checked_manifest(cfg)
+    else:
+        manifest = load_manifest(cfg["data"]["manifest"])
+    if cfg["model"]["architecture"] not in list_models():
+        raise UnknownNameError("architecture", cfg["model"]["architecture"], list_models(),
+                               hint="set model.architecture in the training config")  # fmt: skip
+    check_split(len(manifest.subset("train")), cfg["train"]["batch_size"], cfg["distributed"]["workers"])
+
+
+@contextlib.contextmanager
+def tracked_run(cfg: dict, manifest, ranks: Ranks, tags: dict):
+    """The training's one MLflow run (rank 0 only: the other workers log nothing) with the config as
+    parameters; yields ``(run or None, log_metrics)``."""
+    if not ranks.main:
+        yield None, lambda row, step: None
+        return
+    import mlflow
+
+    from .tracking import setup_experiment
+
+    m = cfg["model"]
+    setup_experiment(cfg["tracking"]["experiment"])
+    with mlflow.start_run(run_name=f"train-{m['name']}-{m['architecture']}") as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg).items()})
+        mlflow.set_tags(
+            {"factory.stage": "train", "factory.dataset_hash": manifest.dataset_hash, "factory.dataset": manifest.name,
+             "factory.config_hash": config_hash(cfg), "factory.workers": str(ranks.world)} | tags
+        )  # fmt: skip
+        mlflow.log_dict(cfg, "config.json")
+        yield run, lambda row, step: mlflow.log_metrics(row, step=step)
+
+
+def train(cfg: dict, *, config_path: str | None = None, ranks: Ranks | None = None) -> CanonicalModel | None:
+    """Train, evaluate and export the canonical model directory; one MLflow run with everything.
+
+    With ``distributed.workers`` above 1, the training runs on that many processes (:mod:`.distributed`);
+    each calls this again with its ``ranks``, and only rank 0 returns the model (the others: None)."""
     import mlflow
     import torch
 
     from ..tasks import get_task
     from .data import ImageDataset
-    from .tracking import setup_experiment
 
+    workers = cfg["distributed"]["workers"]
     task = get_task(cfg["model"]["task"])
+    if ranks is None and workers > 1:
+        _precheck(cfg, task)
+        from .distributed import launch
+
+        return launch(cfg, config_path)
+    ranks = ranks or SINGLE
     if task.name != "classification":
         from .spatial import train_spatial
 
-        return train_spatial(cfg, task, config_path=config_path)
+        return train_spatial(cfg, task, config_path=config_path, ranks=ranks)
     m = cfg["model"]
     manifest = _checked_manifest(cfg)
     classes = manifest.classes
-    model = _make_model(cfg, len(classes))  # an unknown architecture fails before the images are decoded
+    model = _make_model(cfg, len(classes), ranks)  # an unknown architecture fails before the images are decoded
     data = _load_splits(cfg, manifest)
     spec = make_spec(*m["image_size"])
     train_ds = ImageDataset(
         data.images["train"], data.labels["train"], spec, augment_cfg=cfg["augment"], seed=cfg["train"]["seed"]
     )
-    setup_experiment(cfg["tracking"]["experiment"])
     started = time.perf_counter()
-    with mlflow.start_run(run_name=f"train-{m['name']}-{m['architecture']}") as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg).items()})
-        mlflow.set_tags(
-            {
-                "factory.stage": "train",
-                "factory.dataset_hash": data.manifest.dataset_hash,
-                "factory.dataset": data.manifest.name,
-                "factory.config_hash": config_hash(cfg),
-            }
-        )
-        mlflow.log_dict(cfg, "config.json")
-        fitted = fit(
-            model,
-            train_ds,
-            data.images["val"],
-            data.labels["val"],
-            spec,
-            cfg,
-            lambda row, step: mlflow.log_metrics(row, step=step),
-        )
+    with tracked_run(cfg, manifest, ranks, {}) as (run, log_metrics):
+        fitted = fit(model, train_ds, data.images["val"], data.labels["val"], spec, cfg, log_metrics, ranks=ranks)
+        if not ranks.main:
+            return None
         train_seconds = time.perf_counter() - started
         model.eval()
         test = classification_metrics(

@@ -61,6 +61,14 @@ TRAIN_SCHEMA = {
         "threads": Key(int, 0, "torch intra-op threads; 0 = cores minus workers"),
         "workers": Key(int, 1, "DataLoader worker processes for augmentation"),
     },
+    "distributed": {
+        "workers": Key(
+            int,
+            1,
+            "data-parallel training processes (PyTorch DDP, gloo) on this machine; `factory train --workers N` sets it",
+            check=_positive,
+        ),
+    },
     "augment": {
         "perspective": Key(float, 0.06, "corner jitter as a fraction of the image size"),
         "rotate_deg": Key(float, 8.0),

@@ -16,7 +16,6 @@ import numpy as np
 
 from .. import progress
 from .._io import atomic_dir, write_json
-from ..config import config_hash
 from ..data.manifest import load_manifest
 from ..errors import DataError, ModelError
 from ..preprocess import input_spec, make_spec, preprocess
@@ -24,16 +23,18 @@ from ..stats import image_stats
 from ..tasks import Task
 from .canonical import CARD_NAME, CARD_SCHEMA, WEIGHTS_NAME, CanonicalModel, count_macs
 from .data import ImageDataset, augment
+from .distributed import SINGLE, Ranks, epoch_batches
 from .loop import (
-    _flatten,
     _log_onnx_model,
     _lr_at,
     _make_optimizer,
     _make_threads,
     _onnx_checked,
+    _training_facts,
     card_files,
     card_lineage,
     predict_logits,
+    tracked_run,
 )
 
 __all__ = ["task_module", "fit_spatial", "train_spatial"]
@@ -91,8 +92,10 @@ class _SpatialDataset(ImageDataset):
         return torch.from_numpy(preprocess(img, self.spec)[0]), torch.from_numpy(self.task.train_target(target))
 
 
-def fit_spatial(model, task: Task, train_ds, val_images, val_targets, spec, cfg, log_metrics) -> dict:
-    """Train with the configured schedule; keep the epoch with the best validation primary metric."""
+def fit_spatial(model, task: Task, train_ds, val_images, val_targets, spec, cfg, log_metrics,
+                ranks: Ranks = SINGLE) -> dict | None:  # fmt: skip
+    """Train with the configured schedule; keep the epoch with the best validation primary metric (on
+    several workers: as :func:`.loop.fit` does)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -103,25 +106,28 @@ def fit_spatial(model, task: Task, train_ds, val_images, val_targets, spec, cfg,
     sign = -1.0 if task.higher_is_better else 1.0  # the best epoch has the lowest sign * metric
     best = {"value": math.inf, "epoch": -1, "state": None}
     history = []
+    net = ranks.wrap(model)
     for epoch in range(t["epochs"]):
         started = time.perf_counter()
         train_ds.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(t["seed"] * 1000 + epoch)
-        loader = DataLoader(train_ds, batch_size=t["batch_size"], shuffle=True, generator=gen, num_workers=t["workers"],
-                            drop_last=len(train_ds) > t["batch_size"])  # fmt: skip
+        batches = epoch_batches(len(train_ds), t["batch_size"], t["seed"], epoch)
+        loader = DataLoader(train_ds, batch_sampler=[ranks.part(b) for b in batches], num_workers=t["workers"])
         model.train()
         seen, loss_sum = 0, 0.0
         with progress.bar(f"epoch {epoch + 1}/{t['epochs']}", len(loader)) as tick:
             for step, (x, y) in enumerate(loader):
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(epoch, step, len(loader), cfg)
-                loss = loss_fn(model(x), y)
+                loss = loss_fn(net(x), y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * ranks.scale(batches[step])).backward()
                 opt.step()
                 seen += len(y)
                 loss_sum += loss.detach().item() * len(y)
                 tick(1)
+        seen, loss_sum = ranks.total(seen, loss_sum)
+        if not ranks.main:
+            continue
         model.eval()
         val = task.metrics(predict_logits(model, val_images, spec), val_targets)
         row = {"train_loss": loss_sum / seen, **{f"val_{k}": v for k, v in val.items() if isinstance(v, float)},
@@ -134,6 +140,8 @@ def fit_spatial(model, task: Task, train_ds, val_images, val_targets, spec, cfg,
         )
         if sign * val[task.primary] < best["value"]:
             best.update(value=sign * val[task.primary], epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
+    if not ranks.main:
+        return None
     model.load_state_dict(best["state"])
     return {
         "best_epoch": best["epoch"],
@@ -143,14 +151,14 @@ def fit_spatial(model, task: Task, train_ds, val_images, val_targets, spec, cfg,
     }
 
 
-def train_spatial(cfg: dict, task: Task, *, config_path: str | None = None) -> CanonicalModel:
+def train_spatial(cfg: dict, task: Task, *, config_path: str | None = None,
+                  ranks: Ranks = SINGLE) -> CanonicalModel | None:  # fmt: skip
     """Train, evaluate and export a localisation or detection model into a canonical model directory
-    (one MLflow run)."""
+    (one MLflow run; on several workers, rank 0 writes it and the others return None)."""
     import mlflow
     import torch
 
     from .models import set_bn_momentum
-    from .tracking import setup_experiment
 
     m, t = cfg["model"], cfg["train"]
     manifest = load_manifest(cfg["data"]["manifest"])
@@ -160,7 +168,7 @@ def train_spatial(cfg: dict, task: Task, *, config_path: str | None = None) -> C
     if not all(splits.values()):
         raise DataError(f"dataset {manifest.name!r} needs images in train, val and test")
     targets = {s: task.targets(recs, manifest.classes) for s, recs in splits.items()}
-    _make_threads(t)
+    _make_threads(t, ranks)
     torch.manual_seed(t["seed"])
     h, w = m["image_size"]
     model = task_module(m["architecture"], task, (h, w), m["pretrained"])
@@ -174,14 +182,11 @@ def train_spatial(cfg: dict, task: Task, *, config_path: str | None = None) -> C
     spec = make_spec(h, w)
     train_ds = _SpatialDataset(images["train"], targets["train"], spec, task=task, augment_cfg=cfg["augment"],
                                seed=t["seed"])  # fmt: skip
-    setup_experiment(cfg["tracking"]["experiment"])
     started = time.perf_counter()
-    with mlflow.start_run(run_name=f"train-{m['name']}-{m['architecture']}") as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg).items()})
-        tags = {"factory.stage": "train", "factory.task": task.name, "factory.dataset_hash": manifest.dataset_hash}
-        mlflow.set_tags(tags | {"factory.config_hash": config_hash(cfg)})
-        fitted = fit_spatial(model, task, train_ds, images["val"], targets["val"], spec, cfg,
-                             lambda row, step: mlflow.log_metrics(row, step=step))  # fmt: skip
+    with tracked_run(cfg, manifest, ranks, {"factory.task": task.name}) as (run, log_metrics):
+        fitted = fit_spatial(model, task, train_ds, images["val"], targets["val"], spec, cfg, log_metrics, ranks)
+        if not ranks.main:
+            return None
         seconds = time.perf_counter() - started
         model.eval()
         test = task.metrics(predict_logits(model, images["test"], spec), targets["test"])
@@ -208,7 +213,7 @@ def train_spatial(cfg: dict, task: Task, *, config_path: str | None = None) -> C
                 "metrics": {
                     "test": test,
                     "val": {task.primary: fitted["best_val"], "n": len(images["val"])},
-                    "training": {k: fitted[k] for k in ("best_epoch", "epochs_run")} | {"seconds": round(seconds, 1)},
+                    "training": {k: fitted[k] for k in ("best_epoch", "epochs_run")} | _training_facts(cfg, seconds),
                 },
                 "onnx_parity": {
                     "n": parity[1],
