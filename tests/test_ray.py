@@ -108,6 +108,33 @@ def test_a_search_through_ray_gives_the_same_keys_manifests_and_winner(
     assert _manifests(tmp_path / "local") == _manifests(tmp_path / "ray")  # same files, same parity
 
 
+def _bundle_files(out: Path) -> dict:
+    found = {}
+    for m in sorted(out.rglob("manifest.json")):
+        d = json.loads(m.read_text())
+        found[d["target"]] = ({f: v["sha256"] for f, v in d["files"].items()}, d["validation"]["parity"], d["version"])
+    return found
+
+
+def test_several_targets_build_as_ray_tasks_into_the_bundles_a_local_build_writes(
+    cluster, trained, keypair, loose_targets, tmp_path
+):
+    def build(work: Path, *extra):
+        return invoke("build", "--target", "cpu", "--target", "openvino", "--model", str(trained.path), "--key",
+                      str(keypair[0]), "--targets-dir", str(loose_targets), "--out", str(work / "bundles"),
+                      "--cache-dir", str(work / "cache"), "--no-track", *extra)  # fmt: skip
+
+    local = build(tmp_path / "local")
+    assert local.exit_code == 0, local.output
+    remote = build(tmp_path / "ray", "--executor", "ray", "--ray-address", cluster["address"])
+    assert remote.exit_code == 0, remote.output
+    assert "2 of 2 target build(s) done on the cluster" in remote.stderr
+    a, b = _bundle_files(tmp_path / "local" / "bundles"), _bundle_files(tmp_path / "ray" / "bundles")
+    assert set(a) == {"cpu", "openvino"} and a == b  # same files, same parity, same version
+    assert len(list((tmp_path / "ray" / "bundles").rglob("*.tar.gz"))) == 2  # published (packed) here
+    assert not list((tmp_path / "ray" / "cache" / "staging").iterdir())  # staging folders cleaned up
+
+
 def test_the_benchmark_runs_on_the_device_class_node(cluster, trained, keypair, loose_targets, tmp_path):
     targets = _targets(tmp_path / "t", loose_targets, device_class="rpi4")
     r = _search(trained, keypair, targets, tmp_path / "w", "--executor", "ray", "--ray-address", cluster["address"])

@@ -197,8 +197,9 @@ def _write_reports(results, report_dir) -> None:
     "--executor",
     default=None,
     type=click.Choice(["local", "ray"]),
-    help="With --search: build candidates in this process (default) or as Ray tasks; a profile's device_class "
-    "then measures on a node with the resource device:<class> [default: ray when $FACTORY_RAY_ADDRESS is set].",
+    help="Build in this process (default) or as Ray tasks: each --target (or, with --search, each candidate) is "
+    "a task, and a profile's device_class measures the search on a node with the resource device:<class>; "
+    "--cache-dir must be a folder every node mounts [default: ray when $FACTORY_RAY_ADDRESS is set].",
 )
 @click.option(
     "--ray-address", default=None, help="With --executor ray: the cluster's head (host:port) [default: auto]."
@@ -286,6 +287,20 @@ def build_cmd(
         extra += [f"recipe.pruning.method={method}", f"recipe.pruning.ratio={ratio or 0}"]
     ctx = load_context(model_dir, data)
     profiles = {t: load_target(t, targets_dir, tuple(extra)) for t in targets}  # bad names and profiles stop here
+    from .executor import get_executor
+
+    pool = get_executor(executor, ray_address)  # after the inputs are checked: joining a cluster waits
+    if pool.name != "local":
+        from .cluster import build_on
+
+        try:
+            results = build_on(pool, ctx, profiles, model_dir=model_dir, key_path=key_path, data=data,
+                               out_root=out_root, version=version, targets_dir=targets_dir, overrides=tuple(extra),
+                               cache_dir=cache_dir, track=not no_track)  # fmt: skip
+        finally:
+            pool.close()
+        _report_built(results, report_dir)
+        return
 
     def one(t: str):
         return build(
@@ -302,7 +317,13 @@ def build_cmd(
             context=ctx,
         )
 
-    results = [isolated(t, profiles[t]["backend"], lambda t=t: one(t)) for t in targets]
+    _report_built([isolated(t, profiles[t]["backend"], lambda t=t: one(t)) for t in targets], report_dir)
+
+
+def _report_built(results, report_dir) -> None:
+    """The table, where each bundle went, the reports; exit 1 when a target failed."""
+    from .build import Failure
+
     _write_reports(results, report_dir)
     click.echo(build_table(results))
     for r in results:

@@ -1,0 +1,85 @@
+"""Several targets built at once as tasks of a Ray executor (``factory build --target A --target B --executor ray``).
+
+Each worker loads the canonical model, builds and signs its target's bundle into a staging folder of the
+shared cache (``--cache-dir``, a filesystem every node mounts, as for a search), and returns where. This
+process then publishes the bundles one by one, exactly as an in-process build does (final folder,
+archive, MLflow run and registered version): the registry and MLflow see one writer, and the bundles
+are the ones an in-process build writes (the same files; latency probed on the worker's host, which
+the manifest records).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+from .. import progress
+from ..bundle.manifest import bundle_dir, resolve_version
+from ..bundle.signing import load_private_key
+from ..errors import InputError
+from .build import BuildContext, Failure, check_resolvable, isolated, load_context, make_bundle
+from .publish import publish
+
+__all__ = ["build_on", "stage_remote", "absolute"]
+
+
+def absolute(path) -> str | None:
+    """A path every node can open the same way (workers do not share this process's working folder)."""
+    return str(Path(path).resolve()) if path else None
+
+
+def stage_remote(spec: dict) -> dict:
+    """On a worker: build and sign one target's bundle into ``spec["staging"]``; a failure is returned with
+    its stage (a bad input still raises: it is no target's fault)."""
+    from ..export.targets import load_target
+
+    target = spec["target"]
+    try:
+        ctx = load_context(spec["model_dir"], spec["data"])
+        profile = load_target(target, spec["targets_dir"], tuple(spec["overrides"]))
+        make_bundle(ctx, profile, Path(spec["staging"]), load_private_key(spec["key_path"]), spec["version"],
+                    Path(spec["cache_dir"]))  # fmt: skip
+        return {"staging": spec["staging"]}
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded with its stage, as an in-process build records it
+        return {"failure": Failure.of(target, spec.get("backend"), exc).to_dict()}
+
+
+def build_on(executor, ctx: BuildContext, profiles: dict, *, model_dir, key_path, data, out_root, version,
+             targets_dir, overrides, cache_dir, track) -> list:  # fmt: skip
+    """Every target of ``profiles`` as a task of ``executor``; then each bundle published here. Returns a
+    BuildResult or a Failure per target, in order."""
+    from ..export.targets import targets_dir as profiles_folder
+
+    card = ctx.canonical.card
+    version = resolve_version(Path(out_root), card["name"], card["files"]["weights"]["sha256"], version)
+    key = load_private_key(key_path)
+    staging = Path(cache_dir).resolve() / "staging"
+    common = {"model_dir": absolute(model_dir or ctx.canonical.path), "data": absolute(data),
+              "targets_dir": absolute(profiles_folder(targets_dir)), "overrides": list(overrides),
+              "key_path": absolute(key_path), "version": version, "cache_dir": absolute(cache_dir)}  # fmt: skip
+    specs, results = [], {}
+    for t, profile in profiles.items():
+        checked = isolated(t, profile["backend"], lambda p=profile: check_resolvable(ctx, p))
+        if isinstance(checked, Failure):
+            results[t] = checked
+            continue
+        specs.append(common | {"target": t, "backend": profile["backend"],
+                               "staging": str(staging / f"{t}-{uuid.uuid4().hex[:12]}")})  # fmt: skip
+    progress.info(f"building {len(specs)} target(s) as {executor.name} tasks")
+    for spec, o in zip(specs, executor.map(stage_remote, [(s,) for s in specs], what="target build"), strict=True):
+        t, backend = spec["target"], spec["backend"]
+        if o.error:
+            results[t] = Failure(t, backend, "cluster", None, o.error, "see the Ray worker's log; --executor local "
+                                 "builds in this process")  # fmt: skip
+        elif "failure" in o.value:
+            results[t] = Failure(**{k: v for k, v in o.value["failure"].items() if k != "passed"})
+        else:
+            dest = bundle_dir(Path(out_root), card["name"], version, profiles[t]["name"])
+            results[t] = isolated(
+                t, backend, lambda s=o.value["staging"], d=dest: publish(Path(s), d, key, track=track)
+            )
+        shutil.rmtree(spec["staging"], ignore_errors=True)
+    return [results[t] for t in profiles]
