@@ -36,6 +36,18 @@ def _ray(*args, env) -> str:
     return done.stdout
 
 
+def _start_worker(head_port: int, worker_port: int, env) -> None:
+    """A worker node of 1 CPU that carries ``device:rpi4``, found again by its node-manager port."""
+    _ray("start", f"--address=127.0.0.1:{head_port}", f"--node-manager-port={worker_port}", "--num-cpus=1",
+         "--node-ip-address=127.0.0.1", "--disable-usage-stats", '--resources={"device:rpi4": 1}', env=env)  # fmt: skip
+
+
+def _kill_node(worker_port: int) -> None:
+    for pid in subprocess.run(["pgrep", "-f", f"node_manager_port={worker_port}"], capture_output=True,
+                              text=True).stdout.split():  # fmt: skip
+        os.kill(int(pid), signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A head (no device) and one worker node with ``device:rpi4``, loopback only, token auth."""
@@ -44,12 +56,11 @@ def cluster():
     port, worker_port = free_port(), free_port()
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     _ray("start", "--head", f"--port={port}", "--include-dashboard=false", *common, env=env)
-    _ray("start", f"--address=127.0.0.1:{port}", f"--node-manager-port={worker_port}", *common,
-         '--resources={"device:rpi4": 1}', env=env)  # fmt: skip
+    _start_worker(port, worker_port, env)
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ.update({k: env[k] for k in saved})  # this process is the driver: it needs the token too
     try:
-        yield {"address": f"127.0.0.1:{port}", "worker_port": worker_port, "env": env}
+        yield {"address": f"127.0.0.1:{port}", "port": port, "worker_port": worker_port, "env": env}
     finally:
         import ray
 
@@ -161,10 +172,7 @@ def test_a_device_node_that_dies_mid_benchmark_fails_the_search_and_never_hangs(
 
     def kill_the_board():
         time.sleep(6)  # while it measures (after the builds)
-        pids = subprocess.run(["pgrep", "-f", f"node_manager_port={cluster['worker_port']}"], capture_output=True,
-                              text=True).stdout.split()  # fmt: skip
-        for pid in pids:
-            os.kill(int(pid), signal.SIGKILL)
+        _kill_node(cluster["worker_port"])
 
     killer = threading.Thread(target=kill_the_board)
     started = time.monotonic()
@@ -179,3 +187,39 @@ def test_a_device_node_that_dies_mid_benchmark_fails_the_search_and_never_hangs(
     assert time.monotonic() - started < 150  # failed in bounded time
     assert r.exit_code == 1, r.output
     assert "benchmark on a rpi4 node failed" in r.output
+
+
+def test_a_worker_node_killed_while_it_builds_has_its_candidates_retried_and_recorded(
+    cluster, trained, keypair, loose_targets, tmp_path
+):
+    """Both nodes build (1 CPU each); the worker is killed as soon as a build starts: its candidate is retried on
+    the head, the search completes, and the report says which live node built each candidate."""
+    import ray
+
+    port = free_port()  # a fresh worker node (the test before killed the first one)
+    _start_worker(cluster["port"], port, cluster["env"])
+    targets = _targets(tmp_path / "t", loose_targets)
+    cache = tmp_path / "w" / "cache"
+
+    def kill_when_building():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(cache.rglob("*.partial")):
+            time.sleep(0.05)
+        _kill_node(port)
+
+    killer = threading.Thread(target=kill_when_building)
+    started = time.monotonic()
+    killer.start()
+    try:
+        r = _search(trained, keypair, targets, tmp_path / "w", "--executor", "ray", "--ray-address",
+                    cluster["address"])  # fmt: skip
+    finally:
+        killer.join()
+    assert time.monotonic() - started < 240
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "w" / "search" / "edge" / "search.json").read_text())
+    ray.init(address=cluster["address"], ignore_reinit_error=True, logging_level="ERROR", _node_ip_address="127.0.0.1")
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    built = [c for c in summary["candidates"] if c.get("built_on")]
+    assert len(built) == len(SPACE["recipe.precision"]) and all(c["status"] != "failed" for c in built)
+    assert {c["built_on"] for c in built} <= alive  # the killed node's work was redone on a live one

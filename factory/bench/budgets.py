@@ -151,22 +151,11 @@ def check_budgets(
 
 def parity_evidence(parity: dict) -> dict:
     """The accuracy evidence of a parity report, as :func:`check_budgets` takes it (by the task's figures)."""
-    if "corner_error_increase_pct" in parity:
-        return {"metric_interval": ("corner_error_increase", parity["corner_error_increase_pct"],
-                                    parity["increase_interval_pct"], "max_corner_error_increase_pct",
-                                    " pt of the diagonal", "corner-error increase")}  # fmt: skip
-    if "map50_drop_pt" in parity:
-        drop = parity["map50_drop_pt"]
-        return {
-            "metric_interval": (
-                "map50_drop",
-                drop,
-                parity["drop_interval_pt"],
-                "max_map_drop_pt",
-                " pt",
-                "mAP@0.5 drop",
-            )
-        }
+    from ..tasks import quality_of
+
+    q = quality_of(parity)
+    if q.interval:
+        return {"metric_interval": (q.check, parity[q.loss], parity[q.interval], q.budget, q.unit, q.words)}
     n = parity["n"]
     return {"paired": (parity["lost"], parity["gained"], n), "agreement": (n - parity["disagreements"], n)}
 
@@ -175,15 +164,10 @@ def task_quality(parity: dict) -> dict:
     """A parity report's headline figure and its loss against the canonical model, whatever the task:
     ``{"name", "value", "loss", "check", "words"}`` (loss in points, higher is worse; ``check``: the budget check
     that judges it). Search ranks and plots candidates by this loss."""
-    if "map50_drop_pt" in parity:
-        return {"name": "mAP@0.5", "value": parity["map50"], "loss": parity["map50_drop_pt"], "check": "map50_drop",
-                "words": "mAP@0.5 drop"}  # fmt: skip
-    if "corner_error_increase_pct" in parity:
-        return {"name": "corner error %", "value": parity["corner_error_pct"],
-                "loss": parity["corner_error_increase_pct"], "check": "corner_error_increase",
-                "words": "corner-error increase"}  # fmt: skip
-    return {"name": "top-1", "value": parity["top1"], "loss": parity["accuracy_drop_pt"], "check": "accuracy_drop",
-            "words": "drop"}  # fmt: skip
+    from ..tasks import quality_of
+
+    q = quality_of(parity)
+    return {"name": q.name, "value": parity[q.value], "loss": parity[q.loss], "check": q.check, "words": q.words}
 
 
 def failed(checks: list[Check]) -> list[Check]:

@@ -10,6 +10,7 @@ import numpy as np
 from .. import progress
 from .._io import atomic_dir, atomic_write, read_json, write_json
 from ..errors import InputError
+from ..tasks import quality_of
 
 __all__ = ["REPORT_SCHEMA", "assemble", "markdown", "write_report", "load_report", "save_baseline"]
 
@@ -75,14 +76,12 @@ def markdown(report: dict) -> str:
             else "-"
         )
         vs = acc.get("vs_canonical") or {}
+        q = quality_of(vs)
         drop = (
             f"{acc['drop_pt']:+.2f} [{acc['drop_ci_pt'][0]:+.2f}, {acc['drop_ci_pt'][1]:+.2f}]"
             if "drop_pt" in acc
-            else f"{vs['map50_drop_pt']:+.2f} [{vs['drop_interval_pt'][0]:+.2f}, {vs['drop_interval_pt'][1]:+.2f}]"
-            if "map50_drop_pt" in vs
-            else f"{vs['corner_error_increase_pct']:+.2f} [{vs['increase_interval_pct'][0]:+.2f}, "
-            f"{vs['increase_interval_pct'][1]:+.2f}]"
-            if "corner_error_increase_pct" in vs
+            else f"{vs[q.loss]:+.2f} [{vs[q.interval][0]:+.2f}, {vs[q.interval][1]:+.2f}]"
+            if q.interval and q.loss in vs
             else "-"
         )
         agree = f"{acc['agreement']:.4f}" if "agreement" in acc else "-"

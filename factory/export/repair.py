@@ -97,7 +97,7 @@ def task_judge(task) -> Callable[[np.ndarray, ValidationSet, dict], dict]:
         limit = budgets.get(key)
         return {
             "n": n,
-            "metric": task.loss_words,
+            "metric": task.quality.words,
             "budget": key,
             "drop_pt": round(float(loss), 4),
             "projected_interval_pt": [round(float(lo), 4), round(float(hi), 4)],

@@ -10,13 +10,13 @@ __all__ = ["build_cmd", "build_table"]
 
 
 def _drop(m) -> str:
+    from ..tasks import quality_of
+
     p = m.validation["parity"]
-    if "corner_error_increase_pct" in p:  # document localisation: corner error, in % of the diagonal
-        lo, hi = p["increase_interval_pct"]
-        return f"corner error {p['corner_error_increase_pct']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-    if "map50_drop_pt" in p:  # detection: mAP@0.5, in points
-        lo, hi = p["drop_interval_pt"]
-        return f"{p['map50_drop_pt']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    q = quality_of(p)
+    if q.interval:  # a task with its own metric: the loss and its paired-bootstrap interval
+        lo, hi = p[q.interval]
+        return f"{p[q.loss]:+.2f} [{lo:+.2f}, {hi:+.2f}]"
     check = next((c for c in m.validation["checks"] if c["check"] == "accuracy_drop"), None)
     if check and check.get("interval"):
         lo, hi = check["interval"]

@@ -69,6 +69,7 @@ class Candidate:
     manifest: Manifest | None = None
     latency: dict = field(default_factory=dict)
     checks: list = field(default_factory=list)  # the budget checks, with intervals and verdicts
+    node: str | None = None  # the cluster node that built it (an executor's), else None
 
     @property
     def label(self) -> str:
@@ -246,7 +247,7 @@ def _build_on(executor, plan: SearchPlan, todo: list[Candidate]) -> None:
         if o.error:
             c.status, c.reason = "failed", o.error
             continue
-        c.status, c.folder = o.value["status"], o.value["folder"]
+        c.status, c.folder, c.node = o.value["status"], o.value["folder"], (o.node or {}).get("node_id")
         try:
             c.manifest = Manifest.read(Path(c.folder))
         except BundleError as exc:  # the worker wrote where this process cannot read: not a shared cache
@@ -380,6 +381,8 @@ def _row(c: Candidate, winner, ref, front: set[str]) -> dict:
         "winner": c is winner,
         "reference": c is ref,
     }
+    if c.node:
+        row["built_on"] = c.node
     if c.latency:
         p, a = c.manifest.validation["parity"], c.manifest.artifact
         q = task_quality(p)

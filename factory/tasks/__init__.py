@@ -32,9 +32,9 @@ import importlib
 import pkgutil
 
 from ..errors import UnknownNameError
-from .base import Task
+from .base import Quality, Task
 
-__all__ = ["Task", "register_task", "get_task", "task_names", "DEFAULT_TASK"]
+__all__ = ["Task", "Quality", "register_task", "get_task", "task_names", "quality_of", "DEFAULT_TASK"]
 
 DEFAULT_TASK = "classification"
 _REGISTRY: dict[str, type[Task]] = {}
@@ -73,3 +73,12 @@ def get_task(name: str | None, spec: dict | None = None) -> Task:
     if name not in _REGISTRY:
         raise UnknownNameError("task", name, task_names(), hint="set model.task in the training config")
     return _REGISTRY[name](spec)
+
+
+def quality_of(parity: dict) -> Quality:
+    """The :class:`Quality` of the task whose parity report this is (the task whose loss key it carries)."""
+    _discover()
+    for cls in _REGISTRY.values():
+        if cls.name != DEFAULT_TASK and cls.quality.loss in parity:
+            return cls.quality
+    return _REGISTRY[DEFAULT_TASK].quality

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..stats import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, TASK_HISTOGRAMS, histogram
 
-__all__ = ["Task", "paired_bootstrap"]
+__all__ = ["Task", "Quality", "paired_bootstrap"]
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How a task's :meth:`Task.parity` report states its quality and its loss against the canonical model:
+    the one place that maps a parity report to what budgets, the search, the repair and tables judge."""
+
+    name: str  # the headline figure, for tables: "top-1", "mAP@0.5"
+    value: str  # its key in the parity report
+    loss: str  # the loss's key (points, higher is worse)
+    check: str  # the budget check that judges the loss
+    budget: str  # the profile's budget key that limits it
+    words: str  # what the loss is called: "drop", "mAP@0.5 drop"
+    interval: str | None = None  # the loss's paired-bootstrap interval key (None: judged on paired counts)
+    unit: str = " pt"
 
 
 class Task:
@@ -18,7 +34,7 @@ class Task:
     annotation: str = ""  # what a record must carry: "label" | "quad" | "boxes"
     primary: str = ""  # the metric budgets and gates judge
     higher_is_better: bool = True
-    loss_words: str = "drop"  # what its loss against the canonical model is called ("mAP@0.5 drop"...)
+    quality: Quality  # how its parity report states quality and loss (the subclass sets it)
 
     def __init__(self, spec: dict | None = None):
         self.spec = dict(spec or {})  # the card's (or bundle manifest's) ``output`` block: what the raw tensor holds
@@ -93,8 +109,11 @@ class Task:
 
     def loss_interval(self, parity: dict) -> tuple[float, tuple[float, float], str]:
         """(the loss against the canonical model, its interval, the budget key that limits it) of a
-        :meth:`parity` report: what the int8 repair and the budgets judge for a task with its own metric."""
-        raise NotImplementedError
+        :meth:`parity` report: what the int8 repair judges for a task with its own metric."""
+        q = self.quality
+        if q.interval is None:
+            raise NotImplementedError(f"{self.name} judges its loss on paired counts, not an interval")
+        return parity[q.loss], tuple(parity[q.interval]), q.budget
 
     def summary(self, metrics: dict) -> str:
         """One line of the task's metrics for people (``metrics`` as :meth:`metrics` returns them)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register_task
-from .base import Task
+from .base import Quality, Task
 
 __all__ = ["Classification", "parity_metrics", "softmax"]
 
@@ -51,6 +51,7 @@ class Classification(Task):
     name = "classification"
     annotation = "label"
     primary = "top1"
+    quality = Quality("top-1", "top1", "accuracy_drop_pt", "accuracy_drop", "max_accuracy_drop_pt", "drop")
 
     def output(self, classes, **geometry):
         return {

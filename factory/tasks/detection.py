@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import register_task
-from .base import Task
+from .base import Quality, Task
 
 __all__ = [
     "Detection",
@@ -228,7 +228,8 @@ class Detection(Task):
     name = "detection"
     annotation = "boxes"
     primary = "map50"
-    loss_words = "mAP@0.5 drop"
+    quality = Quality("mAP@0.5", "map50", "map50_drop_pt", "map50_drop", "max_map_drop_pt", "mAP@0.5 drop",
+                      "drop_interval_pt")  # fmt: skip
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -314,9 +315,6 @@ class Detection(Task):
             "canonical_map": round(float(ap_r.mean()), 6),
             "max_abs_diff": float(np.abs(np.asarray(candidate, np.float64) - reference).max()),
         }
-
-    def loss_interval(self, parity):
-        return parity["map50_drop_pt"], tuple(parity["drop_interval_pt"]), "max_map_drop_pt"
 
     def _outcome(self, d: np.ndarray) -> dict:
         areas = ((d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1])).tolist()

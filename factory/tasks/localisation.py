@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import register_task
-from .base import Task, paired_bootstrap
+from .base import Quality, Task, paired_bootstrap
 
 __all__ = ["DocumentLocalisation", "corner_errors", "quad_ious", "rectify", "CORNERS"]
 
@@ -86,7 +86,9 @@ class DocumentLocalisation(Task):
     annotation = "quad"
     primary = "corner_error_pct"
     higher_is_better = False
-    loss_words = "corner-error increase"
+    quality = Quality("corner error %", "corner_error_pct", "corner_error_increase_pct", "corner_error_increase",
+                      "max_corner_error_increase_pct", "corner-error increase", "increase_interval_pct",
+                      " pt of the diagonal")  # fmt: skip
 
     def output(self, classes, **geometry):
         return {
@@ -193,13 +195,6 @@ class DocumentLocalisation(Task):
 
     def train_target(self, target):
         return np.ascontiguousarray(target[:8], np.float32)
-
-    def loss_interval(self, parity):
-        return (
-            parity["corner_error_increase_pct"],
-            tuple(parity["increase_interval_pct"]),
-            "max_corner_error_increase_pct",
-        )
 
     def parity(self, candidate, reference, targets):
         """The candidate's corner error against the canonical model's on the same frames: the mean

@@ -21,7 +21,6 @@ N workers are not bit-identical to one; a given seed and N reproduce themselves 
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 
@@ -153,7 +152,6 @@ def launch(cfg: dict, config_path: str | None):
         local_addr="127.0.0.1",
     )
     progress.info(f"training on {workers} workers (PyTorch DDP, gloo, torchrun's launcher)")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     try:
         results = elastic_launch(config, _entry)(cfg, config_path, not progress.enabled())
     except ChildFailedError as exc:
