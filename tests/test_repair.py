@@ -12,7 +12,7 @@ from tests.conftest import build_args, invoke, write_train_config
 
 def _spiky(num_classes: int):
     """A small CNN whose float function is ordinary but whose second block's output carries one channel
-    500x hotter than the others (multiplied in, divided back out before the next convolution): one
+    2000x hotter than the others (multiplied in, divided back out before the next convolution): one
     per-tensor int8 scale for that tensor rounds every other channel to a few levels."""
     import torch
     from torch import nn
@@ -26,7 +26,7 @@ def _spiky(num_classes: int):
             self.c3 = nn.Conv2d(32, 48, 3, 2, 1)
             self.head = nn.Linear(48, num_classes)
             gain = torch.ones(1, 32, 1, 1)
-            gain[0, 0] = 500.0
+            gain[0, 0] = 2000.0
             self.register_buffer("gain", gain)
 
         def forward(self, x):

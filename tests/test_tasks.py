@@ -152,10 +152,12 @@ def test_a_localisation_model_builds_for_every_runtime_judged_by_corner_error(
         args += ["--target", target]
     result = invoke(*args)
     assert result.exit_code == 0, result.output
-    assert result.output.count("corner error") >= 3  # every target's row in the table, by the task's figure
+    assert "| corner error % | increase pt [95% interval] |" in result.output  # the task's figures
     for target in ("cpu", "openvino", "tflite"):
         manifest = json.loads(next((tmp_path / "b").glob(f"*/*/{target}/manifest.json")).read_text())
         v = manifest["validation"]
+        row = next(line for line in result.output.splitlines() if line.startswith(f"| {target} |"))
+        assert f"| {v['parity']['corner_error_pct']:.2f} | {v['parity']['corner_error_increase_pct']:+.2f} [" in row
         assert v["task"] == "document-localisation" and "top1" not in v["parity"]
         p = v["parity"]
         check = next(c for c in v["checks"] if c["check"] == "corner_error_increase")

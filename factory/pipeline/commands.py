@@ -41,12 +41,13 @@ def build_table(results, *, latency: bool = True) -> str:
     figures: its final interleaved benchmark); the speedup over the runtime's fp32 export is kept, with
     where it was measured.
     """
-    from ..bench.budgets import task_quality
+    from ..tasks import quality_of
 
     built = [r for r in results if hasattr(r, "manifest")]
-    name = task_quality(built[0].manifest.validation["parity"])["name"] if built else "top-1"
-    loss = "drop pt" if name in ("top-1", "mAP@0.5") else "increase pt"
-    head = f"| target | backend | precision | pruning | {name} | {loss} [95% interval] | agreement | "
+    q = quality_of(built[0].manifest.validation["parity"] if built else {})
+    head = (
+        f"| target | backend | precision | pruning | {q.name} | {q.words.split()[-1]} pt [95% interval] | agreement | "
+    )
     head += "p50 ms | p95 ms | latency from | " if latency else ""
     head += "speedup vs fp32 export (search run) | size MB | MACs (M) | verdict |"
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -67,13 +68,7 @@ def build_table(results, *, latency: bool = True) -> str:
         prune = (
             "none" if rec["pruning"]["method"] == "none" else f"{rec['pruning']['method']} {rec['pruning']['ratio']:g}"
         )
-        quality = (
-            f"{p['top1']:.4f}"
-            if "top1" in p
-            else f"{p['map50']:.4f}"
-            if "map50" in p
-            else f"{p['corner_error_pct']:.2f}"
-        )
+        quality = f"{p[q.value]:.2f}" if "%" in q.name else f"{p[q.value]:.4f}"
         agreement = f"{p['top1_agreement']:.4f}" if "top1_agreement" in p else "-"
         row = f"| {m.target} | {m.runtime['backend']} | {rec['precision']} | {prune} | {quality} | {_drop(m)} | "
         row += f"{agreement} | "
