@@ -1,6 +1,6 @@
 """`factory train --workers N` against one process: wall time, and how far the result moves.
 
-    python benchmarks/train_workers.py [--seeds 0,1,2] [--epochs 6] [--per-class 60]
+    python benchmarks/train_workers.py [--seeds 0,1,2] [--epochs 8] [--per-class 150]
 
 Synthesizes a document dataset (4 classes), then trains mobilenet_v3_small at 96x96 from scratch with each
 seed on 1 and on 2 workers (DDP over gloo), one run after another with nothing else running. Records the
@@ -42,8 +42,8 @@ def _factory(*args, cwd: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--per-class", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--per-class", type=int, default=150)
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="factory-ddp-bench-"))

@@ -88,3 +88,19 @@ def test_a_localisation_model_trains_on_two_workers(tmp_path, synth_ds):
     card = _card(tmp_path / "m")
     assert card["task"] == "document-localisation" and card["metrics"]["training"]["workers"] == 2
     assert [h["epoch"] for h in card["history"]] == [1, 2] and 0 <= card["metrics"]["test"]["quad_iou"] <= 1
+
+
+def test_a_worker_that_fails_reports_the_factory_error_it_raised(tmp_path, synth_ds):
+    """An image only the workers decode is corrupt: the error is the DataError a worker raised (exit 2, the
+    file named), not a launcher traceback, and nothing is written."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_ds, data)
+    victim = sorted(data.rglob("*.jpg"))[0]
+    victim.write_bytes(b"not an image")
+    cfg = write_train_config(tmp_path / "t.yaml", data / "dataset.json", tmp_path / "m")
+    result = invoke("train", "--config", str(cfg), "--workers", "2")
+    assert result.exit_code == 2, result.output
+    assert "cannot decode" in result.output and victim.name in result.output and "re-import" in result.output
+    assert not (tmp_path / "m").exists()

@@ -21,6 +21,7 @@ N workers are not bit-identical to one; a given seed and N reproduce themselves 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 
@@ -152,15 +153,32 @@ def launch(cfg: dict, config_path: str | None):
         local_addr="127.0.0.1",
     )
     progress.info(f"training on {workers} workers (PyTorch DDP, gloo, torchrun's launcher)")
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a failed rank is reported below
     try:
         results = elastic_launch(config, _entry)(cfg, config_path, not progress.enabled())
     except ChildFailedError as exc:
-        first = next(iter(exc.failures.values()), None)
-        message = (first.message if first else "") or str(exc)
-        text = str(message).strip().splitlines()
-        raise FactoryError(
-            f"a training worker failed: {text[-1][:400] if text else 'no message'}",
-            hint="run with --workers 1 to see the error in this process",
-        ) from None
+        raise _worker_error(exc) from None
     path, card = results[0]
     return CanonicalModel(path, card)
+
+
+def _worker_error(exc) -> FactoryError:
+    """The error a failed rank raised, as the factory error it was (its type, message and hint: a bad
+    image is still an input error, exit 2), or a FactoryError saying which rank failed and how."""
+    from .. import errors
+
+    failure = next(iter(exc.failures.values()), None)
+    raw = getattr(failure, "message", "") or ""
+    text = str(raw.get("message", "") if isinstance(raw, dict) else raw).strip()  # the error file's record
+    name, _, rest = text.partition(": ")
+    message, _, hint = rest.partition("\n  hint: ")
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, FactoryError) and message:
+        err = FactoryError.__new__(cls)
+        FactoryError.__init__(err, message, hint=hint or None)
+        return err
+    what = text.splitlines()[0][:400] if text else f"exit code {getattr(failure, 'exitcode', '?')}"
+    return FactoryError(
+        f"a training worker failed: {what}",
+        hint="run with --workers 1 to see the whole error in this process (factory --debug shows tracebacks)",
+    )
