@@ -104,3 +104,41 @@ def test_a_worker_that_fails_reports_the_factory_error_it_raised(tmp_path, synth
     assert result.exit_code == 2, result.output
     assert "cannot decode" in result.output and victim.name in result.output and "re-import" in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_two_nodes_train_the_model_two_workers_on_one_node_train(tmp_path, synth_ds):
+    """Two `factory train --nodes 2` processes meet at a loopback rendezvous (as two machines would): one
+    writes the model, the other says where it went, and the weights are bit-identical to 2 workers on one
+    node (the same ranks, the same arithmetic; one torch thread each, so the sums run in the same order)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.registry_server import free_port
+
+    exe = str(Path(sys.executable).with_name("factory"))
+    rendezvous = f"127.0.0.1:{free_port()}"
+    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "dataset.json", tmp_path / "nodes",
+                             train__threads=1, tracking__log_model=False)  # fmt: skip
+    args = [exe, "-q", "train", "--config", str(cfg), "--workers", "1", "--nodes", "2", "--rendezvous", rendezvous]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    wrote = [any(line.startswith("wrote ") for line in o.splitlines()) for o in outs]
+    assert sorted(wrote) == [False, True], outs  # one node wrote the model...
+    assert "the node that held rank 0 wrote" in outs[wrote.index(False)]  # ...the other says where it went
+    card = _card(tmp_path / "nodes")
+    assert card["metrics"]["training"]["workers"] == 2 and card["metrics"]["training"]["nodes"] == 2
+
+    one = write_train_config(tmp_path / "o.yaml", synth_ds / "dataset.json", tmp_path / "one",
+                             train__threads=1, tracking__log_model=False)  # fmt: skip
+    assert invoke("train", "--config", str(one), "--workers", "2").exit_code == 0
+    assert _card(tmp_path / "one")["files"]["weights"]["sha256"] == card["files"]["weights"]["sha256"]
+
+
+def test_several_nodes_need_a_rendezvous(tmp_path, synth_ds):
+    cfg = write_train_config(tmp_path / "t.yaml", synth_ds / "dataset.json", tmp_path / "m")
+    result = invoke("train", "--config", str(cfg), "--nodes", "2")
+    assert result.exit_code == 2 and "--rendezvous HOST:PORT" in result.output
+    result = invoke("train", "--config", str(cfg), "--nodes", "2", "--rendezvous", "no-port")
+    assert result.exit_code == 2 and "not 'no-port'" in result.output

@@ -32,12 +32,27 @@ __all__ = ["train_cmd"]
     "launcher); same as --set distributed.workers=N [default: the config's, else 1]. Not train.workers, "
     "which is the DataLoader's augmentation processes of each.",
 )
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Machines training together: run the same command (same config, dataset at the same path) on each, "
+    "with the same --rendezvous; same as --set distributed.nodes=M [default: 1].",
+)
+@click.option(
+    "--rendezvous",
+    metavar="HOST:PORT",
+    default=None,
+    help="With --nodes: where the nodes meet (torchrun's c10d rendezvous; the node at HOST serves it).",
+)
 @click.option("--list-architectures", is_flag=True, help="List the architectures that can be trained, then exit.")
 def train_cmd(
     config_path: str | None,
     overrides: tuple[str, ...],
     task: str | None,
     workers: int | None,
+    nodes: int | None,
+    rendezvous: str | None,
     list_architectures: bool,
 ) -> None:
     """Train a model for its task and write the canonical model directory.
@@ -64,11 +79,14 @@ def train_cmd(
     process validates, logs the one MLflow run and writes the directory. A seed and N reproduce
     themselves exactly; N workers differ from one only by BatchNorm statistics per worker and
     dropout masks (see the README's "Training on several workers" for the measured tolerance).
+    With --nodes M --rendezvous HOST:PORT, M machines run the same command and train together; the
+    one that holds rank 0 writes the directory.
 
     \b
     Examples:
       factory train --config configs/train.yaml --set train.epochs=5
       factory train --config configs/train.yaml --workers 2
+      factory train --config configs/train.yaml --workers 2 --nodes 2 --rendezvous 10.0.0.1:29400   # on both
       factory train --config configs/train.yaml --task detection --set data.manifest=data/frames/dataset.json \\
           --set 'model.image_size=[128,160]' --set output.dir=models/doc-detector
     """
@@ -84,9 +102,14 @@ def train_cmd(
     from .loop import train
     from .schema import TRAIN_SCHEMA
 
-    extra = [*([f"model.task={task}"] if task else []), *([f"distributed.workers={workers}"] if workers else [])]
+    given = {"model.task": task, "distributed.workers": workers, "distributed.nodes": nodes,
+             "distributed.rendezvous": rendezvous}  # fmt: skip
+    extra = [f"{k}={v}" for k, v in given.items() if v]
     cfg = load_config(config_path, TRAIN_SCHEMA, (*overrides, *extra))
     model = train(cfg, config_path=config_path)
+    if model is None:
+        click.echo("this node's workers are done; the node that held rank 0 wrote the model and the MLflow run")
+        return
     card = model.card
     test = card["metrics"]["test"]
     from ..tasks import get_task

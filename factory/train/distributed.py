@@ -1,4 +1,5 @@
-"""``factory train --workers N``: data-parallel training (PyTorch DDP) in N processes on this machine.
+"""``factory train --workers N [--nodes M --rendezvous HOST:PORT]``: data-parallel training (PyTorch DDP)
+in N processes on each of M machines.
 
 Launcher: torchrun's engine (``torch.distributed.elastic``), called as a library. Not Ray Train: the
 factory's core never imports Ray (it is an optional extra), torchrun ships with PyTorch, and Ray Train's
@@ -16,19 +17,24 @@ What makes N processes train the model one process would:
   others follow its decision to stop.
 
 BatchNorm statistics are per rank (PyTorch's SyncBatchNorm needs CUDA), and dropout masks differ, so
-N workers are not bit-identical to one; a given seed and N reproduce themselves exactly on one host.
+N workers are not bit-identical to one; a given seed and world size reproduce themselves exactly (on
+one machine or several: the arithmetic depends on the ranks, not on where they run).
+
+On several machines every node runs the same command with the same config (the dataset at the same
+path); torchrun's c10d rendezvous at ``distributed.rendezvous`` gathers them (the node at its HOST
+serves it), and the node that holds rank 0 writes the model directory and the MLflow run.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from dataclasses import dataclass
 
 from .. import progress
 from ..errors import ConfigError, FactoryError
 
-__all__ = ["Ranks", "SINGLE", "epoch_batches", "check_split", "launch"]
+__all__ = ["Ranks", "SINGLE", "epoch_batches", "world_size", "check_layout", "launch"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class Ranks:
 
     rank: int = 0
     world: int = 1
+    local_world: int = 1  # the ranks on this machine (they share its cores)
 
     @property
     def main(self) -> bool:
@@ -97,13 +104,26 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return batches
 
 
-def check_split(n_train: int, batch_size: int, workers: int) -> None:
-    """Every rank needs at least two images of every batch (BatchNorm cannot train on one)."""
-    smallest = min(n_train, batch_size)
-    if workers > 1 and smallest < 2 * workers:
+def world_size(cfg: dict) -> int:
+    """How many ranks train together: workers per node x nodes."""
+    return cfg["distributed"]["workers"] * cfg["distributed"]["nodes"]
+
+
+def check_layout(cfg: dict, n_train: int) -> None:
+    """Every rank needs at least two images of every batch (BatchNorm cannot train on one); several nodes
+    need a rendezvous they all reach."""
+    d, world = cfg["distributed"], world_size(cfg)
+    smallest = min(n_train, cfg["train"]["batch_size"])
+    if world > 1 and smallest < 2 * world:
         raise ConfigError(
-            f"{workers} workers split batches of {smallest} images: each needs at least 2",
-            hint=f"raise train.batch_size to {2 * workers} or more, or use fewer --workers",
+            f"{world} workers split batches of {smallest} images: each needs at least 2",
+            hint=f"raise train.batch_size to {2 * world} or more, or use fewer --workers",
+        )
+    host, _, port = (d["rendezvous"] or "").rpartition(":")
+    if d["nodes"] > 1 and not (host and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(
+            f"{d['nodes']} nodes need a rendezvous HOST:PORT every one of them reaches, not {d['rendezvous']!r}",
+            hint="pass --rendezvous HOST:PORT (the same on every node; the node at HOST serves it)",
         )
 
 
@@ -116,7 +136,7 @@ def _rank_main(cfg: dict, config_path: str | None, quiet: bool):
 
     dist.init_process_group("gloo")
     try:
-        ranks = Ranks(dist.get_rank(), dist.get_world_size())
+        ranks = Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         progress.set_enabled(ranks.main and not quiet)
         model = train(cfg, config_path=config_path, ranks=ranks)
         return None if model is None else (str(model.path), model.card)
@@ -133,31 +153,39 @@ def _entry(cfg: dict, config_path: str | None, quiet: bool):
 
 
 def launch(cfg: dict, config_path: str | None):
-    """Train on ``distributed.workers`` processes of this machine; returns rank 0's canonical model."""
+    """Train on ``distributed.workers`` processes of this machine (and of the other nodes); returns rank 0's
+    canonical model, or None on a node that does not hold rank 0."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    from ..config import config_hash
     from .canonical import CanonicalModel
 
-    workers = cfg["distributed"]["workers"]
-    # torchrun --standalone: a private rendezvous on a free loopback port; a failed rank ends the run
+    d = cfg["distributed"]
+    workers, nodes = d["workers"], d["nodes"]
+    # One node: torchrun --standalone (a private rendezvous on a free loopback port). Several: every node
+    # names the same rendezvous, and the run's id is the config's hash, which the same command gives on
+    # each. A failed rank ends the run everywhere (no restarts).
     config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
+        min_nodes=nodes,
+        max_nodes=nodes,
         nproc_per_node=workers,
-        run_id=f"factory-train-{uuid.uuid4().hex[:8]}",
+        run_id=f"factory-train-{config_hash(cfg)[:16]}",
         rdzv_backend="c10d",
-        rdzv_endpoint="127.0.0.1:0",
+        rdzv_endpoint=d["rendezvous"] if nodes > 1 else "127.0.0.1:0",
         max_restarts=0,
         monitor_interval=0.5,
-        local_addr="127.0.0.1",
+        local_addr=None if nodes > 1 else "127.0.0.1",
     )
-    progress.info(f"training on {workers} workers (PyTorch DDP, gloo, torchrun's launcher)")
+    where = f"{workers} workers" + (f" on each of {nodes} nodes (rendezvous {d['rendezvous']})" if nodes > 1 else "")
+    progress.info(f"training on {where} (PyTorch DDP, gloo, torchrun's launcher)")
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a failed rank is reported below
     try:
         results = elastic_launch(config, _entry)(cfg, config_path, not progress.enabled())
     except ChildFailedError as exc:
         raise _worker_error(exc) from None
+    if not results or results.get(0) is None:  # rank 0 ran on another node: it wrote the model there
+        return None
     path, card = results[0]
     return CanonicalModel(path, card)
 

@@ -243,7 +243,7 @@ def _make_threads(t: dict, ranks: Ranks = SINGLE) -> None:
 
     # One torch thread per core not used by augmentation workers (the cores shared among the training
     # workers): on a 2-core machine an oversubscribed OpenMP pool trains 5-10x slower (measured).
-    torch.set_num_threads(t["threads"] or max(1, (os.cpu_count() or 1) // ranks.world - t["workers"]))
+    torch.set_num_threads(t["threads"] or max(1, (os.cpu_count() or 1) // ranks.local_world - t["workers"]))
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
@@ -376,13 +376,16 @@ def _card(
 
 def _training_facts(cfg: dict, seconds: float) -> dict:
     """How the model was trained, for its card: wall time and the data-parallel workers."""
-    return {"seconds": round(seconds, 1), "workers": cfg["distributed"]["workers"],
-            "backend": "gloo" if cfg["distributed"]["workers"] > 1 else None}  # fmt: skip
+    from .distributed import world_size
+
+    world = world_size(cfg)
+    return {"seconds": round(seconds, 1), "workers": world, "nodes": cfg["distributed"]["nodes"],
+            "backend": "gloo" if world > 1 else None}  # fmt: skip
 
 
 def _precheck(cfg: dict, task) -> None:
     """What would stop every training worker, checked once before any is started."""
-    from .distributed import check_split
+    from .distributed import check_layout
     from .models import list_models
 
     if task.name == "classification":
@@ -392,7 +395,7 @@ def _precheck(cfg: dict, task) -> None:
     if cfg["model"]["architecture"] not in list_models():
         raise UnknownNameError("architecture", cfg["model"]["architecture"], list_models(),
                                hint="set model.architecture in the training config")  # fmt: skip
-    check_split(len(manifest.subset("train")), cfg["train"]["batch_size"], cfg["distributed"]["workers"])
+    check_layout(cfg, len(manifest.subset("train")))
 
 
 @contextlib.contextmanager
@@ -421,17 +424,17 @@ def tracked_run(cfg: dict, manifest, ranks: Ranks, tags: dict):
 def train(cfg: dict, *, config_path: str | None = None, ranks: Ranks | None = None) -> CanonicalModel | None:
     """Train, evaluate and export the canonical model directory; one MLflow run with everything.
 
-    With ``distributed.workers`` above 1, the training runs on that many processes (:mod:`.distributed`);
-    each calls this again with its ``ranks``, and only rank 0 returns the model (the others: None)."""
+    With ``distributed.workers`` (or ``nodes``) above 1, the training runs on that many processes
+    (:mod:`.distributed`); each calls this again with its ``ranks``, and only rank 0 returns the model (the
+    others, and a node that does not hold rank 0: None)."""
     import mlflow
     import torch
 
     from ..tasks import get_task
     from .data import ImageDataset
 
-    workers = cfg["distributed"]["workers"]
     task = get_task(cfg["model"]["task"])
-    if ranks is None and workers > 1:
+    if ranks is None and cfg["distributed"]["workers"] * cfg["distributed"]["nodes"] > 1:
         _precheck(cfg, task)
         from .distributed import launch
 

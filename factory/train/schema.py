@@ -68,6 +68,10 @@ TRAIN_SCHEMA = {
             "data-parallel training processes (PyTorch DDP, gloo) on this machine; `factory train --workers N` sets it",
             check=_positive,
         ),
+        "nodes": Key(int, 1, "machines training together, each running the same `factory train`", check=_positive),
+        "rendezvous": Key(
+            str, None, "HOST:PORT every node reaches (with nodes > 1); the node at HOST serves it", nullable=True
+        ),
     },
     "augment": {
         "perspective": Key(float, 0.06, "corner jitter as a fraction of the image size"),
