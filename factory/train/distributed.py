@@ -12,7 +12,8 @@ What makes N processes train the model one process would:
   and takes its own slice of each; augmentation is seeded per (seed, epoch, image), so an image is
   augmented the same on whichever rank it lands;
 * each rank's loss is scaled by ``N * local / global`` so DDP's gradient average is the mean over the
-  global batch, whatever the split;
+  global batch, whatever the split (exactly for a mean over images; a loss divided by the objects in
+  the slice, like the detector's, averages close to the global one, not exactly);
 * rank 0 alone validates, keeps the best epoch, logs to MLflow and writes the model directory; the
   others follow its decision to stop.
 
