@@ -32,7 +32,7 @@ from .canonical import (
     export_onnx,
     onnx_logits,
 )
-from .distributed import SINGLE, Ranks, epoch_batches
+from .distributed import SINGLE, Ranks, epoch_batches, world_size
 from .evaluate import classification_metrics, plot_confusion, reference_profile
 from .models import create_model, set_bn_momentum
 
@@ -376,8 +376,6 @@ def _card(
 
 def _training_facts(cfg: dict, seconds: float) -> dict:
     """How the model was trained, for its card: wall time and the data-parallel workers."""
-    from .distributed import world_size
-
     world = world_size(cfg)
     return {"seconds": round(seconds, 1), "workers": world, "nodes": cfg["distributed"]["nodes"],
             "backend": "gloo" if world > 1 else None}  # fmt: skip
@@ -434,7 +432,7 @@ def train(cfg: dict, *, config_path: str | None = None, ranks: Ranks | None = No
     from .data import ImageDataset
 
     task = get_task(cfg["model"]["task"])
-    if ranks is None and cfg["distributed"]["workers"] * cfg["distributed"]["nodes"] > 1:
+    if ranks is None and world_size(cfg) > 1:
         _precheck(cfg, task)
         from .distributed import launch
 
