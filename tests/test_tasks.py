@@ -160,6 +160,8 @@ def test_a_localisation_model_builds_for_every_runtime_judged_by_corner_error(
         assert f"| {v['parity']['corner_error_pct']:.2f} | {v['parity']['corner_error_increase_pct']:+.2f} [" in row
         assert v["task"] == "document-localisation" and "top1" not in v["parity"]
         p = v["parity"]
+        shown = invoke("bundle", "inspect", str(next((tmp_path / "b").glob(f"*/*/{target}"))))
+        assert shown.exit_code == 0 and f"corner error % {p['corner_error_pct']:.4f}" in shown.output, shown.output
         check = next(c for c in v["checks"] if c["check"] == "corner_error_increase")
         assert check["interval"][0] <= check["value"] <= check["interval"][1]
         if manifest["recipe"]["precision"] == "fp32":  # the same corners in every runtime

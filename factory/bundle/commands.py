@@ -42,6 +42,23 @@ def bundle() -> None:
     """Verify, inspect and unpack bundles (folders or .tar.gz archives)."""
 
 
+def _accuracy_line(p: dict) -> str:
+    """The parity report's accuracy in words, by the bundle's task."""
+    from ..tasks import quality_of
+
+    q = quality_of(p)
+    if q.interval is None:  # classification: top-1 against the canonical model, and agreement
+        return (
+            f"  accuracy    top-1 {p['top1']:.4f} (canonical {p['canonical_top1']:.4f}, drop "
+            f"{p['accuracy_drop_pt']:+.2f} pt, agreement {p['top1_agreement']:.4f}) on {p['n']} test images"
+        )
+    lo, hi = p[q.interval]
+    return (
+        f"  accuracy    {q.name} {p[q.value]:.4f} ({q.words} {p[q.loss]:+.2f} [{lo:+.2f}, {hi:+.2f}]{q.unit}) "
+        f"on {p['n']} test images"
+    )
+
+
 def _folder(path: str, stack) -> Path:
     """A bundle folder; an archive is unpacked safely into a temp folder first."""
     from .archive import unpack
@@ -100,10 +117,9 @@ def inspect_cmd(bundle_path: str, as_json: bool) -> None:
         f"{rt['min_version']})",
         f"  precision   {m.recipe['precision']}   pruning {m.recipe['pruning'].get('method')} "
         f"{m.recipe['pruning'].get('ratio')}",
-        f"  accuracy    top-1 {p['top1']:.4f} (canonical {p['canonical_top1']:.4f}, drop {p['accuracy_drop_pt']:+.2f} "
-        "pt, "
-        f"agreement {p['top1_agreement']:.4f}) on {p['n']} test images",
-        f"  parity      max abs diff {p['max_abs_diff']:.3g}, cosine min {p['cosine_min']}, SNR {p['snr_db']} dB",
+        _accuracy_line(p),
+        f"  parity      max abs diff {p['max_abs_diff']:.3g}, cosine min {p.get('cosine_min', '-')}, SNR "
+        f"{p.get('snr_db', '-')} dB",
         f"  latency     p50 {lat['p50_ms']:.3f} ms, p95 {lat['p95_ms']:.3f} ms (batch 1, {lat.get('threads')} threads, "
         f"{(lat.get('host') or {}).get('cpu')}; {lat.get('source', 'quick probe at build time')})",
         f"  size        {m.artifact['size_bytes'] / 1e6:.2f} MB ({m.artifact.get('size_gzip_bytes', 0) / 1e6:.2f} MB "

@@ -11,6 +11,8 @@ runtime built from the same recipe shares one fine-tune.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 from .. import progress
@@ -23,7 +25,7 @@ from .base import require
 
 __all__ = ["prepare_module", "recalibrate_bn"]
 
-PROCEDURE_VERSION = 3  # bump when pruning or fine-tuning changes, so cached models are not reused
+PROCEDURE_VERSION = 4  # bump when pruning or fine-tuning changes, so cached models are not reused
 UNSTRUCTURED_NOTE = (
     "unstructured sparsity is not exploited by ONNX Runtime, OpenVINO or LiteRT on CPU: "
     "expect no speedup, only a smaller compressed (gzip) size"
@@ -226,7 +228,8 @@ def prepare_module(canonical: CanonicalModel, manifest: DatasetManifest | None, 
     if recipe["method"] == "unstructured":
         facts["note"] = UNSTRUCTURED_NOTE
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{cached.name}.", suffix=".tmp", dir=cached.parent)  # one per writer
+    os.close(fd)
     torch.save({"module": module, "facts": facts}, tmp)
-    tmp.replace(cached)
+    os.replace(tmp, cached)
     return module.eval(), {**facts, "cache": "miss"}

@@ -79,6 +79,8 @@ def retrain(canonical_dir: Path, dataset: Path, out: Path, *, epochs: int | None
         f"train.epochs={epochs or max(2, cfg['train']['epochs'] // 3)}",
         f"train.lr={lr or cfg['train']['lr'] / 3}",
         "train.warmup_epochs=0",
+        "distributed.nodes=1",  # retrain here: the nodes the original ran on are not waiting for it
+        "distributed.rendezvous=null",
     ]
     import yaml
 

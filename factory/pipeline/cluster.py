@@ -17,11 +17,16 @@ from pathlib import Path
 from .. import progress
 from ..bundle.manifest import bundle_dir, resolve_version
 from ..bundle.signing import load_private_key
-from ..errors import InputError
+from ..errors import BundleError, InputError
 from .build import BuildContext, Failure, check_resolvable, isolated, load_context, make_bundle
 from .publish import publish
 
 __all__ = ["build_on", "stage_remote", "absolute"]
+
+SHARED_HINT = (
+    "the model, the dataset, the profiles, the signing key and --cache-dir must be at the same paths on every "
+    "node (a shared filesystem); see the Ray worker's log, or build in this process with --executor local"
+)
 
 
 def absolute(path) -> str | None:
@@ -31,7 +36,8 @@ def absolute(path) -> str | None:
 
 def stage_remote(spec: dict) -> dict:
     """On a worker: build and sign one target's bundle into ``spec["staging"]``; a failure is returned with
-    its stage (a bad input still raises: it is no target's fault)."""
+    its stage (a bad input raises, and the driver records it as the target's failure: on a worker it is
+    usually a path this node does not see)."""
     from ..export.targets import load_target
 
     target = spec["target"]
@@ -47,6 +53,20 @@ def stage_remote(spec: dict) -> dict:
         return {"failure": Failure.of(target, spec.get("backend"), exc).to_dict()}
 
 
+def _publish_one(spec: dict, o, out_root, name: str, version: str, profiles: dict, key, track: bool):
+    """A worker's outcome for one target: its failure, or the staged bundle published to its final folder."""
+    t, backend = spec["target"], spec["backend"]
+    if o.error:
+        return Failure(t, backend, "cluster", None, o.error, SHARED_HINT)
+    if "failure" in o.value:
+        return Failure(**{k: v for k, v in o.value["failure"].items() if k != "passed"})
+    dest = bundle_dir(Path(out_root), name, version, profiles[t]["name"])
+    try:
+        return isolated(t, backend, lambda: publish(Path(o.value["staging"]), dest, key, track=track))
+    except BundleError as exc:  # the worker wrote where this process cannot read
+        return Failure(t, backend, "publish", None, exc.message, SHARED_HINT)
+
+
 def build_on(executor, ctx: BuildContext, profiles: dict, *, model_dir, key_path, data, out_root, version,
              targets_dir, overrides, cache_dir, track) -> list:  # fmt: skip
     """Every target of ``profiles`` as a task of ``executor``; then each bundle published here. Returns a
@@ -57,7 +77,7 @@ def build_on(executor, ctx: BuildContext, profiles: dict, *, model_dir, key_path
     version = resolve_version(Path(out_root), card["name"], card["files"]["weights"]["sha256"], version)
     key = load_private_key(key_path)
     staging = Path(cache_dir).resolve() / "staging"
-    common = {"model_dir": absolute(model_dir or ctx.canonical.path), "data": absolute(data),
+    common = {"model_dir": absolute(model_dir or ctx.canonical.path), "data": absolute(data or ctx.dataset.location),
               "targets_dir": absolute(profiles_folder(targets_dir)), "overrides": list(overrides),
               "key_path": absolute(key_path), "version": version, "cache_dir": absolute(cache_dir)}  # fmt: skip
     specs, results = [], {}
@@ -67,19 +87,16 @@ def build_on(executor, ctx: BuildContext, profiles: dict, *, model_dir, key_path
             results[t] = checked
             continue
         specs.append(common | {"target": t, "backend": profile["backend"],
-                               "staging": str(staging / f"{t}-{uuid.uuid4().hex[:12]}")})  # fmt: skip
-    progress.info(f"building {len(specs)} target(s) as {executor.name} tasks")
-    for spec, o in zip(specs, executor.map(stage_remote, [(s,) for s in specs], what="target build"), strict=True):
-        t, backend = spec["target"], spec["backend"]
-        if o.error:
-            results[t] = Failure(t, backend, "cluster", None, o.error, "see the Ray worker's log; --executor local "
-                                 "builds in this process")  # fmt: skip
-        elif "failure" in o.value:
-            results[t] = Failure(**{k: v for k, v in o.value["failure"].items() if k != "passed"})
-        else:
-            dest = bundle_dir(Path(out_root), card["name"], version, profiles[t]["name"])
-            results[t] = isolated(
-                t, backend, lambda s=o.value["staging"], d=dest: publish(Path(s), d, key, track=track)
-            )
-        shutil.rmtree(spec["staging"], ignore_errors=True)
+                               "staging": str(staging / f"{t}-{uuid.uuid4().hex[:12]}" / "bundle")})  # fmt: skip
+    # each build probes its latency: reserve the cores its runtime uses, so no other task shares them
+    threads = max((p["runtime"].get("threads") or executor.largest_node_cpus()) for p in profiles.values())
+    cpus = min(threads, executor.largest_node_cpus())
+    progress.info(f"building {len(specs)} target(s) as {executor.name} tasks ({cpus:g} CPU each)")
+    try:
+        outcomes = executor.map(stage_remote, [(s,) for s in specs], what="target build", cpus=cpus)
+        for spec, o in zip(specs, outcomes, strict=True):
+            results[spec["target"]] = _publish_one(spec, o, out_root, card["name"], version, profiles, key, track)
+    finally:
+        for spec in specs:  # with the .partial folders a dead worker may have left beside its bundle
+            shutil.rmtree(Path(spec["staging"]).parent, ignore_errors=True)
     return [results[t] for t in profiles]

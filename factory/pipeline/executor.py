@@ -104,8 +104,12 @@ class RayExecutor:
             n for n in self.ray.nodes() if n.get("Alive") and (resource is None or resource in n.get("Resources", {}))
         ]
 
+    def largest_node_cpus(self) -> float:
+        """The most CPUs one live node has (a task asking for more could never be placed)."""
+        return max((n.get("Resources", {}).get("CPU", 1.0) for n in self.nodes()), default=1.0)
+
     def map(
-        self, fn: Callable, items: list[tuple], *, resources: dict | None = None, what: str = "task"
+        self, fn: Callable, items: list[tuple], *, resources: dict | None = None, what: str = "task", cpus: float = 1
     ) -> list[Outcome]:
         ray = self.ray
         for name in resources or {}:
@@ -115,7 +119,7 @@ class RayExecutor:
                     return [Outcome(error=f"no live node of the cluster carries {name}: the {what} was not run")
                             for _ in items]  # fmt: skip
                 time.sleep(1.0)
-        opts = {"num_cpus": 1} | ({"resources": resources} if resources else {})
+        opts = {"num_cpus": cpus} | ({"resources": resources} if resources else {})
         refs = [self._remote.options(**opts).remote(fn, *args) for args in items]
         out: list[Outcome] = []
         deadline = time.monotonic() + self.task_seconds

@@ -15,7 +15,7 @@ import click
 from .. import progress
 from ..config import Key, load_config
 from ..data.manifest import MANIFEST_NAME
-from ..errors import GateFailure, ValidationError
+from ..errors import GateFailure, InputError, ValidationError
 
 __all__ = ["PIPELINE_SCHEMA", "run"]
 
@@ -152,7 +152,13 @@ def _train(p: dict):
             f"train.epochs={t['epochs']}",
         ],
     )
-    return train(cfg, config_path=t["config"])
+    model = train(cfg, config_path=t["config"])
+    if model is None:
+        raise InputError(
+            "this node did not hold rank 0 of the training: the model was written on another node",
+            hint="run `factory run` on one machine (distributed.nodes: 1), or `factory train` on each node",
+        )
+    return model
 
 
 def _signing_key(b: dict) -> Path:

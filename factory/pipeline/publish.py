@@ -26,6 +26,7 @@ import numpy as np
 from .._quiet import native_quiet
 from ..bundle.archive import pack
 from ..bundle.manifest import Manifest, copy_resigned
+from ..tasks import quality_of
 
 __all__ = ["BuildResult", "publish", "alias_for"]
 
@@ -87,21 +88,10 @@ def _log(run, folder: Path, archive: Path, m: Manifest) -> dict:
             "version": m.version,
         }
     )
+    q = quality_of(p)
     mlflow.log_metrics(
         {
-            **{
-                k: p[k]
-                for k in (
-                    "top1",
-                    "accuracy_drop_pt",
-                    "top1_agreement",
-                    "corner_error_pct",
-                    "map50",
-                    "map50_drop_pt",
-                    "map",
-                )
-                if k in p
-            },
+            **{k: p[k] for k in (q.value, q.loss, "top1_agreement", "map") if k in p},
             "max_abs_diff": p["max_abs_diff"],
             "latency_p50_ms": m.latency["p50_ms"],
             "latency_p95_ms": m.latency["p95_ms"],

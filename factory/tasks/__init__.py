@@ -42,7 +42,9 @@ _discovered = False
 
 
 def register_task(cls: type[Task]) -> type[Task]:
-    """Class decorator: make a task findable by its ``name``."""
+    """Class decorator: make a task findable by its ``name`` (it must say how its quality is judged)."""
+    if not isinstance(getattr(cls, "quality", None), Quality):
+        raise TypeError(f"task {cls.name!r} sets no quality (factory.tasks.Quality): budgets could not judge it")
     _REGISTRY[cls.name] = cls
     return cls
 

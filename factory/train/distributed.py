@@ -28,12 +28,15 @@ serves it), and the node that holds rank 0 writes the model directory and the ML
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 from .. import progress
-from ..errors import ConfigError, FactoryError
+from ..errors import ConfigError, FactoryError, InputError
 
 __all__ = ["Ranks", "SINGLE", "epoch_batches", "world_size", "check_layout", "launch"]
 
@@ -91,6 +94,7 @@ class Ranks:
 
 
 SINGLE = Ranks()
+COLLECTIVE_HOURS = 6  # how long a rank waits in a collective for the others
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -131,32 +135,60 @@ def check_layout(cfg: dict, n_train: int) -> None:
 def _rank_main(cfg: dict, config_path: str | None, quiet: bool):
     """One rank: join the process group that torchrun's agent set up (RANK, WORLD_SIZE, MASTER_ADDR in the
     environment), train, and return the model directory's card (rank 0) or None."""
+    from datetime import timedelta
+
     import torch.distributed as dist
 
     from .loop import train
 
-    dist.init_process_group("gloo")
+    # the other ranks wait in a collective while rank 0 validates (each epoch) and writes the model (at the
+    # end): gloo's default 30 minutes is too short for a large validation split
+    dist.init_process_group("gloo", timeout=timedelta(hours=COLLECTIVE_HOURS))
     try:
         ranks = Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         progress.set_enabled(ranks.main and not quiet)
         model = train(cfg, config_path=config_path, ranks=ranks)
+        # every rank stays until rank 0 has written the model: a node whose ranks all returned leaves the
+        # rendezvous, and its agent (or the store it serves) would stop rank 0's node mid-write
+        dist.barrier()
         return None if model is None else (str(model.path), model.card)
     finally:
         dist.destroy_process_group()
 
 
 def _entry(cfg: dict, config_path: str | None, quiet: bool):
-    """The spawned process's entry point (a plain module function, so it pickles by name): a failure is
-    recorded for the launcher with its traceback."""
-    from torch.distributed.elastic.multiprocessing.errors import record
+    """The spawned process's entry point (a plain module function, so it pickles by name; the launcher
+    records its error with the traceback)."""
+    return _rank_main(cfg, config_path, quiet)
 
-    return record(_rank_main)(cfg, config_path, quiet)
+
+@contextlib.contextmanager
+def _launcher_scope():
+    """torchrun's launcher replaces the process's signal handlers and logs failures on its own: put both back
+    afterwards, and make Ctrl-C an interruption (KeyboardInterrupt) again."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
+    log = logging.getLogger("torch.distributed.elastic")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # a failed rank is reported as the factory error it raised
+    try:
+        yield
+    except SignalException as exc:
+        if exc.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise FactoryError(f"training stopped by signal {exc.sigval.name}") from None
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        log.setLevel(level)
 
 
 def launch(cfg: dict, config_path: str | None):
     """Train on ``distributed.workers`` processes of this machine (and of the other nodes); returns rank 0's
     canonical model, or None on a node that does not hold rank 0."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from ..config import config_hash
@@ -180,15 +212,21 @@ def launch(cfg: dict, config_path: str | None):
     )
     where = f"{workers} workers" + (f" on each of {nodes} nodes (rendezvous {d['rendezvous']})" if nodes > 1 else "")
     progress.info(f"training on {where} (PyTorch DDP, gloo, torchrun's launcher)")
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a failed rank is reported below
     try:
-        results = elastic_launch(config, _entry)(cfg, config_path, not progress.enabled())
+        with _launcher_scope():
+            results = elastic_launch(config, _entry)(cfg, config_path, not progress.enabled())
     except ChildFailedError as exc:
         raise _worker_error(exc) from None
+    except RendezvousError as exc:
+        raise InputError(
+            f"the training nodes did not meet at {d['rendezvous'] or 'the local rendezvous'}: {exc}",
+            hint="run the same command on every node with the same --nodes and --rendezvous HOST:PORT, HOST being "
+            "a node every other one reaches",
+        ) from None
     if not results or results.get(0) is None:  # rank 0 ran on another node: it wrote the model there
         return None
     path, card = results[0]
-    return CanonicalModel(path, card)
+    return CanonicalModel(Path(path), card)
 
 
 def _worker_error(exc) -> FactoryError:
@@ -196,7 +234,7 @@ def _worker_error(exc) -> FactoryError:
     image is still an input error, exit 2), or a FactoryError saying which rank failed and how."""
     from .. import errors
 
-    failure = next(iter(exc.failures.values()), None)
+    _rank, failure = exc.get_first_failure()
     raw = getattr(failure, "message", "") or ""
     text = str(raw.get("message", "") if isinstance(raw, dict) else raw).strip()  # the error file's record
     name, _, rest = text.partition(": ")

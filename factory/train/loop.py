@@ -95,7 +95,7 @@ def fit(
     distill_weight: float = 0.7,
     temperature: float = 2.0,
     ranks: Ranks = SINGLE,
-) -> dict:
+) -> dict | None:
     """Train with the configured schedule; keep the best epoch by validation top-1 (then loss).
 
     With a ``teacher`` (e.g. the canonical model while fine-tuning a pruned copy), the loss mixes the
