@@ -37,8 +37,11 @@ def test_ranks_split_every_global_batch_and_scale_to_its_mean():
 
 
 def test_two_workers_reproduce_themselves_and_log_one_mlflow_run(tmp_path, synth_ds):
+    import signal
+
     import mlflow
 
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     outs = []
     for i in range(2):
         out = tmp_path / f"m{i}"
@@ -48,6 +51,7 @@ def test_two_workers_reproduce_themselves_and_log_one_mlflow_run(tmp_path, synth
         assert result.exit_code == 0, result.output
         assert _runs() == before + 1  # one run, however many workers
         outs.append(out)
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the launcher's handlers are gone: Ctrl-C works
     a, b = (_card(o) for o in outs)
     assert a["files"]["weights"]["sha256"] == b["files"]["weights"]["sha256"]  # same seed, same N: same weights
     assert a["metrics"]["training"]["workers"] == 2 and a["metrics"]["training"]["backend"] == "gloo"
