@@ -19,19 +19,15 @@ from ..bundle.manifest import bundle_dir, resolve_version
 from ..bundle.signing import load_private_key
 from ..errors import BundleError, InputError
 from .build import BuildContext, Failure, check_resolvable, isolated, load_context, make_bundle
+from .executor import absolute
 from .publish import publish
 
-__all__ = ["build_on", "stage_remote", "absolute"]
+__all__ = ["build_on", "stage_remote"]
 
 SHARED_HINT = (
     "the model, the dataset, the profiles, the signing key and --cache-dir must be at the same paths on every "
     "node (a shared filesystem); see the Ray worker's log, or build in this process with --executor local"
 )
-
-
-def absolute(path) -> str | None:
-    """A path every node can open the same way (workers do not share this process's working folder)."""
-    return str(Path(path).resolve()) if path else None
 
 
 def stage_remote(spec: dict) -> dict:
@@ -88,9 +84,10 @@ def build_on(executor, ctx: BuildContext, profiles: dict, *, model_dir, key_path
             continue
         specs.append(common | {"target": t, "backend": profile["backend"],
                                "staging": str(staging / f"{t}-{uuid.uuid4().hex[:12]}" / "bundle")})  # fmt: skip
-    # each build probes its latency: reserve the cores its runtime uses, so no other task shares them
-    threads = max((p["runtime"].get("threads") or executor.largest_node_cpus()) for p in profiles.values())
-    cpus = min(threads, executor.largest_node_cpus())
+    # each build probes its latency: reserve the cores its runtime uses (all a node has when it says none),
+    # so no other task shares them
+    largest = executor.largest_node_cpus()
+    cpus = min(max(p["runtime"].get("threads") or largest for p in profiles.values()), largest)
     progress.info(f"building {len(specs)} target(s) as {executor.name} tasks ({cpus:g} CPU each)")
     try:
         outcomes = executor.map(stage_remote, [(s,) for s in specs], what="target build", cpus=cpus)

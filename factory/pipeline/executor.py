@@ -20,12 +20,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from .. import progress
 from ..errors import InputError, MissingDependencyError
 
-__all__ = ["Outcome", "LocalExecutor", "RayExecutor", "get_executor", "RAY_ADDRESS_ENV"]
+__all__ = ["Outcome", "LocalExecutor", "RayExecutor", "get_executor", "absolute", "RAY_ADDRESS_ENV"]
 
 RAY_ADDRESS_ENV = "FACTORY_RAY_ADDRESS"
 
@@ -37,6 +38,11 @@ class Outcome:
     value: Any = None
     error: str | None = None
     node: dict | None = None  # where it ran (Ray: node id and host facts)
+
+
+def absolute(path) -> str | None:
+    """A path every node can open the same way (workers do not share this process's working folder)."""
+    return str(Path(path).resolve()) if path else None
 
 
 def _facts() -> dict:

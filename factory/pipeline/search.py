@@ -32,8 +32,10 @@ from ..config import load_config
 from ..errors import BundleError, ConfigError, ExportError, FactoryError, ValidationError
 from ..export.convert import TOOLCHAIN
 from ..export.targets import PROFILE_SCHEMA, load_target
+from ..export.targets import targets_dir as profiles_folder
 from ..lineage import package_versions
 from .build import BuildContext, check_resolvable, load_context, make_bundle
+from .executor import absolute
 from .publish import BuildResult, publish
 from .search_report import search_markdown, track_search, write_search_report
 
@@ -193,9 +195,9 @@ def plan_search(
     else:
         reference = next(c for c in cands if c.key == reference.key)
     root = Path(cache_dir) / "search" / ctx.canonical.card["name"] / base["name"]
-    spec = {"model_dir": str(model_dir or ctx.canonical.path), "target": target, "key_path": str(key_path),
-            "data": str(data) if data else None, "targets_dir": str(targets_dir) if targets_dir else None,
-            "cache_dir": str(cache_dir), "search_config": search_config}  # fmt: skip
+    spec = {"model_dir": absolute(model_dir or ctx.canonical.path), "target": target, "key_path": absolute(key_path),
+            "data": absolute(data or ctx.dataset.location), "targets_dir": absolute(profiles_folder(targets_dir)),
+            "cache_dir": absolute(cache_dir), "search_config": search_config}  # fmt: skip
     return SearchPlan(
         ctx, base, sp, load_private_key(key_path), root, reference, cands, targets_dir, Path(cache_dir), started, spec
     )
