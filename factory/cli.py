@@ -45,6 +45,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
       factory data synth|import   make a dataset (images + manifest with hashes and splits)
       factory data report         profile it (EDA: class balance, brightness, duplicates)
       factory train               train the canonical model (MLflow-tracked; weights + ONNX + card)
+      factory model import        ... or bring your own (ONNX, .pt2, TorchScript, architecture + state_dict)
       factory build --target T    per-target export: prune, quantize, compile, validate, sign
       factory bundle verify|inspect   check and read bundles; `factory keys generate` makes keys
       factory bench               interleaved latency + accuracy of bundles and models
@@ -73,10 +74,12 @@ def _register() -> None:
     from .pipeline.main import run
     from .registry.commands import registry, release, rollout
     from .train.commands import train_cmd
+    from .train.import_commands import model_group
 
     for command in (
         data,
         train_cmd,
+        model_group,
         build_cmd,
         targets_cmd,
         keys,

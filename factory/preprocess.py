@@ -27,14 +27,16 @@ def make_spec(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     interpolation: str = "area",
+    color_order: str = "RGB",
+    scale: float = 1.0 / 255.0,
 ) -> dict:
     """The ``preprocessing`` block: how a BGR uint8 frame from OpenCV becomes a model input."""
     return {
         "resize": [int(height), int(width)],
         "resize_mode": "stretch",
         "interpolation": interpolation,
-        "color_order": "RGB",
-        "scale": 1.0 / 255.0,
+        "color_order": color_order,
+        "scale": float(scale),
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
         "layout": "NCHW",
@@ -49,8 +51,10 @@ def input_spec(pre: dict) -> dict:
         "shape": ["batch", 3, h, w],
         "dtype": "float32",
         "layout": "NCHW",
-        "color_order": "RGB",
-        "value_range": "normalized: (pixel/255 - mean) / std",
+        "color_order": pre.get("color_order", "RGB"),
+        "value_range": "normalized: (pixel/255 - mean) / std"
+        if pre.get("scale", 1 / 255) == 1 / 255
+        else f"normalized: (pixel*{pre['scale']:g} - mean) / std",
     }
 
 

@@ -71,7 +71,7 @@ def _cached_export(
     pruned = prune_facts["method"] != "none"
     ident = {
         "backend": backend.name,
-        "weights": canonical.card["files"]["weights"]["sha256"],
+        "weights": canonical.identity,
         "pruning": pruning if pruned else None,
         "dataset": dataset.dataset_hash if pruned else None,
         "toolchain": package_versions(TOOLCHAIN),

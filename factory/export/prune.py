@@ -168,7 +168,7 @@ def _finetune(module, canonical: CanonicalModel, manifest: DatasetManifest, reci
 
 def _cache_key(canonical: CanonicalModel, manifest: DatasetManifest, recipe: dict) -> str:
     ident = {
-        "weights": canonical.card["files"]["weights"]["sha256"],
+        "weights": canonical.identity,
         "dataset": manifest.dataset_hash,
         "recipe": recipe,
         "versions": package_versions(["torch", "torchvision", "torch-pruning"]),
@@ -184,6 +184,13 @@ def prepare_module(canonical: CanonicalModel, manifest: DatasetManifest | None, 
     h, w = canonical.input_hw
     if recipe["method"] == "none" or recipe["ratio"] == 0:
         return canonical.build_module(), {"method": "none"}
+    if not canonical.has_architecture:
+        kind = (canonical.source or {}).get("kind", "a graph")
+        raise ExportError(
+            "prune",
+            f"the model was imported as {kind} without an architecture: there is no torch module to prune",
+            hint="set recipe.pruning to none, or import it with --architecture NAME and a state_dict",
+        )
     if manifest is None:
         raise ExportError("prune", "pruning needs the training dataset for fine-tuning; pass --data")
     if canonical.task != "classification":

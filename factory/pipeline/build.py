@@ -290,7 +290,7 @@ def _manifest(
         lineage={
             "canonical": {
                 "path": str(canonical.path),
-                "weights_sha256": canonical.card["files"]["weights"]["sha256"],
+                "weights_sha256": canonical.identity,
                 "onnx_sha256": canonical.card["files"]["onnx"]["sha256"],
                 "architecture": canonical.card["architecture"],
                 "task": canonical.task,
@@ -355,7 +355,7 @@ def build(
     check_resolvable(ctx, profile)
     key = load_private_key(key_path)
     card = ctx.canonical.card
-    version = resolve_version(Path(out_root), card["name"], card["files"]["weights"]["sha256"], version)
+    version = resolve_version(Path(out_root), card["name"], ctx.canonical.identity, version)
     dest = bundle_dir(Path(out_root), card["name"], version, profile["name"])
     with tempfile.TemporaryDirectory(prefix=f"factory-{profile['name']}-staging-") as staging:
         make_bundle(ctx, profile, Path(staging) / "bundle", key, version, Path(cache_dir))

@@ -70,7 +70,7 @@ def build_on(executor, ctx: BuildContext, profiles: dict, *, model_dir, key_path
     from ..export.targets import targets_dir as profiles_folder
 
     card = ctx.canonical.card
-    version = resolve_version(Path(out_root), card["name"], card["files"]["weights"]["sha256"], version)
+    version = resolve_version(Path(out_root), card["name"], ctx.canonical.identity, version)
     key = load_private_key(key_path)
     staging = Path(cache_dir).resolve() / "staging"
     common = {"model_dir": absolute(model_dir or ctx.canonical.path), "data": absolute(data or ctx.dataset.location),

@@ -114,7 +114,7 @@ def platform_parity(
     bundle = Path(bundle)
     manifest = verify_bundle(bundle, load_public_key(public_key_path))["manifest"]
     ctx = load_context(model_dir, data)
-    if manifest.lineage["canonical"]["weights_sha256"] != ctx.canonical.card["files"]["weights"]["sha256"]:
+    if manifest.lineage["canonical"]["weights_sha256"] != ctx.canonical.identity:
         raise InputError(f"{bundle} was not built from the model in {model_dir}")
     host_dir, inside = root.scratch()
     try:

@@ -138,7 +138,7 @@ def load_search_config(path) -> dict:
 
 def _key(profile: dict, canonical) -> str:
     ident = {
-        "weights": canonical.card["files"]["weights"]["sha256"],
+        "weights": canonical.identity,
         "recipe": profile["recipe"],
         "runtime": profile["runtime"],
         "backend": profile["backend"],
@@ -492,7 +492,7 @@ def publish_winner(
 ) -> BuildResult:
     """The winner becomes the target's bundle: the search's latency and verdict in its manifest, then published."""
     card = plan.ctx.canonical.card
-    version = resolve_version(Path(out_root), card["name"], card["files"]["weights"]["sha256"], version)
+    version = resolve_version(Path(out_root), card["name"], plan.ctx.canonical.identity, version)
     dest = bundle_dir(Path(out_root), card["name"], version, plan.profile["name"])
 
     def finish(m: Manifest) -> None:

@@ -18,7 +18,15 @@ import numpy as np
 from .._io import read_json, sha256_file
 from ..errors import ExportError, ModelError
 
-__all__ = ["CARD_SCHEMA", "CanonicalModel", "export_onnx", "onnx_logits", "load_canonical", "count_macs"]
+__all__ = [
+    "CARD_SCHEMA",
+    "CanonicalModel",
+    "export_onnx",
+    "onnx_logits",
+    "load_canonical",
+    "count_macs",
+    "model_identity",
+]
 
 CARD_SCHEMA = "factory.model-card/1"
 CARD_NAME = "model_card.json"
@@ -28,28 +36,30 @@ ONNX_OPSET = 18
 
 
 def export_onnx(module, path: str | Path, height: int, width: int, opset: int = ONNX_OPSET) -> Path:
-    """Export a torch module to ONNX: one file, ``input`` NCHW float32 with a dynamic batch, ``logits`` out."""
+    """Export a torch module to ONNX: one file, ``input`` NCHW float32 with a dynamic batch, ``logits`` out
+    (an ``ExportedProgram`` keeps the shapes it was exported with)."""
     import onnx
     import torch
 
     path = Path(path)
-    module = module.eval()
-    sample = torch.zeros(2, 3, height, width)
+    if isinstance(module, torch.export.ExportedProgram):  # an imported program: its own shapes, no re-tracing
+        args, module = (), module
+    else:
+        args, module = {"args": (torch.zeros(2, 3, height, width),), "dynamic_shapes": ({0: "batch"},)}, module.eval()
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 module,
-                (sample,),
-                None,
+                f=None,
                 dynamo=True,
                 opset_version=opset,
                 input_names=["input"],
                 output_names=["logits"],
-                dynamic_shapes=({0: "batch"},),
                 external_data=False,
                 verbose=False,
+                **(args or {}),
             )
         model = program.model_proto
     except Exception as exc:  # the exporter raises many types; keep the operator if it names one
@@ -90,6 +100,13 @@ def count_macs(module, height: int, width: int) -> int:
     return int(counter.get_total_flops() // 2)
 
 
+def model_identity(card: dict) -> str:
+    """The sha256 that names a canonical model's weights: its state_dict, else (a model imported without an
+    architecture) the exported program or the ONNX graph that holds them."""
+    files = card["files"]
+    return files.get("weights", files.get("program", files["onnx"]))["sha256"]
+
+
 @dataclass
 class CanonicalModel:
     path: Path
@@ -97,7 +114,34 @@ class CanonicalModel:
 
     @property
     def weights(self) -> Path:
+        if not self.has_architecture:
+            raise ModelError(
+                f"{self.path}: the model was imported without an architecture; it has no weights.pt",
+                hint="import it with --architecture NAME and a state_dict to prune or retrain it",
+            )
         return self.path / self.card["files"]["weights"]["path"]
+
+    @property
+    def identity(self) -> str:
+        """sha256 of the file that holds the weights (see :func:`model_identity`)."""
+        return model_identity(self.card)
+
+    @property
+    def has_architecture(self) -> bool:
+        """Whether the module can be rebuilt from an architecture and a state_dict (so pruned, fine-tuned and
+        retrained); a model imported as ONNX, TorchScript or a bare exported program cannot."""
+        return "weights" in self.card["files"]
+
+    @property
+    def source(self) -> dict | None:
+        """Where an imported model came from (kind, file, sha256); None for a model the factory trained."""
+        return self.card.get("source")
+
+    @property
+    def main_file(self) -> Path:
+        """The file whose size a benchmark reports: the weights, else the exported program or ONNX graph."""
+        files = self.card["files"]
+        return self.path / files.get("weights", files.get("program", files["onnx"]))["path"]
 
     @property
     def onnx(self) -> Path:
@@ -127,6 +171,10 @@ class CanonicalModel:
 
         from .models import create_model
 
+        if not self.has_architecture:
+            from .sources import source_module
+
+            return source_module(self.path, self.card)
         if self.task != "classification":
             from ..tasks import get_task
             from .spatial import task_module

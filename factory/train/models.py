@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import ModelError, UnknownNameError
 
-__all__ = ["register_model", "list_models", "create_model", "load_pretrained", "set_bn_momentum"]
+__all__ = ["register_model", "list_models", "is_architecture", "create_model", "load_pretrained", "set_bn_momentum"]
 
 _LOCAL: dict[str, Callable[[int], nn.Module]] = {}
 
@@ -36,8 +36,21 @@ def _torchvision_names() -> list[str]:
 
 
 def list_models() -> list[str]:
-    """Every architecture ``create_model`` accepts: torchvision classifiers and local ones."""
+    """Every architecture ``create_model`` accepts: torchvision classifiers and local ones (and, with the
+    ``timm`` extra, ``timm:NAME`` for any of timm's models, not listed here)."""
     return sorted(set(_torchvision_names()) | set(_LOCAL))
+
+
+TIMM = "timm:"
+
+
+def is_architecture(name: str) -> bool:
+    """Whether ``create_model`` knows ``name`` (a ``timm:`` name when timm is installed and has it)."""
+    if name.startswith(TIMM):
+        from .._deps import require
+
+        return name[len(TIMM) :] in require("timm", "timm", "timm", "timm architectures").list_models()
+    return name in _LOCAL or name in _torchvision_names()
 
 
 @register_model("tiny-cnn")
@@ -64,6 +77,15 @@ def create_model(name: str, num_classes: int, pretrained: str | Path | None = No
     """A classifier by name with ``num_classes`` outputs; weights only from a local file."""
     if name in _LOCAL:
         model = _LOCAL[name](num_classes)
+    elif name.startswith(TIMM):
+        from .._deps import require
+
+        timm = require("timm", "timm", "timm", "timm architectures")
+        if name[len(TIMM) :] not in timm.list_models():
+            raise UnknownNameError(
+                "timm architecture", name[len(TIMM) :], timm.list_models()[:40], hint="see timm.list_models()"
+            )
+        model = timm.create_model(name[len(TIMM) :], pretrained=False, num_classes=num_classes)
     else:
         import torchvision.models as tvm
 
