@@ -282,3 +282,24 @@ def test_failed_conversion_names_stage_and_operator(tmp_path, synth_ds, keypair,
     failure = json.loads((tmp_path / "r" / "tflite.json").read_text())
     assert failure["stage"] == "litert-convert" and failure["passed"] is False
     assert not any(p.name.endswith(".partial") for p in (tmp_path / "b").rglob("*"))
+
+
+def test_the_packaged_profiles_are_found_outside_the_project(tmp_path, monkeypatch):
+    """A command run in any folder finds the default profiles installed with the package (issue 27)."""
+    from factory.export.targets import PACKAGED, load_target, targets_dir
+
+    monkeypatch.delenv("FACTORY_TARGETS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert targets_dir() == PACKAGED and load_target("tflite")["backend"] == "litert"
+    result = invoke("targets")
+    assert result.exit_code == 0 and "openvino" in result.output
+
+
+def test_loop_demo_checks_its_profile_before_training(tmp_path, monkeypatch):
+    """It used to train for 87 s and then fail "unknown target 'cpu'"; now it fails before any work."""
+    empty = tmp_path / "no-profiles"
+    empty.mkdir()
+    monkeypatch.setenv("FACTORY_TARGETS", str(empty))
+    result = invoke("loop", "demo", "--out", str(tmp_path / "demo"))
+    assert result.exit_code == 2 and "unknown target 'cpu'" in result.output
+    assert not (tmp_path / "demo").exists()

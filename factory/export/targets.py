@@ -105,9 +105,16 @@ PROFILE_SCHEMA = {
 }
 
 
+PACKAGED = Path(__file__).resolve().parents[1] / "defaults" / "targets"  # installed with the package
+
+
 def targets_dir(explicit: str | Path | None = None) -> Path:
-    """The folder of target profiles: explicit, else ``$FACTORY_TARGETS``, else ``./targets``."""
-    return Path(explicit or os.environ.get("FACTORY_TARGETS") or "targets")
+    """The folder of target profiles: explicit, else ``$FACTORY_TARGETS``, else ``./targets`` when the working
+    folder has one, else the default profiles installed with the package (so a command run anywhere finds them)."""
+    chosen = explicit or os.environ.get("FACTORY_TARGETS")
+    if chosen:
+        return Path(chosen)
+    return Path("targets") if Path("targets").is_dir() else PACKAGED
 
 
 def target_names(folder: str | Path | None = None) -> list[str]:

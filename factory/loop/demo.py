@@ -153,6 +153,7 @@ def loop_demo(out: str | Path, *, devices: int = 40, epochs: int = 8, seed: int 
     from ..bundle.signing import generate_keys, load_public_key
     from ..data.synth import synthesize
     from ..device.simulate import Fleet, Knobs
+    from ..export.targets import load_target
     from ..pipeline.build import build
     from ..registry.local import local_client
     from ..registry.settings import default_settings
@@ -160,6 +161,7 @@ def loop_demo(out: str | Path, *, devices: int = 40, epochs: int = 8, seed: int 
     from .run import open_triggers, run_loop
     from .versions import new_version
 
+    load_target("cpu", None, BUDGETS)  # the profile the demo builds, found before anything is trained
     started = time.perf_counter()
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)

@@ -181,14 +181,18 @@ def run_loop(
     started = time.perf_counter()
     _audit(client, "loop.start", {"trigger_id": trigger and trigger["id"], "dataset": name,
                                   "dataset_hash": version_manifest.dataset_hash})  # fmt: skip
+    stable = stable_releases(client, card_name)
+    if not stable:
+        raise InputError(f"model {card_name} has no stable release to gate the candidate against")
+    from ..export.targets import load_target
+
+    for target in stable:  # every profile the candidate is built for, checked before the training is spent
+        load_target(target, targets_dir, overrides)
     progress.info(f"loop: retraining {card_name} on {name} (warm start from {canonical})")
     model = retrain(Path(canonical), Path(dataset), out / "model", epochs=epochs)
     run_id = model.card["lineage"]["mlflow"]["run_id"]
     _audit(client, "loop.retrain", {"model": str(model.path), "mlflow_run": run_id,
                                     "test_top1": model.card["metrics"]["test"].get("top1")})  # fmt: skip
-    stable = stable_releases(client, card_name)
-    if not stable:
-        raise InputError(f"model {card_name} has no stable release to gate the candidate against")
     version = next_version(client, card_name)
     built, gates = {}, {}
     for target, key in sorted(stable.items()):

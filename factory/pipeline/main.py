@@ -327,6 +327,10 @@ def run(params_path: str, fresh: bool) -> None:
     ./mlruns (SQLite). Prints a summary with where to look.
     """
     p = load_config(params_path, PIPELINE_SCHEMA)
+    from ..export.targets import load_target
+
+    for target in p["build"]["targets"]:  # an unknown target fails now, not after the training
+        load_target(target)
     clock = _Clock()
     with clock.stage("data"):
         manifest = _dataset(p, fresh)
