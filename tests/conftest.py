@@ -17,6 +17,11 @@ from factory.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Builds run in this process unless a test asks for a worker: tests register architectures and backends
+# in-process and read progress lines from the command's output. tests/test_isolation.py runs the default
+# (a worker process per command) on purpose.
+os.environ.setdefault("FACTORY_EXECUTOR", "local")
+
 DBS = ["sqlite"] + (["postgresql"] if os.environ.get("FACTORY_TEST_POSTGRES_URL") else [])
 
 

@@ -15,7 +15,17 @@ from dataclasses import asdict, dataclass, field
 
 from ..proportions import at_least, non_inferiority, tango_interval, wilson_interval, z_value
 
-__all__ = ["Check", "check_budgets", "parity_evidence", "task_quality", "failed", "unresolvable", "CONFIDENCE"]
+__all__ = [
+    "Check",
+    "check_budgets",
+    "parity_evidence",
+    "task_quality",
+    "failed",
+    "unresolvable",
+    "judge",
+    "INCONCLUSIVE_RULES",
+    "CONFIDENCE",
+]
 
 CONFIDENCE = 0.95
 
@@ -173,6 +183,44 @@ def task_quality(parity: dict) -> dict:
 def failed(checks: list[Check]) -> list[Check]:
     """The checks that did not pass (failed or inconclusive)."""
     return [c for c in checks if not c.passed]
+
+
+INCONCLUSIVE_RULES = ("auto", "fail", "warn", "pass-if-exact")
+
+
+def judge(checks: list[Check], rule: str = "auto", *, exact: bool, strict: bool) -> dict:
+    """Whether a bundle meets its budgets, and what an inconclusive accuracy verdict (a test split too small to
+    resolve the margin) counts as under ``rule`` (a profile's ``budgets.on_inconclusive``):
+
+    - ``fail``: it does not meet them; ``warn``: it does, with the verdict recorded and shown;
+    - ``pass-if-exact``: it does when the conversion is numerically exact (the output parity check passed);
+    - ``auto`` (default): ``pass-if-exact`` for fp32/fp16 exports, ``fail`` for int8 and pruned models
+      (``strict``), whose accuracy is what the interval exists to judge.
+
+    A failed check always fails. Returns ``{"passed", "rule", "inconclusive": [check names], "why"}``."""
+    resolved = ("fail" if strict else "pass-if-exact") if rule == "auto" else rule
+    missed = failed(checks)
+    unsure = [c.check for c in missed if c.verdict == "inconclusive"]
+    if any(c.verdict == "fail" for c in missed) or not unsure:
+        return {"passed": not missed, "rule": resolved, "inconclusive": unsure, "why": None}
+    if resolved == "warn":
+        ok, why = True, "accepted by budgets.on_inconclusive=warn"
+    elif resolved == "pass-if-exact":
+        ok = exact
+        why = (
+            "accepted: the outputs match the canonical model within the numeric tolerance"
+            if exact
+            else ("not accepted: the conversion is not numerically exact (pass-if-exact)")
+        )
+    else:
+        ok, why = False, "not accepted: " + ("int8 and pruned models are judged strictly" if rule == "auto" else "fail")
+    return {"passed": ok, "rule": resolved, "inconclusive": unsure, "why": f"inconclusive {', '.join(unsure)}; {why}"}
+
+
+WAYS_OUT = (
+    "widen the margin (--set budgets.max_accuracy_drop_pt=N), judge on more images (a larger test split), "
+    "or choose what an inconclusive verdict does (--set budgets.on_inconclusive=fail|warn|pass-if-exact)"
+)
 
 
 def unresolvable(budgets: dict, n: int, confidence: float = CONFIDENCE) -> str | None:

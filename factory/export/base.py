@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import pkgutil
 import re
 from dataclasses import dataclass, field
@@ -161,10 +162,24 @@ def operator_in(text: str) -> str | None:
     return None
 
 
+STAGE_LISTENERS: list = []  # callables told each stage's name as it starts (a build worker reports it)
+FAULT_ENV = "FACTORY_FAULT"  # "segv@STAGE": a real SIGSEGV when STAGE starts (tests of crash containment)
+
+
+def _enter(name: str) -> None:
+    for listener in STAGE_LISTENERS:
+        listener(name)
+    if os.environ.get(FAULT_ENV) == f"segv@{name}":
+        import ctypes
+
+        ctypes.string_at(0)  # a genuine invalid read, as a crashing converter does
+
+
 @contextlib.contextmanager
 def stage(name: str, hint: str | None = None):
     """Turn any failure inside a build stage into an ExportError naming the stage and, where the message
     names one, the operator; the project's own errors pass through unchanged."""
+    _enter(name)
     try:
         yield
     except FactoryError:

@@ -99,6 +99,13 @@ PROFILE_SCHEMA = {
         "max_map_drop_pt": Key(
             float, 1.0, "detection: mAP@0.5 drop vs the canonical model on the test split, in points"
         ),
+        "on_inconclusive": Key(
+            str,
+            "auto",
+            "what a test split too small to resolve the accuracy margin means: fail | warn | pass-if-exact | auto "
+            "(pass-if-exact for fp32/fp16, fail for int8 and pruning)",
+            choices=["auto", "fail", "warn", "pass-if-exact"],
+        ),
         "max_latency_ms": Key(float, None, "p95 latency at batch 1 on the build host", nullable=True),
         "max_size_mb": Key(float, None, "artifact size", nullable=True),
     },

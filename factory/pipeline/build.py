@@ -20,13 +20,13 @@ import numpy as np
 
 from .. import __version__, progress
 from .._io import atomic_dir, sha256_file
-from ..bench.budgets import check_budgets, parity_evidence, unresolvable
+from ..bench.budgets import WAYS_OUT, check_budgets, judge, parity_evidence, unresolvable
 from ..bench.quick import postprocess_latency, quick_latency
 from ..bundle.manifest import Manifest, bundle_dir, file_entries, resolve_version
 from ..bundle.signing import load_private_key
 from ..data.manifest import DatasetManifest, load_manifest
 from ..data.splits import load_split, load_split_images
-from ..errors import DataError, InputError, ValidationError
+from ..errors import DataError, InputError
 from ..export.base import get_backend, stage
 from ..export.convert import TOOLCHAIN, Converted, convert
 from ..export.targets import load_target
@@ -90,16 +90,18 @@ def load_context(model_dir: str | Path, data: str | None = None) -> BuildContext
     return BuildContext(canonical, dataset, x_test, y_test, onnx_logits(canonical.onnx, x_test))
 
 
-def check_resolvable(ctx: BuildContext, profile: dict) -> None:
-    """Exit 1 before building anything when the test split cannot judge even a perfect candidate."""
+def check_resolvable(ctx: BuildContext, profile: dict) -> str | None:
+    """Say before building when the test split cannot judge even a perfect candidate at the profile's margin:
+    the bundle is still built and signed, and its accuracy verdict is ``inconclusive`` (what that means is the
+    profile's ``budgets.on_inconclusive``; see :func:`factory.bench.budgets.judge`). Returns the reason, or None."""
     if ctx.task.name != "classification":
-        return  # a bootstrap interval of a continuous metric has no such floor
+        return None  # a bootstrap interval of a continuous metric has no such floor
     why = unresolvable(profile["budgets"], len(ctx.y_test))
     if why:
-        raise ValidationError(
-            f"target {profile['name']}: {why}",
-            hint="use a larger test split, or a wider margin (budgets.max_accuracy_drop_pt) in the profile",
-        )
+        rule = profile["budgets"].get("on_inconclusive", "auto")
+        progress.info(f"[{profile['name']}] {why}: building anyway, the accuracy verdict will be inconclusive "
+                      f"(budgets.on_inconclusive={rule}); to decide it: {WAYS_OUT}")  # fmt: skip
+    return why
 
 
 @dataclass
@@ -243,6 +245,11 @@ def _manifest(
         latency_p95_ms=latency["p95_ms"],
         size_mb=size / 1e6,
     )
+    strict = precision.startswith("int8") or done.prune["method"] != "none"
+    exact = any(c.check == "max_abs_diff" and c.passed for c in checks)
+    verdict = judge(checks, profile["budgets"].get("on_inconclusive", "auto"), exact=exact, strict=strict)
+    if verdict["inconclusive"]:
+        progress.info(f"[{profile['name']}] {verdict['why']}")
     rt = backend.runtime
     return Manifest(
         name=canonical.card["name"],
@@ -284,7 +291,8 @@ def _manifest(
             "parity": parity,
             "budgets": profile["budgets"],
             "checks": [c.to_dict() for c in checks],
-            "passed": all(c.passed for c in checks),
+            "passed": verdict["passed"],
+            **({"inconclusive": verdict | {"ways_out": WAYS_OUT}} if verdict["inconclusive"] else {}),
         },
         latency=latency,
         lineage={

@@ -1,4 +1,4 @@
-"""Several targets built at once as tasks of a Ray executor (``factory build --target A --target B --executor ray``).
+"""Targets built as tasks of an executor: a worker process (the default) or Ray (``--executor ray``).
 
 Each worker loads the canonical model, builds and signs its target's bundle into a staging folder of the
 shared cache (``--cache-dir``, a filesystem every node mounts, as for a search), and returns where. This
@@ -30,6 +30,21 @@ SHARED_HINT = (
 )
 
 
+_CONTEXT: dict = {}  # a reused worker builds the targets of one command from one decoded test split
+
+
+def _context(model_dir, data) -> BuildContext:
+    """The build context, kept for the worker's next task of the same model and data (files unchanged)."""
+    from .._io import sha256_file
+
+    card = Path(model_dir) / "model_card.json"
+    key = (str(model_dir), str(data), sha256_file(card) if card.is_file() else None)
+    if key not in _CONTEXT:
+        _CONTEXT.clear()
+        _CONTEXT[key] = load_context(model_dir, data)
+    return _CONTEXT[key]
+
+
 def stage_remote(spec: dict) -> dict:
     """On a worker: build and sign one target's bundle into ``spec["staging"]``; a failure is returned with
     its stage (a bad input raises, and the driver records it as the target's failure: on a worker it is
@@ -38,7 +53,7 @@ def stage_remote(spec: dict) -> dict:
 
     target = spec["target"]
     try:
-        ctx = load_context(spec["model_dir"], spec["data"])
+        ctx = _context(spec["model_dir"], spec["data"])
         profile = load_target(target, spec["targets_dir"], tuple(spec["overrides"]))
         make_bundle(ctx, profile, Path(spec["staging"]), load_private_key(spec["key_path"]), spec["version"],
                     Path(spec["cache_dir"]))  # fmt: skip
@@ -53,7 +68,7 @@ def _publish_one(spec: dict, o, out_root, name: str, version: str, profiles: dic
     """A worker's outcome for one target: its failure, or the staged bundle published to its final folder."""
     t, backend = spec["target"], spec["backend"]
     if o.error:
-        return Failure(t, backend, "cluster", None, o.error, SHARED_HINT)
+        return Failure(t, backend, o.stage or "cluster", None, o.error, o.hint or SHARED_HINT)
     if "failure" in o.value:
         return Failure(**{k: v for k, v in o.value["failure"].items() if k != "passed"})
     dest = bundle_dir(Path(out_root), name, version, profiles[t]["name"])

@@ -76,7 +76,12 @@ def build_table(results, *, latency: bool = True) -> str:
             source = "search run" if str(m.latency.get("source", "")).startswith("search") else "build probe"
             row += f"{m.latency['p50_ms']:.2f} | {m.latency['p95_ms']:.2f} | {source} | "
         row += f"{_speedup(m)} | {m.artifact['size_bytes'] / 1e6:.2f} | {m.artifact['macs'] / 1e6:.1f} | "
-        row += f"{'pass' if not bad else 'FAIL: ' + ', '.join(bad)} |"
+        unsure = m.validation.get("inconclusive")
+        if m.passed and unsure:  # accepted by budgets.on_inconclusive: say so, never a bare "pass"
+            verdict = f"pass ({', '.join(bad)}; on_inconclusive={unsure['rule']})"
+        else:
+            verdict = "pass" if not bad else "FAIL: " + ", ".join(bad)
+        row += f"{verdict} |"
         rows.append(row)
     return "\n".join(rows)
 
@@ -191,10 +196,12 @@ def _write_reports(results, report_dir) -> None:
 @click.option(
     "--executor",
     default=None,
-    type=click.Choice(["local", "ray"]),
-    help="Build in this process (default) or as Ray tasks: each --target (or, with --search, each candidate) is "
-    "a task, and a profile's device_class measures the search on a node with the resource device:<class>; "
-    "--cache-dir must be a folder every node mounts [default: ray when $FACTORY_RAY_ADDRESS is set].",
+    type=click.Choice(["process", "local", "ray"]),
+    help="Where each --target (or, with --search, each candidate) is built: process (default) runs it in a "
+    "worker process, so a native crash fails that target, names the signal and stage, and the others go on; "
+    "local runs it in this process; ray makes it a Ray task (a profile's device_class measures the search on a "
+    "node with the resource device:<class>; --cache-dir must be a folder every node mounts) [default: ray when "
+    "$FACTORY_RAY_ADDRESS is set, else $FACTORY_EXECUTOR, else process].",
 )
 @click.option(
     "--ray-address", default=None, help="With --executor ray: the cluster's head (host:port) [default: auto]."

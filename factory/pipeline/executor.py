@@ -1,4 +1,11 @@
-"""Where a search's work runs: in this process (the default) or as Ray tasks on a cluster.
+"""Where a build's work runs: in a worker process (the default), in this process, or as Ray tasks.
+
+``process`` (the default of ``factory build``): each target build (and each search candidate) runs in a
+spawned worker process, reused from one task to the next, so a native crash in a converter or runtime
+(a SIGSEGV in a quantizer, an abort in a compiler) ends that worker, not the command: the task becomes
+a failed row naming the signal and the stage it was in, a fresh worker takes the next task, and the
+staging folder the dead one wrote into is removed. ``local`` runs everything in this process (what the
+test suite does, and code that registers architectures or backends in-process must use).
 
 ``--executor ray`` (or ``FACTORY_RAY_ADDRESS`` in the environment) sends each candidate build to a
 Ray worker and, when the target profile names a ``device_class``, the search's interleaved benchmark
@@ -26,9 +33,23 @@ from typing import Any, Callable
 from .. import progress
 from ..errors import InputError, MissingDependencyError
 
-__all__ = ["Outcome", "LocalExecutor", "RayExecutor", "get_executor", "absolute", "RAY_ADDRESS_ENV"]
+__all__ = [
+    "Outcome",
+    "LocalExecutor",
+    "ProcessExecutor",
+    "RayExecutor",
+    "get_executor",
+    "absolute",
+    "RAY_ADDRESS_ENV",
+    "EXECUTOR_ENV",
+]
 
 RAY_ADDRESS_ENV = "FACTORY_RAY_ADDRESS"
+EXECUTOR_ENV = "FACTORY_EXECUTOR"  # local | process | ray: the default when --executor is not given
+CRASH_HINT = (
+    "a native crash in the converter or runtime; the other targets were built. Rerun this target alone with "
+    "`factory --debug build --executor local ...` under gdb or with PYTHONFAULTHANDLER=1 for its stack"
+)
 
 
 @dataclass
@@ -38,6 +59,8 @@ class Outcome:
     value: Any = None
     error: str | None = None
     node: dict | None = None  # where it ran (Ray: node id and host facts)
+    stage: str | None = None  # the build stage a worker process died in
+    hint: str | None = None
 
 
 def absolute(path) -> str | None:
@@ -67,6 +90,127 @@ class LocalExecutor:
         pass
 
 
+def _serve(conn) -> None:
+    """A worker process: run each ``(fn, args)`` it is sent, report stages as they start, answer once per task."""
+    import faulthandler
+
+    from ..export.base import STAGE_LISTENERS
+
+    faulthandler.enable()  # a crash prints its Python stack to stderr before the process dies
+    STAGE_LISTENERS.append(lambda name: conn.send(("stage", name)))
+    while True:
+        try:
+            fn, args = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        try:
+            conn.send(("ok", fn(*args)))
+        except BaseException as exc:  # noqa: BLE001 - the parent records it as the task's failure
+            from ..errors import FactoryError
+
+            if isinstance(exc, FactoryError) and exc.exit_code == 2:
+                conn.send(("input-error", (exc.message, exc.hint)))  # the command's error, raised there as here
+                continue
+            text = str(exc).strip().splitlines()
+            conn.send(("error", f"{type(exc).__name__}: {text[0][:300] if text else ''}"))
+
+
+def _signal_name(code: int | None) -> str:
+    import signal
+
+    if code is not None and code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class ProcessExecutor:
+    """Each task in a spawned worker process (one at a time: a build probes its latency on the cores it has);
+    the worker is reused until one dies, and a task is never waited for longer than ``task_seconds``
+    (``FACTORY_TASK_SECONDS``, default 3 h)."""
+
+    name = "process"
+
+    def __init__(self, task_seconds: float | None = None):
+        self.task_seconds = task_seconds or float(os.environ.get("FACTORY_TASK_SECONDS", "10800"))
+        self._proc = self._conn = None
+        self.spawned = 0
+
+    def largest_node_cpus(self) -> float:
+        """This machine's cores (a worker builds one target at a time)."""
+        return float(os.cpu_count() or 1)
+
+    def _start(self) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # never fork a process that holds runtime threads
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="factory-build-worker")
+        self._proc.start()
+        child.close()
+        self.spawned += 1
+
+    def _one(self, fn, args) -> Outcome:
+        if self._proc is None or not self._proc.is_alive():
+            self._start()
+        self._conn.send((fn, args))
+        current, deadline = None, time.monotonic() + self.task_seconds
+        while True:
+            try:
+                if not self._conn.poll(max(0.0, deadline - time.monotonic())):
+                    self._kill()
+                    return Outcome(
+                        error=f"no answer within {self.task_seconds:g} s (the worker was stopped)", stage=current
+                    )
+                kind, payload = self._conn.recv()
+            except (EOFError, ConnectionError):
+                self._proc.join(10)
+                code = self._proc.exitcode
+                self._proc = self._conn = None
+                where = f" in stage {current}" if current else ""
+                return Outcome(
+                    error=f"the worker process died of {_signal_name(code)}{where}",
+                    stage=current or "worker",
+                    hint=CRASH_HINT,
+                )
+            if kind == "stage":
+                current = payload
+            elif kind == "ok":
+                return Outcome(payload, node={"host": "this machine", "worker_pid": self._proc.pid})
+            elif kind == "input-error":
+                raise InputError(payload[0], hint=payload[1])
+            else:
+                return Outcome(error=payload, stage=current)
+
+    def map(
+        self, fn: Callable, items: list[tuple], *, resources: dict | None = None, what: str = "task", cpus: float = 1
+    ) -> list[Outcome]:
+        """Run ``fn(*args)`` for each item, one after the other, in the worker."""
+        out = [self._one(fn, args) for args in items]
+        died = sum(o.hint == CRASH_HINT for o in out)
+        if died:
+            progress.info(f"{died} {what}(s) ended in a crashed worker process; the others went on")
+        return out
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(10)
+        self._proc = self._conn = None
+
+    def close(self) -> None:
+        """Stop the worker (it exits when its pipe closes)."""
+        if self._conn is not None:
+            self._conn.close()
+        if self._proc is not None:
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
+        self._proc = self._conn = None
+
+
 def _run_with_facts(fn, *args):
     return fn(*args), _facts()
 
@@ -79,8 +223,14 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, *, retries: int = 1, place_seconds: float | None = None,
-                 task_seconds: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        retries: int = 1,
+        place_seconds: float | None = None,
+        task_seconds: float | None = None,
+    ):
         try:
             import ray
         except ImportError:
@@ -122,8 +272,10 @@ class RayExecutor:
             deadline = time.monotonic() + self.place_seconds
             while not self.nodes(name):
                 if time.monotonic() > deadline:
-                    return [Outcome(error=f"no live node of the cluster carries {name}: the {what} was not run")
-                            for _ in items]  # fmt: skip
+                    return [
+                        Outcome(error=f"no live node of the cluster carries {name}: the {what} was not run")
+                        for _ in items
+                    ]
                 time.sleep(1.0)
         opts = {"num_cpus": cpus} | ({"resources": resources} if resources else {})
         refs = [self._remote.options(**opts).remote(fn, *args) for args in items]
@@ -147,11 +299,14 @@ class RayExecutor:
 
 
 def get_executor(name: str | None, address: str | None = None):
-    """``local`` (default), or ``ray`` (also when ``FACTORY_RAY_ADDRESS`` is set and no name is given)."""
+    """``process`` (default), ``local``, or ``ray`` (the default when ``FACTORY_RAY_ADDRESS`` is set);
+    ``FACTORY_EXECUTOR`` names the default otherwise."""
     address = address or os.environ.get(RAY_ADDRESS_ENV)
-    name = name or ("ray" if address else "local")
+    name = name or ("ray" if address else os.environ.get(EXECUTOR_ENV) or "process")
     if name == "local":
         return LocalExecutor()
+    if name == "process":
+        return ProcessExecutor()
     if name == "ray":
         return RayExecutor(address)
-    raise InputError(f"unknown executor {name!r}; use local or ray")
+    raise InputError(f"unknown executor {name!r}; use process, local or ray")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import __version__, progress
 from .._io import canonical_json, read_json, write_json
-from ..bench.budgets import check_budgets, failed, parity_evidence, task_quality
+from ..bench.budgets import check_budgets, failed, judge, parity_evidence, task_quality
 from ..bundle.manifest import Manifest, bundle_dir, copy_resigned, resolve_version
 from ..bundle.signing import load_private_key
 from ..config import load_config
@@ -350,6 +350,17 @@ def _checks(c: Candidate, budgets: dict):
     )
 
 
+def _exact(c: Candidate) -> bool:
+    """The build found the candidate's outputs equal to the canonical model's within the numeric tolerance."""
+    return any(ch["check"] == "max_abs_diff" and ch["passed"] for ch in c.manifest.validation["checks"])
+
+
+def _strict(c: Candidate) -> bool:
+    """int8 or pruned: accuracy is what the interval must show."""
+    rec = c.manifest.recipe
+    return rec["precision"].startswith("int8") or rec["pruning_applied"]["method"] != "none"
+
+
 def _loss(c: Candidate) -> float:
     """The candidate's loss against the canonical model by its task's figure (top-1 or mAP points...)."""
     return task_quality(c.manifest.validation["parity"])["loss"]
@@ -430,10 +441,12 @@ def rank(plan: SearchPlan, measured: list[Candidate], bench: dict) -> tuple[Cand
     feasible = []
     for c in measured:
         checks = _checks(c, budgets)
-        missed = failed(checks)
         c.checks = [ch.to_dict() for ch in checks]
-        c.reason = "; ".join(f"{m.check} {m.why}" for m in missed)
-        # inconclusive is not feasible: the test split could not show the candidate within its margin
+        # an inconclusive accuracy verdict (the test split cannot show the candidate within its margin) is
+        # feasible only as the profile's budgets.on_inconclusive says (by default: an exact fp32/fp16 export)
+        verdict = judge(checks, budgets.get("on_inconclusive", "auto"), exact=_exact(c), strict=_strict(c))
+        missed = [] if verdict["passed"] else failed(checks)
+        c.reason = verdict["why"] or "; ".join(f"{m.check} {m.why}" for m in missed)
         c.status = (
             "feasible" if not missed else "rejected" if any(m.verdict == "fail" for m in missed) else "inconclusive"
         )

@@ -1,0 +1,122 @@
+"""A test split too small to resolve the accuracy margin still gets its bundles, with an honest verdict (issue 32).
+
+The session's tiny dataset has 23 test images: no build can show a 1.0 pt margin on them. The build says so
+before it starts, builds and signs anyway, and ``budgets.on_inconclusive`` decides what the inconclusive
+verdict means (default: exact fp32 passes, int8 and pruning fail).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from factory.bench.budgets import Check, judge
+from tests.conftest import ROOT, build_args, invoke
+
+
+def _build(tmp_path, trained, keypair, target, *extra):
+    result = invoke(*build_args(trained.path, target, keypair, ROOT / "targets", tmp_path / "b", "--no-track", *extra))
+    folders = list((tmp_path / "b").glob(f"*/*/{target}"))
+    manifest = json.loads((folders[0] / "manifest.json").read_text()) if folders else None
+    return result, manifest
+
+
+def test_fp32_is_built_signed_and_passes_as_exact_with_the_verdict_recorded(tmp_path, trained, keypair):
+    result, m = _build(tmp_path, trained, keypair, "cpu")
+    assert result.exit_code == 0, result.output
+    assert "23 test images cannot resolve a 1 pt accuracy margin" in result.output
+    assert "budgets.on_inconclusive" in result.output and "max_accuracy_drop_pt" in result.output  # the ways out
+    v = m["validation"]
+    assert v["passed"] is True
+    assert v["inconclusive"]["rule"] == "pass-if-exact" and "accuracy_drop" in v["inconclusive"]["inconclusive"]
+    assert next(c for c in v["checks"] if c["check"] == "accuracy_drop")["verdict"] == "inconclusive"
+    assert next(c for c in v["checks"] if c["check"] == "max_abs_diff")["passed"]
+    assert "on_inconclusive=pass-if-exact" in result.output  # the table's verdict column says it
+    assert (tmp_path / "b" / m["name"] / m["version"] / "cpu.tar.gz").is_file()
+
+
+@pytest.mark.slow
+def test_int8_fails_by_default_and_passes_when_the_profile_says_warn(tmp_path, trained, keypair):
+    result, m = _build(tmp_path / "strict", trained, keypair, "cpu", "--precision", "int8-static")
+    assert result.exit_code == 1, result.output
+    assert m["validation"]["passed"] is False and m["validation"]["inconclusive"]["rule"] == "fail"
+    assert "FAIL" in result.output  # written and signed, marked failing
+    result, m = _build(
+        tmp_path / "warn",
+        trained,
+        keypair,
+        "cpu",
+        "--precision",
+        "int8-static",
+        "--set",
+        "budgets.on_inconclusive=warn",
+    )
+    assert result.exit_code == 0, result.output
+    assert m["validation"]["passed"] is True and m["validation"]["inconclusive"]["rule"] == "warn"
+
+
+def test_the_profile_can_make_fp32_strict(tmp_path, trained, keypair):
+    result, m = _build(tmp_path, trained, keypair, "cpu", "--set", "budgets.on_inconclusive=fail")
+    assert result.exit_code == 1 and m["validation"]["passed"] is False
+
+
+def test_a_bad_rule_is_a_config_error(tmp_path, trained, keypair):
+    result, m = _build(tmp_path, trained, keypair, "cpu", "--set", "budgets.on_inconclusive=maybe")
+    assert result.exit_code == 2 and "on_inconclusive" in result.output and m is None
+
+
+def _check(name: str, verdict: str) -> Check:
+    return Check(name, 0.0, 1.0, verdict, "<=")
+
+
+@pytest.mark.parametrize(
+    "rule,exact,strict,passed",
+    [
+        ("auto", True, False, True),
+        ("auto", False, False, False),
+        ("auto", True, True, False),
+        ("warn", False, True, True),
+        ("fail", True, False, False),
+        ("pass-if-exact", True, True, True),
+        ("pass-if-exact", False, False, False),
+    ],
+)
+def test_judge_follows_the_rule(rule, exact, strict, passed):
+    checks = [_check("accuracy_drop", "inconclusive"), _check("size", "pass")]
+    assert judge(checks, rule, exact=exact, strict=strict)["passed"] is passed
+    # a failed check fails whatever the rule; with nothing inconclusive the rule does not matter
+    assert judge([*checks, _check("latency_p95", "fail")], "warn", exact=True, strict=False)["passed"] is False
+    assert judge([_check("size", "pass")], "fail", exact=False, strict=True) == {
+        "passed": True,
+        "rule": "fail",
+        "inconclusive": [],
+        "why": None,
+    }
+
+
+@pytest.mark.slow
+def test_the_search_follows_the_same_rule(tmp_path, trained, keypair):
+    """fp32 candidates are feasible as exact; int8 ones stay inconclusive and cannot win."""
+    config = tmp_path / "space.yaml"
+    config.write_text("space:\n  recipe.precision: [fp32, int8-static]\nbench_seconds: 1\n")
+    result = invoke(
+        *build_args(
+            trained.path,
+            "cpu",
+            keypair,
+            ROOT / "targets",
+            tmp_path / "b",
+            "--no-track",
+            "--search",
+            "--search-config",
+            str(config),
+            "--search-dir",
+            str(tmp_path / "r"),
+        )
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(next((tmp_path / "r").rglob("search.json")).read_text())
+    status = {c["label"]: c["status"] for c in summary["candidates"]}
+    assert any(s == "feasible" for lbl, s in status.items() if "fp32" in lbl), status
+    assert all(s != "feasible" for lbl, s in status.items() if "int8" in lbl), status
