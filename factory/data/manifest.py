@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from .._io import canonical_json, read_json, sha256_bytes, write_json
-from ..errors import DataError
+from ..errors import DataError, InputError
 from .objects import object_labels
 
 __all__ = [
@@ -151,6 +151,14 @@ def scan_image(path: Path, data: bytes | None = None) -> tuple[str, int, int]:
         data = path.read_bytes() if data is None else data
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc.strerror}") from None
+    from ..imagesize import ImageTooLarge, check_size
+
+    try:
+        check_size(data, what=str(path))  # before decoding: a small file can declare billions of pixels
+    except ImageTooLarge as exc:
+        raise DataError(exc.message, hint=exc.hint) from None
+    except InputError:
+        pass  # a format the header reader does not know (e.g. JPEG 2000): OpenCV decides below
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if img is None:
         raise DataError(

@@ -19,9 +19,14 @@ def _folder(path: Path, loop: bool) -> Iterator[np.ndarray]:
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"{path} holds no images")
+    from ..imagesize import decode_checked
+
     for f in itertools.cycle(files) if loop else files:
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if img is not None:  # an unreadable file is skipped, not fatal, on a device
+        try:
+            img = decode_checked(f.read_bytes(), what=str(f))  # sized from its header first
+        except (OSError, InputError):
+            img = None
+        if img is not None:  # an unreadable or oversized file is skipped, not fatal, on a device
             yield img
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import re
+import threading
 
 import sqlalchemy as sa
 
@@ -30,7 +31,11 @@ __all__ = ["CaptureRefused", "accept_capture", "list_captures", "purge_expired",
 REASONS = ("low_confidence", "drifting", "random")
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 MAX_SIDE = 8192
+MAX_PIXELS = 4096 * 4096  # a field photo; 64 MB of BGR pixels at most per decode
 MAX_OUTPUT_BYTES = 16_384
+DECODERS = 2  # captures decoded at once (the rest wait, then get a 503 with Retry-After)
+DECODE_WAIT_SECONDS = 10.0
+_DECODING = threading.BoundedSemaphore(DECODERS)
 
 
 class CaptureRefused(InputError):
@@ -74,10 +79,24 @@ def _decode(text: str, max_bytes: int) -> tuple[bytes, int, int]:
         raise CaptureRefused(422, "image is not valid base64") from None
     if len(data) > max_bytes:
         raise CaptureRefused(413, f"image of {len(data)} bytes is larger than the plan's max_bytes ({max_bytes})")
-    import cv2
-    import numpy as np
+    from ..imagesize import ImageTooLarge, decode_checked
 
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    # sized from its header before a pixel is decoded (a 48 KB PNG can declare 20000 x 20000), and decoded
+    # by at most DECODERS requests at once: captures cannot take the memory the registry serves from
+    if not _DECODING.acquire(timeout=DECODE_WAIT_SECONDS):
+        raise CaptureRefused(503, "the registry is busy decoding other captures; retry later")
+    try:
+        img = (
+            decode_checked(data, what="the image", max_side=MAX_SIDE, max_pixels=MAX_PIXELS, formats=("jpeg", "png"))
+            if data
+            else None
+        )
+    except ImageTooLarge as exc:
+        raise CaptureRefused(413, exc.message, exc.hint) from None
+    except InputError as exc:
+        raise CaptureRefused(422, exc.message) from None
+    finally:
+        _DECODING.release()
     if img is None or min(img.shape[:2]) < 8 or max(img.shape[:2]) > MAX_SIDE:
         raise CaptureRefused(422, "image does not decode as a JPEG/PNG of 8 to 8192 pixels a side (corrupt?)")
     return data, int(img.shape[1]), int(img.shape[0])

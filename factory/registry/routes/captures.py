@@ -45,7 +45,9 @@ def router(svc: Services) -> APIRouter:
         try:
             return await run_in_threadpool(work)
         except CaptureRefused as exc:
-            raise HTTPException(exc.status, exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+            retry = {"Retry-After": "5"} if exc.status == 503 else None
+            text = exc.message + (f" ({exc.hint})" if exc.hint else "")
+            raise HTTPException(exc.status, text, headers=retry) from None
 
     @api.get("/v1/captures")
     def captures(
