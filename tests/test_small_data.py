@@ -120,3 +120,18 @@ def test_the_search_follows_the_same_rule(tmp_path, trained, keypair):
     status = {c["label"]: c["status"] for c in summary["candidates"]}
     assert any(s == "feasible" for lbl, s in status.items() if "fp32" in lbl), status
     assert all(s != "feasible" for lbl, s in status.items() if "int8" in lbl), status
+    # a classifier's report shows a classifier's budgets only (issue 29)
+    assert "max_accuracy_drop_pt" in summary["budgets"] and "on_inconclusive" in summary["budgets"]
+    assert not {"max_map_drop_pt", "max_corner_error_increase_pct"} & set(summary["budgets"])
+
+
+def test_reports_show_the_budgets_of_the_models_task():
+    from factory.bench.budgets import budgets_for
+    from factory.export.targets import load_target
+
+    budgets = load_target("cpu")["budgets"]
+    det = budgets_for(budgets, "detection")
+    assert "max_map_drop_pt" in det and not {"max_accuracy_drop_pt", "min_top1_agreement"} & set(det)
+    loc = budgets_for(budgets, "document-localisation")
+    assert "max_corner_error_increase_pct" in loc and "max_map_drop_pt" not in loc
+    assert budgets_for(budgets, "classification")["max_latency_ms"] == budgets["max_latency_ms"]

@@ -23,6 +23,7 @@ __all__ = [
     "failed",
     "unresolvable",
     "judge",
+    "budgets_for",
     "INCONCLUSIVE_RULES",
     "CONFIDENCE",
 ]
@@ -186,6 +187,18 @@ def failed(checks: list[Check]) -> list[Check]:
 
 
 INCONCLUSIVE_RULES = ("auto", "fail", "warn", "pass-if-exact")
+
+
+def budgets_for(budgets: dict, task: str) -> dict:
+    """The budgets that judge a model of ``task`` (for reports): another task's quality budget is left out
+    (a classifier's report has no ``max_map_drop_pt``), and top-1 agreement belongs to classification."""
+    from ..tasks import get_task, task_names
+
+    own = get_task(task).quality.budget
+    others = {get_task(n).quality.budget for n in task_names()} - {own}
+    if task != "classification":
+        others.add("min_top1_agreement")
+    return {k: v for k, v in budgets.items() if k not in others}
 
 
 def judge(checks: list[Check], rule: str = "auto", *, exact: bool, strict: bool) -> dict:

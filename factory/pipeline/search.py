@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import __version__, progress
 from .._io import canonical_json, read_json, write_json
-from ..bench.budgets import check_budgets, failed, judge, parity_evidence, task_quality
+from ..bench.budgets import budgets_for, check_budgets, failed, judge, parity_evidence, task_quality
 from ..bundle.manifest import Manifest, bundle_dir, copy_resigned, resolve_version
 from ..bundle.signing import load_private_key
 from ..config import load_config
@@ -473,7 +473,7 @@ def rank(plan: SearchPlan, measured: list[Candidate], bench: dict) -> tuple[Cand
         "target": plan.profile["name"],
         "backend": plan.profile["backend"],
         "objective": objective,
-        "budgets": budgets,
+        "budgets": budgets_for(budgets, plan.ctx.task.name),
         "space": plan.config["space"],
         "bench_seconds": plan.config["bench_seconds"],
         "benchmark_cached": bench["cached"],
