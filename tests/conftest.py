@@ -144,3 +144,28 @@ def build_args(model: Path, target: str, keypair, targets: Path, out: Path, *ext
         str(out.parent / "cache"),
         *extra,
     ]
+
+
+def quick_search(model: Path, keypair, targets: Path, tmp: Path, *extra: str):
+    """``factory build --search`` of cpu over fp32 and int8-static with a 1 s benchmark; (result, search.json)."""
+    import json
+
+    config = tmp / "space.yaml"
+    config.write_text("space:\n  recipe.precision: [fp32, int8-static]\nbench_seconds: 1\n")
+    args = build_args(
+        model,
+        "cpu",
+        keypair,
+        targets,
+        tmp / "b",
+        "--no-track",
+        "--search",
+        "--search-config",
+        str(config),
+        "--search-dir",
+        str(tmp / "r"),
+        *extra,
+    )
+    result = invoke(*args)
+    found = list((tmp / "r").rglob("search.json"))
+    return result, (json.loads(found[0].read_text()) if found else None)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from factory.train.canonical import load_canonical
-from tests.conftest import build_args, invoke
+from tests.conftest import build_args, invoke, quick_search
 from tests.foreign import hand_built_onnx
 
 BGR = ("--color-order", "BGR", "--mean", "0.5", "--std", "0.5")
@@ -320,3 +320,13 @@ def test_bench_takes_the_source_file_beside_the_imported_model(tmp_path, importe
     rows = {r["id"]: r for r in report["artifacts"]}
     assert set(rows) == {"pytorch-eager", "classifier.onnx"}
     assert all(r["latency"]["p50_ms"] > 0 for r in rows.values())
+
+
+@pytest.mark.slow
+def test_the_search_takes_an_imported_graph(tmp_path, imported, keypair, loose_targets):
+    result, summary = quick_search(imported.path, keypair, loose_targets, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert {c["status"] for c in summary["candidates"]} <= {"feasible", "rejected", "inconclusive"}
+    assert sum(bool(c["winner"]) for c in summary["candidates"]) == 1
+    manifest = json.loads(next((tmp_path / "b").glob("foreign/*/cpu/manifest.json")).read_text())
+    assert manifest["lineage"]["canonical"]["weights_sha256"] == imported.identity

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import build_args, invoke
+from tests.conftest import build_args, invoke, quick_search
 
 
 def test_the_default_executor_is_a_worker_process(monkeypatch):
@@ -82,26 +82,8 @@ def test_an_ordinary_failure_in_the_worker_is_a_failed_row_and_bad_input_stops_t
 
 def test_a_search_candidate_that_crashes_is_a_failed_candidate(tmp_path, trained, keypair, loose_targets, monkeypatch):
     monkeypatch.setenv("FACTORY_FAULT", "segv@onnxruntime-quantize")
-    config = tmp_path / "space.yaml"
-    config.write_text("space:\n  recipe.precision: [fp32, int8-static]\nbench_seconds: 1\n")
-    args = build_args(
-        trained.path,
-        "cpu",
-        keypair,
-        loose_targets,
-        tmp_path / "b",
-        "--no-track",
-        "--search",
-        "--search-config",
-        str(config),
-        "--search-dir",
-        str(tmp_path / "r"),
-        "--executor",
-        "process",
-    )
-    result = invoke(*args)
+    result, summary = quick_search(trained.path, keypair, loose_targets, tmp_path, "--executor", "process")
     assert result.exit_code == 0, result.output
-    summary = json.loads(next((tmp_path / "r").rglob("search.json")).read_text())
     by = {c["label"]: c for c in summary["candidates"]}
     crashed = [c for label, c in by.items() if "int8" in label]
     assert crashed and all(c["status"] == "failed" and "SIGSEGV" in c["reason"] for c in crashed), by

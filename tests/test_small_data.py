@@ -12,7 +12,7 @@ import json
 import pytest
 
 from factory.bench.budgets import Check, judge
-from tests.conftest import ROOT, build_args, invoke
+from tests.conftest import ROOT, build_args, invoke, quick_search
 
 
 def _build(tmp_path, trained, keypair, target, *extra):
@@ -98,25 +98,8 @@ def test_judge_follows_the_rule(rule, exact, strict, passed):
 @pytest.mark.slow
 def test_the_search_follows_the_same_rule(tmp_path, trained, keypair):
     """fp32 candidates are feasible as exact; int8 ones stay inconclusive and cannot win."""
-    config = tmp_path / "space.yaml"
-    config.write_text("space:\n  recipe.precision: [fp32, int8-static]\nbench_seconds: 1\n")
-    result = invoke(
-        *build_args(
-            trained.path,
-            "cpu",
-            keypair,
-            ROOT / "targets",
-            tmp_path / "b",
-            "--no-track",
-            "--search",
-            "--search-config",
-            str(config),
-            "--search-dir",
-            str(tmp_path / "r"),
-        )
-    )
+    result, summary = quick_search(trained.path, keypair, ROOT / "targets", tmp_path)
     assert result.exit_code == 0, result.output
-    summary = json.loads(next((tmp_path / "r").rglob("search.json")).read_text())
     status = {c["label"]: c["status"] for c in summary["candidates"]}
     assert any(s == "feasible" for lbl, s in status.items() if "fp32" in lbl), status
     assert all(s != "feasible" for lbl, s in status.items() if "int8" in lbl), status

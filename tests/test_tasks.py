@@ -171,3 +171,39 @@ def test_a_localisation_model_builds_for_every_runtime_judged_by_corner_error(
             repair = manifest["recipe"]["quantization_applied"]["repair"]
             assert "task metric" in repair["target"]["rule"]
             assert repair["attempts"][0]["val"]["budget"] == "max_corner_error_increase_pct"
+
+
+@pytest.mark.slow
+def test_the_gate_pairs_two_localisation_reports_frame_by_frame(corners_model, tmp_path):
+    """Issue 29: a localiser's gate judges the corner-error increase on the same frames; a candidate whose
+    corners are 2% of the diagonal further off on every frame fails a 0.5% margin, itself passes."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from tests.conftest import invoke
+
+    path, _ = corners_model
+    r = invoke(
+        "bench", str(path), "--seconds", "1", "--out", str(tmp_path / "rep"), "--save-baseline", str(tmp_path / "base")
+    )
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    matches = report["artifacts"][0]["accuracy"]["matches"]
+    assert matches["frames"] == report["artifacts"][0]["accuracy"]["n"] == len(matches["corner_error_pct"])
+    policy = tmp_path / "gates.yaml"
+    policy.write_text(Path("configs/gates.yaml").read_text().replace("min_top1: 0.95", "min_top1: null"))
+    same = invoke(
+        "gate", "--candidate", str(tmp_path / "rep"), "--baseline", str(tmp_path / "base"), "--policy", str(policy)
+    )
+    line = next(x for x in same.output.splitlines() if "corner error" in x)
+    assert same.exit_code == 0 and "increase +0.000" in line and "verdict pass" in line, same.output
+    worse = tmp_path / "worse"
+    shutil.copytree(tmp_path / "rep", worse)
+    for a in report["artifacts"]:
+        m = a["accuracy"]["matches"]
+        m["corner_error_pct"] = [e + 2.0 for e in m["corner_error_pct"]]
+    (worse / "report.json").write_text(json.dumps(report))
+    bad = invoke("gate", "--candidate", str(worse), "--baseline", str(tmp_path / "base"), "--policy", str(policy))
+    line = next(x for x in bad.output.splitlines() if "corner error" in x)
+    assert bad.exit_code == 1 and "increase +2.000" in line and "verdict fail" in line, bad.output

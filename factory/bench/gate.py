@@ -11,7 +11,9 @@ Rules (each check gathers its figures first, then the policy decides):
   with Tango's score interval over the paired test images: pass when the upper end is within the
   margin, regression when the lower end is beyond it, otherwise inconclusive (``accuracy.inconclusive``
   says whether that fails the gate); a detection model's mAP@0.5 drop gets a paired bootstrap interval
-  over the test frames both reports matched, judged by the same margin;
+  over the test frames both reports matched, judged by the same margin; a document localiser's
+  corner-error increase gets a paired bootstrap interval over the frames both reports scored, judged
+  by ``max_corner_error_increase_pct``;
 - budgets: the candidate's own target-profile budgets (p95 latency, size) and an absolute top-1 floor.
 """
 
@@ -50,6 +52,9 @@ POLICY_SCHEMA = {
         "max_drop_pt": Key(float, help="non-inferiority margin of the top-1 drop, in points"),
         "confidence": Key(float, help="confidence of Tango's paired score interval", check=_fraction),
         "inconclusive": Key(str, "fail", "when the test split cannot tell: fail | pass", choices=["fail", "pass"]),
+        "max_corner_error_increase_pct": Key(
+            float, 0.5, "document localisation: margin of the corner-error increase, in % of the image diagonal"
+        ),
         "bootstrap": Key(int, 2000, "unused since accuracy intervals are score intervals (kept for old policies)"),
     },
     "budgets": {
@@ -176,11 +181,34 @@ def _map_accuracy(name, c, b, policy) -> dict | None:
     return _line("accuracy", name, passed, text) | {"drop_pt": drop, "ci": ci, "verdict": verdict}
 
 
+def _corner_accuracy(name, c, b, policy) -> dict:
+    """Document localisation: the mean corner-error increase with a paired bootstrap interval over the frames
+    both reports scored, against ``max_corner_error_increase_pct``."""
+    from ..tasks.base import paired_bootstrap
+
+    ap = policy["accuracy"]
+    cm, bm = c["accuracy"].get("matches") or {}, b["accuracy"].get("matches") or {}
+    if "corner_error_pct" not in cm or "corner_error_pct" not in bm or cm["frames"] != bm["frames"]:
+        return _line("accuracy", name, False, "corner error: the two reports did not score the same test frames")
+    cand, base = np.asarray(cm["corner_error_pct"]), np.asarray(bm["corner_error_pct"])
+    lo, hi = paired_bootstrap(cand, base, confidence=ap["confidence"])
+    increase, margin = float(cand.mean() - base.mean()), ap["max_corner_error_increase_pct"]
+    verdict = "fail" if lo > margin else "pass" if hi <= margin else "inconclusive"
+    passed = verdict == "pass" or (verdict == "inconclusive" and ap["inconclusive"] == "pass")
+    text = (
+        f"corner error {cand.mean():.3f}% vs {base.mean():.3f}% of the diagonal: increase {increase:+.3f} "
+        f"[{lo:+.3f}, {hi:+.3f}] (paired bootstrap over {len(cand)} frames); verdict {verdict} (margin {margin:g})"
+    )
+    return _line("accuracy", name, passed, text) | {"increase_pct": increase, "ci": [lo, hi], "verdict": verdict}
+
+
 def _accuracy(name, c, b, policy) -> dict | None:
     ap = policy["accuracy"]
     ca, ba = c["accuracy"], b["accuracy"]
     if "map50" in ca or "map50" in ba:
         return _map_accuracy(name, c, b, policy)
+    if "corner_error_pct" in ca or "corner_error_pct" in ba:
+        return _corner_accuracy(name, c, b, policy)
     if "top1" not in ca or "top1" not in ba:
         return None
     if ca.get("correct_bits") and ba.get("correct_bits") and ca["n"] == ba["n"]:

@@ -353,6 +353,13 @@ class Agent:
         )
         self.window = None
 
+    def _back_off(self, now: float, retry_after: float | None, why: str) -> None:
+        """Wait before the next upload: exponential with jitter, and at least what the registry asked for."""
+        self.upload_failures += 1
+        delay = min(300.0, 2.0**self.upload_failures) * (0.5 + random.random())
+        self.next_upload = now + max(delay, retry_after or 0.0)
+        self.last_error = why
+
     def upload(self, now: float | None = None) -> dict:
         """Send the outbox oldest first; stop at the first network error and back off (with jitter)."""
         from .client import RegistryError, Unreachable
@@ -375,16 +382,14 @@ class Agent:
             except RegistryError as exc:
                 if exc.status == 409 and "already stored" in exc.message:
                     sent += 1  # a retry of an upload whose answer was lost: it is stored, once
-                elif exc.status >= 500:
+                elif exc.status >= 500:  # the registry cannot store it now (503: as long as it says)
+                    self._back_off(now, exc.retry_after, exc.message)
                     break
                 else:
                     dropped += 1  # the registry rejected it for good (4xx with a reason); keep the reason
                     self.last_error = f"telemetry {f.name} rejected: {exc.message}"
             except (Unreachable, OSError) as exc:
-                self.upload_failures += 1
-                delay = min(300.0, 2.0**self.upload_failures) * (0.5 + random.random())
-                self.next_upload = now + delay
-                self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self._back_off(now, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 break
             f.unlink(missing_ok=True)
         else:

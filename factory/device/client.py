@@ -16,12 +16,21 @@ from ..errors import FactoryError, InputError
 __all__ = ["RegistryError", "Unreachable", "RegistryClient", "default_url"]
 
 
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the delay form; an HTTP date or junk is ignored), capped at an hour."""
+    try:
+        return min(3600.0, max(0.0, float(value))) if value is not None else None
+    except ValueError:
+        return None
+
+
 class RegistryError(InputError):
     """The registry refused a request (4xx); the message is the server's reason."""
 
-    def __init__(self, status: int, detail: str, hint: str | None = None):
+    def __init__(self, status: int, detail: str, hint: str | None = None, retry_after: float | None = None):
         super().__init__(f"registry said {status}: {detail}", hint=hint)
         self.status = status
+        self.retry_after = retry_after  # seconds the registry asked for (Retry-After of a 503), else None
 
 
 class Unreachable(FactoryError):
@@ -79,7 +88,12 @@ class RegistryClient:
             except ValueError:
                 body = None
             detail, hint = (body.get("detail"), body.get("hint")) if isinstance(body, dict) else (r.text[:300], None)
-            raise RegistryError(r.status_code, detail if isinstance(detail, str) else str(detail), hint)
+            raise RegistryError(
+                r.status_code,
+                detail if isinstance(detail, str) else str(detail),
+                hint,
+                _retry_after(r.headers.get("retry-after")),
+            )
         return r
 
     def call(self, method: str, path: str, **kw):

@@ -32,6 +32,9 @@ from .storage import BlobStore
 
 __all__ = ["create_app"]
 
+DB_RETRY_SECONDS = 5
+DISK_RETRY_SECONDS = 30
+
 
 def _status_for(exc: FactoryError) -> int:
     if isinstance(exc, ro.NotFound):
@@ -41,6 +44,50 @@ def _status_for(exc: FactoryError) -> int:
     # Bad bundles, plans and summaries are well-formed HTTP with content we refuse: 422, like
     # FastAPI's own validation errors, so clients handle one status for "fix your input".
     return 422 if isinstance(exc, (BundleError, SignatureError, ConfigError, InputError)) else 500
+
+
+def _unavailable(detail: str, retry_after: int, hint: str) -> JSONResponse:
+    return JSONResponse({"detail": detail, "hint": hint}, status_code=503, headers={"Retry-After": str(retry_after)})
+
+
+def _unavailable_handlers() -> dict:
+    """Faults of what the registry stands on are 503 with Retry-After, never a 500: the database unreachable
+    (a lost connection, a refused one, a pool that cannot get one) and a blob store that is full or failing.
+    Nothing was committed; a client retries the same request (telemetry and captures carry idempotency keys,
+    releases are content-addressed). Anything else is re-raised: a 500 is a bug."""
+    import errno
+
+    import sqlalchemy.exc as sa_exc
+
+    async def database(_request, exc):
+        return _unavailable(
+            "the registry's database is unreachable; nothing was stored",
+            DB_RETRY_SECONDS,
+            "retry after the Retry-After seconds; operators: check the database server",
+        )
+
+    async def storage(_request, exc: OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _unavailable(
+                "the registry's blob store is full; nothing was stored",
+                DISK_RETRY_SECONDS,
+                "retry later; operators: free space in the blob store",
+            )
+        if exc.errno in (errno.EIO, errno.EROFS) or isinstance(exc, (ConnectionError, TimeoutError)):
+            return _unavailable(
+                f"the registry's blob store failed ({exc.strerror or exc}); nothing was stored",
+                DB_RETRY_SECONDS,
+                "retry later",
+            )
+        raise exc
+
+    return {
+        sa_exc.OperationalError: database,
+        sa_exc.InterfaceError: database,
+        sa_exc.TimeoutError: database,
+        sa_exc.DisconnectionError: database,
+        OSError: storage,
+    }
 
 
 def _trusted_keys(paths: list[str]):
@@ -125,6 +172,9 @@ def create_app(settings: dict | None = None) -> FastAPI:
     @app.exception_handler(FactoryError)
     async def _factory_error(_request, exc: FactoryError):
         return JSONResponse({"detail": exc.message, "hint": exc.hint}, status_code=_status_for(exc))
+
+    for exc_type, handler in _unavailable_handlers().items():
+        app.add_exception_handler(exc_type, handler)
 
     app.add_middleware(BodyLimit, limit_for=_body_limits(svc.settings))
     metrics = Metrics()

@@ -38,10 +38,13 @@ class BlobStore:
         if self.exists(key):
             return
         tmp = f"{self.root}/tmp/{uuid.uuid4().hex}"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
-        self.fs.makedirs(self._path(key).rsplit("/", 1)[0], exist_ok=True)
-        self.fs.mv(tmp, self._path(key))
+        try:
+            with self.fs.open(tmp, "wb") as f:
+                f.write(data)
+            self._place(tmp, key)
+        except BaseException:
+            self._discard(tmp)  # a full disk or a failing store leaves no partial blob behind
+            raise
 
     def read(self, key: str) -> bytes:
         with self.fs.open(self._path(key), "rb") as f:
@@ -57,9 +60,23 @@ class BlobStore:
         if self.exists(key):  # content-addressed: same key, same bytes
             return
         tmp = f"{self.root}/tmp/{uuid.uuid4().hex}"
-        self.fs.put_file(str(local), tmp)
+        try:
+            self.fs.put_file(str(local), tmp)
+            self._place(tmp, key)
+        except BaseException:
+            self._discard(tmp)
+            raise
+
+    def _place(self, tmp: str, key: str) -> None:
         self.fs.makedirs(self._path(key).rsplit("/", 1)[0], exist_ok=True)
         self.fs.mv(tmp, self._path(key))
+
+    def _discard(self, tmp: str) -> None:
+        try:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+        except OSError:
+            pass  # clean_tmp removes it at the next start
 
     def delete(self, key: str) -> None:
         """Remove a blob (one no row refers to)."""

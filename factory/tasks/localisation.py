@@ -196,6 +196,12 @@ class DocumentLocalisation(Task):
     def train_target(self, target):
         return np.ascontiguousarray(target[:8], np.float32)
 
+    def match_table(self, raw, targets) -> dict:
+        """Each frame's corner error (% of the diagonal): what a benchmark report keeps, so the gate can pair
+        two reports frame by frame."""
+        err = corner_errors(raw, targets)
+        return {"frames": int(len(err)), "corner_error_pct": [round(float(e), 4) for e in err]}
+
     def parity(self, candidate, reference, targets):
         """The candidate's corner error against the canonical model's on the same frames: the mean
         increase with a paired bootstrap interval, and how far its corners are from the canonical ones."""

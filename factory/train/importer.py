@@ -156,9 +156,9 @@ def _with_weights(req: ImportRequest, module, kind: str) -> _Prepared:
 def _check_free_batch(onnx_path: Path, source: Path) -> None:
     import onnx
 
-    from .onnx_graph import _dims
+    from .onnx_graph import input_dims
 
-    dims = _dims(onnx.load(str(onnx_path)).graph.input[0])
+    dims = input_dims(onnx.load(str(onnx_path)))
     if dims and isinstance(dims[0], int):
         raise ModelError(
             f"{source}: the program was exported with a fixed batch of {dims[0]}; builds validate in batches",
@@ -286,9 +286,9 @@ def import_model(req: ImportRequest) -> CanonicalModel:
     labels = _check_labels(req, manifest)
     size = req.size
     if size is None and kind == "onnx":
-        from .onnx_graph import _dims, _graph_input, load_onnx
+        from .onnx_graph import input_dims, load_onnx
 
-        dims = _dims(_graph_input(load_onnx(req.source)))
+        dims = input_dims(load_onnx(req.source))
         hw = dims[2:4] if req.layout == "NCHW" else dims[1:3]
         if len(dims) == 4 and all(isinstance(d, int) for d in hw):
             size = (int(hw[0]), int(hw[1]))

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import InputError, ModelError
 
-__all__ = ["MIN_OPSET", "load_onnx", "opset_of", "conform", "onnx_macs", "run_onnx"]
+__all__ = ["MIN_OPSET", "load_onnx", "opset_of", "input_dims", "conform", "onnx_macs", "run_onnx"]
 
 MIN_OPSET = 11
 QUANT_OPSET = 13  # onnxruntime.quantization needs 13 or newer (per-axis QuantizeLinear)
@@ -57,6 +57,11 @@ def _dims(value_info) -> list:
     return [
         d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value_info.type.tensor_type.shape.dim
     ]
+
+
+def input_dims(model) -> list:
+    """The dims of the graph's one image input (ints where fixed, symbols or None where not)."""
+    return _dims(_graph_input(model))
 
 
 def _graph_input(model):
