@@ -352,13 +352,14 @@ def _checks(c: Candidate, budgets: dict):
 
 def _exact(c: Candidate) -> bool:
     """The build found the candidate's outputs equal to the canonical model's within the numeric tolerance."""
-    return any(ch["check"] == "max_abs_diff" and ch["passed"] for ch in c.manifest.validation["checks"])
+    return any(ch["check"] == "max_abs_diff" and ch["passed"] for ch in c.manifest.validation.get("checks", []))
 
 
 def _strict(c: Candidate) -> bool:
     """int8 or pruned: accuracy is what the interval must show."""
     rec = c.manifest.recipe
-    return rec["precision"].startswith("int8") or rec["pruning_applied"]["method"] != "none"
+    pruning = rec.get("pruning_applied") or rec.get("pruning") or {}
+    return str(rec.get("precision", "")).startswith("int8") or pruning.get("method", "none") != "none"
 
 
 def _loss(c: Candidate) -> float:
@@ -473,7 +474,7 @@ def rank(plan: SearchPlan, measured: list[Candidate], bench: dict) -> tuple[Cand
         "target": plan.profile["name"],
         "backend": plan.profile["backend"],
         "objective": objective,
-        "budgets": budgets_for(budgets, plan.ctx.task.name),
+        "budgets": budgets_for(budgets, card.get("task") or "classification"),
         "space": plan.config["space"],
         "bench_seconds": plan.config["bench_seconds"],
         "benchmark_cached": bench["cached"],
