@@ -379,32 +379,36 @@ def _search(
     profiles = {t: load_target(t, targets_dir) for t in targets}
     executor = get_executor(executor_name, ray_address)  # after the inputs are checked: joining a cluster waits
     results = []
-    for t in targets:
+    try:
+        for t in targets:
 
-        def one(t=t):
-            result, summary = search(
-                model_dir,
-                t,
-                key_path=key_path,
-                data=data,
-                out_root=out_root,
-                targets_dir=targets_dir,
-                cache_dir=cache_dir,
-                report_dir=search_dir,
-                budget_minutes=budget_minutes,
-                remeasure=remeasure,
-                version=version,
-                track=not no_track,
-                search_config=config,
-                context=ctx,
-                executor=executor,
-            )
-            click.echo(search_markdown(summary))
-            click.echo(f"{result.folder}  ({result.archive.name}); report {summary['report']}/search.md, pareto.png")
-            return result
+            def one(t=t):
+                result, summary = search(
+                    model_dir,
+                    t,
+                    key_path=key_path,
+                    data=data,
+                    out_root=out_root,
+                    targets_dir=targets_dir,
+                    cache_dir=cache_dir,
+                    report_dir=search_dir,
+                    budget_minutes=budget_minutes,
+                    remeasure=remeasure,
+                    version=version,
+                    track=not no_track,
+                    search_config=config,
+                    context=ctx,
+                    executor=executor,
+                )
+                click.echo(search_markdown(summary))
+                click.echo(
+                    f"{result.folder}  ({result.archive.name}); report {summary['report']}/search.md, pareto.png"
+                )
+                return result
 
-        results.append(isolated(t, profiles[t]["backend"], one))
-    executor.close()
+            results.append(isolated(t, profiles[t]["backend"], one))
+    finally:
+        executor.close()  # also when a search stops the command (a bad input): no worker is left behind
     return results
 
 

@@ -147,6 +147,8 @@ class ProcessExecutor:
 
         ctx = mp.get_context("spawn")  # never fork a process that holds runtime threads
         self._conn, child = ctx.Pipe()
+        # a daemon: it ends with the command whatever happens (builds start no processes of their own: the
+        # pruning fine-tune loads data in-process)
         self._proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="factory-build-worker")
         self._proc.start()
         child.close()
