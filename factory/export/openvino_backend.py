@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from .._altstack import keep_altstack
 from .._quiet import native_quiet
 from ..device.runtimes.openvino_runtime import compile_config
 from ..errors import ExportError
@@ -122,7 +123,7 @@ class OpenVinoBackend(Backend):
             ov.save_model(model, str(out), compress_to_fp16=True)
             return out, {"method": "IR weights stored as fp16 (compress_to_fp16)"}
         nncf = _nncf()
-        with native_quiet():  # NNCF draws rich progress bars on stdout
+        with native_quiet(), keep_altstack():  # NNCF draws progress bars on stdout; it compiles (factory._altstack)
             if precision == "int8-weight-only":
                 q = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
                 facts = {"method": "nncf.compress_weights", "mode": "INT8_ASYM"}
@@ -172,7 +173,8 @@ class OpenVinoBackend(Backend):
         fp16_weights = precision == "fp16"
         ov.save_model(_stable_names(core.read_model(str(artifact))), str(out / XML), compress_to_fp16=fp16_weights)
         try:
-            compiled = core.compile_model(core.read_model(str(out / XML)), "CPU", compile_config(runtime))
+            with keep_altstack():  # the CPU plugin swaps this thread's signal stack (factory._altstack)
+                compiled = core.compile_model(core.read_model(str(out / XML)), "CPU", compile_config(runtime))
         except Exception as exc:
             raise ExportError(
                 "openvino-compile", f"the IR does not compile on CPU: {str(exc).splitlines()[0][:400]}"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..._altstack import keep_altstack
 from ..._deps import require
 from . import Runtime, register_runtime
 
@@ -44,7 +45,8 @@ class _Runner:
             if batch is not None and model.inputs[0].get_partial_shape().is_dynamic:
                 shape = model.inputs[0].get_partial_shape()
                 model.reshape([batch, *[d.get_length() for d in list(shape)[1:]]])
-            r = self._requests[batch] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+            with keep_altstack():  # the CPU plugin swaps this thread's signal stack (factory._altstack)
+                r = self._requests[batch] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
         return r
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
