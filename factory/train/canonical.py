@@ -42,10 +42,10 @@ def export_onnx(module, path: str | Path, height: int, width: int, opset: int = 
     import torch
 
     path = Path(path)
-    if isinstance(module, torch.export.ExportedProgram):  # an imported program: its own shapes, no re-tracing
-        args, module = (), module
-    else:
-        args, module = {"args": (torch.zeros(2, 3, height, width),), "dynamic_shapes": ({0: "batch"},)}, module.eval()
+    traced = {}  # an imported ExportedProgram keeps its own shapes: no re-tracing
+    if not isinstance(module, torch.export.ExportedProgram):
+        module = module.eval()
+        traced = {"args": (torch.zeros(2, 3, height, width),), "dynamic_shapes": ({0: "batch"},)}
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log), warnings.catch_warnings():
@@ -59,7 +59,7 @@ def export_onnx(module, path: str | Path, height: int, width: int, opset: int = 
                 output_names=["logits"],
                 external_data=False,
                 verbose=False,
-                **(args or {}),
+                **traced,
             )
         model = program.model_proto
     except Exception as exc:  # the exporter raises many types; keep the operator if it names one

@@ -28,7 +28,16 @@ from ..preprocess import input_spec, make_spec, preprocess
 from ..stats import image_stats
 from ..tasks import get_task
 from ..tasks.classification import softmax
-from .canonical import CARD_NAME, CARD_SCHEMA, ONNX_NAME, WEIGHTS_NAME, CanonicalModel, count_macs, export_onnx
+from .canonical import (
+    CARD_NAME,
+    CARD_SCHEMA,
+    ONNX_NAME,
+    ONNX_OPSET,
+    WEIGHTS_NAME,
+    CanonicalModel,
+    count_macs,
+    export_onnx,
+)
 from .evaluate import classification_metrics, plot_confusion, reference_profile
 from .schema import TRAIN_SCHEMA
 
@@ -142,7 +151,6 @@ def _with_weights(req: ImportRequest, module, kind: str) -> _Prepared:
     """An architecture with its weights: written as ``factory train`` writes (weights.pt + ONNX export)."""
     import torch
 
-    from .canonical import ONNX_OPSET
     from .loop import card_files
 
     def write(folder: Path) -> dict:
@@ -196,7 +204,7 @@ def _prepare(req: ImportRequest, kind: str, n_classes: int, probe: np.ndarray) -
             export_onnx(program, folder / ONNX_NAME, *_size(req))
             _check_free_batch(folder / ONNX_NAME, req.source)
             return {
-                **_onnx_files(folder, 18),
+                **_onnx_files(folder, ONNX_OPSET),
                 "program": {
                     "path": PROGRAM_NAME,
                     "sha256": sha256_file(folder / PROGRAM_NAME),
@@ -368,7 +376,7 @@ def _finish(req, kind, labels, spec, manifest, prepared, tmp: Path, val_images, 
             "params": int(sum(p.numel() for p in prepared.module.parameters())),
             "macs": count_macs(prepared.module, *size),
         }
-        if prepared.module is not None and hasattr(prepared.module, "parameters") and kind != "torchscript"
+        if prepared.module is not None  # a torch module (TorchScript sources are imported as their ONNX graph)
         else onnx_macs(graph, size)
     )
     source_sha = sha256_file(req.source)
