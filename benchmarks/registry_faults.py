@@ -10,6 +10,12 @@
    refuses connections (ALLOW_CONNECTIONS false, sessions terminated); the gateway waits Retry-After.
 3. The blob store full during publish: the store on a tmpfs with 64 KB left; publish is retried every
    Retry-After until space is freed 10 s later.
+4. SIGKILL at the worst moment (FACTORY_FAULT=kill@POINT) of a publish (blob stored, row not committed),
+   a rollout transition (written, not committed) and a capture upload (image stored, row not committed);
+   restarted and the request sent again: what was visible, what the orphan sweep removed, time to recover.
+5. Two replicas on PostgreSQL and S3 (moto's server, real HTTP) behind round-robin, with --postgres: the
+   replica holding the rollout evaluator's lease killed with SIGKILL a third of the way through the load
+   of scenario 1 and not restarted; the other serves the rest and takes the lease over.
 
 Each scenario ends by counting the rows: lost = summaries never stored, double = rows beyond the
 unique summaries. Writes benchmarks/results/registry-faults.{json,md}. Needs root for the tmpfs.
@@ -51,8 +57,8 @@ def _summaries(release: dict, n_classes: int) -> list[dict]:
 class Gateway:
     """Uploads batches in order; a batch is resent until the registry answers 200 (idempotent)."""
 
-    def __init__(self, url: str, token: str, batches: list[list[dict]]):
-        self.url, self.token, self.batches = url, token, batches
+    def __init__(self, url: str, token: str, batches: list[list[dict]], transport=None):
+        self.url, self.token, self.batches, self.transport = url, token, batches, transport
         self.sent = self.accepted = self.duplicates = self.refused_503 = self.lost_connections = 0
         self.first_failure = self.recovered = None
         self.done = 0
@@ -60,7 +66,8 @@ class Gateway:
     def run(self) -> None:
         import httpx
 
-        with httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30) as c:
+        auth = {"Authorization": f"Bearer {self.token}"}
+        with httpx.Client(base_url=self.url, headers=auth, timeout=30, transport=self.transport) as c:
             for batch in self.batches:
                 while True:
                     self.sent += 1
@@ -86,7 +93,7 @@ class Gateway:
                 self.done += 1
 
 
-def _registry(tmp: Path, database: str, pub: Path, storage: Path | None = None):
+def _registry(tmp: Path, database: str, pub: Path, storage=None, env=None, evaluate_seconds: float = 0.0):
     from registry_server import Server, make_settings
 
     from factory.bundle.signing import generate_keys
@@ -97,7 +104,7 @@ def _registry(tmp: Path, database: str, pub: Path, storage: Path | None = None):
     settings = make_settings(tmp, database, [str(pub)], str(fleet))
     if storage:
         settings["storage"] = str(storage)
-    settings["telemetry"]["evaluate_seconds"] = 0.0
+    settings["telemetry"]["evaluate_seconds"] = evaluate_seconds
     engine = db.engine_for(database)
     with engine.begin() as conn:
         admin = create_token(conn, "bench-admin", "admin")
@@ -105,7 +112,7 @@ def _registry(tmp: Path, database: str, pub: Path, storage: Path | None = None):
             db.devices.insert(),
             [{"device_id": f"dev-{i}", "target": "cpu", "tags": "[]", "last_seen": db.now()} for i in range(DEVICES)],
         )
-    srv = Server(settings)
+    srv = Server(settings, env=env, log_dir=tmp)
     settings["public_url"] = srv.url
     return srv.start(), settings, engine, admin
 
@@ -119,7 +126,7 @@ def _count(engine) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(db.telemetry)).scalar())
 
 
-def _load(srv, admin, bundle: Path, fault) -> dict:
+def _load(srv, admin, bundle: Path, fault, transport=None) -> dict:
     from factory.device.client import RegistryClient
 
     client = RegistryClient(srv.url, admin)
@@ -132,7 +139,8 @@ def _load(srv, admin, bundle: Path, fault) -> dict:
 
     labels = Manifest.read(bundle).labels
     summaries = _summaries({"name": m["name"], "version": m["version"], "target": "cpu"}, len(labels))
-    gw = Gateway(srv.url, admin, [summaries[i : i + BATCH] for i in range(0, len(summaries), BATCH)])
+    batches = [summaries[i : i + BATCH] for i in range(0, len(summaries), BATCH)]
+    gw = Gateway(srv.url if transport is None else "http://replicas", admin, batches, transport)
     t = threading.Thread(target=gw.run)
     t.start()
     while gw.done < len(gw.batches) // 3:
@@ -215,6 +223,192 @@ def lost_database(tmp: Path, bundle: Path, pub: Path, postgres: str) -> dict:
         engine.dispose()
 
 
+def _new_database(postgres: str, prefix: str) -> str:
+    import sqlalchemy as sa
+
+    name = f"{prefix}_{int(time.time())}"
+    eng = sa.create_engine(postgres, isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    eng.dispose()
+    return postgres.rsplit("/", 1)[0] + "/" + name
+
+
+def _lease_pid(engine) -> int | None:
+    import sqlalchemy as sa
+
+    from factory.registry import db
+
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(db.leases).where(db.leases.c.name == "rollout-evaluator")).first()
+    return None if r is None or r.until < time.time() else int(r.holder.split(":")[1])
+
+
+def replicas(tmp: Path, bundle: Path, pub: Path, postgres: str) -> list[dict]:
+    """Two replicas on PostgreSQL and S3 (moto's server) behind round-robin; the one holding the evaluator
+    lease killed with SIGKILL a third of the way through the load and not restarted."""
+    from registry_server import RoundRobin, S3Server, Server
+
+    s3 = S3Server(tmp)
+    storage = f"{s3.bucket('factory-bench')}/{int(time.time())}"
+    srv, settings, engine, admin = _registry(
+        tmp, _new_database(postgres, "replicas"), pub, storage=storage, env=s3.env, evaluate_seconds=1.0
+    )
+    second = Server(settings, env=s3.env, log_dir=tmp).start()
+    both = [srv, second]
+    lb = RoundRobin([r.url for r in both])
+    state = {}
+    while _lease_pid(engine) is None:
+        time.sleep(0.1)
+
+    def fault():
+        holder = next(r for r in both if r.proc.pid == _lease_pid(engine))
+        survivor = next(r for r in both if r is not holder)
+        holder.kill9()
+        state["killed"] = time.time()
+        while _lease_pid(engine) != survivor.proc.pid:
+            time.sleep(0.05)
+        state["takeover"] = time.time() - state["killed"]
+
+    try:
+        run = _load(srv, admin, bundle, fault, transport=lb)
+        row = _row(
+            "one of two replicas (PostgreSQL + S3) killed with SIGKILL mid-ingestion, not restarted",
+            run,
+            _count(engine),
+            state["killed"],
+        )
+        row["recovery_seconds"] = 0.0 if not row["requests_lost_connection"] else row["recovery_seconds"]
+        lease = {
+            "fault": "the rollout evaluator's lease holder killed (evaluate_seconds 1, lease 3 s)",
+            "requests_sent": "-",
+            "recovery_seconds": round(state["takeover"], 2),
+            "note": "time until the surviving replica held the lease",
+        }
+        return [row, lease]
+    finally:
+        for r in both:
+            r.stop()
+        engine.dispose()
+        s3.stop()
+
+
+def crash_points(tmp: Path, bundle: Path, key: Path) -> list[dict]:
+    """SIGKILL at the worst moment of a publish, a rollout transition and a capture upload (FACTORY_FAULT),
+    then a restart and the same request again: what is visible, what the sweep removes, the time to recover."""
+    import base64
+
+    import cv2
+    import numpy as np
+    import sqlalchemy as sa
+    from registry_server import Server
+
+    from factory.bundle.manifest import Manifest
+    from factory.device.client import RegistryClient, Unreachable
+    from factory.registry import db
+    from factory.registry.auth import create_token
+    from factory.registry.storage import BlobStore
+    from factory.registry.sweep import sweep_orphans
+
+    srv, settings, engine, admin = _registry(tmp, f"sqlite:///{tmp / 'c.db'}", key.with_suffix(".pub"))
+    with engine.begin() as conn:
+        cam = create_token(conn, "device:dev-0", "device", "dev-0")
+    state = {"srv": srv}
+    m = Manifest.read(bundle)
+
+    def restart(fault=None):
+        state["srv"].stop()
+        state["srv"] = Server(settings, port=srv.port, env={"FACTORY_FAULT": fault} if fault else {}, log_dir=tmp)
+        state["srv"].start()
+
+    def count(table) -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar())
+
+    def crash(fault, call, visible, again) -> dict:
+        restart(fault)
+        try:
+            call()
+            raise RuntimeError(f"{fault} did not crash the registry")
+        except Unreachable:
+            pass
+        killed = time.time()
+        assert state["srv"].proc.wait(timeout=10) == -9
+        restart()
+        seen = visible()
+        swept = sweep_orphans(engine, BlobStore(settings["storage"]), now=time.time() + 7200)
+        again()
+        return {
+            "fault": f"registry killed ({fault}), restarted, the request sent again",
+            "requests_sent": 2,
+            "accepted": 1,
+            "lost": 0,
+            "half_done_visible": seen,
+            "orphans_swept": sum(swept.values()),
+            "recovery_seconds": round(time.time() - killed, 2),
+        }
+
+    def admin_client():
+        return RegistryClient(state["srv"].url, admin)
+
+    rows = [
+        crash(
+            "kill@publish-blob-stored",
+            lambda: admin_client().publish(bundle),
+            lambda: len(admin_client().releases()),
+            lambda: admin_client().publish(bundle),
+        )
+    ]
+    admin_client().create_rollout(
+        {"name": "base", "release": {"name": m.name, "version": m.version}, "stages": [{"percent": 100}]}
+    )
+    rows.append(
+        crash(
+            "kill@rollout-transition",
+            lambda: admin_client().act("base", "advance", "first release"),
+            lambda: int(admin_client().rollout("base")["status"] != "active") + count(db.stable),
+            lambda: admin_client().act("base", "advance", "first release"),
+        )
+    )
+    policy = {"when": {"random_rate": 1.0}, "max_per_device_per_day": 5, "max_bytes": 40_000, "retention_days": 1}
+    from factory.bundle.signing import load_private_key
+    from factory.pipeline.fleet_demo import _retag
+
+    newer = tmp / "newer" / "cpu"
+    _retag(bundle, newer, "9.0.0", load_private_key(key), "bench re-release")
+    admin_client().publish(newer)
+    admin_client().create_rollout(
+        {
+            "name": "field",
+            "release": {"name": m.name, "version": "9.0.0"},
+            "stages": [{"percent": 100}],
+            "cohort": {"devices": ["dev-0"]},
+            "capture": policy,
+        }  # fmt: skip
+    )
+    jpeg = cv2.imencode(".jpg", np.full((60, 80, 3), 90, np.uint8))[1].tobytes()
+    body = {
+        "idempotency_key": "dev-0:frame-1",
+        "device_id": "dev-0",
+        "rollout": "field",
+        "release": {"name": m.name, "version": "9.0.0", "target": "cpu"},
+        "reason": "random",
+        "output": {"label": "x", "confidence": 0.5},
+        "image": base64.b64encode(jpeg).decode(),
+    }
+    rows.append(
+        crash(
+            "kill@capture-row-written",
+            lambda: RegistryClient(state["srv"].url, cam).call("POST", "/v1/captures", json=body),
+            lambda: count(db.captures),
+            lambda: RegistryClient(state["srv"].url, cam).call("POST", "/v1/captures", json=body),
+        )
+    )
+    state["srv"].stop()
+    engine.dispose()
+    return rows
+
+
 def full_disk(tmp: Path, bundle: Path, pub: Path) -> dict:
     from factory.device.client import RegistryClient, RegistryError
 
@@ -272,10 +466,16 @@ def main() -> None:
             (tmp / name).mkdir()
             print(f"scenario {name}", flush=True)
             rows.append(fn(tmp / name))
+        (tmp / "points").mkdir()
+        print("scenario crash points (publish, rollout transition, capture)", flush=True)
+        rows += crash_points(tmp / "points", bundle, Path(a.key).resolve())
         if a.postgres:
             (tmp / "db").mkdir()
             print("scenario lost database (30 s)", flush=True)
             rows.append(lost_database(tmp / "db", bundle, pub, a.postgres))
+            (tmp / "replicas").mkdir()
+            print("scenario two replicas on PostgreSQL and S3, one killed", flush=True)
+            rows += replicas(tmp / "replicas", bundle, pub, a.postgres)
     result = {"host": host_info(), "rows": rows}
     out = ROOT / "benchmarks" / "results" / "registry-faults"
     write_json(out.with_suffix(".json"), result)
@@ -286,21 +486,27 @@ def main() -> None:
         "`python benchmarks/registry_faults.py --bundle ... --key ... [--postgres URL]`.",
         "",
         "| fault | requests sent | refused 503 | lost connection | accepted | duplicates | stored | lost | "
-        "double-counted | recovery s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "double-counted | half-done visible | orphans swept | recovery s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['fault']} | {r.get('requests_sent', '-')} | {r.get('requests_refused_503', '-')} | "
             f"{r.get('requests_lost_connection', '-')} | {r.get('accepted', '-')} | "
             f"{r.get('duplicates_answered', '-')} | {r.get('stored', '-')} | "
-            f"{r.get('lost', '-')} | {r.get('double_counted', '-')} | {r.get('recovery_seconds', '-')} |"
+            f"{r.get('lost', '-')} | {r.get('double_counted', '-')} | {r.get('half_done_visible', '-')} | "
+            f"{r.get('orphans_swept', '-')} | {r.get('recovery_seconds', '-')} |"
         )
     lines += [
         "",
         "Recovery: from the kill (the restart came 2 s later), from connections allowed again (database) or "
         "from the space freed (disk) to the first request the registry accepted. Duplicates: summaries of a "
-        "resent batch that the registry had already stored, answered as duplicates and stored once.",
+        "resent batch that the registry had already stored, answered as duplicates and stored once. Crash "
+        "points: recovery from the kill to the retried request's answer (restart included); half-done visible "
+        "counts a release listed, a rollout moved or a capture row left by the killed request; orphans swept "
+        "are the blobs it left, removed by the sweep the evaluator runs. Replicas: the load's recovery is 0 "
+        "when the round-robin sent nothing to the dead replica mid-request; the lease row's recovery is the "
+        "time until the surviving replica held the evaluator lease.",
     ]
     atomic_write(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))

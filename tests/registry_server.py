@@ -21,15 +21,17 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, settings: dict, port: int | None = None):
-        self.settings, self.port = settings, port or free_port()
+    def __init__(self, settings: dict, port: int | None = None, env: dict | None = None, log_dir: Path | None = None):
+        self.settings, self.port, self.env = settings, port or free_port(), env or {}
+        # beside a local blob store by default; give log_dir when the store is a URL (s3://...)
+        self.log_dir = log_dir or Path(settings["storage"]).parent
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Server":
-        env = os.environ | {"FACTORY_REGISTRY_SETTINGS": json.dumps(self.settings)}
+        env = os.environ | self.env | {"FACTORY_REGISTRY_SETTINGS": json.dumps(self.settings)}
         # the server's log goes to a file (a pipe nobody reads would block the server once full)
-        self.log = Path(self.settings["storage"]).parent / f"server-{self.port}.log"
+        self.log = self.log_dir / f"server-{self.port}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -117,3 +119,109 @@ def start_registry(
         admin = create_token(conn, "admin", "admin")
         tokens = {d: create_token(conn, f"device:{d}", "device", d) for d in devices}
     return srv, settings, engine, admin, tokens
+
+
+class S3Server:
+    """An S3-compatible object store speaking S3 over HTTP: ``$FACTORY_TEST_S3_ENDPOINT`` when set (what
+    ``.ci/run`` starts), else moto's server started here. ``env`` holds what a client needs (AWS_* variables)."""
+
+    def __init__(self, log_dir: Path):
+        self.proc = None
+        self.url = os.environ.get("FACTORY_TEST_S3_ENDPOINT")
+        if not self.url:
+            port = free_port()
+            self.url = f"http://127.0.0.1:{port}"
+            with open(log_dir / "moto.log", "ab") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
+        deadline = time.time() + 30
+        while True:
+            try:
+                httpx.get(self.url, timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.time() > deadline or (self.proc and self.proc.poll() is not None):
+                    raise RuntimeError(f"no S3 server at {self.url}") from None
+                time.sleep(0.2)
+        self.env = {
+            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "factory-test"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "factory-test"),
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.url,
+        }
+
+    def bucket(self, name: str) -> str:
+        """Create bucket ``name`` (if needed); returns ``s3://name``."""
+        import boto3
+
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
+        if name not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+class RoundRobin(httpx.HTTPTransport):
+    """Replicas behind one address, as a load balancer with health checks serves them: each request goes to
+    the next replica; one that refuses the connection (dead) is skipped for the next. A request already sent
+    to a replica that dies is not retried here: it is in flight, and its client decides (idempotency keys)."""
+
+    def __init__(self, urls: list[str]):
+        super().__init__()
+        self.urls = [httpx.URL(u) for u in urls]
+        self.turn = 0
+        self.sent = [0] * len(urls)
+        self.refused = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for _ in range(len(self.urls)):
+            i = self.turn % len(self.urls)
+            self.turn += 1
+            target = self.urls[i]
+            request.url = request.url.copy_with(scheme=target.scheme, host=target.host, port=target.port)
+            try:
+                response = super().handle_request(request)
+            except httpx.ConnectError:
+                self.refused += 1
+                continue
+            self.sent[i] += 1
+            return response
+        raise httpx.ConnectError("every replica refused the connection", request=request)
+
+
+def post_batches(url: str, token: str, batches: list[list[dict]], transport=None) -> dict:
+    """Send telemetry batches in order, each until the registry answers 200 (same idempotency keys on a
+    retry): what a gateway does. Returns requests sent, lost connections, 503s and per-status counts."""
+    out = {"requests": 0, "lost": 0, "refused_503": 0, "accepted": 0, "duplicate": 0}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30, transport=transport) as c:
+        for batch in batches:
+            while True:
+                out["requests"] += 1
+                try:
+                    r = c.post("/v1/telemetry/batch", json={"summaries": batch})
+                except httpx.HTTPError:
+                    out["lost"] += 1  # in flight when a replica died: send it again
+                    time.sleep(0.1)
+                    continue
+                if r.status_code == 503:
+                    out["refused_503"] += 1
+                    time.sleep(float(r.headers.get("retry-after", "1")))
+                    continue
+                r.raise_for_status()
+                for res in r.json()["results"]:
+                    out[res["status"]] = out.get(res["status"], 0) + 1
+                break
+    return out

@@ -171,3 +171,113 @@ def test_a_lost_database_is_a_503_the_agent_backs_off_and_no_telemetry_is_lost(t
     finally:
         srv.stop()
         engine.dispose()
+
+
+def test_killed_at_the_worst_moments_the_registry_restarts_consistent(tmp_path, bundle, keypair, trained):
+    """SIGKILL with a bundle stored but its row not committed, a rollout transition written but not committed,
+    and a capture image stored with its row uncommitted: after a restart nothing half-done is visible, the
+    orphaned blobs are swept (a capture is personal data: it must not outlive its row), and each retry
+    lands exactly once."""
+    import base64
+
+    import cv2
+    import numpy as np
+    import sqlalchemy as sa
+
+    from factory.bundle.signing import load_private_key
+    from factory.device.client import RegistryClient, Unreachable
+    from factory.pipeline.fleet_demo import _retag as retag
+    from factory.registry import db
+    from factory.registry.auth import create_token
+    from factory.registry.storage import BlobStore
+    from factory.registry.sweep import sweep_orphans
+
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'r.db'}", [str(keypair[1])], str(keypair[0]))
+    settings["telemetry"] = settings["telemetry"] | {"evaluate_seconds": 0.0}
+    engine = db.engine_for(settings["database"])
+    with engine.begin() as conn:
+        admin = create_token(conn, "admin", "admin")
+        cam = create_token(conn, "device:cam-1", "device", "cam-1")
+    state = {"srv": None}
+
+    def restart(fault: str | None = None) -> RegistryClient:
+        if state["srv"]:
+            state["srv"].stop()
+        port = state["srv"].port if state["srv"] else None
+        state["srv"] = Server(settings, port=port, env={"FACTORY_FAULT": fault} if fault else {}).start()
+        settings["public_url"] = state["srv"].url
+        return RegistryClient(state["srv"].url, admin)
+
+    def died() -> bool:
+        return state["srv"].proc.wait(timeout=10) == -9
+
+    def count(table) -> int:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+
+    newer = tmp_path / "1.1.0" / "cpu"
+    retag(bundle, newer, "1.1.0", load_private_key(keypair[0]), "test re-release")
+    model = trained.card["name"]
+    later = time.time() + 7200  # the sweep leaves blobs younger than an hour (uploads in flight)
+    try:
+        client = restart("kill@publish-blob-stored")
+        with pytest.raises(Unreachable):
+            client.publish(bundle)
+        assert died()
+        client = restart()
+        assert client.releases() == [] and "release.publish" not in [a["action"] for a in client.audit()]
+        assert sweep_orphans(engine, BlobStore(settings["storage"]), now=later)["bundles"] == 1
+        assert client.publish(bundle)["created"] and client.publish(newer)["created"]
+        assert sweep_orphans(engine, BlobStore(settings["storage"]), now=later)["bundles"] == 0
+
+        client.create_rollout(
+            {"name": "base", "release": {"name": model, "version": "1.0.0"}, "stages": [{"percent": 100}]}
+        )
+        client = restart("kill@rollout-transition")
+        with pytest.raises(Unreachable):
+            client.act("base", "advance", "first release")
+        assert died()
+        client = restart()
+        r = client.rollout("base")
+        assert r["status"] == "active" and r["stage"] == 0 and count(db.stable) == 0  # nothing half-moved
+        assert client.act("base", "advance", "first release")["status"] == "completed"
+        assert [a["action"] for a in client.audit("base")].count("rollout.complete") == 1
+
+        policy = {"when": {"random_rate": 1.0}, "max_per_device_per_day": 3, "max_bytes": 40_000, "retention_days": 1}
+        client.create_rollout(
+            {
+                "name": "field",
+                "release": {"name": model, "version": "1.1.0"},
+                "stages": [{"percent": 100}],
+                "cohort": {"devices": ["cam-1"]},
+                "capture": policy,
+            }  # fmt: skip
+        )
+        device = RegistryClient(state["srv"].url, cam)
+        device.request("POST", "/v1/devices", json={"device_id": "cam-1", "target": "cpu", "tags": []}, ok=(201,))
+        jpeg = cv2.imencode(".jpg", np.full((60, 80, 3), 90, np.uint8))[1].tobytes()
+        body = {
+            "idempotency_key": "cam-1:frame-1",
+            "device_id": "cam-1",
+            "rollout": "field",
+            "release": {"name": model, "version": "1.1.0", "target": "cpu"},
+            "reason": "random",
+            "output": {"label": "x", "confidence": 0.5},
+            "image": base64.b64encode(jpeg).decode(),
+        }
+        restart("kill@capture-row-written")
+        with pytest.raises(Unreachable):
+            RegistryClient(state["srv"].url, cam).call("POST", "/v1/captures", json=body)
+        assert died()
+        restart()
+        device = RegistryClient(state["srv"].url, cam)
+        assert count(db.captures) == 0
+        assert sweep_orphans(engine, BlobStore(settings["storage"]), now=later)["captures"] == 1  # no stray image
+        assert device.call("POST", "/v1/captures", json=body)["status"] == "accepted"
+        assert device.call("POST", "/v1/captures", json=body)["status"] == "duplicate"
+        assert count(db.captures) == 1
+        assert sweep_orphans(engine, BlobStore(settings["storage"]), now=later)["captures"] == 0
+        assert "Traceback" not in state["srv"].log_tail(20000)
+    finally:
+        state["srv"].stop()
+        engine.dispose()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import pkgutil
 import re
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._deps import require
+from .._faults import crash_point
 from ..device.runtimes import Runtime, get_runtime
 from ..errors import ExportError, FactoryError, UnknownNameError
 
@@ -163,16 +163,12 @@ def operator_in(text: str) -> str | None:
 
 
 STAGE_LISTENERS: list = []  # callables told each stage's name as it starts (a build worker reports it)
-FAULT_ENV = "FACTORY_FAULT"  # "segv@STAGE": a real SIGSEGV when STAGE starts (tests of crash containment)
 
 
 def _enter(name: str) -> None:
     for listener in STAGE_LISTENERS:
         listener(name)
-    if os.environ.get(FAULT_ENV) == f"segv@{name}":
-        import ctypes
-
-        ctypes.string_at(0)  # a genuine invalid read, as a crashing converter does
+    crash_point(name)  # FACTORY_FAULT=segv@STAGE: a real SIGSEGV when STAGE starts (tests of crash containment)
 
 
 @contextlib.contextmanager

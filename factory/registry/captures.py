@@ -22,6 +22,7 @@ import threading
 
 import sqlalchemy as sa
 
+from .._faults import crash_point
 from ..device.assign import assign
 from ..errors import InputError
 from . import db
@@ -159,6 +160,7 @@ def accept_capture(conn, store, state: dict, body: object, who, now: float) -> d
             expires_at=now + 86400 * policy["retention_days"],
         )
     )
+    crash_point("capture-row-written")  # image stored, row not committed: swept by sweep_orphans
     return {"status": "accepted", "id": int(row.inserted_primary_key[0]), "sha256": sha}
 
 

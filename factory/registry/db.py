@@ -2,7 +2,8 @@
 
 Tables: releases, tokens (hashed), rollouts, stable (the release each model/target runs outside
 rollouts), audit (append-only: the code only ever inserts), state (a version counter bumped on every
-change, so replicas know when to refresh their cached fleet state), devices and telemetry.
+change, so replicas know when to refresh their cached fleet state), devices, telemetry, captures,
+windows (rolled-up history) and leases (which replica runs the periodic rollout evaluation).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "telemetry",
     "captures",
     "windows",
+    "leases",
     "engine_for",
     "now",
     "bump_state",
@@ -162,6 +164,15 @@ windows = sa.Table(  # one row per release and telemetry window: the figures the
     sa.Column("figures", sa.Text, nullable=False),
     sa.UniqueConstraint("release_key", "resolution", "window_start", name="uq_windows_release_res_start"),
     sa.Index("ix_windows_release_res_start", "release_key", "resolution", "window_start"),
+)
+
+
+leases = sa.Table(  # one row per singleton job of the replicas (the rollout evaluator): who holds it, until when
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("until", sa.Float, nullable=False),
 )
 
 

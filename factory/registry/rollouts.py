@@ -15,6 +15,7 @@ import re
 
 import sqlalchemy as sa
 
+from .._faults import crash_point
 from ..config import Key, load_yaml, validate
 from ..errors import ConfigError, InputError
 from . import db
@@ -316,17 +317,24 @@ def transition(conn, name: str, action: str, actor: str, reason: str = "", evide
         else:
             values |= {"status": "completed"}
             event = "rollout.complete"
-            for target, key in r["releases"].items():
-                conn.execute(db.stable.delete().where(db.stable.c.model == r["model"], db.stable.c.target == target))
-                conn.execute(db.stable.insert().values(model=r["model"], target=target, release_key=key))
             detail["stable"] = r["releases"]
     else:
         values["status"] = {"pause": "paused", "resume": "active", "halt": "halted", "rollback": "rolled_back"}[action]
         if action == "resume":
             values["stage_started_at"] = ts
-    conn.execute(db.rollouts.update().where(db.rollouts.c.name == name).values(**values))
+    t = db.rollouts
+    changed = conn.execute(  # compare and set: two replicas (or an admin and the evaluator) never both move it
+        t.update().where(t.c.name == name, t.c.status == r["status"], t.c.stage == r["stage"]).values(**values)
+    ).rowcount
+    if not changed:
+        raise RolloutConflict(f"cannot {action} rollout {name!r}: it changed meanwhile; read it again")
+    if event == "rollout.complete":
+        for target, key in r["releases"].items():
+            conn.execute(db.stable.delete().where(db.stable.c.model == r["model"], db.stable.c.target == target))
+            conn.execute(db.stable.insert().values(model=r["model"], target=target, release_key=key))
     db.add_audit(conn, actor, event, name, detail)
     db.bump_state(conn)
+    crash_point("rollout-transition")  # written, not committed: the transaction's all or nothing
     return get(conn, name)
 
 

@@ -17,10 +17,15 @@ class BlobStore:
     def __init__(self, url: str):
         import fsspec
 
+        options = {}
         if "://" not in url:
             Path(url).mkdir(parents=True, exist_ok=True)
             url = Path(url).resolve().as_posix()
-        self.fs, self.root = fsspec.core.url_to_fs(url)
+        elif url.startswith(("s3://", "s3a://")):
+            # replicas write the same bucket: never answer exists() from a cached listing. The endpoint
+            # comes from botocore's own settings (AWS_ENDPOINT_URL for MinIO, moto, Ceph ...).
+            options["use_listings_cache"] = False
+        self.fs, self.root = fsspec.core.url_to_fs(url, **options)
         self.root = self.root.rstrip("/")
         self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
 
@@ -102,10 +107,38 @@ class BlobStore:
     def open(self, key: str) -> BinaryIO:
         return self.fs.open(self._path(key), "rb")
 
-    def clean_tmp(self) -> int:
-        """Remove leftovers of uploads that never finished (after a crash)."""
-        n = 0
-        for p in self.fs.ls(f"{self.root}/tmp", detail=False):
-            self.fs.rm(p)
+    def listing(self, prefix: str) -> list[tuple[str, float]]:
+        """``(key, modified epoch seconds)`` of every blob under ``prefix`` (``captures``, ``bundles``)."""
+        try:
+            found = self.fs.find(self._path(prefix), detail=True)
+        except FileNotFoundError:
+            return []
+        cut = len(self.root) + 1
+        return [(name[cut:], _modified(e)) for name, e in found.items() if e.get("type") != "directory"]
+
+    def clean_tmp(self, older_than: float = 3600.0) -> int:
+        """Remove leftovers of uploads that never finished (after a crash), once they are ``older_than``
+        seconds: a replica starting beside others must not delete the uploads they have in flight."""
+        import time
+
+        n, cutoff = 0, time.time() - older_than
+        try:
+            entries = self.fs.ls(f"{self.root}/tmp", detail=True)
+        except FileNotFoundError:  # an object store has no empty folders: no leftovers
+            return 0
+        for e in entries:
+            if e.get("type") == "directory" or _modified(e) > cutoff:
+                continue
+            self.fs.rm(e["name"])
             n += 1
         return n
+
+
+def _modified(entry: dict) -> float:
+    """An fsspec listing entry's modification time in epoch seconds (local: mtime; S3: LastModified)."""
+    for key in ("mtime", "LastModified", "last_modified", "created"):
+        v = entry.get(key)
+        if v is None:
+            continue
+        return v.timestamp() if hasattr(v, "timestamp") else float(v)
+    return 0.0  # unknown age: old enough

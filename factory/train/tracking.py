@@ -1,6 +1,8 @@
 """MLflow tracking with an embedded default: a SQLite store and an artifact folder in the project.
 
-``MLFLOW_TRACKING_URI`` overrides the store (a server, PostgreSQL...). MLflow is imported lazily.
+``MLFLOW_TRACKING_URI`` overrides the store (a server, PostgreSQL...); ``FACTORY_MLFLOW_ARTIFACTS`` names
+the artifact root of experiments it creates (``s3://bucket/mlflow``: the S3 endpoint and credentials come
+from ``MLFLOW_S3_ENDPOINT_URL`` / ``AWS_*`` as MLflow reads them). MLflow is imported lazily.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ def setup_experiment(name: str, base: str | Path | None = None) -> str:
     if exp is None:
         # A SQLite store keeps its artifacts beside the database (MLflow's own default is ./mlruns
         # of whatever folder the first run happened in). A server decides for itself.
-        artifacts = None
-        if uri.startswith("sqlite:///"):
+        artifacts = os.environ.get("FACTORY_MLFLOW_ARTIFACTS") or None
+        if artifacts is None and uri.startswith("sqlite:///"):
             artifacts = (Path(uri[len("sqlite:///") :]).parent / "artifacts").resolve().as_uri()
         exp_id = mlflow.create_experiment(name, artifact_location=artifacts)
     else:

@@ -69,9 +69,10 @@ def start_evaluator(svc: Services, evaluate) -> None:
     def loop() -> None:
         while not stop.wait(seconds):
             try:
-                evaluate()
+                evaluate(background=True)
             except Exception:  # keep evaluating; a transient database error must not kill the loop
                 logging.getLogger("factory.registry").exception("health evaluation failed")
 
     svc.hooks["start"].append(lambda: threading.Thread(target=loop, name="health-evaluator", daemon=True).start())
     svc.hooks["stop"].append(stop.set)
+    svc.hooks["stop"].append(evaluate.lease.release)  # a clean stop hands over at once, not after the lease

@@ -14,10 +14,15 @@ from ..captures import purge_expired
 from ..health import evaluate_rollouts
 from ..history import purge_history, roll_up
 from ..ingest import Ingestor, register_device
+from ..lease import Lease
 from ..monitoring import check_retraining
+from ..rollouts import RolloutConflict
 from ..services import DEVICE, NAME, Services, matches, require_device
+from ..sweep import sweep_orphans
 
 __all__ = ["router"]
+
+SWEEP_SECONDS = 600.0  # how often the evaluator looks for orphaned blobs
 
 
 def router(svc: Services, metrics) -> tuple[APIRouter, object]:
@@ -27,25 +32,53 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
     engine, tele = svc.engine, svc.settings["telemetry"]
     ingestor = Ingestor(engine, tele["max_summary_bytes"], tele["max_inferences_per_second"])
     lock = threading.Lock()
+    period = tele["evaluate_seconds"]
+    # Replicas share one evaluator: whoever holds the lease (renewed at every run) evaluates; a dead holder's
+    # lease expires after three periods and another replica takes over. Transitions compare and set in SQL.
+    lease = Lease(engine, "rollout-evaluator", 3 * period if period > 0 else 30.0)
 
-    def evaluate() -> dict:
-        with lock:  # one evaluation at a time per process; transitions are guarded by status checks in SQL
-            now = time.time()
-            decisions = evaluate_rollouts(engine, tele["window_seconds"], now)
-            with engine.begin() as conn:
-                purge_expired(conn, svc.store, now)  # captures past their plan's retention
-            roll_up(engine, tele["window_seconds"], now)  # complete windows into the history
-            purge_history(engine, now, tele["history_days"], tele["raw_days"], tele["window_seconds"])
-            triggers = check_retraining(
-                engine,
-                tele["window_seconds"],
-                now,
-                windows=tele.get("retrain_windows", 3),
-                max_psi=tele.get("retrain_max_psi", 0.25),
-                max_js=tele.get("retrain_max_js", 0.1),
-            )
+    def evaluate(background: bool = False) -> dict:
+        with lock:  # one evaluation at a time per process, and one at a time across replicas (the lease)
+            if not lease.acquire():
+                held = lease.current() or {}
+                if background:
+                    return {"skipped": "another replica holds the evaluator lease", "lease": held}
+                wait = max(1, round(held.get("until", 0) - time.time()))
+                raise RolloutConflict(
+                    f"replica {held.get('holder')} evaluates rollouts (its lease runs {wait} s more); its next "
+                    "evaluation is due within telemetry.evaluate_seconds, or retry after the lease"
+                )
+            try:
+                result = _evaluate()
+            finally:
+                if period <= 0:  # evaluations only on request: the lease only keeps two from overlapping
+                    lease.release()
         svc.states.invalidate()
-        return {"decisions": decisions, "triggers": triggers}
+        return result
+
+    swept = {"at": 0.0}
+
+    def _evaluate() -> dict:
+        now = time.time()
+        decisions = evaluate_rollouts(engine, tele["window_seconds"], now)
+        with engine.begin() as conn:
+            purge_expired(conn, svc.store, now)  # captures past their plan's retention
+        if now - swept["at"] > SWEEP_SECONDS:  # blobs a crash left without their row
+            sweep_orphans(engine, svc.store, now)
+            swept["at"] = now
+        roll_up(engine, tele["window_seconds"], now)  # complete windows into the history
+        purge_history(engine, now, tele["history_days"], tele["raw_days"], tele["window_seconds"])
+        triggers = check_retraining(
+            engine,
+            tele["window_seconds"],
+            now,
+            windows=tele.get("retrain_windows", 3),
+            max_psi=tele.get("retrain_max_psi", 0.25),
+            max_js=tele.get("retrain_max_js", 0.1),
+        )
+        return {"decisions": decisions, "triggers": triggers, "evaluator": lease.holder}
+
+    evaluate.lease = lease
 
     def _device(body: dict) -> tuple[str, str, list]:
         device_id, target, tags = body.get("device_id"), body.get("target"), body.get("tags", [])
