@@ -47,6 +47,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
       factory train               train the canonical model (MLflow-tracked; weights + ONNX + card)
       factory model import        ... or bring your own (ONNX, .pt2, TorchScript, architecture + state_dict)
       factory build --target T    per-target export: prune, quantize, compile, validate, sign
+      factory pipeline build      localise -> rectify -> classify: two stages as one signed release
       factory bundle verify|inspect   check and read bundles; `factory keys generate` makes keys
       factory bench               interleaved latency + accuracy of bundles and models
       factory gate                CI gate: fail a change that got slower or less accurate
@@ -70,6 +71,7 @@ def _register() -> None:
     from .device.commands import device, fleet
     from .export.commands import targets_cmd
     from .loop.commands import captures_group, loop, version_cmd
+    from .pipeline.chain_commands import pipeline_group
     from .pipeline.commands import build_cmd, parity_cmd
     from .pipeline.main import run
     from .registry.commands import registry, release, rollout
@@ -81,6 +83,7 @@ def _register() -> None:
         train_cmd,
         model_group,
         build_cmd,
+        pipeline_group,
         targets_cmd,
         keys,
         bundle,

@@ -15,10 +15,11 @@ from .manifest import DatasetManifest, Record
 from ..errors import DataError
 from ..preprocess import preprocess
 
-__all__ = ["load_split", "load_split_images", "calibration_set"]
+__all__ = ["read_images", "load_split", "load_split_images", "calibration_set"]
 
 
-def _read(manifest: DatasetManifest, records: list[Record]) -> list[np.ndarray]:
+def read_images(manifest: DatasetManifest, records: list[Record]) -> list[np.ndarray]:
+    """The records' images, decoded BGR as OpenCV reads them; DataError naming a file that does not decode."""
     images = []
     for r in records:
         img = cv2.imread(str(manifest.resolve(r)), cv2.IMREAD_COLOR)
@@ -38,7 +39,7 @@ def load_split(manifest: DatasetManifest, split: str, spec: dict, classes: list[
     if unknown:
         raise DataError(f"dataset labels {unknown} are not among the model's labels {classes}",
                         hint="evaluate on the dataset the model was trained on")
-    return preprocess(_read(manifest, records), spec), np.array([index[r.label] for r in records])
+    return preprocess(read_images(manifest, records), spec), np.array([index[r.label] for r in records])
 
 
 def load_split_images(manifest: DatasetManifest, split: str, spec: dict) -> tuple[np.ndarray, list[Record]]:
@@ -47,7 +48,7 @@ def load_split_images(manifest: DatasetManifest, split: str, spec: dict) -> tupl
     records = sorted(manifest.subset(split), key=lambda r: r.path)
     if not records:
         raise DataError(f"dataset {manifest.name!r} has no {split} images")
-    return preprocess(_read(manifest, records), spec), records
+    return preprocess(read_images(manifest, records), spec), records
 
 
 def calibration_set(manifest: DatasetManifest, spec: dict, n: int, seed: int) -> tuple[np.ndarray, dict]:
@@ -57,7 +58,7 @@ def calibration_set(manifest: DatasetManifest, spec: dict, n: int, seed: int) ->
         raise DataError(f"dataset {manifest.name!r} has no training images to calibrate with")
     pick = np.sort(np.random.default_rng(seed).permutation(len(train))[: max(1, min(n, len(train)))])
     records = [train[i] for i in pick]
-    batch = preprocess(_read(manifest, records), spec)
+    batch = preprocess(read_images(manifest, records), spec)
     info = {
         "split": "train",
         "n": len(records),

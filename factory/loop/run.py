@@ -91,10 +91,10 @@ def retrain(canonical_dir: Path, dataset: Path, out: Path, *, epochs: int | None
 
 
 def _correct(runner, manifest, records, spec, labels) -> np.ndarray:
-    from ..data.splits import _read
+    from ..data.splits import read_images
     from ..preprocess import preprocess
 
-    x = preprocess(_read(manifest, records), spec)
+    x = preprocess(read_images(manifest, records), spec)
     out = np.concatenate([runner(np.ascontiguousarray(x[i : i + 32])) for i in range(0, len(x), 32)])
     index = {c: i for i, c in enumerate(labels)}
     return out.argmax(1) == np.array([index[r.label] for r in records])

@@ -1,0 +1,154 @@
+"""``factory pipeline crops|build|verify|run``: the ID-document flow (localise, rectify, classify) as one release."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .. import progress
+
+__all__ = ["pipeline_group"]
+
+
+@click.group("pipeline")
+def pipeline_group() -> None:
+    """Two models as one release: a document localiser, then a classifier of the rectified crop.
+
+    \b
+      factory pipeline crops    the classifier's training data: frames rectified by the localiser
+      factory pipeline build    both stages built per target, validated end to end, signed as one
+      factory pipeline verify   check a release and every member bundle
+      factory pipeline run      run a release on images (JSON lines: corners, label, confidence)
+    """
+
+
+@pipeline_group.command("crops")
+@click.option("--localiser", required=True, type=click.Path(exists=True, file_okay=False), help="Localiser model dir.")
+@click.option("--data", required=True, type=click.Path(exists=True), help="Frames dataset (a quad and a label each).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Crops dataset folder to write.")
+@click.option("--size", default="128x80", show_default=True, help="Crop WIDTHxHEIGHT: the classifier's input size.")
+@click.option("--copies", default=3, show_default=True, help="Crops per training frame (the first unmoved).")
+@click.option(
+    "--jitter-pct",
+    default=None,
+    type=float,
+    help="Corner noise of the extra training crops, % of the diagonal [default: the localiser's measured "
+    "validation corner error].",
+)
+@click.option("--seed", default=0, show_default=True)
+def crops_cmd(localiser, data, out, size, copies, jitter_pct, seed) -> None:
+    """Rectify every frame of DATA by the corners the localiser predicts: a dataset to train the classifier on.
+
+    Each crop keeps its frame's split, so the chain's test frames are never trained on. Then:
+    factory train --set data.manifest=OUT/dataset.json --set 'model.image_size=[H,W]' ...
+    """
+    from ..data.synth import parse_size
+    from .chain_data import make_crops
+
+    if copies < 1:
+        raise click.UsageError("--copies is at least 1")
+    result = make_crops(localiser, data, out, size=parse_size(size), copies=copies, jitter_pct=jitter_pct, seed=seed)
+    progress.info(
+        f"{result['images']} crops in {out} (per split {result['per_split']}); the localiser's validation corner "
+        f"error {result['localiser_val_corner_error_pct']:.2f}% of the diagonal, training crops jittered by "
+        f"{result['jitter_pct']:.2f}%"
+    )
+    click.echo(json.dumps(result))
+
+
+@pipeline_group.command("build")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--target", "targets", required=True, multiple=True, help="Target profile name; repeatable.")
+@click.option("--key", "key_path", default="keys/signing.key", show_default=True, type=click.Path())
+@click.option("--out", "out_root", default="bundles", show_default=True, type=click.Path(file_okay=False))
+@click.option("--targets-dir", default=None, type=click.Path(file_okay=False), help="Folder of target profiles.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of both stages' profile.")
+@click.option("--cache-dir", default=".factory/cache", show_default=True, type=click.Path(file_okay=False))
+@click.option("--no-track", is_flag=True, help="Do not log the stage builds to MLflow.")
+def build_cmd(config, targets, key_path, out_root, targets_dir, overrides, cache_dir, no_track) -> None:
+    """Build both stages of CONFIG for each --target, validate the chain end to end, sign it as one release.
+
+    \b
+    Per target: the localiser's and the classifier's bundles (as `factory build` makes them, each
+    judged by its own task's budgets), then the chain on the test frames of CONFIG's data: the
+    classifier's top-1 on the localiser's crops against the canonical pair's, by the paired interval
+    rule (accuracy.max_drop_pt), and the top-1 on true crops beside it. The release lands in
+    OUT/<pipeline>/<version>/<target>/ (pipeline.json + pipeline.sig + both bundles). Exit 1 when a
+    stage fails its budgets or the chain its margin.
+
+    Example: factory pipeline build configs/pipelines/id-docs.yaml --target cpu --target tflite
+    """
+    from .chain_build import build_pipeline
+
+    rows = build_pipeline(
+        config, targets, key_path=key_path, out_root=out_root, targets_dir=targets_dir, overrides=overrides,
+        cache_dir=cache_dir, track=not no_track,
+    )  # fmt: skip
+    click.echo(_table(rows))
+    if not all(r.get("passed") for r in rows):
+        raise SystemExit(1)
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [
+        "| target | end-to-end top-1 | canonical | drop pt [interval] | verdict | on true crops | corner error % | "
+        "release |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        v = r.get("validation")
+        if not v:
+            lines.append(f"| {r['target']} | - | - | - | failed: {r['error']} | - | - | - |")
+            continue
+        lo, hi = v["interval_pt"]
+        lines.append(
+            f"| {r['target']} | {v['top1_end_to_end']:.4f} | {v['canonical_top1_end_to_end']:.4f} | "
+            f"{v['drop_pt']:+.2f} [{lo:+.2f}, {hi:+.2f}] | {v['verdict']} | {v['top1_on_true_crops']:.4f} | "
+            f"{v['corner_error_pct']:.2f} | {r['release']} |"
+        )
+    return "\n".join(lines)
+
+
+@pipeline_group.command("verify")
+@click.argument("release", type=click.Path(exists=True, file_okay=False))
+@click.option("--key", "public_key", default="keys/signing.pub", show_default=True, type=click.Path())
+def verify_cmd(release, public_key) -> None:
+    """Check RELEASE's signature and every member bundle (its signature, its files, its sha256 as named)."""
+    from ..bundle.signing import load_public_key
+    from .chain_release import verify_release
+
+    doc = verify_release(release, load_public_key(public_key))
+    members = ", ".join(f"{s['stage']} {s['name']} {s['version']}" for s in doc["stages"])
+    click.echo(f"ok: pipeline {doc['name']} {doc['version']} for {doc['target']} ({members})")
+
+
+@pipeline_group.command("run")
+@click.argument("release", type=click.Path(exists=True, file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", "public_key", default="keys/signing.pub", show_default=True, type=click.Path())
+def run_cmd(release, images, public_key) -> None:
+    """Run a verified RELEASE on IMAGES: one JSON line each (corners as fractions, label, confidence)."""
+    from ..bundle.signing import load_public_key
+    from ..errors import InputError
+    from ..imagesize import decode_checked
+    from .chain import run_chain
+    from .chain_release import open_release
+
+    _, localise, classify = open_release(release, load_public_key(public_key))
+    for path in images:
+        frame = decode_checked(Path(path).read_bytes(), what=path)  # sized from its header before decoding
+        if frame is None:
+            raise InputError(f"{path} is not an image OpenCV can decode")
+        out = run_chain([frame], localise, classify)
+        click.echo(
+            json.dumps(
+                {
+                    "image": path,
+                    "corners": [round(float(v), 4) for v in out["corners"][0]],
+                    "label": classify.labels[int(out["pred"][0])],
+                    "confidence": round(float(out["confidence"][0]), 4),
+                }
+            )
+        )
