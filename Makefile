@@ -2,7 +2,7 @@
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-quick lint install clean
+.PHONY: run test test-quick lint docs install clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt scripts/install.sh
 	./scripts/install.sh $(VENV)
@@ -28,6 +28,10 @@ test-quick: $(STAMP)  ## while developing: everything but the tests marked slow
 lint: $(STAMP)      ## ruff: pyflakes, bugbear, import order, docstrings, line length 120, formatting
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+docs: $(STAMP)      ## the documentation site (build/site): reference pages generated from the code, warnings are errors
+	$(VENV)/bin/python scripts/gen_docs.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 clean:
 	rm -rf data models bundles reports mlruns .pytest_cache
