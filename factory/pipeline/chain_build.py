@@ -20,11 +20,13 @@ def build_pipeline(
     track=True,
 ) -> list[dict]:
     """One row per target: its release folder and end-to-end validation, or the error that stopped it."""
+    from ..bundle.pipeline import STAGES
     from ..bundle.signing import load_private_key
+    from ..device.chain import bundle_stage, check_stages
     from ..export.targets import load_target
     from .build import Failure, build, isolated, load_context
-    from .chain import bundle_stage, canonical_stage, check_stages, load_chain_config
-    from .chain_release import STAGES, assemble_release, validate_chain
+    from .chain import canonical_stage, load_chain_config
+    from .chain_release import assemble_release, validate_chain
 
     config = load_chain_config(config_path)  # its paths are relative to the folder the command runs in
     key = load_private_key(key_path)

@@ -116,8 +116,8 @@ def _table(rows: list[dict]) -> str:
 @click.option("--key", "public_key", default="keys/signing.pub", show_default=True, type=click.Path())
 def verify_cmd(release, public_key) -> None:
     """Check RELEASE's signature and every member bundle (its signature, its files, its sha256 as named)."""
+    from ..bundle.pipeline import verify_release
     from ..bundle.signing import load_public_key
-    from .chain_release import verify_release
 
     doc = verify_release(release, load_public_key(public_key))
     members = ", ".join(f"{s['stage']} {s['name']} {s['version']}" for s in doc["stages"])
@@ -131,10 +131,9 @@ def verify_cmd(release, public_key) -> None:
 def run_cmd(release, images, public_key) -> None:
     """Run a verified RELEASE on IMAGES: one JSON line each (corners as fractions, label, confidence)."""
     from ..bundle.signing import load_public_key
+    from ..device.chain import open_release, run_chain
     from ..errors import InputError
     from ..imagesize import decode_checked
-    from .chain import run_chain
-    from .chain_release import open_release
 
     _, localise, classify = open_release(release, load_public_key(public_key))
     for path in images:

@@ -1,16 +1,7 @@
-"""A pipeline release: the chain's two stage bundles in one signed folder, validated end to end.
+"""A pipeline release made: the chain validated end to end, then both bundles in one signed folder.
 
-    OUT/<pipeline>/<version>/<target>/
-      pipeline.json   name, version, target, each stage's bundle (name, version, target, sha256 of its
-                      signed manifest), the glue (rectify to the classifier's input size) and the
-                      end-to-end validation on the test frames against the canonical pair
-      pipeline.sig    Ed25519 signature of pipeline.json (the same key as the bundles')
-      localise/       the localiser's bundle, as built
-      classify/       the classifier's bundle, as built
-
-A member is trusted only through the pipeline: its own signature must verify and its manifest's
-sha256 must be the one the signed pipeline names, so a member swapped for another signed bundle, or
-tampered with, refuses the whole release.
+The folder's layout and its verification are ``factory.bundle.pipeline``'s; running it is
+``factory.device.chain``'s.
 """
 
 from __future__ import annotations
@@ -23,13 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from .._io import sha256_file
-from ..errors import BundleError, ConfigError
-from .chain import Stage, bundle_stage, check_stages, crop_size, run_chain
+from ..bundle.pipeline import PIPELINE, PIPELINE_SIG, STAGES
+from ..device.chain import Stage, bundle_stage, check_stages, crop_size, run_chain
+from ..errors import ConfigError
 
-__all__ = ["STAGES", "validate_chain", "assemble_release", "verify_release", "open_release"]
-
-STAGES = ("localise", "classify")
-PIPELINE, PIPELINE_SIG = "pipeline.json", "pipeline.sig"
+__all__ = ["validate_chain", "assemble_release"]
 
 
 def validate_chain(data, reference: tuple[Stage, Stage], candidate: tuple[Stage, Stage], accuracy: dict) -> dict:
@@ -135,45 +124,3 @@ def assemble_release(
             shutil.rmtree(dest)
         stage.rename(dest)
     return dest
-
-
-def verify_release(folder: str | Path, public_key) -> dict:
-    """The signed pipeline.json, after every member verified and matched; BundleError otherwise."""
-    from ..bundle.archive import verify_bundle
-    from ..bundle.signing import verify_signature
-
-    folder = Path(folder)
-    raw = (folder / PIPELINE).read_bytes() if (folder / PIPELINE).is_file() else b""
-    if not raw or not (folder / PIPELINE_SIG).is_file():
-        raise BundleError(f"{folder} is not a pipeline release (no {PIPELINE} and {PIPELINE_SIG})")
-    verify_signature(raw, (folder / PIPELINE_SIG).read_bytes(), public_key)
-    doc = json.loads(raw)
-    problems = []
-    named = {s["stage"]: s for s in doc.get("stages", [])}
-    if set(named) != set(STAGES):
-        problems.append(f"stages {sorted(named)}, expected {list(STAGES)}")
-    for s in STAGES:
-        member = folder / s
-        if s not in named or not member.is_dir():
-            problems.append(f"{s}: missing")
-            continue
-        try:
-            verify_bundle(member, public_key)
-        except BundleError as exc:
-            problems.append(f"{s}: {exc}")
-            continue
-        if sha256_file(member / "manifest.json") != named[s]["manifest_sha256"]:
-            problems.append(f"{s}: its manifest is not the one the signed pipeline names (swapped)")
-    extra = sorted(p.name for p in folder.iterdir() if p.name not in (PIPELINE, PIPELINE_SIG, *STAGES))
-    problems += [f"{name}: not part of the release" for name in extra]
-    if problems:
-        raise BundleError(f"pipeline release {folder} failed verification:\n  - " + "\n  - ".join(problems))
-    return doc
-
-
-def open_release(folder: str | Path, public_key) -> tuple[dict, Stage, Stage]:
-    """A verified release's document and its two stages, ready for :func:`factory.pipeline.chain.run_chain`."""
-    doc = verify_release(folder, public_key)
-    localise, classify = (bundle_stage(Path(folder) / s, public_key) for s in STAGES)
-    check_stages(localise, classify)
-    return doc, localise, classify
