@@ -13,14 +13,8 @@ install: $(STAMP)
 run: $(STAMP)       ## the main job end to end on embedded defaults (params.yaml)
 	$(VENV)/bin/factory run
 
-# The suite in three interpreters, one after the other: one process that ran every build and benchmark of the
-# suite died of a silent SIGSEGV late in the run. Cause found and worked around (OpenVINO's CPU plugin and the
-# thread's alternate signal stack; README "Tests and lint"); the split stays until one process has passed
-# three times in a row on a fresh clone.
-test: $(STAMP)      ## the whole test suite (what CI runs, after `make lint`)
-	$(VENV)/bin/python -m pytest tests/test_[a-e]*.py
-	$(VENV)/bin/python -m pytest tests/test_[f-p]*.py
-	$(VENV)/bin/python -m pytest tests/test_[q-z]*.py
+test: $(STAMP)      ## the whole test suite in one process (what CI runs, after `make lint` and `make docs`)
+	$(VENV)/bin/python -m pytest tests/
 
 test-quick: $(STAMP)  ## while developing: everything but the tests marked slow
 	$(VENV)/bin/python -m pytest -m "not slow"

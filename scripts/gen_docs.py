@@ -106,8 +106,11 @@ def schemas_page() -> str:
     from factory.registry.settings import SETTINGS_SCHEMA
     from factory.train.schema import TRAIN_SCHEMA
 
-    parts = ["# Configuration keys\n", "Every file the factory reads is validated against one of these schemas "
-             "before any work starts; an unknown key, a wrong type or a missing required key is one clear error.\n"]  # fmt: skip
+    intro = (
+        "Every file the factory reads is validated against one of these schemas before any work starts; an "
+        "unknown key, a wrong type or a missing required key is one clear error.\n"
+    )
+    parts = ["# Configuration keys\n", intro]
     for title, schema, where in (
         ("Training config", TRAIN_SCHEMA, "`configs/train.yaml`, `factory train --config` (and `--set KEY=VALUE`)"),
         ("Target profile", PROFILE_SCHEMA, "`targets/NAME.yaml`, `factory build --target NAME` (and `--set`)"),
