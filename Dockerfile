@@ -1,6 +1,9 @@
 # The factory in a container. It installs through scripts/install.sh, exactly like the README's
 # commands and CI, so the image and a developer's .venv hold the same pinned versions.
-FROM python:3.11-slim-bookworm
+# BASE: any Debian bookworm image with Python 3.11 as `python` (scripts/build-images.sh makes one with
+# debootstrap where no image registry is reachable).
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
