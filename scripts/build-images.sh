@@ -50,19 +50,22 @@ for line in out.splitlines():
     values[key.split(".", 1)[-1]] = value.strip().strip("'")
 dirs = set()
 lines = ["[global]"]
-for key in ("find-links", "extra-index-url", "index-url", "constraint", "default-timeout"):
+for key in ("find-links", "extra-index-url", "index-url", "constraint", "cert", "default-timeout"):
     if key in values:
         lines.append(f"{key} = {values[key]}")
         for item in values[key].split():
             path = item[len("file://"):] if item.startswith("file://") else item
-            if path.startswith("/"):
+            if path.startswith("/") and key != "cert":
                 dirs.add(path.rsplit("/simple", 1)[0] if path.endswith("/simple") else path)
+            elif key == "cert":  # a proxy's CA bundle: the builds must trust what this machine trusts
+                print(f"CERT {path}")
 open(sys.argv[1], "w").write("\n".join(lines) + "\n")
 for d in sorted(dirs):
     print(d)
 EOF
 mounts+=(--volume "$conf:/etc/pip.conf:ro")
 while read -r d; do
+  case "$d" in CERT\ *) mounts+=(--volume "${d#CERT }:${d#CERT }:ro"); continue ;; esac
   if [ -f "$d" ]; then mounts+=(--volume "$(dirname "$d"):$(dirname "$d"):ro"); elif [ -d "$d" ]; then mounts+=(--volume "$d:$d:ro"); fi
 done <"$work/mounts"
 
