@@ -85,7 +85,7 @@ def _agent_run(bundle: Path, key: Path, tmp: Path) -> dict:
         return {
             "exit": run.returncode,
             "seconds": round(seconds, 1),
-            "device_current": ", ".join(ran) or None,
+            "device_current": ", ".join(ran) or None,  # the release its telemetry names
             "expected": f"{m.name}/{m.version}/{m.target}",
             "telemetry_summaries": summaries,
             "log_tail": (run.stdout + run.stderr)[-1500:],
@@ -101,13 +101,15 @@ def main() -> None:
     ap.add_argument("--key", required=True, help="its signing key (the .pub beside it is trusted)")
     ap.add_argument("--skip-build", action="store_true", help="use the images already built")
     a = ap.parse_args()
-    build = {}
+    record = ROOT / ".cache" / "images" / "build.json"  # the last build's times, kept for --skip-build
+    build = json.loads(record.read_text()) if record.is_file() else {}
     if not a.skip_build:
         print("building the images (scripts/build-images.sh)", flush=True)
         done = subprocess.run([str(ROOT / "scripts" / "build-images.sh")], capture_output=True, text=True, cwd=ROOT)
         if done.returncode:
             raise SystemExit(f"build-images.sh failed:\n{done.stderr[-3000:]}")
         build = json.loads(done.stdout.strip().splitlines()[-1])
+        record.write_text(json.dumps(build))
     sizes = {img: int(_podman("image", "inspect", "--format", "{{.Size}}", img).stdout.strip() or 0) for img in
              ("localhost/factory-base:bookworm", MAIN, AGENT)}  # fmt: skip
     helped = _podman("run", "--rm", MAIN, "--help")
@@ -140,7 +142,7 @@ def main() -> None:
         f"| `{MAIN}` | {sizes[MAIN] / gb:.2f} GB | {build.get('factory_build_s', '-')} s | `factory --help` exit "
         f"{helped.returncode}: {result['main_help_first_line']!r} |",
         f"| `{AGENT}` | {sizes[AGENT] / gb:.2f} GB | {build.get('agent_build_s', '-')} s | no torch: "
-        f"{result['agent_image_has_no_torch']}; agent against a host registry: exit {agent['exit']}, running "
+        f"{result['agent_image_has_no_torch']}; agent against a host registry: exit {agent['exit']}, telemetry for "
         f"{agent['device_current']} (expected {agent['expected']}), {agent['telemetry_summaries']} telemetry "
         f"summaries, {agent['seconds']} s |",
         "",
