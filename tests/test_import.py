@@ -376,3 +376,27 @@ def test_an_imported_bundle_is_published_rolled_out_run_and_reported_by_a_device
             assert conn.execute(sa.select(sa.func.count()).select_from(db.telemetry)).scalar() == 1
     finally:
         srv.stop()
+
+
+def test_a_graph_onnx2torch_cannot_convert_still_builds_for_onnx_runtime_and_openvino(
+    tmp_path, trained, synth_ds, keypair, loose_targets
+):
+    """PyTorch's own exporter (opset 18) writes the tiny-cnn's pooling as ReduceMean, which onnx2torch cannot
+    convert: the ONNX Runtime and OpenVINO routes take the graph as it is and never need a torch module (they
+    used to build one anyway and failed); LiteRT, which does, is a failed row naming the operator."""
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(trained.labels) + "\n")
+    out = tmp_path / "model"
+    mean, std = (",".join(map(str, trained.preprocessing[k])) for k in ("mean", "std"))
+    result = invoke("model", "import", str(trained.onnx), "--data", str(synth_ds), "--out", str(out), "--size",
+                    "32x32", "--labels", str(labels), "--mean", mean, "--std", std, "--name", "exported")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    args = build_args(out, "cpu", keypair, loose_targets, tmp_path / "b", "--target", "openvino", "--target",
+                      "tflite", "--no-track")  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 1, result.output
+    for target in ("cpu", "openvino"):
+        assert (tmp_path / "b" / "exported" / "0.1.0" / target / "manifest.sig").is_file(), target
+    row = next(line for line in result.output.splitlines() if line.startswith("| tflite |"))
+    assert "FAILED" in row and "ReduceMean" in row
+    assert not (tmp_path / "b" / "exported" / "0.1.0" / "tflite").exists()

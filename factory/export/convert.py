@@ -84,13 +84,25 @@ def _cached_export(
             if f.name != "export.json":
                 shutil.copy2(f, work / f.name)
         return work / main
-    onnx_path = export_onnx(module, work / "pruned.onnx", *canonical.input_hw) if pruned else canonical.onnx
-    artifact = backend.export(work, onnx_path=onnx_path, module_factory=lambda: module, input_hw=canonical.input_hw)
+    onnx_path = export_onnx(module(), work / "pruned.onnx", *canonical.input_hw) if pruned else canonical.onnx
+    artifact = backend.export(work, onnx_path=onnx_path, module_factory=module, input_hw=canonical.input_hw)
     with atomic_dir(cached) as tmp:
         for f in work.glob(f"{artifact.stem}.*"):
             shutil.copy2(f, tmp / f.name)
         (tmp / "export.json").write_text(json.dumps({"main": artifact.name, "ident": ident}))
     return artifact
+
+
+def _module_factory(pruned, canonical: CanonicalModel):
+    """The torch module to export, built on first use: the pruned one, else the canonical module."""
+    box = {"module": pruned}
+
+    def get():
+        if box["module"] is None:
+            box["module"] = canonical.build_module()
+        return box["module"]
+
+    return get
 
 
 def _quantize(backend: Backend, canonical, profile: dict, runtime: dict, dataset, module, fp32: Path, work: Path):
@@ -108,7 +120,7 @@ def _quantize(backend: Backend, canonical, profile: dict, runtime: dict, dataset
             precision=precision,
             calibration=calibration,
             options=dict(opts),
-            module_factory=lambda: module,
+            module_factory=module,
             input_hw=canonical.input_hw,
         )
         return path, facts | {"calibration": info}
@@ -163,7 +175,8 @@ def convert(
 
     progress.info(f"[{profile['name']}] {backend.name} {precision}, pruning {recipe['pruning']['method']}")
     with stage("prune"):
-        module, prune_facts = prepare_module(canonical, dataset, recipe["pruning"], cache_dir)
+        pruned, prune_facts = prepare_module(canonical, dataset, recipe["pruning"], cache_dir)
+    module = _module_factory(pruned, canonical)
     step("prune")
     with stage(f"{backend.name}-export"):
         artifact = _cached_export(backend, canonical, module, prune_facts, recipe["pruning"], dataset, work, cache_dir)

@@ -178,12 +178,14 @@ def _cache_key(canonical: CanonicalModel, manifest: DatasetManifest, recipe: dic
 
 
 def prepare_module(canonical: CanonicalModel, manifest: DatasetManifest | None, recipe: dict, cache_dir: Path):
-    """Return (torch module to export, facts). Without pruning: the canonical module, untouched."""
+    """Return (pruned torch module, facts); without pruning ``(None, {"method": "none"})``: a backend that needs
+    the canonical module builds it then (an ONNX-only import has none until onnx2torch makes one, which the
+    ONNX Runtime and OpenVINO routes never need)."""
     import torch
 
     h, w = canonical.input_hw
     if recipe["method"] == "none" or recipe["ratio"] == 0:
-        return canonical.build_module(), {"method": "none"}
+        return None, {"method": "none"}
     if not canonical.has_architecture:
         kind = (canonical.source or {}).get("kind", "a graph")
         raise ExportError(
