@@ -400,3 +400,9 @@ def test_a_graph_onnx2torch_cannot_convert_still_builds_for_onnx_runtime_and_ope
     row = next(line for line in result.output.splitlines() if line.startswith("| tflite |"))
     assert "FAILED" in row and "ReduceMean" in row
     assert not (tmp_path / "b" / "exported" / "0.1.0" / "tflite").exists()
+    # the bench has no eager baseline for it: the canonical graph runs in ONNX Runtime instead, and says so
+    result = invoke("-q", "bench", str(out), str(tmp_path / "b" / "exported"), "--seconds", "0.5", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["id"]: r for r in json.loads(result.stdout)["artifacts"]}
+    assert set(rows) == {"canonical-onnx", "cpu@0.1.0", "openvino@0.1.0"}
+    assert "ReduceMean" in rows["canonical-onnx"]["note"] and rows["cpu@0.1.0"]["speedup_vs_pytorch_eager"] is None

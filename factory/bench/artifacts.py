@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._io import sha256_file
-from ..errors import BundleError, InputError, ModelError
+from ..errors import BundleError, ExportError, InputError, MissingDependencyError, ModelError
 
 __all__ = ["Artifact", "open_artifacts", "parse_shape"]
 
@@ -98,7 +98,10 @@ def _canonical(folder: Path, threads: int) -> Artifact:
     from ..train.canonical import load_canonical
 
     model = load_canonical(folder)
-    module = model.build_module()
+    try:
+        module = model.build_module()
+    except (ExportError, MissingDependencyError) as exc:  # an ONNX-only import onnx2torch cannot convert
+        return _canonical_graph(model, threads, str(exc).splitlines()[0])
     torch.set_num_threads(threads)
 
     def runner(batch: np.ndarray) -> np.ndarray:
@@ -124,6 +127,39 @@ def _canonical(folder: Path, threads: int) -> Artifact:
         preprocessing=card["preprocessing"],
         canonical_path=str(folder),
         extra={"macs": card["complexity"]["macs"]},
+        task=model.task,
+        output=card["output"],
+    )
+
+
+def _canonical_graph(model, threads: int, why: str) -> Artifact:
+    """A canonical model with no torch module: its ONNX graph in ONNX Runtime, said so (no eager baseline, so
+    no speedup column; accuracy is still judged against this graph)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.log_severity_level = threads, 3
+    session = ort.InferenceSession(str(model.onnx), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    card = model.card
+    return Artifact(
+        id="canonical-onnx",
+        kind="canonical-graph",
+        path=str(model.path),
+        runner=lambda batch: session.run(None, {name: batch})[0],
+        input_shape=(1, 3, *model.input_hw),
+        identity={
+            "model": card["name"],
+            "dataset_hash": card["lineage"]["dataset_hash"],
+            "canonical_weights_sha256": model.identity,
+            "sha256": model.identity,
+        },
+        runtime={"backend": "onnxruntime", "version": ort.__version__, "threads": threads, "precision": "fp32"},
+        size_bytes=model.onnx.stat().st_size,
+        labels=card["labels"],
+        preprocessing=card["preprocessing"],
+        canonical_path=str(model.path),
+        extra={"macs": card["complexity"]["macs"], "note": f"no PyTorch eager baseline: {why}"},
         task=model.task,
         output=card["output"],
     )

@@ -30,6 +30,7 @@ def assemble(artifacts, latency: dict, accuracy: dict) -> dict:
                 "runtime": a.runtime,
                 "size_bytes": a.size_bytes,
                 "macs": a.extra.get("macs"),
+                "note": a.extra.get("note"),
                 "budgets": a.budgets,
                 "latency": latency["artifacts"][a.id],
                 "accuracy": accuracy.get(a.id, {"skipped": "not measured"}),
@@ -104,6 +105,7 @@ def markdown(report: dict) -> str:
         f"load average {env['load_average_before']} -> {env['load_average']}; {', '.join(env['runtimes'])}.",
         "Drop: Tango's score interval over the paired test images; p50: block-bootstrap interval of the median.",
     ]
+    lines += [f"{r['id']}: {r['note']}." for r in report["artifacts"] if r.get("note")]
     return "\n".join(lines)
 
 
