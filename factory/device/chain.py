@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["Stage", "run_chain", "crop_size", "check_stages", "bundle_stage", "open_release"]
+__all__ = ["Stage", "localise_corners", "run_chain", "crop_size", "check_stages", "bundle_stage", "open_release"]
 
 
 @dataclass
@@ -47,6 +47,13 @@ def _batches(runner, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([runner(np.ascontiguousarray(x[i : i + batch])) for i in range(0, len(x), batch)])
 
 
+def localise_corners(frames: list[np.ndarray], localise: Stage, batch: int = 32) -> np.ndarray:
+    """The localiser's corners (N, 8 fractions of the frame) of BGR frames."""
+    from ..preprocess import preprocess
+
+    return np.asarray(_batches(localise.runner, preprocess(frames, localise.preprocessing), batch), np.float64)[:, :8]
+
+
 def run_chain(frames: list[np.ndarray], localise: Stage, classify: Stage, *, batch: int = 32, corners=None) -> dict:
     """Corners, predicted class and confidence of every BGR frame. ``corners`` (N, 8 fractions) skips the
     localiser (ground-truth crops, to see what the localiser's error costs)."""
@@ -54,8 +61,7 @@ def run_chain(frames: list[np.ndarray], localise: Stage, classify: Stage, *, bat
     from ..tasks.localisation import rectify
 
     if corners is None:
-        raw = _batches(localise.runner, preprocess(frames, localise.preprocessing), batch)
-        corners = np.asarray(raw, np.float64)[:, :8]
+        corners = localise_corners(frames, localise, batch)
     size = crop_size(classify)
     crops = [rectify(f, c, size) for f, c in zip(frames, corners, strict=True)]
     logits = _batches(classify.runner, preprocess(crops, classify.preprocessing), batch).astype(np.float64)

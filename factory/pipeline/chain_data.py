@@ -43,6 +43,7 @@ def make_crops(
     seed: int = 0,
 ) -> dict:
     """Write the crops dataset ``out`` (images/<label>/*.png + dataset.json); returns what was done."""
+    from ..device.chain import localise_corners
     from ..tasks.localisation import corner_errors, rectify
     from .chain import canonical_stage
 
@@ -60,7 +61,7 @@ def make_crops(
 
     task = DocumentLocalisation()
     val = [r for r in records if r.split == "val"] or records
-    val_corners = _predict(stage, manifest, val)
+    val_corners = localise_corners(read_images(manifest, val), stage)
     measured = float(corner_errors(val_corners, task.targets(val, manifest.classes)).mean())
     sd = measured if jitter_pct is None else float(jitter_pct)
     rng = np.random.default_rng(seed)
@@ -70,7 +71,7 @@ def make_crops(
         for i in range(0, len(records), 64):
             chunk = records[i : i + 64]
             frames = read_images(manifest, chunk)
-            corners = run_chain_corners(stage, frames)
+            corners = localise_corners(frames, stage)
             sizes = np.array([[r.width, r.height] for r in chunk], np.float64)
             for k in range(copies):
                 moved = corners if k == 0 else _jitter(corners, sizes, sd, rng)
@@ -116,16 +117,3 @@ def make_crops(
         "jitter_pct": sd,
         "localiser_val_corner_error_pct": measured,
     }
-
-
-def _predict(stage, manifest, records) -> np.ndarray:
-    return run_chain_corners(stage, read_images(manifest, records))
-
-
-def run_chain_corners(stage, frames: list[np.ndarray], batch: int = 32) -> np.ndarray:
-    """The localiser's corners (N, 8 fractions) of BGR frames."""
-    from ..preprocess import preprocess
-
-    x = preprocess(frames, stage.preprocessing)
-    raw = np.concatenate([stage.runner(np.ascontiguousarray(x[i : i + batch])) for i in range(0, len(x), batch)])
-    return np.asarray(raw, np.float64)[:, :8]
