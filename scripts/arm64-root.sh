@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # An emulated arm64 board on an x86 build host: a Debian bookworm arm64 root (debootstrap) whose
 # binaries run through qemu user-mode emulation (binfmt_misc), with the device side installed in it by
-# the README's "Install on a board" section, run as written. `factory bundle parity --root ROOT` and the
-# arm64 tests use it.
+# the documentation's "Install on a board" page (docs/guide/board.md), run as written.
+# `factory bundle parity --root ROOT` and the arm64 tests use it.
 #
 #   sudo scripts/arm64-root.sh ROOT        (~3 min for the root, ~2 min for the install; cached in ROOT)
 #
@@ -48,18 +48,18 @@ if [ ! -e "$root/.factory-root-ready" ]; then
 fi
 echo "arm64 root ready in $root ($((SECONDS - started)) s)"
 
-# The device install, by the README's board section (the lines between its board-install markers)
+# The device install, by the documentation's board page (the lines between its board-install markers)
 work="$root/root/install"
 rm -rf "$work"
 mkdir -p "$work"
 "$py" -m pip wheel --quiet --no-deps -w "$work" . 2>/dev/null
 cp requirements/constraints.txt "$work/"
-cp README.md "$work/"
+cp docs/guide/board.md "$work/"
 stamp="$(sha256sum "$work"/edge_model_factory-*.whl | cut -c1-64)"
 if [ "$(cat "$root/opt/factory-agent/.wheel" 2>/dev/null)" != "$stamp" ]; then
-  sed -n '/<!-- board-install -->/,/<!-- \/board-install -->/p' README.md | sed -n '/^```bash$/,/^```$/p' \
+  sed -n '/<!-- board-install -->/,/<!-- \/board-install -->/p' docs/guide/board.md | sed -n '/^```bash$/,/^```$/p' \
     | grep -v '^```' > "$work/install.sh"
-  [ -s "$work/install.sh" ] || { echo "README.md has no board-install section" >&2; exit 1; }
+  [ -s "$work/install.sh" ] || { echo "docs/guide/board.md has no board-install section" >&2; exit 1; }
   mount -t proc proc "$root/proc"
   mount --bind /dev "$root/dev"
   trap 'umount -l "$root/proc" "$root/dev"' EXIT

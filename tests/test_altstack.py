@@ -1,4 +1,4 @@
-"""The one-process suite's SIGSEGV, found (README "Known limits"): OpenVINO's CPU plugin leaves the thread's
+"""The one-process suite's SIGSEGV, found (docs: "Status and known limits"): OpenVINO's CPU plugin leaves the thread's
 alternate signal stack pointing at memory it unmapped; the next SIGCHLD to a Python handler kills the process.
 Every compile the factory makes puts a stack of its own back (factory._altstack)."""
 

@@ -1,4 +1,4 @@
-"""The device side on arm64, emulated on the x86 build host: the README's board section, run as written
+"""The device side on arm64, emulated on the x86 build host: the documentation's board page, run as written
 inside a Debian arm64 root (scripts/arm64-root.sh), gives an agent that enrols, pulls, verifies, activates
 and serves a bundle from a registry on the host; and a tflite bundle's parity on arm64 lands in its
 manifest. Needs root and FACTORY_TEST_ARM64_ROOT (a folder for the root; .ci/run sets it)."""
@@ -26,7 +26,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def arm_root():
-    """The arm64 root with the device install of the README's board section (cached across runs)."""
+    """The arm64 root with the device install of the documentation's board page (cached across runs)."""
     from factory.pipeline.platforms import ArmRoot
 
     path = os.environ["FACTORY_TEST_ARM64_ROOT"]

@@ -446,7 +446,7 @@ def parity_cmd(bundle_path, platform, root, model_dir, data, key_path, trusted_k
     """Check a bundle's parity on the device's architecture and record it in the manifest.
 
     Runs the bundle on the whole test split inside an arm64 root (qemu user-mode emulation on an x86
-    build host; the root holds the device install the README's board section makes), then compares its
+    build host; the root holds the device install the documentation's board page makes), then compares its
     outputs with the canonical model's (top-1 agreement, accuracy drop with its interval) and with the
     same bundle's outputs on this host. The result goes into the manifest as
     validation.platforms["linux/arm64"], and the bundle is signed again. No latency is recorded: under

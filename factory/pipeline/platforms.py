@@ -2,7 +2,7 @@
 
 The root is a Debian arm64 system (``scripts/arm64-root.sh`` makes one with debootstrap) run through
 qemu user-mode emulation (binfmt_misc), with the factory's device install at ``/opt/factory-agent``
-exactly as the README's "Install on a board" section makes it. The bundle, its public key and the
+exactly as the documentation's "Install on a board" page makes it. The bundle, its public key and the
 preprocessed test split are copied into the root; ``factory device check`` runs there (signature and
 hashes, the runtime loads it, every image runs) and writes the outputs; back on the build host they are
 compared with the canonical model's, image by image, and with the same bundle's outputs on the build
@@ -29,7 +29,7 @@ from ..errors import InputError
 __all__ = ["PLATFORMS", "AGENT", "ArmRoot", "platform_parity"]
 
 PLATFORMS = {"linux/arm64": 0xB7}  # the ELF machine of the root's binaries (EM_AARCH64)
-AGENT = "/opt/factory-agent/bin/factory"  # where the README's board section installs the device side
+AGENT = "/opt/factory-agent/bin/factory"  # where the documentation's board page installs the device side
 
 
 def _elf_machine(path: Path) -> int | None:
@@ -57,7 +57,7 @@ class ArmRoot:
         if not (self.path / AGENT.lstrip("/")).exists():
             raise InputError(
                 f"{self.path} has no device install at {AGENT}",
-                hint="follow the README's 'Install on a board' section inside the root (scripts/arm64-root.sh does)",
+                hint="follow the docs' 'Install on a board' page inside the root (scripts/arm64-root.sh does)",
             )
         if os.geteuid() != 0:
             raise InputError("entering an emulated root needs chroot, which needs root", hint="run as root (CI does)")

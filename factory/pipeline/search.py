@@ -319,7 +319,7 @@ def benchmark_candidates(
             if o.error:
                 raise ValidationError(
                     f"the benchmark on a {device_class} node failed: {o.error}",
-                    hint=f"a node must carry the resource device:{device_class} (README: how a board joins)",
+                    hint=f"a node must carry the resource device:{device_class} (docs: Scale out on Ray)",
                 )
             report, node = o.value, o.node | {"device_class": device_class}
         else:

@@ -60,7 +60,7 @@ def train_cmd(
     Tasks: classification (a class per image), detection (boxes of several classes per frame; a
     dataset from `factory data synth --frames` or `factory data import coco`) and
     document-localisation (one document's four corners per frame). A detector is a classifier's
-    backbone with a CenterNet-style head; see the README's Tasks section.
+    backbone with a CenterNet-style head; see the documentation's Training and tasks page.
 
     \b
     The directory (output.dir in the config) holds:
@@ -78,7 +78,7 @@ def train_cmd(
     global batches (train.batch_size is the global batch), gradients are averaged, and the first
     process validates, logs the one MLflow run and writes the directory. A seed and N reproduce
     themselves exactly; N workers differ from one only by BatchNorm statistics per worker and
-    dropout masks (see the README's "Training on several workers" for the measured tolerance).
+    dropout masks (see the documentation's "Training on several workers" for the measured tolerance).
     With --nodes M --rendezvous HOST:PORT, M machines run the same command and train together; the
     one that holds rank 0 writes the directory.
 
