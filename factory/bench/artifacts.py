@@ -93,25 +93,38 @@ def _bundle(folder: Path, public_key) -> Artifact:
 
 
 def _canonical(folder: Path, threads: int) -> Artifact:
-    import torch
-
+    """A canonical model in PyTorch eager; one with no torch module (an ONNX-only import onnx2torch cannot
+    convert) runs its ONNX graph in ONNX Runtime instead, said so (no eager baseline: no speedup column;
+    accuracy is still judged against this graph)."""
     from ..train.canonical import load_canonical
 
     model = load_canonical(folder)
+    card = model.card
+    extra = {"macs": card["complexity"]["macs"]}
     try:
         module = model.build_module()
-    except (ExportError, MissingDependencyError) as exc:  # an ONNX-only import onnx2torch cannot convert
-        return _canonical_graph(model, threads, str(exc).splitlines()[0])
-    torch.set_num_threads(threads)
+    except (ExportError, MissingDependencyError) as exc:
+        from ..device.runtimes import get_runtime
 
-    def runner(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(batch)).numpy()
+        ort = get_runtime("onnxruntime")
+        runner = ort.load_file(model.onnx, {"threads": threads})
+        art_id, kind, size = "canonical-onnx", "canonical-graph", model.onnx.stat().st_size
+        runtime = {"backend": "onnxruntime", "version": ort.version(), "precision": "fp32"}
+        extra["note"] = f"no PyTorch eager baseline: {str(exc).splitlines()[0]}"
+    else:
+        import torch
 
-    card = model.card
+        torch.set_num_threads(threads)
+
+        def runner(batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return module(torch.from_numpy(batch)).numpy()
+
+        art_id, kind, size = "pytorch-eager", "canonical", model.main_file.stat().st_size
+        runtime = {"backend": "pytorch-eager", "version": torch.__version__, "precision": "fp32"}
     return Artifact(
-        id="pytorch-eager",
-        kind="canonical",
+        id=art_id,
+        kind=kind,
         path=str(folder),
         runner=runner,
         input_shape=(1, 3, *model.input_hw),
@@ -121,45 +134,12 @@ def _canonical(folder: Path, threads: int) -> Artifact:
             "canonical_weights_sha256": model.identity,
             "sha256": model.identity,
         },
-        runtime={"backend": "pytorch-eager", "version": torch.__version__, "threads": threads, "precision": "fp32"},
-        size_bytes=model.main_file.stat().st_size,
+        runtime=runtime | {"threads": threads},
+        size_bytes=size,
         labels=card["labels"],
         preprocessing=card["preprocessing"],
         canonical_path=str(folder),
-        extra={"macs": card["complexity"]["macs"]},
-        task=model.task,
-        output=card["output"],
-    )
-
-
-def _canonical_graph(model, threads: int, why: str) -> Artifact:
-    """A canonical model with no torch module: its ONNX graph in ONNX Runtime, said so (no eager baseline, so
-    no speedup column; accuracy is still judged against this graph)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.log_severity_level = threads, 3
-    session = ort.InferenceSession(str(model.onnx), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    card = model.card
-    return Artifact(
-        id="canonical-onnx",
-        kind="canonical-graph",
-        path=str(model.path),
-        runner=lambda batch: session.run(None, {name: batch})[0],
-        input_shape=(1, 3, *model.input_hw),
-        identity={
-            "model": card["name"],
-            "dataset_hash": card["lineage"]["dataset_hash"],
-            "canonical_weights_sha256": model.identity,
-            "sha256": model.identity,
-        },
-        runtime={"backend": "onnxruntime", "version": ort.__version__, "threads": threads, "precision": "fp32"},
-        size_bytes=model.onnx.stat().st_size,
-        labels=card["labels"],
-        preprocessing=card["preprocessing"],
-        canonical_path=str(model.path),
-        extra={"macs": card["complexity"]["macs"], "note": f"no PyTorch eager baseline: {why}"},
+        extra=extra,
         task=model.task,
         output=card["output"],
     )
