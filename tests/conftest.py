@@ -146,6 +146,18 @@ def build_args(model: Path, target: str, keypair, targets: Path, out: Path, *ext
     ]
 
 
+def build_cpu_release(trained, synth_ds, keypair, targets: Path, out: Path, version: str = "1.0.0") -> Path:
+    """The session's tiny model built for cpu at ``version`` (validated on ``synth_ds``, signed, not tracked):
+    the bundle folder, as the fleet, loop, fault and security tests publish it."""
+    result = invoke(
+        *build_args(
+            trained.path, "cpu", keypair, targets, out, "--data", str(synth_ds), "--no-track", "--version", version
+        )
+    )
+    assert result.exit_code == 0, result.output
+    return next(out.glob(f"*/{version}/cpu"))
+
+
 def quick_search(model: Path, keypair, targets: Path, tmp: Path, *extra: str):
     """``factory build --search`` of cpu over fp32 and int8-static with a 1 s benchmark; (result, search.json)."""
     import json

@@ -10,7 +10,7 @@ import pytest
 
 from factory.bundle.signing import generate_keys, load_private_key, load_public_key
 from factory.pipeline.fleet_demo import _retag as retag
-from tests.conftest import DBS, build_args, db_url, invoke
+from tests.conftest import DBS, build_cpu_release, db_url
 from tests.registry_server import start_registry
 
 WINDOW = 2
@@ -22,22 +22,7 @@ def fleet_env(request, tmp_path_factory, trained, synth_ds, keypair, loose_targe
     from factory.registry.auth import create_token
 
     tmp = tmp_path_factory.mktemp("fleet")
-    r = invoke(
-        *build_args(
-            trained.path,
-            "cpu",
-            keypair,
-            loose_targets,
-            tmp / "bundles",
-            "--data",
-            str(synth_ds),
-            "--no-track",
-            "--version",
-            "1.0.0",
-        )
-    )
-    assert r.exit_code == 0, r.output
-    base = next((tmp / "bundles").glob("*/1.0.0/cpu"))
+    base = build_cpu_release(trained, synth_ds, keypair, loose_targets, tmp / "bundles")
     key = load_private_key(keypair[0])
     folders = {"1.0.0": base}
     for v in ("1.1.0", "1.2.0"):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from factory.data.manifest import load_manifest
-from tests.conftest import build_args, invoke
+from tests.conftest import build_cpu_release, invoke
 
 POLICY = {"when": {"random_rate": 1.0}, "max_per_device_per_day": 3, "max_bytes": 40_000, "retention_days": 1}
 
@@ -26,22 +26,7 @@ def capture_env(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     from tests.registry_server import start_registry
 
     tmp = tmp_path_factory.mktemp("capture")
-    r = invoke(
-        *build_args(
-            trained.path,
-            "cpu",
-            keypair,
-            loose_targets,
-            tmp / "b",
-            "--data",
-            str(synth_ds),
-            "--no-track",
-            "--version",
-            "1.0.0",
-        )
-    )
-    assert r.exit_code == 0, r.output
-    base = next((tmp / "b").glob("*/1.0.0/cpu"))
+    base = build_cpu_release(trained, synth_ds, keypair, loose_targets, tmp / "b")
     retag(base, tmp / "1.1.0", "1.1.0", load_private_key(keypair[0]), "test re-release")
     srv, settings, engine, admin, tokens = start_registry(tmp, keypair[1], devices=("cam-in", "cam-out"))
     client = RegistryClient(srv.url, admin)

@@ -16,29 +16,14 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import build_args, db_url, invoke
+from tests.conftest import build_cpu_release, db_url
 from tests.registry_server import Server, make_settings
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     out = tmp_path_factory.mktemp("faults") / "bundles"
-    r = invoke(
-        *build_args(
-            trained.path,
-            "cpu",
-            keypair,
-            loose_targets,
-            out,
-            "--data",
-            str(synth_ds),
-            "--no-track",
-            "--version",
-            "1.0.0",
-        )
-    )
-    assert r.exit_code == 0, r.output
-    return next(out.glob("*/1.0.0/cpu"))
+    return build_cpu_release(trained, synth_ds, keypair, loose_targets, out)
 
 
 def _admin(settings) -> str:

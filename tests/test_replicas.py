@@ -18,7 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import DBS, build_args, db_url, invoke
+from tests.conftest import DBS, build_cpu_release, db_url
 from tests.registry_server import RoundRobin, S3Server, Server, make_settings, post_batches
 
 needs_postgres = pytest.mark.skipif(not os.environ.get("FACTORY_TEST_POSTGRES_URL"), reason="needs PostgreSQL")
@@ -98,22 +98,7 @@ def releases(tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     from factory.pipeline.fleet_demo import _retag as retag
 
     tmp = tmp_path_factory.mktemp("replicas")
-    r = invoke(
-        *build_args(
-            trained.path,
-            "cpu",
-            keypair,
-            loose_targets,
-            tmp / "b",
-            "--data",
-            str(synth_ds),
-            "--no-track",
-            "--version",
-            "1.0.0",
-        )  # fmt: skip
-    )
-    assert r.exit_code == 0, r.output
-    base = next((tmp / "b").glob("*/1.0.0/cpu"))
+    base = build_cpu_release(trained, synth_ds, keypair, loose_targets, tmp / "b")
     retag(base, tmp / "re" / "cpu", "1.1.0", load_private_key(keypair[0]), "test re-release")
     return {"1.0.0": base, "1.1.0": tmp / "re" / "cpu"}
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from factory.bundle.manifest import Manifest, copy_resigned
 from factory.bundle.signing import generate_keys, load_private_key, load_public_key
 from factory.errors import BundleError, SignatureError
-from tests.conftest import DBS, build_args, db_url, invoke
+from tests.conftest import DBS, build_cpu_release, db_url, invoke
 from tests.registry_server import Server, make_settings
 
 WINDOW = 2
@@ -55,22 +55,7 @@ def sec(request, tmp_path_factory, trained, synth_ds, keypair, loose_targets):
     from factory.registry.auth import create_token
 
     tmp = tmp_path_factory.mktemp("sec")
-    r = invoke(
-        *build_args(
-            trained.path,
-            "cpu",
-            keypair,
-            loose_targets,
-            tmp / "b",
-            "--data",
-            str(synth_ds),
-            "--no-track",
-            "--version",
-            "1.0.0",
-        )
-    )
-    assert r.exit_code == 0, r.output
-    base = next((tmp / "b").glob("*/1.0.0/cpu"))
+    base = build_cpu_release(trained, synth_ds, keypair, loose_targets, tmp / "b")
     key = load_private_key(keypair[0])
     folders = {"1.0.0": base, "1.1.0": tmp / "r" / "1.1.0" / "cpu", "1.2.0": tmp / "r" / "1.2.0" / "cpu"}
     _rebuild(base, folders["1.1.0"], key, "1.1.0")
