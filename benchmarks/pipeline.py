@@ -68,18 +68,17 @@ def _eager_stage(model_dir: Path):
 
 def _latency(pairs: dict, frames: list, rounds: int) -> dict:
     """Per pair: p50 of one frame end to end, and of each stage alone, interleaved round by round."""
-    from factory.device.chain import run_chain
+    from factory.device.chain import crop_size, run_chain
     from factory.preprocess import preprocess
+    from factory.tasks.localisation import rectify
 
     times = {k: {"end_to_end": [], "localise": [], "classify": []} for k in pairs}
-    crops = {k: None for k in pairs}
+    crops = {}
     for k, (loc, cls) in pairs.items():  # warm up, and one crop at the classifier's size for its stage alone
         for f in frames[:5]:
             run_chain([f], loc, cls)
-        from factory.device.chain import crop_size
-        from factory.tasks.localisation import rectify
-
-        crops[k] = rectify(frames[0], np.array([0.1, 0.1, 0.9, 0.1, 0.9, 0.9, 0.1, 0.9]), crop_size(cls))
+        corners = np.array([0.1, 0.1, 0.9, 0.1, 0.9, 0.9, 0.1, 0.9])
+        crops[k] = rectify(frames[0], corners, crop_size(cls.preprocessing))
     for r in range(rounds):
         frame = frames[r % len(frames)]
         for k, (loc, cls) in pairs.items():

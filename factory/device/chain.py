@@ -29,9 +29,10 @@ class Stage:
     task: str
 
 
-def crop_size(classify: Stage) -> tuple[int, int]:
-    """The rectified crop's (width, height): the classifier's input size, so nothing is resized twice."""
-    h, w = classify.preprocessing["resize"]
+def crop_size(preprocessing: dict) -> tuple[int, int]:
+    """The rectified crop's (width, height) for a classifier with this ``preprocessing``: its input size, so
+    nothing is resized twice."""
+    h, w = preprocessing["resize"]
     return int(w), int(h)
 
 
@@ -62,7 +63,7 @@ def run_chain(frames: list[np.ndarray], localise: Stage, classify: Stage, *, bat
 
     if corners is None:
         corners = localise_corners(frames, localise, batch)
-    size = crop_size(classify)
+    size = crop_size(classify.preprocessing)
     crops = [rectify(f, c, size) for f, c in zip(frames, corners, strict=True)]
     logits = _batches(classify.runner, preprocess(crops, classify.preprocessing), batch).astype(np.float64)
     z = np.exp(logits - logits.max(1, keepdims=True))

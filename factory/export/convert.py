@@ -8,6 +8,7 @@ measures nothing and signs nothing: validation, latency, budgets and publishing 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -95,14 +96,7 @@ def _cached_export(
 
 def _module_factory(pruned, canonical: CanonicalModel):
     """The torch module to export, built on first use: the pruned one, else the canonical module."""
-    box = {"module": pruned}
-
-    def get():
-        if box["module"] is None:
-            box["module"] = canonical.build_module()
-        return box["module"]
-
-    return get
+    return functools.cache(lambda: pruned if pruned is not None else canonical.build_module())
 
 
 def _quantize(backend: Backend, canonical, profile: dict, runtime: dict, dataset, module, fp32: Path, work: Path):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .._io import sha256_file
 from ..bundle.pipeline import PIPELINE, PIPELINE_SIG, STAGES
-from ..device.chain import Stage, bundle_stage, check_stages, crop_size, run_chain
+from ..device.chain import Stage, check_stages, crop_size, run_chain
 from ..errors import ConfigError
 
 __all__ = ["validate_chain", "assemble_release"]
@@ -83,11 +83,12 @@ def assemble_release(
     config: dict, target: str, bundles: dict[str, Path], validation: dict, key, out_root: str | Path
 ) -> Path:
     """Copy both bundles into one folder with a signed pipeline.json; written whole or not at all."""
+    from ..bundle.manifest import Manifest
     from ..bundle.signing import key_id, sign
 
     dest = Path(out_root) / config["name"] / config["version"] / target
     dest.parent.mkdir(parents=True, exist_ok=True)
-    classify = bundle_stage(bundles["classify"], key.public_key())
+    classify = Manifest.read(Path(bundles["classify"]))  # its input size is the crop's; nothing is loaded
     doc = {
         "schema_version": 1,
         "kind": "pipeline",
@@ -97,7 +98,7 @@ def assemble_release(
         "stages": [{"stage": s, "folder": s, **_member(Path(bundles[s]))} for s in STAGES],
         "glue": {
             "localise": "corners TL, TR, BR, BL as fractions of the frame (the localiser's output)",
-            "rectify": {"size": list(crop_size(classify)), "interpolation": "linear"},
+            "rectify": {"size": list(crop_size(classify.preprocessing)), "interpolation": "linear"},
             "classify": "the rectified crop, preprocessed as the classifier's manifest says",
         },
         "validation": validation,
