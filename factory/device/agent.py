@@ -38,6 +38,7 @@ from ..bundle.manifest import NAME, SEMVER, Manifest
 from ..errors import FactoryError, InputError
 from ..preprocess import preprocess
 from ..stats import image_stats
+from .chain import Chain
 from .telemetry import Window
 
 __all__ = ["Agent", "check_release", "MAX_BUNDLE_BYTES"]
@@ -185,7 +186,10 @@ class Agent:
         manifest, runner = self._open(sha)  # signature + every file hash, then a load
         if manifest.key != f"{release['name']}/{release['version']}/{release['target']}":
             raise InputError(f"bundle {sha[:12]} is {manifest.key}, not the release it was assigned as")
-        runner(np.zeros((1, *manifest.input["shape"][1:]), np.float32))  # it must actually run
+        if isinstance(runner, Chain):  # a pipeline release: both stages on a blank frame
+            runner.smoke()
+        else:
+            runner(np.zeros((1, *manifest.input["shape"][1:]), np.float32))  # it must actually run
         previous = {"release": self.release_key, "sha256": self.sha256} if self.manifest else None
         write_json(self.state_dir / "active.json", {"release": manifest.key, "sha256": sha, "previous": previous})
         self.manifest, self.runner, self.sha256 = manifest, runner, sha
@@ -287,7 +291,9 @@ class Agent:
         m = self.manifest
         key = (m.name, m.version, m.target)
         if getattr(self, "_task_key", None) != key:
-            self._task, self._task_key = get_task(m.validation.get("task"), m.output), key
+            # a pipeline release counts its classifier's classes (its output is the classifier's)
+            task = None if isinstance(self.runner, Chain) else m.validation.get("task")
+            self._task, self._task_key = get_task(task, None if task is None else m.output), key
         return self._task
 
     def infer(self, frame: np.ndarray, now: float | None = None):
@@ -302,14 +308,19 @@ class Agent:
         self._roll_window(now)
         stats = image_stats(frame)
         t0 = time.perf_counter()
+        chain = isinstance(self.runner, Chain)  # a pipeline release: localise, rectify, classify
         try:
-            raw = self.runner(preprocess(frame, self.manifest.preprocessing))
-            result, outcome = self.task.device_output(raw, frame, self.manifest.labels)
+            if chain:
+                result, outcome = self.runner.infer(frame)
+            else:
+                raw = self.runner(preprocess(frame, self.manifest.preprocessing))
+                result, outcome = self.task.device_output(raw, frame, self.manifest.labels)
         except Exception:  # an inference error is data for telemetry, not a crash
             self.window.add(0.0, None, stats)
             return None
         self.window.add((time.perf_counter() - t0) * 1000, outcome, stats)
-        self._maybe_capture(frame, raw, outcome, stats, now)
+        if not chain:  # field captures are for single-model releases (a pipeline's are not built)
+            self._maybe_capture(frame, raw, outcome, stats, now)
         return result
 
     def _maybe_capture(self, frame, raw, outcome: dict, stats, now: float) -> None:

@@ -16,7 +16,10 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["Stage", "localise_corners", "run_chain", "crop_size", "check_stages", "bundle_stage", "open_release"]
+__all__ = [
+    "Stage", "Chain", "localise_corners", "run_chain", "crop_size", "check_stages", "bundle_stage", "open_chain",
+    "open_release",
+]  # fmt: skip
 
 
 @dataclass
@@ -79,11 +82,96 @@ def bundle_stage(folder: str | Path, public_key) -> Stage:
     return Stage(runner, m.preprocessing, m.labels, m.validation.get("task", "classification"))
 
 
-def open_release(folder: str | Path, public_key) -> tuple[dict, Stage, Stage]:
-    """A verified release's document and its two stages, ready for :func:`factory.pipeline.chain.run_chain`."""
-    from ..bundle.pipeline import STAGES, verify_release
+def _document_areas(corners: np.ndarray) -> np.ndarray:
+    """Each predicted quad's share of its frame (shoelace on the corner fractions), at most 1."""
+    q = np.asarray(corners, np.float64)[:, :8].reshape(-1, 4, 2)
+    x, y = q[..., 0], q[..., 1]
+    return np.minimum(0.5 * np.abs((x * np.roll(y, -1, 1) - np.roll(x, -1, 1) * y).sum(1)), 1.0)
 
-    doc = verify_release(folder, public_key)
-    localise, classify = (bundle_stage(Path(folder) / s, public_key) for s in STAGES)
-    check_stages(localise, classify)
-    return doc, localise, classify
+
+class Chain:
+    """A verified pipeline release, served: what a device runs and counts per frame.
+
+    Telemetry speaks for both stages in one summary of the pipeline release: the classifier's
+    confidence and class mix (``confidence``, ``predicted_class``), the localiser's document area as one
+    object per frame (``objects``, ``box_area``); the frame's brightness and contrast; the latency of the
+    whole chain. The localiser has no score output, so there is no corner confidence to count.
+    """
+
+    def __init__(self, manifest, localise: Stage, classify: Stage, scratch=None):
+        check_stages(localise, classify)
+        self.manifest, self.localise, self.classify = manifest, localise, classify
+        self._scratch = scratch  # the members' unpacked files live as long as the chain
+
+    @property
+    def labels(self) -> list[str]:
+        return self.classify.labels
+
+    def outcomes(self, frames: list[np.ndarray], batch: int = 32) -> list[dict]:
+        """What a device counts of each BGR frame (the classifier's confidence and class, the document's area)."""
+        out = run_chain(frames, self.localise, self.classify, batch=batch)
+        areas = _document_areas(out["corners"])
+        return [
+            {"confidence": float(c), "cls": int(k), "objects": 1, "box_areas": [float(a)]}
+            for c, k, a in zip(out["confidence"], out["pred"], areas, strict=True)
+        ]
+
+    def infer(self, frame: np.ndarray) -> tuple[dict, dict]:
+        """One BGR frame: ``{"corners" (4, 2) pixels, "label", "confidence", "stage_ms"}`` and its outcome."""
+        import time
+
+        t0 = time.perf_counter()
+        corners = localise_corners([frame], self.localise, 1)
+        t1 = time.perf_counter()
+        out = run_chain([frame], self.localise, self.classify, batch=1, corners=corners)
+        t2 = time.perf_counter()
+        h, w = frame.shape[:2]
+        cls, conf = int(out["pred"][0]), float(out["confidence"][0])
+        result = {
+            "corners": corners[0].reshape(4, 2) * np.float64([w, h]),
+            "label": self.labels[cls],
+            "confidence": conf,
+            "stage_ms": {"localise": (t1 - t0) * 1000, "rectify_classify": (t2 - t1) * 1000},
+        }
+        area = float(_document_areas(corners)[0])
+        return result, {"confidence": conf, "cls": cls, "objects": 1, "box_areas": [area]}
+
+    def smoke(self) -> None:
+        """Run once on a blank frame of the localiser's input size: the release must actually run."""
+        h, w = self.localise.preprocessing["resize"]
+        self.infer(np.zeros((int(h), int(w), 3), np.uint8))
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """Frames (N, H, W, 3) or one (H, W, 3) through the whole chain: the classifier's probabilities.
+        Float input (a benchmark's generated tensor) is mapped onto grey levels first."""
+        x = np.asarray(frames)
+        if x.dtype != np.uint8:
+            x = np.clip(x * 40.0 + 128.0, 0, 255).astype(np.uint8)
+        batch = [x] if x.ndim == 3 else list(x)
+        out = run_chain(batch, self.localise, self.classify, batch=len(batch))
+        return out["confidence"][:, None]
+
+
+def open_chain(folder: str | Path, manifest, public_key=None) -> Chain:
+    """The pipeline bundle at ``folder`` (already verified as a bundle) with its members unpacked into a
+    scratch folder, each verified and matched against the signed pipeline; BundleError otherwise."""
+    import tempfile
+
+    from ..bundle.pipeline import unpack_members
+
+    scratch = tempfile.TemporaryDirectory(prefix="factory-chain-")
+    members = unpack_members(folder, manifest, scratch.name, public_key)
+    localise, classify = (bundle_stage(members[s], public_key) for s in ("localise", "classify"))
+    return Chain(manifest, localise, classify, scratch)
+
+
+def open_release(folder: str | Path, public_key) -> Chain:
+    """A pipeline release, verified whole (its signature, its files, every member), ready to run."""
+    from ..bundle.pipeline import is_pipeline
+    from ..errors import BundleError
+    from .loader import open_bundle
+
+    manifest, served = open_bundle(Path(folder), public_key)
+    if not is_pipeline(manifest) or not isinstance(served, Chain):
+        raise BundleError(f"{folder} is a bundle of one model ({manifest.key}), not a pipeline release")
+    return served

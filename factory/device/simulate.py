@@ -55,17 +55,23 @@ class Behaviour:
         latency_model_ms: float | None = None,
     ):
         from ..tasks import get_task
+        from .chain import Chain
         from .loader import open_bundle
 
         self.manifest, runner = open_bundle(folder, bundle_key)
-        self.task = get_task(self.manifest.validation.get("task"), self.manifest.output)
+        chain = isinstance(runner, Chain)  # a pipeline release: frames in, both stages counted
+        self.task = get_task(None if chain else self.manifest.validation.get("task"), self.manifest.output)
         pre = self.manifest.preprocessing
         self.outputs = {}
         for kind, factor in (("normal", 1.0), ("dark", darkness)):
             frames = [np.clip(im.astype(np.float32) * factor, 0, 255).astype(np.uint8) for im in images]
-            raw = np.concatenate([runner(preprocess(frames[i : i + 32], pre)) for i in range(0, len(frames), 32)])
+            if chain:
+                outcomes = runner.outcomes(frames)
+            else:
+                raw = np.concatenate([runner(preprocess(frames[i : i + 32], pre)) for i in range(0, len(frames), 32)])
+                outcomes = self.task.outcomes(raw)
             # what a device counts of each frame (the task's post-processing), and the frame's input statistics
-            self.outputs[kind] = (self.task.outcomes(raw), np.array([image_stats(f) for f in frames]))
+            self.outputs[kind] = (outcomes, np.array([image_stats(f) for f in frames]))
         # Releases that ship the very same artifact share one latency sample: timing them apart on a
         # noisy host would make identical models look 20% apart, and injected slowdowns meaningless.
         artifact = self.manifest.files[self.manifest.main_file]["sha256"]
@@ -78,13 +84,14 @@ class Behaviour:
             if latencies is not None:
                 latencies[artifact] = self.latency
             return
-        x = preprocess(images[:1], pre)
+        x = images[0] if chain else preprocess(images[:1], pre)
+        run = runner.infer if chain else runner
         for _ in range(5):
-            runner(x)
+            run(x)
         lat = []
         for _ in range(samples):
             t0 = time.perf_counter()
-            runner(x)
+            run(x)
             lat.append((time.perf_counter() - t0) * 1000)
         self.latency = np.asarray(lat)
         if latencies is not None:

@@ -26,7 +26,7 @@ def build_pipeline(
     from ..export.targets import load_target
     from .build import Failure, build, isolated, load_context
     from .chain import canonical_stage, load_chain_config
-    from .chain_release import assemble_release, validate_chain
+    from .chain_release import assemble_release, chain_latency, field_profile, validate_chain
 
     config = load_chain_config(config_path)  # its paths are relative to the folder the command runs in
     key = load_private_key(key_path)
@@ -63,7 +63,10 @@ def build_pipeline(
         except ConfigError as exc:
             rows.append({"target": target, "passed": False, "error": str(exc)})
             continue
-        release = assemble_release(config, target, built, validation, key, out_root)
+        release = assemble_release(
+            config, target, built, validation, key, out_root,
+            profile=field_profile(config["data"], reference), latency=chain_latency(config["data"], candidate),
+        )  # fmt: skip
         progress.info(f"  {target}: end to end {validation['why']}; release {release}")
         rows.append({"target": target, "passed": validation["passed"], "validation": validation,
                      "release": str(release)})  # fmt: skip

@@ -74,9 +74,10 @@ def build_cmd(config, targets, key_path, out_root, targets_dir, overrides, cache
     Per target: the localiser's and the classifier's bundles (as `factory build` makes them, each
     judged by its own task's budgets), then the chain on the test frames of CONFIG's data: the
     classifier's top-1 on the localiser's crops against the canonical pair's, by the paired interval
-    rule (accuracy.max_drop_pt), and the top-1 on true crops beside it. The release lands in
-    OUT/<pipeline>/<version>/<target>/ (pipeline.json + pipeline.sig + both bundles). Exit 1 when a
-    stage fails its budgets or the chain its margin.
+    rule (accuracy.max_drop_pt), and the top-1 on true crops beside it. The release is a bundle in
+    OUT/<pipeline>/<version>/<target>/ (manifest.json + manifest.sig + both members' archives):
+    `factory publish` and rollouts take it like any bundle. Exit 1 when a stage fails its budgets or
+    the chain its margin.
 
     Example: factory pipeline build configs/pipelines/id-docs.yaml --target cpu --target tflite
     """
@@ -116,12 +117,12 @@ def _table(rows: list[dict]) -> str:
 @click.option("--key", "public_key", default="keys/signing.pub", show_default=True, type=click.Path())
 def verify_cmd(release, public_key) -> None:
     """Check RELEASE's signature and every member bundle (its signature, its files, its sha256 as named)."""
-    from ..bundle.pipeline import verify_release
     from ..bundle.signing import load_public_key
+    from ..device.chain import open_release
 
-    doc = verify_release(release, load_public_key(public_key))
-    members = ", ".join(f"{s['stage']} {s['name']} {s['version']}" for s in doc["stages"])
-    click.echo(f"ok: pipeline {doc['name']} {doc['version']} for {doc['target']} ({members})")
+    m = open_release(release, load_public_key(public_key)).manifest
+    members = ", ".join(f"{s['stage']} {s['name']} {s['version']}" for s in m.extra["pipeline"]["stages"])
+    click.echo(f"ok: pipeline {m.name} {m.version} for {m.target} ({members})")
 
 
 @pipeline_group.command("run")
@@ -130,24 +131,28 @@ def verify_cmd(release, public_key) -> None:
 @click.option("--key", "public_key", default="keys/signing.pub", show_default=True, type=click.Path())
 def run_cmd(release, images, public_key) -> None:
     """Run a verified RELEASE on IMAGES: one JSON line each (corners as fractions, label, confidence)."""
+    import numpy as np
+
     from ..bundle.signing import load_public_key
-    from ..device.chain import open_release, run_chain
+    from ..device.chain import open_release
     from ..errors import InputError
     from ..imagesize import decode_checked
 
-    _, localise, classify = open_release(release, load_public_key(public_key))
+    chain = open_release(release, load_public_key(public_key))
     for path in images:
         frame = decode_checked(Path(path).read_bytes(), what=path)  # sized from its header before decoding
         if frame is None:
             raise InputError(f"{path} is not an image OpenCV can decode")
-        out = run_chain([frame], localise, classify)
+        result, _ = chain.infer(frame)
+        h, w = frame.shape[:2]
+        corners = (result["corners"] / np.float64([w, h])).reshape(-1)
         click.echo(
             json.dumps(
                 {
                     "image": path,
-                    "corners": [round(float(v), 4) for v in out["corners"][0]],
-                    "label": classify.labels[int(out["pred"][0])],
-                    "confidence": round(float(out["confidence"][0]), 4),
+                    "corners": [round(float(v), 4) for v in corners],
+                    "label": result["label"],
+                    "confidence": round(float(result["confidence"]), 4),
                 }
             )
         )

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..stats import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, TASK_HISTOGRAMS, histogram
 
-__all__ = ["Task", "Quality", "paired_bootstrap"]
+__all__ = ["Task", "Quality", "paired_bootstrap", "outcome_profile"]
 
 
 @dataclass(frozen=True)
@@ -83,29 +83,7 @@ class Task:
     ) -> dict:
         """What the model says and sees on held-out frames, counted as a device counts it (telemetry's
         histograms): the baseline monitoring compares devices with."""
-        out = self.outcomes(raw)
-        classes = self.telemetry_classes(labels)
-        predicted = np.bincount([o["cls"] for o in out], minlength=len(classes)).astype(int).tolist()
-        profile = {
-            "split": split,
-            "n": len(out),
-            "predicted_class": {"classes": classes, "counts": predicted},
-            "confidence": {
-                "edges": CONFIDENCE_EDGES,
-                "counts": histogram([o["confidence"] for o in out], CONFIDENCE_EDGES),
-            },
-            "brightness": {"edges": BRIGHTNESS_EDGES, "counts": histogram([v[0] for v in stats], BRIGHTNESS_EDGES)},
-            "contrast": {"edges": CONTRAST_EDGES, "counts": histogram([v[1] for v in stats], CONTRAST_EDGES)},
-        }
-        if out and "objects" in out[0]:
-            edges = TASK_HISTOGRAMS
-            profile["objects"] = {
-                "edges": edges["objects"],
-                "counts": histogram([o["objects"] for o in out], edges["objects"]),
-            }
-            areas = [a for o in out for a in o["box_areas"]]
-            profile["box_area"] = {"edges": edges["box_area"], "counts": histogram(areas, edges["box_area"])}
-        return profile
+        return outcome_profile(self.outcomes(raw), self.telemetry_classes(labels), stats, split)
 
     def loss_interval(self, parity: dict) -> tuple[float, tuple[float, float], str]:
         """(the loss against the canonical model, its interval, the budget key that limits it) of a
@@ -147,3 +125,29 @@ def paired_bootstrap(
     means = d[rng.integers(0, len(d), (rounds, len(d)))].mean(1)
     lo, hi = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
     return float(lo), float(hi)
+
+
+def outcome_profile(out: list[dict], classes: list[str], stats: list[tuple[float, float]], split: str) -> dict:
+    """A reference profile from per-frame outcomes (``{"confidence", "cls"}``, plus ``"objects"`` and
+    ``"box_areas"`` for tasks that find objects) and the frames' (brightness, contrast)."""
+    predicted = np.bincount([o["cls"] for o in out], minlength=len(classes)).astype(int).tolist()
+    profile = {
+        "split": split,
+        "n": len(out),
+        "predicted_class": {"classes": list(classes), "counts": predicted},
+        "confidence": {
+            "edges": CONFIDENCE_EDGES,
+            "counts": histogram([o["confidence"] for o in out], CONFIDENCE_EDGES),
+        },
+        "brightness": {"edges": BRIGHTNESS_EDGES, "counts": histogram([v[0] for v in stats], BRIGHTNESS_EDGES)},
+        "contrast": {"edges": CONTRAST_EDGES, "counts": histogram([v[1] for v in stats], CONTRAST_EDGES)},
+    }
+    if out and "objects" in out[0]:
+        edges = TASK_HISTOGRAMS
+        profile["objects"] = {
+            "edges": edges["objects"],
+            "counts": histogram([o["objects"] for o in out], edges["objects"]),
+        }
+        areas = [a for o in out for a in o["box_areas"]]
+        profile["box_area"] = {"edges": edges["box_area"], "counts": histogram(areas, edges["box_area"])}
+    return profile
