@@ -155,26 +155,34 @@ def _members(folder):
         yield {s: unpack(folder / f"{s}.tar.gz", Path(tmp) / s) for s in ("localise", "classify")}
 
 
+@pytest.fixture(scope="module")
+def faulty(release, chain, synth_ds, keypair):
+    """Version 0.2.0 of the release with its classifier's logit of the first class pushed up by 20."""
+    from factory.bundle.signing import load_private_key
+    from factory.pipeline.chain_fault import faulty_release
+
+    accuracy = {"max_drop_pt": 1.0, "confidence": 0.95, "inconclusive": "fail"}
+    return faulty_release(release[0], chain["tmp"] / "bundles", "0.2.0", load_private_key(keypair[0]), synth_ds,
+                          accuracy)  # fmt: skip
+
+
 def test_a_pipeline_release_is_rolled_out_served_by_an_agent_and_a_bad_classifier_is_rolled_back(
-    release, chain, synth_ds, keypair, tmp_path
+    release, faulty, synth_ds, keypair, tmp_path
 ):
     """publish -> rollout -> an agent pulls, verifies and runs both stages, with per-stage telemetry; a
     release whose classifier says one class for everything is halted and rolled back by the fleet's
     telemetry; a device whose copy of a member was tampered with serves nothing from it."""
     import sqlalchemy as sa
 
-    from factory.bundle.signing import load_private_key, load_public_key
+    from factory.bundle.signing import load_public_key
     from factory.device.agent import Agent
     from factory.device.client import RegistryClient
     from factory.device.simulate import Fleet, Knobs, load_images
-    from factory.pipeline.chain_fault import faulty_release
     from factory.registry import db
     from tests.registry_server import start_registry
 
     folder, _ = release
-    key = load_private_key(keypair[0])
-    bad = faulty_release(folder, tmp_path / "bundles", "0.2.0", key, synth_ds, {"max_drop_pt": 1.0,
-                         "confidence": 0.95, "inconclusive": "fail"})  # fmt: skip
+    bad = faulty
     bad_doc = json.loads((bad / "manifest.json").read_text())
     assert bad_doc["validation"]["passed"] is False  # the chain's validation sees the fault
     assert bad_doc["pipeline"]["stages"][1]["version"].endswith("-fault")
@@ -232,3 +240,41 @@ def test_a_pipeline_release_is_rolled_out_served_by_an_agent_and_a_bad_classifie
         client.close()
     finally:
         srv.stop()
+
+
+def test_bench_times_a_pipeline_release_end_to_end_against_the_canonical_pair_in_eager(release, chain, tmp_path):
+    folder, _ = release
+    r = invoke("bench", str(chain["config"]), str(folder), "--seconds", "1", "--out", str(tmp_path / "rep"))
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    eager, cpu = report["artifacts"]
+    assert eager["id"] == "pytorch-eager-chain" and eager["runtime"]["backend"] == "pytorch-eager"
+    assert cpu["runtime"]["backend"] == "pipeline" and cpu["latency"]["p50_ms"] > 0
+    assert cpu["speedup_vs_pytorch_eager"] == eager["latency"]["p50_ms"] / cpu["latency"]["p50_ms"]
+    assert "build time" in cpu["accuracy"]["source"] and "yardstick" in eager["accuracy"]["skipped"]
+
+
+def test_the_gate_pairs_two_pipeline_releases_end_to_end_and_per_stage(release, faulty, tmp_path):
+    folder, _ = release
+    r = invoke("bench", str(folder), "--seconds", "1", "--out", str(tmp_path / "base"))
+    assert r.exit_code == 0, r.output
+    r = invoke("bench", str(faulty), "--seconds", "1", "--out", str(tmp_path / "cand"))
+    assert r.exit_code == 0, r.output
+    acc = json.loads((tmp_path / "cand" / "report.json").read_text())["artifacts"][0]["accuracy"]
+    assert acc["top1"] == json.loads((faulty / "manifest.json").read_text())["validation"]["end_to_end"][
+        "top1_end_to_end"]  # fmt: skip
+    r = invoke("gate", "--candidate", str(tmp_path / "cand"), "--baseline", str(tmp_path / "base" / "report.json"),
+               "--policy", "configs/gates.yaml", "--out", str(tmp_path / "verdict.json"))  # fmt: skip
+    assert r.exit_code == 1, r.output
+    checks = json.loads((tmp_path / "verdict.json").read_text())["checks"]
+    names = [(c["check"], c["artifact"]) for c in checks]
+    assert ("accuracy", "cpu end-to-end") in names and ("accuracy", "cpu localise") in names
+    e2e = next(c for c in checks if c["artifact"] == "cpu end-to-end")
+    local = next(c for c in checks if c["artifact"] == "cpu localise")
+    assert not e2e["passed"] and e2e["verdict"] != "pass", e2e  # one class for everything (tiny models: may be inconclusive)
+    assert local["increase_pct"] == 0.0  # the localiser is the same member: its corners did not move
+    r = invoke("gate", "--candidate", str(tmp_path / "base"), "--baseline", str(tmp_path / "base" / "report.json"),
+               "--policy", "configs/gates.yaml", "--out", str(tmp_path / "same.json"))  # fmt: skip
+    same = json.loads((tmp_path / "same.json").read_text())["checks"]
+    same = {c["artifact"]: c for c in same if c["check"] == "accuracy"}
+    assert same["cpu end-to-end"]["drop_pt"] == 0 and same["cpu localise"]["increase_pct"] == 0

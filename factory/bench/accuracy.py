@@ -67,6 +67,29 @@ def _task_accuracy(a, manifest, cache: dict, batch: int) -> dict:
     return row
 
 
+def _pipeline_accuracy(a) -> dict:
+    """A pipeline release's end-to-end figures frame by frame, as its signed manifest records them from the
+    build's validation on the test frames (the chain needs the frames' labels and corners, which a
+    classification test split does not have): what `factory gate` pairs, end to end and per stage."""
+    v = a.extra.get("end_to_end")
+    if not v:
+        return {"skipped": "the canonical pair is the yardstick of the releases' end-to-end validation"}
+    correct = np.array([c == "1" for c in v["frames_correct"]])
+    return {
+        "n": v["n"],
+        "dataset_hash": v["dataset_hash"],
+        "top1": float(correct.mean()),
+        "correct_bits": pack_bits(correct),
+        "source": "the release's end-to-end validation at build time (its signed manifest)",
+        "stages": {
+            "localise": {
+                "corner_error_pct": float(np.mean(v["frames_corner_error_pct"])),
+                "matches": {"frames": v["n"], "corner_error_pct": v["frames_corner_error_pct"]},
+            }
+        },
+    }
+
+
 def measure_accuracy(artifacts, *, data: str | None = None, confidence: float = 0.95, batch: int = 32) -> dict:
     """Per artifact: top-1, per-class recall, and against the canonical model the drop with Tango's paired
     score interval, McNemar's exact p and top-1 agreement with Wilson's interval."""
@@ -75,6 +98,9 @@ def measure_accuracy(artifacts, *, data: str | None = None, confidence: float = 
     out: dict[str, dict] = {}
     cache: dict[tuple, tuple] = {}
     for a in artifacts:
+        if a.task == "pipeline":
+            out[a.id] = _pipeline_accuracy(a)
+            continue
         if a.labels is None:
             out[a.id] = {"skipped": "no labels: a bare model file is measured for latency only"}
             continue

@@ -4,6 +4,8 @@ Accepted inputs:
 - a bundle folder (``manifest.json``) or archive (``.tar.gz``): its runtime, options and budgets;
 - a folder of bundles (``bundles/id-docs/0.1.0``) or of versions (``bundles/id-docs``, newest version);
 - a canonical model folder (``model_card.json``): run in PyTorch eager, the reference for speedups;
+- a pipeline release (a bundle with a ``pipeline`` section): a camera frame through both stages, and its
+  pipeline YAML: the canonical pair chained in PyTorch eager, its speedup reference;
 - a bare model file that no bundle describes (``.onnx``, OpenVINO ``.xml``, ``.tflite``): latency only,
   on generated inputs of the shape the model declares.
 """
@@ -60,12 +62,13 @@ def _bundle(folder: Path, public_key) -> Artifact:
 
     m, runner = open_bundle(folder, public_key)
     rt = m.runtime
+    chain = "pipeline" in m.extra  # frames in, both stages run, the classifier's answer out
     return Artifact(
         id=f"{m.target}@{m.version}",
         kind="bundle",
         path=str(folder),
         runner=runner,
-        input_shape=(1, *m.input["shape"][1:]),
+        input_shape=(1, *m.extra["pipeline"]["frame_size"], 3) if chain else (1, *m.input["shape"][1:]),
         identity={
             "model": m.name,
             "version": m.version,
@@ -86,9 +89,52 @@ def _bundle(folder: Path, public_key) -> Artifact:
         preprocessing=m.preprocessing,
         budgets=m.validation["budgets"],
         canonical_path=m.lineage.get("canonical", {}).get("path"),
-        extra={"macs": m.artifact.get("macs")},
-        task=m.validation.get("task", "classification"),
+        extra={"macs": m.artifact.get("macs")} | ({"end_to_end": m.validation.get("end_to_end")} if chain else {}),
+        task="pipeline" if chain else m.validation.get("task", "classification"),
         output=m.output,
+    )
+
+
+def _eager(model, threads: int):
+    """A canonical model's torch module as a runner in PyTorch eager, and its runtime row."""
+    import torch
+
+    module = model.build_module()
+    torch.set_num_threads(threads)
+
+    def runner(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(batch)).numpy()
+
+    return runner, {"backend": "pytorch-eager", "version": torch.__version__, "precision": "fp32"}
+
+
+def _canonical_chain(path: Path, threads: int) -> Artifact:
+    """A pipeline YAML's canonical pair, both stages in PyTorch eager: the pipeline's speedup reference."""
+    from ..data.manifest import load_manifest
+    from ..device.chain import Chain, Stage, load_chain_config
+    from ..train.canonical import load_canonical
+
+    config = load_chain_config(path)
+    stages, runtime = [], {}
+    for s in ("localise", "classify"):
+        model = load_canonical(config[s])
+        runner, runtime = _eager(model, threads)
+        stages.append(Stage(runner, model.card["preprocessing"], model.card["labels"], model.task))
+    frames = load_manifest(config["data"])
+    sizes = sorted((r.height, r.width) for r in frames.subset("test"))
+    size = max(set(sizes), key=sizes.count)
+    return Artifact(
+        id="pytorch-eager-chain",
+        kind="canonical",
+        path=str(path),
+        runner=Chain(None, *stages),
+        input_shape=(1, *size, 3),
+        identity={"model": config["name"], "dataset_hash": frames.dataset_hash, "sha256": sha256_file(path)},
+        runtime=runtime | {"threads": threads},
+        size_bytes=sum(load_canonical(config[s]).main_file.stat().st_size for s in ("localise", "classify")),
+        labels=stages[1].labels,
+        task="pipeline",
     )
 
 
@@ -102,7 +148,7 @@ def _canonical(folder: Path, threads: int) -> Artifact:
     card = model.card
     extra = {"macs": card["complexity"]["macs"]}
     try:
-        module = model.build_module()
+        runner, runtime = _eager(model, threads)
     except (ExportError, MissingDependencyError) as exc:
         from ..device.runtimes import get_runtime
 
@@ -112,16 +158,7 @@ def _canonical(folder: Path, threads: int) -> Artifact:
         runtime = {"backend": "onnxruntime", "version": ort.version(), "precision": "fp32"}
         extra["note"] = f"no PyTorch eager baseline: {str(exc).splitlines()[0]}"
     else:
-        import torch
-
-        torch.set_num_threads(threads)
-
-        def runner(batch: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return module(torch.from_numpy(batch)).numpy()
-
         art_id, kind, size = "pytorch-eager", "canonical", model.main_file.stat().st_size
-        runtime = {"backend": "pytorch-eager", "version": torch.__version__, "precision": "fp32"}
     return Artifact(
         id=art_id,
         kind=kind,
@@ -225,6 +262,8 @@ def open_artifacts(
                 out.append(_bundle(q, public_key))
             elif q.is_dir() and (q / "model_card.json").is_file():
                 out.append(_canonical(q, threads))
+            elif q.is_file() and q.suffix in (".yaml", ".yml"):
+                out.append(_canonical_chain(q, threads))
             elif q.is_file():
                 out.append(_file(q, threads, shape))
             else:

@@ -13,7 +13,8 @@ Rules (each check gathers its figures first, then the policy decides):
   says whether that fails the gate); a detection model's mAP@0.5 drop gets a paired bootstrap interval
   over the test frames both reports matched, judged by the same margin; a document localiser's
   corner-error increase gets a paired bootstrap interval over the frames both reports scored, judged
-  by ``max_corner_error_increase_pct``;
+  by ``max_corner_error_increase_pct``; a pipeline release gets both: its end-to-end top-1 paired over
+  the test frames, and its localiser's corner-error increase over the same frames;
 - budgets: the candidate's own target-profile budgets (p95 latency, size) and an absolute top-1 floor.
 """
 
@@ -202,13 +203,25 @@ def _corner_accuracy(name, c, b, policy) -> dict:
     return _line("accuracy", name, passed, text) | {"increase_pct": increase, "ci": [lo, hi], "verdict": verdict}
 
 
-def _accuracy(name, c, b, policy) -> dict | None:
+def _accuracy(name, c, b, policy) -> list[dict]:
+    ca, ba = c["accuracy"], b["accuracy"]
+    if "stages" in ca and "stages" in ba:  # a pipeline: its end-to-end top-1, then each stage's own figure
+        checks = [_top1_accuracy(f"{name} end-to-end", c, b, policy)]
+        for stage in sorted(set(ca["stages"]) & set(ba["stages"])):
+            sc, sb = {"accuracy": ca["stages"][stage]}, {"accuracy": ba["stages"][stage]}
+            checks.append(_corner_accuracy(f"{name} {stage}", sc, sb, policy))
+        return [x for x in checks if x]
+    if "map50" in ca or "map50" in ba:
+        return [_map_accuracy(name, c, b, policy)]
+    if "corner_error_pct" in ca or "corner_error_pct" in ba:
+        return [_corner_accuracy(name, c, b, policy)]
+    top1 = _top1_accuracy(name, c, b, policy)
+    return [top1] if top1 else []
+
+
+def _top1_accuracy(name, c, b, policy) -> dict | None:
     ap = policy["accuracy"]
     ca, ba = c["accuracy"], b["accuracy"]
-    if "map50" in ca or "map50" in ba:
-        return _map_accuracy(name, c, b, policy)
-    if "corner_error_pct" in ca or "corner_error_pct" in ba:
-        return _corner_accuracy(name, c, b, policy)
     if "top1" not in ca or "top1" not in ba:
         return None
     if ca.get("correct_bits") and ba.get("correct_bits") and ca["n"] == ba["n"]:
@@ -249,9 +262,7 @@ def evaluate_gate(candidate: dict, baseline: dict, policy: dict, *, paired: bool
     for c, b in pair_artifacts(candidate, baseline, policy["match"]):
         name = _key(c, policy["match"])
         checks.append(_latency(name, c, b, policy, paired, settings))
-        acc = _accuracy(name, c, b, policy)
-        if acc:
-            checks.append(acc)
+        checks += _accuracy(name, c, b, policy)
         checks += _budgets(name, c, policy)
     return {"passed": all(x["passed"] for x in checks), "checks": checks, "paired": paired}
 

@@ -45,7 +45,7 @@ def _postprocess_times(artifacts, lat: dict) -> None:
     from .quick import postprocess_latency
 
     for a in artifacts:
-        if a.task == "classification" or a.output is None:
+        if a.task in ("classification", "pipeline") or a.output is None:
             continue
         raw = a.extra.get("raw_sample")
         if raw is None:

@@ -14,12 +14,34 @@ from typing import Callable
 
 import numpy as np
 
+from ..config import Key, load_config
 from ..errors import ConfigError
 
 __all__ = [
-    "Stage", "Chain", "localise_corners", "run_chain", "crop_size", "check_stages", "bundle_stage", "open_chain",
-    "open_release",
+    "CHAIN_SCHEMA", "load_chain_config", "Stage", "Chain", "localise_corners", "run_chain", "crop_size",
+    "check_stages", "bundle_stage", "open_chain", "open_release",
 ]  # fmt: skip
+
+
+CHAIN_SCHEMA = {
+    "name": Key(str, help="the pipeline's name, e.g. id-docs-flow"),
+    "version": Key(str, "0.1.0", "the pipeline's own semantic version (a new stage bundle is a new version)"),
+    "localise": Key(str, help="canonical model directory of the document localiser (task document-localisation)"),
+    "classify": Key(str, help="canonical model directory of the classifier of rectified crops"),
+    "data": Key(str, help="dataset of frames with a quad and a label each (validation of the chain)"),
+    "accuracy": {
+        "max_drop_pt": Key(float, 1.0, "end-to-end top-1 margin vs the canonical pair, points"),
+        "confidence": Key(float, 0.95, "confidence of the paired interval"),
+        "inconclusive": Key(
+            str, "fail", "when the test split cannot tell: fail | warn | pass", choices=["fail", "warn", "pass"]
+        ),
+    },
+}
+
+
+def load_chain_config(path) -> dict:
+    """A pipeline YAML (see configs/pipelines/id-docs.yaml), validated."""
+    return load_config(path, CHAIN_SCHEMA)
 
 
 @dataclass

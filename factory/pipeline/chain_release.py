@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,9 +53,11 @@ def validate_chain(data, reference: tuple[Stage, Stage], candidate: tuple[Stage,
     )
     verdict = rule["verdict"]
     passed = verdict == "pass" or (verdict == "inconclusive" and accuracy["inconclusive"] in ("warn", "pass"))
+    sizes = Counter((int(f.shape[0]), int(f.shape[1])) for f in frames)
     return {
         "n": len(y),
         "dataset_hash": manifest.dataset_hash,
+        "frame_size": list(sizes.most_common(1)[0][0]),  # (height, width) a benchmark feeds the chain
         "top1_end_to_end": float(cc.mean()),
         "canonical_top1_end_to_end": float(rc.mean()),
         "top1_on_true_crops": float((true_crops["pred"] == y).mean()),
@@ -185,6 +188,7 @@ def assemble_release(
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             runtime={"backend": "pipeline", "package": loc.runtime["package"],
                      "min_version": loc.runtime["min_version"], "options": {},
+                     "built_with": loc.runtime.get("built_with"),
                      "stages": {m["stage"]: m["backend"] for m in stages}},
             artifact={"main": member_archive("localise"), "precision": "+".join(precisions),
                       "size_bytes": sum(a.stat().st_size for a in archives.values())},
@@ -212,6 +216,7 @@ def assemble_release(
                 "rectify": {"size": list(crop_size(cls.preprocessing)), "interpolation": "linear"},
                 "classify": "the rectified crop, preprocessed as the classifier's manifest says",
             },
+            "frame_size": validation["frame_size"],
             "signer": key_id(key.public_key()),
         }
         with atomic_dir(dest) as tmp:
