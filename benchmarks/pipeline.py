@@ -5,9 +5,10 @@
 Steps, each the CLI a user runs (skipped when its output exists; delete the work folder to start over):
 synthetic frames -> a localiser (mobilenet_v3_small, 128x128) -> `factory pipeline crops` -> a classifier
 of the crops (mobilenet_v3_small, 80x128) -> `factory pipeline build` for cpu, openvino and tflite at fp32
-and again at int8-static. Then, in this process with nothing else running: the end-to-end latency of one
-frame (both stages, the rectification and both preprocessings) and of each stage, PyTorch eager vs every
-fp32 and int8 release, interleaved round by round; and a tampered member refused. Writes
+and again at int8-static. Then the end-to-end latency of one frame (both stages, the rectification and
+both preprocessings) and of each stage, PyTorch eager vs every
+fp32 and int8 release in one interleaved `factory bench` run (each artifact in its own worker), each stage
+alone in a second one; and a tampered member refused. Writes
 benchmarks/results/pipeline.{json,md}.
 """
 
@@ -17,10 +18,8 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,58 +49,13 @@ def _train(work: Path, name: str, data: Path, task: str, size: list[int], epochs
     return out
 
 
-def _eager_stage(model_dir: Path):
-    import torch
-
-    from factory.device.chain import Stage
-    from factory.train.canonical import load_canonical
-
-    m = load_canonical(model_dir)
-    module = m.build_module().eval()
-
-    def runner(x):
-        with torch.inference_mode():
-            return module(torch.from_numpy(x)).numpy()
-
-    return Stage(runner, m.card["preprocessing"], m.card["labels"], m.task)
-
-
-def _latency(pairs: dict, frames: list, rounds: int) -> dict:
-    """Per pair: p50 of one frame end to end, and of each stage alone, interleaved round by round."""
-    from factory.device.chain import crop_size, run_chain
-    from factory.preprocess import preprocess
-    from factory.tasks.localisation import rectify
-
-    times = {k: {"end_to_end": [], "localise": [], "classify": []} for k in pairs}
-    crops = {}
-    for k, (loc, cls) in pairs.items():  # warm up, and one crop at the classifier's size for its stage alone
-        for f in frames[:5]:
-            run_chain([f], loc, cls)
-        corners = np.array([0.1, 0.1, 0.9, 0.1, 0.9, 0.9, 0.1, 0.9])
-        crops[k] = rectify(frames[0], corners, crop_size(cls.preprocessing))
-    for r in range(rounds):
-        frame = frames[r % len(frames)]
-        for k, (loc, cls) in pairs.items():
-            t0 = time.perf_counter()
-            run_chain([frame], loc, cls)
-            t1 = time.perf_counter()
-            loc.runner(preprocess([frame], loc.preprocessing))
-            t2 = time.perf_counter()
-            cls.runner(preprocess([crops[k]], cls.preprocessing))
-            t3 = time.perf_counter()
-            times[k]["end_to_end"].append(1000 * (t1 - t0))
-            times[k]["localise"].append(1000 * (t2 - t1))
-            times[k]["classify"].append(1000 * (t3 - t2))
-    return {k: {s: float(np.median(v)) for s, v in t.items()} for k, t in times.items()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / ".cache" / "pipeline"))
     ap.add_argument("--per-class", type=int, default=300)
     ap.add_argument("--loc-epochs", type=int, default=12)
     ap.add_argument("--cls-epochs", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=300)
+    ap.add_argument("--seconds", type=float, default=60.0, help="Seconds of each interleaved bench run.")
     a = ap.parse_args()
     work = Path(a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -124,7 +78,7 @@ def main() -> None:
         config.write_text(yaml.safe_dump({"name": "id-docs-flow", "version": version, "localise": str(loc),
                                           "classify": str(cls), "data": str(frames_ds)}))  # fmt: skip
         out = work / f"releases-{precision}"
-        if not all((out / "id-docs-flow" / version / t / "pipeline.json").exists() for t in TARGETS):
+        if not all((out / "id-docs-flow" / version / t / "manifest.json").exists() for t in TARGETS):
             args = ["pipeline", "build", str(config), "--key", str(key.with_suffix(".key")), "--out", str(out),
                     "--no-track", "--set", f"recipe.precision={precision}"]  # fmt: skip
             for t in TARGETS:
@@ -132,44 +86,58 @@ def main() -> None:
             _run(*args, log=log)
         for t in TARGETS:
             folder = out / "id-docs-flow" / version / t
-            if (folder / "pipeline.json").exists():
+            if (folder / "manifest.json").exists():
                 releases[f"{t} {precision}"] = folder
 
-    from factory.bundle.pipeline import verify_release
+    from factory.bundle.archive import unpack
+
+    rows = {k: json.loads((f / "manifest.json").read_text())["validation"]["end_to_end"] for k, f in releases.items()}
+    # one interleaved `factory bench` run, every artifact in its own worker: the canonical pair chained in
+    # PyTorch eager, every release end to end, and each stage alone (the canonical models in eager, every member)
+    members = work / "members"
+    shutil.rmtree(members, ignore_errors=True)
+    inputs = [str(work / "pipeline-fp32.yaml")] + [str(f) for f in releases.values()]
+    stage_inputs = [str(loc), str(cls)]
+    for k, f in releases.items():
+        for s in ("localise", "classify"):
+            stage_inputs.append(str(unpack(f / f"{s}.tar.gz", members / k.replace(" ", "-") / s)))
+    _run("bench", *inputs, "--seconds", str(a.seconds), "--out", str(work / "bench-e2e"), "--no-accuracy", log=log)
+    _run("bench", *stage_inputs, "--seconds", str(a.seconds), "--out", str(work / "bench-stages"), "--no-accuracy",
+         log=log)  # fmt: skip
+    e2e = json.loads((work / "bench-e2e" / "report.json").read_text())
+    stages = json.loads((work / "bench-stages" / "report.json").read_text())
+    by_path = {r["path"]: r for r in e2e["artifacts"]} | {r["path"]: r for r in stages["artifacts"]}
+
+    def p50(path) -> float:
+        return by_path[str(path)]["latency"]["p50_ms"]
+
+    eager = {"end_to_end": p50(work / "pipeline-fp32.yaml"), "localise": p50(loc), "classify": p50(cls)}
+    lat = {
+        k: {"end_to_end": p50(f), **{s: p50(members / k.replace(" ", "-") / s) for s in ("localise", "classify")}}
+        for k, f in releases.items()
+    }
     from factory.bundle.signing import load_public_key
-    from factory.data.manifest import load_manifest
-    from factory.data.splits import read_images
     from factory.device.chain import open_release
     from factory.errors import BundleError
 
     pub = load_public_key(key.with_suffix(".pub"))
-    rows = {k: json.loads((f / "pipeline.json").read_text())["validation"] for k, f in releases.items()}
-    manifest = load_manifest(frames_ds)
-    frames = read_images(manifest, sorted(manifest.subset("test"), key=lambda r: r.path)[:50])
-    pairs = {"pytorch-eager": (_eager_stage(loc), _eager_stage(cls))}
-    for k, f in releases.items():
-        _, ls, cs = open_release(f, pub)
-        pairs[k] = (ls, cs)
-    print(f"latency: {len(pairs)} pairs, {a.rounds} interleaved rounds", flush=True)
-    lat = _latency(pairs, frames, a.rounds)
     tampered = work / "tampered"
     shutil.rmtree(tampered, ignore_errors=True)
     first = next(iter(releases.values()))
     shutil.copytree(first, tampered)
-    model = next(p for p in (tampered / "classify").iterdir() if p.name.startswith("model"))
-    data = bytearray(model.read_bytes())
+    data = bytearray((tampered / "classify.tar.gz").read_bytes())
     data[len(data) // 2] ^= 0xFF
-    model.write_bytes(bytes(data))
+    (tampered / "classify.tar.gz").write_bytes(bytes(data))
     try:
-        verify_release(tampered, pub)
+        open_release(tampered, pub)
         refused = None
     except BundleError as exc:
         refused = " ".join(line.strip() for line in str(exc).splitlines()[-2:])
-    result = {"host": host_info(), "steps": log, "validation": rows, "latency_p50_ms": lat, "tampered": refused,
+    result = {"host": host_info(), "steps": log, "validation": rows, "latency_p50_ms": {"pytorch-eager": eager} | lat,
+              "bench_settings": {"end_to_end": e2e["settings"], "stages": stages["settings"]}, "tampered": refused,
               "test_frames": rows[next(iter(rows))]["n"] if rows else None}  # fmt: skip
     out = ROOT / "benchmarks" / "results" / "pipeline"
     write_json(out.with_suffix(".json"), result)
-    eager = lat["pytorch-eager"]
     lines = [
         "# The ID-document flow as one release",
         "",
@@ -200,24 +168,16 @@ def main() -> None:
                              "| | | | | | | | | |")  # fmt: skip
     lines += [
         "",
-        "**The latency columns are not a verdict yet.** They were measured in this one process, every pair "
-        "interleaved round by round: the runtimes' idle worker threads (OpenVINO's spin after each inference) "
-        "then slow whatever runs next, which `factory bench` avoids by running each artifact in its own "
-        "stopped-when-idle worker process. A chain artifact for that harness is not built; until it is, read "
-        "these columns as indicative only.",
+        f"Latency: two interleaved `factory bench` runs of {a.seconds:g} s each, every artifact in its own worker "
+        "process, stopped while another runs (batch 1, p50). End to end: one BGR frame of the test frames' size "
+        "through the localiser's preprocessing and model, the rectification by its corners at the classifier's "
+        "input size, the classifier's preprocessing and model; PyTorch eager is the canonical pair chained the "
+        "same way (`factory bench configs/pipelines/<name>.yaml <release>...`). The stage columns are each "
+        "member bundle (and each canonical model in eager) alone, its model only, in the second run. The drop "
+        "is the end-to-end top-1 against the canonical pair's (both ONNX graphs), Tango's paired interval. "
+        "'On true crops': the same classifier on the ground-truth corners' crops, what the localiser's error costs.",
         "",
-        "End to end: one BGR frame through the localiser's preprocessing and model, the rectification by its "
-        "corners at the classifier's input size, the classifier's preprocessing and model (p50 of "
-        f"{a.rounds} rounds, every release and eager interleaved in each round, batch 1). The stage columns time "
-        "each model with its preprocessing alone. The drop is the end-to-end top-1 against the canonical pair's "
-        "(both ONNX graphs), Tango's paired interval. 'On true crops': the same classifier on the ground-truth "
-        "corners' crops, what the localiser's error costs.",
-        "",
-        f"A release whose classifier model file had one byte flipped: refused ({refused}).",
+        f"A release whose classifier archive had one byte flipped: refused ({refused}).",
     ]
     atomic_write(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
-
-
-if __name__ == "__main__":
-    main()
