@@ -181,3 +181,7 @@ def main() -> None:
     ]
     atomic_write(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -237,6 +237,13 @@ def test_a_pipeline_release_is_rolled_out_served_by_an_agent_and_a_bad_classifie
         assert client.rollout("flow-2")["status"] == "rolled_back"
         halt = next(e for e in client.audit(limit=100) if e["action"] == "rollout.rollback")
         assert "js_class" in json.dumps(halt), halt
+        from factory.registry.history import release_history
+
+        with engine.connect() as conn:  # the fleet view's release page names the stages
+            page = release_history(conn, "flow", "0.2.0", "cpu")
+        assert [s["stage"] for s in page["stages"]] == ["localise", "classify"]
+        assert page["stages"][1]["version"].endswith("-fault") and "frames_correct" not in page["end_to_end"]
+        assert page["end_to_end"]["n"] == bad_doc["validation"]["end_to_end"]["n"]
         client.close()
     finally:
         srv.stop()
@@ -271,10 +278,29 @@ def test_the_gate_pairs_two_pipeline_releases_end_to_end_and_per_stage(release, 
     assert ("accuracy", "cpu end-to-end") in names and ("accuracy", "cpu localise") in names
     e2e = next(c for c in checks if c["artifact"] == "cpu end-to-end")
     local = next(c for c in checks if c["artifact"] == "cpu localise")
-    assert not e2e["passed"] and e2e["verdict"] != "pass", e2e  # one class for everything (tiny models: may be inconclusive)
+    assert not e2e["passed"] and e2e["verdict"] != "pass", (
+        e2e
+    )  # one class for everything (tiny models: may be inconclusive)
     assert local["increase_pct"] == 0.0  # the localiser is the same member: its corners did not move
     r = invoke("gate", "--candidate", str(tmp_path / "base"), "--baseline", str(tmp_path / "base" / "report.json"),
                "--policy", "configs/gates.yaml", "--out", str(tmp_path / "same.json"))  # fmt: skip
     same = json.loads((tmp_path / "same.json").read_text())["checks"]
     same = {c["artifact"]: c for c in same if c["check"] == "accuracy"}
     assert same["cpu end-to-end"]["drop_pt"] == 0 and same["cpu localise"]["increase_pct"] == 0
+
+
+def test_each_stage_may_take_its_own_recipe(chain, release, keypair, loose_targets):
+    out = chain["tmp"] / "mixed"
+    config = chain["tmp"] / "flow-mixed.yaml"
+    config.write_text(chain["config"].read_text().replace("0.1.0", "0.4.0"))
+    common = ["pipeline", "build", str(config), "--target", "cpu", "--key", str(keypair[0]), "--targets-dir",
+              str(loose_targets), "--out", str(out), "--no-track", "--cache-dir",
+              str(chain["tmp"] / "cache")]  # fmt: skip
+    r = invoke(*common, "--stage-set", "classifier:recipe.precision=int8-static")
+    assert r.exit_code == 2 and "STAGE:KEY=VALUE" in r.stderr and not out.exists()
+    r = invoke(*common, "--stage-set", "classify:recipe.precision=int8-static")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "flow" / "0.4.0" / "cpu" / "manifest.json").read_text())
+    assert {s["stage"]: s["precision"] for s in doc["pipeline"]["stages"]} == {"localise": "fp32",
+                                                                               "classify": "int8-static"}  # fmt: skip
+    assert doc["recipe"]["precision"] == "fp32+int8-static"

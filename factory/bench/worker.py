@@ -43,9 +43,11 @@ def _serve(conn, spec: WorkerSpec) -> None:
         with contextlib.ExitStack() as stack:
             shape = ",".join(map(str, spec.input_shape))
             art = open_artifacts([spec.path], threads=spec.threads, input_shape=shape, stack=stack)[0]
-            x = np.ascontiguousarray(
-                np.random.default_rng(spec.seed).standard_normal(spec.input_shape).astype(np.float32)
-            )
+            rng = np.random.default_rng(spec.seed)
+            if art.task == "pipeline":  # a camera frame: uint8 BGR pixels, not a model's float tensor
+                x = rng.integers(0, 256, spec.input_shape, dtype=np.uint8)
+            else:
+                x = np.ascontiguousarray(rng.standard_normal(spec.input_shape).astype(np.float32))
             conn.send(("ready", None))
             timer = time.perf_counter_ns
             while True:

@@ -164,8 +164,8 @@ class Chain:
         self.infer(np.zeros((int(h), int(w), 3), np.uint8))
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """Frames (N, H, W, 3) or one (H, W, 3) through the whole chain: the classifier's probabilities.
-        Float input (a benchmark's generated tensor) is mapped onto grey levels first."""
+        """Frames (N, H, W, 3) or one (H, W, 3) through the whole chain: the classifier's top-1 confidence.
+        Float input (a generated tensor) is mapped onto grey levels first."""
         x = np.asarray(frames)
         if x.dtype != np.uint8:
             x = np.clip(x * 40.0 + 128.0, 0, 255).astype(np.uint8)

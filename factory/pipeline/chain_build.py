@@ -16,10 +16,14 @@ def build_pipeline(
     out_root="bundles",
     targets_dir=None,
     overrides=(),
+    stage_overrides=(),
     cache_dir=".factory/cache",
     track=True,
 ) -> list[dict]:
-    """One row per target: its release folder and end-to-end validation, or the error that stopped it."""
+    """One row per target: its release folder and end-to-end validation, or the error that stopped it.
+
+    ``overrides`` (KEY=VALUE) apply to both stages' profile, ``stage_overrides`` (STAGE:KEY=VALUE) to one
+    stage's: each stage may take its own recipe (the search's winner for that model and target)."""
     from ..bundle.pipeline import STAGES
     from ..bundle.signing import load_private_key
     from ..device.chain import bundle_stage, check_stages
@@ -30,7 +34,17 @@ def build_pipeline(
 
     config = load_chain_config(config_path)  # its paths are relative to the folder the command runs in
     key = load_private_key(key_path)
+    per_stage = {st: tuple(overrides) for st in STAGES}
+    for item in stage_overrides:
+        stage, _, kv = item.partition(":")
+        if stage not in STAGES or "=" not in kv:
+            raise ConfigError(f"--stage-set {item!r} is not STAGE:KEY=VALUE with STAGE one of {list(STAGES)}",
+                              hint="e.g. --stage-set classify:recipe.precision=int8-static")  # fmt: skip
+        per_stage[stage] += (kv,)
     profiles = {t: load_target(t, targets_dir, tuple(overrides)) for t in targets}  # bad names stop here
+    for t in targets:
+        for st in STAGES:
+            load_target(t, targets_dir, per_stage[st])  # and bad keys or values of either stage
     reference = (canonical_stage(config["localise"]), canonical_stage(config["classify"]))
     check_stages(*reference)
     contexts = {s: load_context(config[s]) for s in STAGES}
@@ -44,7 +58,7 @@ def build_pipeline(
                 profiles[target]["backend"],
                 lambda s=s, target=target: build(
                     config[s], target, key_path=key_path, out_root=out_root, targets_dir=targets_dir,
-                    overrides=tuple(overrides), cache_dir=cache_dir, track=track, context=contexts[s],
+                    overrides=per_stage[s], cache_dir=cache_dir, track=track, context=contexts[s],
                 ),
             )  # fmt: skip
             if isinstance(result, Failure):

@@ -21,6 +21,7 @@ def pipeline_group() -> None:
       factory pipeline build    both stages built per target, validated end to end, signed as one
       factory pipeline verify   check a release and every member bundle
       factory pipeline run      run a release on images (JSON lines: corners, label, confidence)
+      factory pipeline demo     all of it on synthetic frames, then a bad classifier halted by the fleet
     """
 
 
@@ -65,9 +66,17 @@ def crops_cmd(localiser, data, out, size, copies, jitter_pct, seed) -> None:
 @click.option("--out", "out_root", default="bundles", show_default=True, type=click.Path(file_okay=False))
 @click.option("--targets-dir", default=None, type=click.Path(file_okay=False), help="Folder of target profiles.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of both stages' profile.")
+@click.option(
+    "--stage-set",
+    "stage_overrides",
+    multiple=True,
+    metavar="STAGE:KEY=VALUE",
+    help="Override a key of one stage's profile (localise or classify), e.g. classify:recipe.precision=int8-static.",
+)
 @click.option("--cache-dir", default=".factory/cache", show_default=True, type=click.Path(file_okay=False))
 @click.option("--no-track", is_flag=True, help="Do not log the stage builds to MLflow.")
-def build_cmd(config, targets, key_path, out_root, targets_dir, overrides, cache_dir, no_track) -> None:
+def build_cmd(config, targets, key_path, out_root, targets_dir, overrides, stage_overrides, cache_dir,
+              no_track) -> None:  # fmt: skip
     """Build both stages of CONFIG for each --target, validate the chain end to end, sign it as one release.
 
     \b
@@ -79,13 +88,16 @@ def build_cmd(config, targets, key_path, out_root, targets_dir, overrides, cache
     `factory publish` and rollouts take it like any bundle. Exit 1 when a stage fails its budgets or
     the chain its margin.
 
+    Each stage may take its own recipe: --stage-set classify:recipe.precision=int8-static keeps the
+    localiser at the profile's precision (a search of each model per target finds the winners).
+
     Example: factory pipeline build configs/pipelines/id-docs.yaml --target cpu --target tflite
     """
     from .chain_build import build_pipeline
 
     rows = build_pipeline(
         config, targets, key_path=key_path, out_root=out_root, targets_dir=targets_dir, overrides=overrides,
-        cache_dir=cache_dir, track=not no_track,
+        stage_overrides=stage_overrides, cache_dir=cache_dir, track=not no_track,
     )  # fmt: skip
     click.echo(_table(rows))
     if not all(r.get("passed") for r in rows):
@@ -156,3 +168,37 @@ def run_cmd(release, images, public_key) -> None:
                 }
             )
         )
+
+
+@pipeline_group.command("demo")
+@click.option(
+    "--out",
+    default=".factory/pipeline-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder of the demo (replaced).",
+)
+@click.option("--per-class", default=60, show_default=True, help="Synthetic frames per document type.")
+@click.option("--loc-epochs", default=10, show_default=True, help="Epochs of the localiser.")
+@click.option("--cls-epochs", default=8, show_default=True, help="Epochs of the crops classifier.")
+@click.option("--architecture", default="tiny-cnn", show_default=True, help="Architecture of both stages.")
+@click.option("--devices", default=40, show_default=True, help="Simulated devices of the fleet.")
+@click.option("--bench-seconds", default=10.0, show_default=True, help="Seconds of the interleaved benchmark.")
+def demo_cmd(out, per_class, loc_epochs, cls_epochs, architecture, devices, bench_seconds) -> None:
+    """The ID-document flow end to end on synthetic frames (a few minutes on 2 cores).
+
+    \b
+    1. frames -> a localiser -> its crops -> a classifier of the crops
+    2. the pipeline for cpu at fp32 (0.1.0) and int8-static (0.2.0), each validated end to end
+    3. one interleaved benchmark: the canonical pair in PyTorch eager vs both releases
+    4. a local registry and a simulated fleet: 0.1.0 to everyone, then 0.3.0 (the fp32 release with
+       its classifier biased toward one class) through a staged rollout: rolled back by telemetry
+    Writes OUT/summary.md and OUT/summary.json (and everything it made: models, bundles, registry).
+    """
+    from .chain_demo import pipeline_demo
+
+    summary = pipeline_demo(Path(out), per_class=per_class, loc_epochs=loc_epochs, cls_epochs=cls_epochs,
+                            architecture=architecture, devices=devices, bench_seconds=bench_seconds)  # fmt: skip
+    click.echo((Path(summary["folder"]) / "summary.md").read_text())
+    if summary["fleet"]["status"] != "rolled_back":
+        raise SystemExit(1)

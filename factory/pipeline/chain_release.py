@@ -181,6 +181,14 @@ def assemble_release(
         stages = [{"stage": s, **_member(Path(bundles[s]), archives[s])} for s in STAGES]
         _check_same_members(dest, stages, config, target)
         precisions = sorted({m["precision"] for m in stages})
+        check = {
+            "check": "end_to_end_top1",
+            "value": validation["top1_end_to_end"],
+            "limit": f"drop <= {config['accuracy']['max_drop_pt']:g} pt",
+            "passed": bool(validation["passed"]),
+            "verdict": validation["verdict"],
+            "why": validation["why"],
+        }
         manifest = Manifest(
             name=config["name"],
             version=config["version"],
@@ -201,9 +209,7 @@ def assemble_release(
             recipe={"precision": "+".join(precisions), "pruning": {},
                     "stages": {s: members[s].recipe for s in STAGES}},
             validation={"passed": bool(validation["passed"]), "parity": {}, "budgets": dict(config["accuracy"]),
-                        "checks": [{"name": "end_to_end_top1", "passed": bool(validation["passed"]),
-                                    "verdict": validation["verdict"], "why": validation["why"]}],
-                        "dataset_hash": validation["dataset_hash"], "end_to_end": validation},
+                        "checks": [check], "dataset_hash": validation["dataset_hash"], "end_to_end": validation},
             latency=latency,
             lineage={"members": {m["stage"]: {k: m[k] for k in ("name", "version", "target", "manifest_sha256")}
                                  for m in stages}},

@@ -204,8 +204,17 @@ def release_history(conn, name: str, version: str, target: str) -> dict:
             rollouts.append({"name": r["name"], "status": r["status"], "new": key in r["releases"].values(),
                              "decisions": decisions})  # fmt: skip
     validation = m.get("validation") or {}
+    pipeline = m.get("pipeline") if isinstance(m.get("pipeline"), dict) else None
+    stages = [
+        {k: s.get(k) for k in ("stage", "name", "version", "target", "task", "backend", "precision", "manifest_sha256")}
+        for s in (pipeline or {}).get("stages", [])
+        if isinstance(s, dict)
+    ]
+    e2e = validation.get("end_to_end") if isinstance(validation.get("end_to_end"), dict) else {}
     return {
         "key": key,
+        "stages": stages,  # a pipeline release's members (empty for a bundle of one model)
+        "end_to_end": {k: v for k, v in e2e.items() if not k.startswith("frames_")},
         "sha256": row.sha256,
         "size": row.size,
         "published_at": row.published_at,

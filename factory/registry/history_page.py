@@ -102,6 +102,12 @@ function renderRelease(d){
   document.getElementById("title").textContent = "Release " + d.key;
   const v = d.validation || {};
   let h = `<p>published ${esc(d.published_at)} by ${esc(d.published_by)}; sha256 ${esc(d.sha256)}; ${f(d.size / 1e6, 2)} MB</p>`;
+  if((d.stages || []).length){
+    const e = d.end_to_end || {};
+    h += '<h2>Stages (a pipeline release: one assignment, both verified and run)</h2><table><tr><th>stage</th><th>bundle</th><th>task</th><th>runtime</th><th>precision</th><th>manifest sha256</th></tr>' +
+         d.stages.map(s => `<tr><td>${esc(s.stage)}</td><td>${esc(s.name)} ${esc(s.version)} ${esc(s.target)}</td><td>${esc(s.task)}</td><td>${esc(s.backend)}</td><td>${esc(s.precision)}</td><td><code>${esc((s.manifest_sha256 || "").slice(0, 16))}</code></td></tr>`).join("") + '</table>' +
+         `<p>end to end on ${f(e.n, 0)} test frames: top-1 ${f(e.top1_end_to_end, 4)} (canonical pair ${f(e.canonical_top1_end_to_end, 4)}), ${esc(e.why)}; corner error ${f(e.corner_error_pct, 2)}%. In the field: the class mix and confidence are the classifier's, the document area (box area) the localiser's.</p>`;
+  }
   h += '<h2>Rollouts</h2>' + (d.rollouts.length ? d.rollouts.map(r => `<h3><a href="${link("rollouts", r.name)}">${esc(r.name)}</a> <span class="pill ${/rolled_back|halted/.test(r.status) ? "bad" : "ok"}">${esc(r.status)}</span> ${r.new ? "" : '<span class="muted">(as the previous release)</span>'}</h3>` + timeline(r.decisions)).join("") : '<p class="muted">none</p>');
   h += '<h2>In the field</h2>' + charts({release: d.key, series: d.series, manifest_p95_ms: (d.latency || {}).p95_ms}, null);
   h += '<h2>Validation at build</h2>' + `<p>${v.passed ? '<span class="ok">passed</span>' : '<span class="bad">failed</span>'}; task ${esc(v.task || "classification")}; dataset ${esc(v.dataset_hash)}</p>` +
