@@ -178,9 +178,9 @@ def run_cmd(release, images, public_key) -> None:
     type=click.Path(file_okay=False),
     help="Folder of the demo (replaced).",
 )
-@click.option("--per-class", default=60, show_default=True, help="Synthetic frames per document type.")
-@click.option("--loc-epochs", default=10, show_default=True, help="Epochs of the localiser.")
-@click.option("--cls-epochs", default=8, show_default=True, help="Epochs of the crops classifier.")
+@click.option("--per-class", default=250, show_default=True, help="Synthetic frames per document type.")
+@click.option("--loc-epochs", default=25, show_default=True, help="Epochs of the localiser.")
+@click.option("--cls-epochs", default=15, show_default=True, help="Epochs of the crops classifier.")
 @click.option("--architecture", default="tiny-cnn", show_default=True, help="Architecture of both stages.")
 @click.option("--devices", default=40, show_default=True, help="Simulated devices of the fleet.")
 @click.option("--bench-seconds", default=10.0, show_default=True, help="Seconds of the interleaved benchmark.")

@@ -78,6 +78,15 @@ def pipeline_demo(out: Path, *, per_class: int, loc_epochs: int, cls_epochs: int
         rows[precision] = row
         if "release" in row:
             releases[precision] = Path(row["release"])
+    if not rows["fp32"].get("passed"):
+        from ..errors import ValidationError
+
+        why = rows["fp32"].get("error") or (rows["fp32"].get("validation") or {}).get("why")
+        raise ValidationError(
+            f"the fp32 pipeline release did not pass its end-to-end validation ({why}); the demo rolls it out as "
+            "the stable release, so it stops here",
+            hint="give it more frames or epochs (--per-class, --loc-epochs, --cls-epochs)",
+        )
     progress.info("pipeline demo: one interleaved benchmark of PyTorch eager and the releases")
     report = run_bench([str(out / "pipeline-fp32.yaml"), *map(str, releases.values())], seconds=bench_seconds,
                        accuracy=False)  # fmt: skip
