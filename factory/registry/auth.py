@@ -89,6 +89,7 @@ def enroll_device(conn, who: Identity, device_id: str, target: str, tags: list[s
     from .ingest import register_device
     from .rollouts import RolloutConflict
 
+    db.lock_fleet(conn)  # two enrolments of one new id at once: the second sees the first's token, gets a 409
     active = conn.execute(
         sa.select(db.tokens.c.id).where(db.tokens.c.device_id == device_id, db.tokens.c.revoked == sa.false())
     ).first()

@@ -124,21 +124,34 @@ def accept_capture(conn, store, state: dict, body: object, who, now: float) -> d
             "only a rollout whose plan has a capture block, for the devices it moved to its release, collects frames",
         )
     policy = a.capture
-    existing = conn.execute(
-        sa.select(db.captures.c.id).where(db.captures.c.idempotency_key == c["idempotency_key"])
-    ).first()
-    if existing:
+
+    def duplicate():
+        return conn.execute(
+            sa.select(db.captures.c.id).where(db.captures.c.idempotency_key == c["idempotency_key"])
+        ).first()
+
+    def check_cap() -> None:
+        today = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(db.captures)
+            .where(db.captures.c.device_id == c["device_id"], db.captures.c.received_at >= now - 86400)
+        ).scalar()
+        if today >= policy["max_per_device_per_day"]:
+            raise CaptureRefused(
+                429,
+                f"device {c['device_id']!r} reached the plan's {policy['max_per_device_per_day']} captures a day",
+                "keep the frame and try again tomorrow, or raise capture.max_per_device_per_day in the plan",
+            )
+
+    if (existing := duplicate()) is not None:
         return {"status": "duplicate", "id": existing.id}
     data, width, height = _decode(c["image"], policy["max_bytes"])
-    today = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(db.captures)
-        .where(db.captures.c.device_id == c["device_id"], db.captures.c.received_at >= now - 86400)
-    ).scalar()
-    if today >= policy["max_per_device_per_day"]:
-        raise CaptureRefused(
-            429, f"device {c['device_id']!r} reached the plan's {policy['max_per_device_per_day']} captures a day"
-        )
+    # Checked under the device's row lock: concurrent uploads of one device (or retries of one key)
+    # are counted one at a time, so no burst gets past the cap or stores one key twice.
+    db.lock_device(conn, c["device_id"])
+    if (existing := duplicate()) is not None:
+        return {"status": "duplicate", "id": existing.id}
+    check_cap()
     sha = hashlib.sha256(data).hexdigest()
     store.put_bytes(data, store.capture_key(sha))
     meta = {k: c[k] for k in ("simulated", "source") if k in c and len(json.dumps(c[k])) < 2000}

@@ -110,6 +110,35 @@ def token_revoke(config_path, name) -> None:
         click.echo(f"revoked {revoke_token(conn, name)} token(s)")
 
 
+@registry.command("forget-device")
+@_config
+@click.argument("device_id")
+@click.option("--revoke", is_flag=True, help="Also delete its registration and revoke its tokens (it must re-enrol).")
+def forget_device_cmd(config_path, device_id, revoke) -> None:
+    """Delete DEVICE_ID's field captures (rows and images) and telemetry, on request (audited as device.forget).
+
+    Works on the registry's own database and blob store, like `token`; the rolled-up history keeps only
+    per-release figures, which name no device. Over HTTP: DELETE /v1/devices/DEVICE_ID/data (admin).
+    """
+    import re
+
+    from ..errors import InputError
+    from . import db
+    from .auth import DEVICE_ID
+    from .privacy import forget_device
+    from .storage import BlobStore
+
+    if not re.fullmatch(DEVICE_ID, device_id):
+        raise InputError(f"device id {device_id!r} must be 1-200 characters of [A-Za-z0-9._:-]")
+    settings = _settings(config_path)
+    out = forget_device(db.engine_for(settings["database"]), BlobStore(settings["storage"]), device_id, "cli", revoke)
+    extra = f", {out['tokens_revoked']} token(s) revoked, registration deleted" if revoke else ""
+    click.echo(
+        f"forgot {device_id}: {out['captures']} capture(s), {out['images']} image(s), "
+        f"{out['telemetry']} telemetry summary(ies){extra}"
+    )
+
+
 @click.group()
 def release() -> None:
     """Publish and list releases (signed bundles) in the registry."""

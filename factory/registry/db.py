@@ -30,6 +30,8 @@ __all__ = [
     "engine_for",
     "now",
     "bump_state",
+    "lock_fleet",
+    "lock_device",
     "state_version",
     "add_audit",
     "audit_entries",
@@ -227,6 +229,19 @@ def bump_state(conn) -> None:
     conn.execute(state.update().where(state.c.id == 1).values(version=state.c.version + 1))
 
 
+def lock_fleet(conn) -> None:
+    """Hold the registry's write lock until this transaction ends: a check-then-insert after it (is this
+    device id enrolled yet?) cannot interleave with another one. A no-op write on the state row: the row's
+    lock in PostgreSQL, the database's write lock in SQLite; the checks that follow read committed data."""
+    conn.execute(state.update().where(state.c.id == 1).values(version=state.c.version))
+
+
+def lock_device(conn, device_id: str) -> None:
+    """Like :func:`lock_fleet` for one device's row: its counters (captures a day) are checked and
+    bumped by one request at a time."""
+    conn.execute(devices.update().where(devices.c.device_id == device_id).values(last_seen=devices.c.last_seen))
+
+
 def state_version(conn) -> int:
     """The current fleet-state version."""
     return int(conn.execute(sa.select(state.c.version).where(state.c.id == 1)).scalar_one())
@@ -237,11 +252,13 @@ def add_audit(conn, actor: str, action: str, rollout: str | None, detail: dict) 
     conn.execute(audit.insert().values(ts=now(), actor=actor, action=action, rollout=rollout, detail=dumps(detail)))
 
 
-def audit_entries(conn, rollout: str | None = None, limit: int = 200) -> list[dict]:
-    """The newest ``limit`` audit entries (of one rollout, if named), oldest first."""
+def audit_entries(conn, rollout: str | None = None, limit: int = 200, action: str | None = None) -> list[dict]:
+    """The newest ``limit`` audit entries (of one rollout, of one action, if named), oldest first."""
     q = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
     if rollout:
         q = q.where(audit.c.rollout == rollout)
+    if action:
+        q = q.where(audit.c.action == action)
     return [
         {
             "id": r.id,

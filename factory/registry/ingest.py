@@ -35,6 +35,7 @@ class NotAssigned(RolloutConflict):
 def register_device(conn, device_id: str, target: str, tags: list[str]) -> dict:
     """Insert or update a device's target and tags."""
     row = {"device_id": device_id, "target": target, "tags": db.dumps(sorted(tags)), "last_seen": db.now()}
+    db.lock_fleet(conn)  # two registrations of one new id at once must not both insert it
     if conn.execute(sa.select(db.devices.c.device_id).where(db.devices.c.device_id == device_id)).first():
         conn.execute(db.devices.update().where(db.devices.c.device_id == device_id).values(**row))
     else:
@@ -148,7 +149,15 @@ class Ingestor:
         """Store the valid, new summaries in one transaction; per item: accepted | duplicate | rejected.
 
         ``speaker``: the caller's identity; a summary about a device it does not speak for is rejected.
+        Two uploads of one idempotency key at once: the one that commits second finds the key taken
+        (a unique index) and is answered again from what is stored now, as the duplicate it is.
         """
+        try:
+            return self._ingest(summaries, single, speaker)
+        except sa.exc.IntegrityError:
+            return self._ingest(summaries, single, speaker)
+
+    def _ingest(self, summaries: list, single: bool, speaker) -> list[dict]:
         now = time.time()
         results: list[dict] = []
         rows: list[tuple[int, dict]] = []

@@ -3,16 +3,45 @@
 A pure ASGI middleware: a ``Content-Length`` over the route's limit is answered 413 at once; a body
 without one (chunked) is counted as it streams in and cut off with 413 the moment it passes the
 limit, so no handler ever buffers more than the limit. Bundle uploads have their own (large) limit;
-every JSON endpoint a small one.
+every JSON endpoint a small one. :func:`parse_json` is how the routes that read their own body parse
+it: a body nested too deep, or one that smuggles ``NaN``/``Infinity`` (which Python's parser accepts
+and no JSON client can read back), is a 422, never a 500 and never stored.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 from starlette.exceptions import HTTPException
 
-__all__ = ["BodyLimit"]
+from ..errors import InputError
+
+__all__ = ["BodyLimit", "parse_json"]
+
+
+def _not_a_number(constant: str):
+    raise InputError(
+        f"the body holds {constant}, which is not JSON",
+        hint="send finite numbers (or null for a missing value); nothing was stored",
+    )
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf
+        _not_a_number(text)
+    return value
+
+
+def parse_json(raw: bytes, what: str = "body"):
+    """``raw`` parsed as strict JSON; InputError (422) for invalid JSON, NaN/Infinity or nesting past the parser."""
+    try:
+        return json.loads(raw, parse_constant=_not_a_number, parse_float=_finite)
+    except RecursionError:  # "[[[[..." : the parser gives up past Python's recursion limit
+        raise InputError(f"{what} nests arrays or objects too deeply", hint="send a flat JSON document") from None
+    except ValueError:
+        raise InputError(f"{what} is not JSON", hint="send a JSON document") from None
 
 
 class BodyLimit:

@@ -70,8 +70,10 @@ def router(svc: Services) -> APIRouter:
         who: Annotated[Identity, Depends(auth.admin)],
         rollout: Annotated[str | None, Query(pattern=NAME)] = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 200,
+        action: Annotated[str | None, Query(pattern=r"^[a-z_]{1,40}(\.[a-z_]{1,40}){0,2}$")] = None,
     ) -> list[dict]:
+        """The newest entries, oldest first; ``action=capture.read`` lists who fetched which field image."""
         with engine.connect() as conn:
-            return db.audit_entries(conn, rollout, limit)
+            return db.audit_entries(conn, rollout, limit, action)
 
     return api

@@ -1,6 +1,5 @@
 """``/v1/devices``, ``/v1/telemetry`` (single and batch) and ``/v1/evaluate``: devices report, the monitor judges."""
 
-import json
 import threading
 import time
 from typing import Annotated
@@ -15,6 +14,7 @@ from ..health import evaluate_rollouts
 from ..history import purge_history, roll_up
 from ..ingest import Ingestor, register_device
 from ..lease import Lease
+from ..limits import parse_json
 from ..monitoring import check_retraining
 from ..rollouts import RolloutConflict
 from ..services import DEVICE, NAME, Services, matches, require_device
@@ -124,10 +124,10 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
             metrics.telemetry.labels("rejected").inc()
             raise HTTPException(413, f"summary larger than {tele['max_summary_bytes']} bytes")
         try:
-            summary = json.loads(raw)
-        except ValueError:
+            summary = parse_json(raw, "the summary")
+        except InputError:
             metrics.telemetry.labels("rejected").inc()
-            raise HTTPException(422, "body is not JSON") from None
+            raise
         if isinstance(summary, dict) and not who.speaks_for(summary.get("device_id")):
             metrics.telemetry.labels("rejected").inc()
             require_device(who, summary.get("device_id"))
@@ -146,11 +146,7 @@ def router(svc: Services, metrics) -> tuple[APIRouter, object]:
         },
     )
     async def telemetry_batch(request: Request, who: Annotated[Identity, Depends(auth.caller)]) -> dict:
-        raw = await request.body()  # bounded while read by telemetry.max_batch_bytes
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise HTTPException(422, "body is not JSON") from None
+        body = parse_json(await request.body(), "the batch")  # bounded while read by telemetry.max_batch_bytes
         items = body.get("summaries") if isinstance(body, dict) else None
         if not isinstance(items, list) or not 0 < len(items) <= 1000:
             raise HTTPException(422, 'send {"summaries": [...]} with 1 to 1000 summaries')
