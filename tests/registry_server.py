@@ -225,3 +225,40 @@ def post_batches(url: str, token: str, batches: list[list[dict]], transport=None
                     out[res["status"]] = out.get(res["status"], 0) + 1
                 break
     return out
+
+
+def fake_bundle(folder, private_key, version, name="sr-model", target="cpu", payload=None):
+    """A signed bundle folder whose model file is ``payload`` (random bytes by default): what the registry
+    verifies (signature, file list, hashes) without a trained model, since it never loads one."""
+    from factory.bundle.manifest import SCHEMA, Manifest, file_entries
+
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(payload if payload is not None else os.urandom(256))
+    m = Manifest(
+        name=name,
+        version=version,
+        target=target,
+        created_at="2026-01-01T00:00:00Z",
+        runtime={"backend": "onnxruntime", "package": "onnxruntime", "min_version": "1.0", "options": {}},
+        artifact={"main": "model.onnx", "precision": "fp32", "size_bytes": 256},
+        files=file_entries(folder, ["model.onnx"]),
+        input={"shape": [1, 3, 32, 32]},
+        output={},
+        preprocessing={"resize": [32, 32], "mean": [0, 0, 0], "std": [1, 1, 1]},
+        labels=["a", "b"],
+        recipe={"precision": "fp32", "pruning": {}},
+        validation={"passed": True, "parity": {}, "checks": [], "budgets": {}},
+        latency={"p50_ms": 1.0, "p95_ms": 2.0},
+        lineage={},
+        reference_profile={},
+        schema=SCHEMA,
+    )
+    m.write_signed(folder, private_key)
+    return folder
+
+
+def archive(folder) -> bytes:
+    """The bundle folder packed as the archive a publish sends."""
+    from factory.bundle.archive import pack
+
+    return pack(folder, folder.with_suffix(".tar.gz")).read_bytes()

@@ -7,7 +7,7 @@ verifies signatures and hashes, it never loads a model), so the module needs no 
 
 import base64
 import json
-import os
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from tests.registry_server import start_registry
+from tests.registry_server import archive, fake_bundle, start_registry
 
 MODEL = "sr-model"
 CAPTURE = {"when": {"random_rate": 1.0}, "max_per_device_per_day": 3, "max_bytes": 40_000, "retention_days": 1}
@@ -25,41 +25,6 @@ CAPTURE = {"when": {"random_rate": 1.0}, "max_per_device_per_day": 3, "max_bytes
 
 def _h(token):
     return {"Authorization": f"Bearer {token}"}
-
-
-def fake_bundle(folder, private_key, version, name=MODEL, target="cpu", payload=None):
-    """A signed bundle folder whose model file is ``payload`` (random bytes by default)."""
-    from factory.bundle.manifest import SCHEMA, Manifest, file_entries
-
-    folder.mkdir(parents=True)
-    (folder / "model.onnx").write_bytes(payload if payload is not None else os.urandom(256))
-    m = Manifest(
-        name=name,
-        version=version,
-        target=target,
-        created_at="2026-01-01T00:00:00Z",
-        runtime={"backend": "onnxruntime", "package": "onnxruntime", "min_version": "1.0", "options": {}},
-        artifact={"main": "model.onnx", "precision": "fp32", "size_bytes": 256},
-        files=file_entries(folder, ["model.onnx"]),
-        input={"shape": [1, 3, 32, 32]},
-        output={},
-        preprocessing={"resize": [32, 32], "mean": [0, 0, 0], "std": [1, 1, 1]},
-        labels=["a", "b"],
-        recipe={"precision": "fp32", "pruning": {}},
-        validation={"passed": True, "parity": {}, "checks": [], "budgets": {}},
-        latency={"p50_ms": 1.0, "p95_ms": 2.0},
-        lineage={},
-        reference_profile={},
-        schema=SCHEMA,
-    )
-    m.write_signed(folder, private_key)
-    return folder
-
-
-def archive(folder):
-    from factory.bundle.archive import pack
-
-    return pack(folder, folder.with_suffix(".tar.gz")).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -408,3 +373,245 @@ def test_an_operator_forgets_one_device_over_http_and_from_the_cli(reg, tmp_path
         assert count(reg, "devices", "keep-me") == 0
     bad = invoke("registry", "forget-device", "../etc", "--config", str(config))
     assert bad.exit_code != 0 and "must be 1-200 characters" in bad.output
+
+
+# --------------------------------------------------------------------------------------------- 5: telemetry
+def test_nan_infinity_and_huge_histograms_are_refused_and_monitoring_stays_readable(reg):
+    token = enroll(reg, "nan-cam")
+    h = _h(token) | {"Content-Type": "application/json"}
+    good = json.dumps(summary("nan-cam"))
+    s = summary("nan-cam")
+    hostile = {
+        "NaN window start": good.replace(f'"start": {s["window"]["start"]}', '"start": NaN'),
+        "Infinity count": good.replace(f'"count": {s["count"]}', '"count": Infinity'),
+        "-Infinity in an extra field": good[:-1] + ', "extra": -Infinity}',
+        "1e400 in an extra field": good[:-1] + ', "extra": 1e400}',
+        "NaN inside a histogram": good.replace('"latency_ms": [', '"latency_ms": [NaN, '),
+        "nested 50,000 deep": "[" * 50_000,
+    }
+    before = count(reg, "telemetry")
+    for what, raw in hostile.items():
+        r = httpx.post(reg["url"] + "/v1/telemetry", headers=h, content=raw)
+        assert r.status_code == 422, (what, r.status_code, r.text)
+        batch = '{"summaries": [' + raw + "]}"
+        r = httpx.post(reg["url"] + "/v1/telemetry/batch", headers=h, content=batch)
+        assert r.status_code == 422 or r.json()["accepted"] == 0, (what, r.text)
+    huge = dict(s, predicted_class=[0] * 4097)
+    r = httpx.post(reg["url"] + "/v1/telemetry", headers=h, content=json.dumps(huge))
+    assert r.status_code == 422 and "4096" in r.text
+    wrong = dict(s, latency_ms=s["latency_ms"] + [0] * 1000)
+    assert httpx.post(reg["url"] + "/v1/telemetry", headers=h, content=json.dumps(wrong)).status_code == 422
+    enormous = dict(s, predicted_class=[0] * 200_000)
+    assert httpx.post(reg["url"] + "/v1/telemetry", headers=h, content=json.dumps(enormous)).status_code == 413
+    counts = dict(s, latency_ms=[10**12] + s["latency_ms"][1:])
+    assert httpx.post(reg["url"] + "/v1/telemetry", headers=h, content=json.dumps(counts)).status_code == 422
+    assert count(reg, "telemetry") == before
+    assert httpx.post(reg["url"] + "/v1/telemetry", headers=h, content=good).status_code == 201
+    viewer = _h(reg["tokens"]["viewer"])
+    time.sleep(1.1)
+    report = httpx.get(reg["url"] + "/v1/health", headers=viewer)
+    assert report.status_code == 200 and "NaN" not in report.text and "Infinity" not in report.text
+    assert httpx.get(reg["url"] + "/metrics", headers=viewer).status_code == 200
+    assert reg["admin"].post("/v1/evaluate").status_code == 200
+    assert httpx.get(reg["url"] + "/v1/history/devices/nan-cam", headers=viewer).json()["recent"][0]["count"] == 20
+
+
+# --------------------------------------------------------------------------------------------- 3: pages
+PAYLOAD = "\"'><img src=x onerror=alert(1)></script><script>alert(2)</script><!--"
+NODE_DOM = """
+const els = {};
+const DATA = require("fs").readFileSync(process.argv[2], "utf8");
+globalThis.window = globalThis;
+globalThis.document = {body: {dataset: {}}, getElementById(id){
+  return els[id] || (els[id] = {innerHTML: "", textContent: id === "factory-data" ? DATA : "", dataset: {}}); }};
+globalThis.location = {hash: "", pathname: "/status"};
+globalThis.localStorage = {getItem(){ return null; }, setItem(){}};
+globalThis.history = {replaceState(){}};
+globalThis.performance = {now(){ return 1; }};
+globalThis.setInterval = () => 0;
+"""
+
+
+def _poison(obj, keys=("targets",)):
+    """Every string in a page's data made hostile (its old value kept after it); the keys of ``targets`` too."""
+    if isinstance(obj, str):
+        return PAYLOAD + obj
+    if isinstance(obj, list):
+        return [_poison(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: (_poison_keys(v) if k in keys else _poison(v)) for k, v in obj.items()}
+    return obj
+
+
+def _poison_keys(d):
+    return {PAYLOAD + k: _poison(v) for k, v in d.items()} if isinstance(d, dict) else _poison(d)
+
+
+def _render(tmp_path, page_html: str) -> dict:
+    """Run a page's own script in node against a stub DOM; the markup it wrote into each element."""
+    import re
+    import shutil
+
+    if shutil.which("node") is None:
+        pytest.skip("no node on this machine")
+    data = re.search(r'<script id="factory-data" type="application/json">(.*?)</script>', page_html, re.S)[1]
+    script = page_html.split('type="application/json">', 1)[1].split("<script>", 1)[1].rsplit("</script>", 1)[0]
+    (tmp_path / "data.json").write_text(data)
+    js = tmp_path / "page.js"
+    js.write_text(NODE_DOM + script + "\nsetTimeout(() => console.log(JSON.stringify(els)), 50);\n")
+    out = subprocess.run(["node", str(js), str(tmp_path / "data.json")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _assert_inert(els: dict, where: str) -> None:
+    from html.parser import HTMLParser
+
+    class Parsed(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.handlers, self.text = set(), [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.add(tag)
+            self.handlers += [a for a, _ in attrs if a.startswith("on")]
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    assert not els.get("error", {}).get("textContent"), (where, els["error"])
+    html = "".join(e["innerHTML"] for e in els.values())
+    page = Parsed()
+    page.feed(html)
+    assert not page.tags & {"script", "img", "iframe"} and not page.handlers, (where, page.tags, page.handlers)
+    assert any("<img src=x onerror=alert(1)>" in t for t in page.text), where  # shown, as text
+    assert "<!--" not in html, where
+
+
+def test_pages_show_hostile_names_tags_and_reasons_as_text(reg, tmp_path):
+    """Device ids, tags, rollout names, releases and reasons are validated on the way in; these are the
+    pages' own defences, tried on data where every string is hostile (rows stored before validation, a
+    signed manifest's free text, an admin's --reason)."""
+    from factory.registry import history_page, status_page
+
+    token = enroll(reg, "page-cam")
+    assert httpx.post(reg["url"] + "/v1/telemetry", headers=_h(token), json=summary("page-cam")).status_code == 201
+    reg["admin"].post("/v1/rollouts/field/pause", json={"reason": PAYLOAD})
+    reg["admin"].post("/v1/rollouts/field/resume", json={"reason": PAYLOAD})
+    viewer = _h(reg["tokens"]["viewer"])
+    for kind, path in (
+        ("rollouts", "/v1/history/rollouts/field"),
+        ("releases", f"/v1/history/releases/{MODEL}/1.1.0/cpu"),
+        ("devices", "/v1/history/devices/page-cam"),
+    ):
+        data = httpx.get(reg["url"] + path, headers=viewer).json()
+        html = history_page.snapshot(kind, _poison(data))
+        assert "<img" not in html.split('id="factory-data"')[1].split("</script>")[0]  # embedded data is inert
+        _assert_inert(_render(tmp_path, html), kind)
+    time.sleep(1.1)
+    report = httpx.get(reg["url"] + "/v1/health", headers=viewer).json()
+    assert report["rollouts"], report
+    _assert_inert(_render(tmp_path, status_page.snapshot(_poison(report), {})), "status")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/audit?limit=-1",
+        "/v1/audit?limit=abc",
+        f"/v1/audit?limit={10**30}",
+        "/v1/audit?limit=1e9",
+        "/v1/audit?action=<script>",
+        "/v1/history/devices/" + "a" * 300,
+        "/v1/history/devices/%3Cscript%3E",
+        "/v1/history/rollouts/" + "%00",
+        "/v1/history/releases/x/1.0.0/" + "t" * 200,
+        "/v1/captures?rollout=../../x",
+        "/v1/captures?release=" + "r" * 600,
+        "/v1/releases?name=%3Cimg%3E",
+    ],
+)
+def test_hostile_query_and_path_parameters_are_a_4xx(reg, path):
+    t0 = time.monotonic()
+    r = reg["admin"].get(path)
+    assert 400 <= r.status_code < 500 and time.monotonic() - t0 < 2, (r.status_code, r.text[:200])
+
+
+# --------------------------------------------------------------------------------------------- 4: the static manifest
+class _Manifests:
+    """A device's view of a CDN: it serves whatever signed manifest it holds (an attacker's replay, too)."""
+
+    def __init__(self, doc):
+        self.doc = doc
+
+    def fleet_manifest(self):
+        return self.doc
+
+
+def _agent(reg, client, state_dir, keypair):
+    from factory.bundle.signing import load_public_key
+    from factory.device.agent import Agent
+
+    fleet = load_public_key(reg["tmp"] / "fleet.pub")
+    return Agent(client, model=MODEL, device_id="fm-cam", target="cpu", tags=["cap"], state_dir=state_dir,
+                 bundle_key=load_public_key(keypair[1]), fleet_key=fleet)  # fmt: skip
+
+
+def test_an_old_signed_manifest_is_refused_after_a_restart(reg, tmp_path, keypair):
+    from factory.errors import SignatureError
+
+    old = reg["admin"].get("/v1/fleet-manifest").json()
+    assert reg["admin"].post("/v1/rollouts/field/pause", json={"reason": "move the sequence on"}).status_code == 200
+    new = reg["admin"].get("/v1/fleet-manifest").json()
+    assert new["payload"]["sequence"] > old["payload"]["sequence"]
+    cdn = _Manifests(new)
+    agent = _agent(reg, cdn, tmp_path, keypair)
+    assert agent._assignment()["version"] == "1.1.0"  # paused: the cohort keeps what it was moved to
+    assert json.loads((tmp_path / "fleet.json").read_text())["sequence"] == new["payload"]["sequence"]
+    restarted = _agent(reg, _Manifests(old), tmp_path, keypair)  # a new process, the same state folder
+    with pytest.raises(SignatureError, match="older"):
+        restarted._assignment()
+    assert "older" in restarted.sync() and restarted.sync_errors == 1
+    assert json.loads((tmp_path / "fleet.json").read_text())["sequence"] == new["payload"]["sequence"]
+    restarted.client = _Manifests(new)  # the same manifest again is fine (a CDN serves it many times)
+    assert restarted._assignment()["version"] == "1.1.0"
+    forged = json.loads(json.dumps(old))
+    forged["payload"]["sequence"] = new["payload"]["sequence"] + 100  # a replay with its number raised
+    restarted.client = _Manifests(forged)
+    with pytest.raises(SignatureError, match="does not verify"):
+        restarted._assignment()
+    (tmp_path / "fleet.json").write_text('{"sequence": "garbage"}')  # a damaged floor fails closed, clearly
+    restarted.client = _Manifests(old)
+    with pytest.raises(SignatureError, match="fleet.json"):
+        _agent(reg, _Manifests(old), tmp_path, keypair)._assignment()
+    assert reg["admin"].post("/v1/rollouts/field/resume", json={"reason": "t"}).status_code == 200
+
+
+# --------------------------------------------------------------------------------------------- 6: publishing
+def test_eight_concurrent_publishes_of_one_version_one_wins_no_half_state(reg):
+    from factory.registry import db
+
+    different = [archive(fake_bundle(reg["tmp"] / "race" / str(i), reg["key"], "2.0.0")) for i in range(8)]
+    same = archive(fake_bundle(reg["tmp"] / "race-same", reg["key"], "2.1.0"))
+
+    def publish(body):
+        return httpx.post(reg["url"] + "/v1/releases", headers=_h(reg["tokens"]["admin"]), content=body, timeout=120)
+
+    with ThreadPoolExecutor(8) as ex:
+        answers = list(ex.map(publish, different))
+    assert sorted(r.status_code for r in answers) == [201] + [409] * 7, [r.text[:200] for r in answers]
+    assert all("already exists with other content" in r.json()["detail"] for r in answers if r.status_code == 409)
+    winner = next(r.json() for r in answers if r.status_code == 201)
+    with reg["engine"].connect() as conn:
+        rows = conn.execute(sa.select(db.releases.c.sha256).where(db.releases.c.version == "2.0.0")).all()
+    assert [r.sha256 for r in rows] == [winner["sha256"]]
+    bundles = {p.name.split(".")[0] for p in (reg["tmp"] / "blobs" / "bundles").rglob("*.tar.gz")}
+    import hashlib
+
+    losers = {hashlib.sha256(b).hexdigest() for b in different} - {winner["sha256"]}
+    assert winner["sha256"] in bundles and not losers & bundles  # no loser left a blob behind
+    download = reg["admin"].get(f"/v1/releases/{MODEL}/2.0.0/cpu/bundle")
+    assert hashlib.sha256(download.content).hexdigest() == winner["sha256"]
+    with ThreadPoolExecutor(8) as ex:
+        answers = [r.json() for r in ex.map(publish, [same] * 8)]
+    assert sorted(a["created"] for a in answers) == [False] * 7 + [True]

@@ -222,6 +222,25 @@ class Agent:
         return failed[sha]
 
     # ------------------------------------------------------------------ sync
+    @staticmethod
+    def _fleet_floor(seen: Path) -> int | None:
+        """The highest manifest sequence this device accepted (persisted: it survives restarts), or None.
+        A damaged file fails closed: accepting any sequence then would re-open replays of old manifests."""
+        if not seen.is_file():
+            return None
+        try:
+            floor = read_json(seen).get("sequence")
+        except (ValueError, AttributeError, OSError):
+            floor = None
+        if not isinstance(floor, int) or isinstance(floor, bool) or floor < 0:
+            from ..errors import SignatureError
+
+            raise SignatureError(
+                f"{seen} (the newest fleet-manifest sequence accepted) is damaged; refusing every manifest",
+                hint="an operator who trusts the current manifest deletes the file (the next one sets it again)",
+            )
+        return floor
+
     def _assignment(self):
         """The release to run (None: nothing assigned; False: unchanged since the last poll)."""
         if self.fleet_key is not None:
@@ -229,7 +248,7 @@ class Agent:
             from .fleetstate import verify_state
 
             seen = self.state_dir / "fleet.json"
-            floor = read_json(seen).get("sequence") if seen.is_file() else None
+            floor = self._fleet_floor(seen)
             state = verify_state(self.client.fleet_manifest(), self.fleet_key, min_sequence=floor)
             write_json(seen, {"sequence": state["sequence"]})
             a = assign(state, self.model, self.device_id, self.target, self.tags)
