@@ -169,6 +169,46 @@ def test_enrolment_cannot_race_take_over_or_be_done_with_a_device_token(reg):
     assert r.status_code == 403
 
 
+def test_an_enrolment_token_with_a_budget_mints_that_many_ids_even_in_a_burst(reg):
+    """Replaying one enrolment token mints a new identity each time (that is its job); a leaked one could mint
+    thousands, each a vote in health decisions. With --max-devices it mints that many, even at once."""
+    from factory.errors import InputError
+    from factory.registry.auth import create_token
+
+    with reg["engine"].begin() as conn:
+        budget = create_token(conn, "shop-7-enrol", "enroll", max_devices=3)
+        with pytest.raises(InputError, match="budget of an enrolment token"):
+            create_token(conn, "v", "viewer", max_devices=3)
+
+    def attempt(i):
+        return httpx.post(
+            reg["url"] + "/v1/devices/enroll",
+            headers=_h(budget),
+            json={"device_id": f"budget-{i}", "target": "cpu", "tags": []},
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(8) as ex:
+        answers = list(ex.map(attempt, range(8)))
+    assert sorted(r.status_code for r in answers) == [201] * 3 + [403] * 5, [r.text for r in answers]
+    spent = next(r.json() for r in answers if r.status_code == 403)
+    assert "enrolled its 3 device(s)" in spent["detail"] and "--max-devices" in spent["hint"]
+    assert sum(count(reg, "devices", f"budget-{i}") for i in range(8)) == 3
+    # the CLI takes the budget; a budget on another role is a usage error
+    from tests.conftest import invoke
+
+    config = reg["tmp"] / "cli.yaml"
+    config.write_text(json.dumps({k: reg["settings"][k] for k in ("database", "storage")}))
+    ok = invoke(
+        "registry", "token", "create", "--name", "e2", "--role", "enroll", "--max-devices", "1", "--config", str(config)
+    )
+    assert ok.exit_code == 0 and ok.output.strip().startswith("fct_e_")
+    bad = invoke(
+        "registry", "token", "create", "--name", "v2", "--role", "viewer", "--max-devices", "1", "--config", str(config)
+    )
+    assert bad.exit_code != 0 and "--max-devices" in bad.output
+
+
 def test_concurrent_registrations_of_one_new_id_are_never_a_500(reg):
     def attempt(_):
         return reg["admin"].post("/v1/devices", json={"device_id": "relay-new", "target": "cpu", "tags": []})

@@ -21,7 +21,7 @@ from .. import __version__
 from ..errors import BundleError, ConfigError, FactoryError, InputError, SignatureError
 from . import db
 from . import rollouts as ro
-from .auth import TokenCache
+from .auth import EnrolmentSpent, TokenCache
 from .limits import BodyLimit
 from .monitoring import Metrics
 from .routes import captures, fleet, history, ops, releases, rollouts, telemetry
@@ -41,6 +41,8 @@ def _status_for(exc: FactoryError) -> int:
         return 404
     if isinstance(exc, ro.RolloutConflict):
         return 409
+    if isinstance(exc, EnrolmentSpent):
+        return 403
     # Bad bundles, plans and summaries are well-formed HTTP with content we refuse: 422, like
     # FastAPI's own validation errors, so clients handle one status for "fix your input".
     return 422 if isinstance(exc, (BundleError, SignatureError, ConfigError, InputError)) else 500

@@ -4,7 +4,8 @@ Roles:
 
     admin    publish bundles, manage rollouts, read everything; may act for any device (a trusted relay)
     viewer   read-only: health, metrics, rollouts, releases, audit (dashboards, Prometheus, the status page)
-    enroll   a fleet enrolment token: it can only enrol a new device, which returns that device's own token
+    enroll   a fleet enrolment token: it can only enrol a new device, which returns that device's own token;
+             with a budget (``max_devices``) it enrols that many devices and no more
     device   bound to one device id: it pulls bundles and speaks for that device only (register, assignment,
              telemetry); a report about any other device is refused with 403
 
@@ -33,6 +34,7 @@ __all__ = [
     "create_token",
     "revoke_token",
     "enroll_device",
+    "EnrolmentSpent",
     "TokenCache",
 ]
 
@@ -47,6 +49,7 @@ class Identity:
     role: str
     name: str
     device_id: str | None = None
+    token_hash: str | None = None  # which token (an enrolment token's budget is counted per token)
 
     def speaks_for(self, device_id: object) -> bool:
         """May this caller act as ``device_id``? Admins may (a relay); a device token only as itself."""
@@ -58,10 +61,13 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(conn, name: str, role: str, device_id: str | None = None) -> str:
-    """Create a token with a role (a device token names its device); returns it, the only time it is visible."""
+def create_token(conn, name: str, role: str, device_id: str | None = None, max_devices: int | None = None) -> str:
+    """Create a token with a role (a device token names its device; an enrolment token may have a budget of
+    ``max_devices``); returns it, the only time it is visible."""
     if role not in ROLES:
         raise InputError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
+    if max_devices is not None and (role != "enroll" or not 1 <= max_devices <= 1_000_000):
+        raise InputError("--max-devices (1 to 1,000,000) is a budget of an enrolment token (--role enroll)")
     if (role == "device") != (device_id is not None):
         raise InputError("a device token is bound to exactly one --device-id; other roles take none")
     if device_id is not None and not re.fullmatch(DEVICE_ID, device_id):
@@ -69,10 +75,18 @@ def create_token(conn, name: str, role: str, device_id: str | None = None) -> st
     token = f"fct_{role[0]}_{secrets.token_urlsafe(32)}"
     conn.execute(
         db.tokens.insert().values(
-            name=name, role=role, token_hash=hash_token(token), created_at=db.now(), revoked=False, device_id=device_id
+            name=name,
+            role=role,
+            token_hash=hash_token(token),
+            created_at=db.now(),
+            revoked=False,
+            device_id=device_id,
+            max_uses=max_devices,
+            uses=0,
         )
     )
-    db.add_audit(conn, "cli", "token.create", None, {"name": name, "role": role, "device_id": device_id})
+    detail = {"name": name, "role": role, "device_id": device_id, "max_devices": max_devices}
+    db.add_audit(conn, "cli", "token.create", None, detail)
     return token
 
 
@@ -90,6 +104,8 @@ def enroll_device(conn, who: Identity, device_id: str, target: str, tags: list[s
     from .rollouts import RolloutConflict
 
     db.lock_fleet(conn)  # two enrolments of one new id at once: the second sees the first's token, gets a 409
+    if who.role == "enroll":
+        _spend_enrolment(conn, who)
     active = conn.execute(
         sa.select(db.tokens.c.id).where(db.tokens.c.device_id == device_id, db.tokens.c.revoked == sa.false())
     ).first()
@@ -105,6 +121,24 @@ def enroll_device(conn, who: Identity, device_id: str, target: str, tags: list[s
     detail = {"device_id": device_id, "by_role": who.role, "rotated": active is not None}
     db.add_audit(conn, who.name, "device.enroll", None, detail)
     return token
+
+
+class EnrolmentSpent(InputError):
+    """An enrolment token that enrolled its budget of devices (HTTP 403): it cannot mint more identities."""
+
+
+def _spend_enrolment(conn, who: Identity) -> None:
+    """Count one enrolment against the token's ``max_uses`` (under the fleet lock, so a burst cannot overspend)."""
+    t = db.tokens.c
+    row = conn.execute(sa.select(t.id, t.max_uses, t.uses).where(t.token_hash == who.token_hash)).first()
+    if row is None:
+        raise EnrolmentSpent(f"enrolment token {who.name!r} is unknown or revoked")
+    if row.max_uses is not None and (row.uses or 0) >= row.max_uses:
+        raise EnrolmentSpent(
+            f"enrolment token {who.name!r} has enrolled its {row.max_uses} device(s); it enrols no more",
+            hint="create another enrolment token (factory registry token create --role enroll --max-devices N)",
+        )
+    conn.execute(db.tokens.update().where(t.id == row.id).values(uses=(row.uses or 0) + 1))
 
 
 class TokenCache:
@@ -134,13 +168,15 @@ class TokenCache:
         h = hash_token(token)
         if now - self._loaded > self.ttl:
             with self.engine.connect() as conn:
-                self._map = {r.token_hash: Identity(r.role, r.name, r.device_id) for r in self._query(conn)}
+                self._map = {
+                    r.token_hash: Identity(r.role, r.name, r.device_id, r.token_hash) for r in self._query(conn)
+                }
             self._loaded, self._unknown = now, {}
         if h not in self._map and now - self._unknown.get(h, -1e9) > 1.0:
             with self.engine.connect() as conn:
                 rows = self._query(conn, db.tokens.c.token_hash == h)
             if rows:
-                self._map[h] = Identity(rows[0].role, rows[0].name, rows[0].device_id)
+                self._map[h] = Identity(rows[0].role, rows[0].name, rows[0].device_id, h)
             else:
                 if len(self._unknown) > 10_000:
                     self._unknown.clear()

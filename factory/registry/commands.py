@@ -88,14 +88,21 @@ def token_group() -> None:
     "(each gets its own token); device: one device, bound to --device-id.",
 )
 @click.option("--device-id", default=None, help="With --role device: the one device this token speaks for.")
-def token_create(config_path, name, role, device_id) -> None:
+@click.option(
+    "--max-devices",
+    default=None,
+    type=int,
+    help="With --role enroll: how many devices it may enrol, then it enrols no more [default: unlimited]. "
+    "A leaked enrolment token can then mint only that many device identities.",
+)
+def token_create(config_path, name, role, device_id, max_devices) -> None:
     """Create a token and print it (only now: the registry keeps its hash)."""
     from . import db
     from .auth import create_token
 
     engine = db.engine_for(_settings(config_path)["database"])
     with engine.begin() as conn:
-        click.echo(create_token(conn, name, role, device_id))
+        click.echo(create_token(conn, name, role, device_id, max_devices))
 
 
 @token_group.command("revoke")

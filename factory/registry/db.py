@@ -66,6 +66,8 @@ tokens = sa.Table(
     sa.Column("created_at", sa.String(40), nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
     sa.Column("device_id", sa.String(200), index=True),  # the one device a device token speaks for
+    sa.Column("max_uses", sa.Integer),  # an enrolment token's budget of devices (None: unlimited)
+    sa.Column("uses", sa.Integer),  # how many devices it enrolled
 )
 
 rollouts = sa.Table(
@@ -214,7 +216,7 @@ def engine_for(url: str) -> sa.Engine:
 
 def _migrate(engine) -> None:
     """Columns added after a table was first created (create_all never alters an existing table)."""
-    added = {"tokens": [("device_id", "VARCHAR(200)")]}
+    added = {"tokens": [("device_id", "VARCHAR(200)"), ("max_uses", "INTEGER"), ("uses", "INTEGER")]}
     inspector = sa.inspect(engine)
     with engine.begin() as conn:
         for table, columns in added.items():
