@@ -290,6 +290,30 @@ def test_hostile_capture_bodies_are_a_4xx_and_store_nothing(reg, name, raw, stat
     assert "detail" in r.json() and count(reg, "captures") == before
 
 
+def test_one_summary_sent_eight_times_at_once_is_stored_once(reg):
+    """Before: the losers of the race hit the unique index, a 500."""
+    token = enroll(reg, "retry-tele")
+    body = summary("retry-tele")
+
+    def post(_):
+        return httpx.post(reg["url"] + "/v1/telemetry", headers=_h(token), json=body, timeout=60)
+
+    with ThreadPoolExecutor(8) as ex:
+        codes = sorted(r.status_code for r in ex.map(post, range(8)))
+    assert codes == [201] + [409] * 7 and count(reg, "telemetry", "retry-tele") == 1
+    with ThreadPoolExecutor(4) as ex:
+        batches = [
+            r.json()
+            for r in ex.map(
+                lambda _: reg["admin"].post(
+                    "/v1/telemetry/batch", json={"summaries": [summary("retry-tele")] * 0 + [body]}
+                ),
+                range(4),
+            )
+        ]
+    assert all(b["results"][0]["status"] == "duplicate" for b in batches)
+
+
 def test_capture_images_must_be_jpeg_or_png_whatever_the_content_type_says(reg):
     token = enroll(reg, "liar-cam")
     fakes = {
@@ -336,7 +360,9 @@ def test_only_admins_read_captures_and_every_read_is_audited(reg):
     assert len(reads) == before + 1
     last = reads[-1]
     assert last["actor"] == "admin" and last["detail"]["capture_id"] == cid
-    assert last["detail"]["device_id"] == "private-cam" and last["ts"] and last["rollout"] == "field"
+    assert last["detail"]["device_id"] == "private-cam" and last["ts"] and last["detail"]["rollout"] == "field"
+    timeline = reg["admin"].get("/v1/rollouts/field").json()["audit"]  # reads never crowd out its decisions
+    assert not [a for a in timeline if a["action"].startswith("capture.")]
     listed = reg["admin"].get("/v1/audit", params={"action": "capture.list"}).json()[-1]
     assert listed["detail"]["count"] == len(rows) and "private-cam" in listed["detail"]["devices"]
     # an audit entry of this kind cannot be forged through the loop's audit endpoint

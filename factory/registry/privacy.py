@@ -19,15 +19,21 @@ __all__ = ["audit_capture_read", "audit_capture_list", "forget_device"]
 
 def audit_capture_read(conn, actor: str, capture: dict) -> None:
     """Record that ``actor`` fetched the image of ``capture`` (a row of :func:`~.captures.list_captures`)."""
-    detail = {"capture_id": capture["id"], "device_id": capture["device_id"], "sha256": capture["sha256"]}
-    db.add_audit(conn, actor, "capture.read", capture["rollout"], detail)
+    detail = {
+        "capture_id": capture["id"],
+        "device_id": capture["device_id"],
+        "sha256": capture["sha256"],
+        "rollout": capture["rollout"],
+    }
+    # not filed under the rollout: reads must not crowd its decisions out of its timeline and history page
+    db.add_audit(conn, actor, "capture.read", None, detail)
 
 
 def audit_capture_list(conn, actor: str, rollout: str | None, release: str | None, rows: list[dict]) -> None:
     """Record that ``actor`` listed captures' metadata (which filter, how many, of which devices)."""
     devices = sorted({r["device_id"] for r in rows})
-    detail = {"release": release, "count": len(rows), "devices": devices[:100], "device_count": len(devices)}
-    db.add_audit(conn, actor, "capture.list", rollout, detail)
+    detail = {"rollout": rollout, "release": release, "count": len(rows), "devices": devices[:100]}
+    db.add_audit(conn, actor, "capture.list", None, detail | {"device_count": len(devices)})
 
 
 def forget_device(engine, store, device_id: str, actor: str, revoke: bool = False) -> dict:
