@@ -17,6 +17,17 @@ from factory.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def _target_of_backend() -> dict[str, str]:
+    """backend -> the packaged target profile that runs it: how the suite walks every registered runtime."""
+    found: dict[str, str] = {}
+    for src in sorted((ROOT / "targets").glob("*.yaml")):
+        found.setdefault(yaml.safe_load(src.read_text())["backend"], src.stem)
+    return found
+
+
+TARGET_OF = _target_of_backend()  # e.g. {"onnxruntime": "cpu", "openvino": "openvino", "litert": "tflite", ...}
+
 # Builds run in this process unless a test asks for a worker: tests register architectures and backends
 # in-process and read progress lines from the command's output. tests/test_isolation.py runs the default
 # (a worker process per command) on purpose.

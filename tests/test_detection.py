@@ -13,7 +13,7 @@ import pytest
 from factory.data.manifest import load_manifest
 from factory.tasks import get_task
 from factory.tasks.detection import average_precision, box_iou, match, nms
-from tests.conftest import invoke
+from tests.conftest import TARGET_OF, invoke
 
 TYPES = "id-card,passport,visa"
 
@@ -274,12 +274,14 @@ def detector(tmp_path_factory, frames_ds):
 
 @pytest.fixture(scope="session")
 def detector_bundles(tmp_path_factory, detector, frames_ds, keypair, loose_targets):
-    """The tiny detector built for cpu, openvino (int8-static) and tflite: (build output, bundles folder)."""
+    """The tiny detector built for every registered runtime's profile: (build output, bundles folder)."""
     from tests.conftest import build_args
 
     out = tmp_path_factory.mktemp("det-bundles")
     args = build_args(detector[0], "cpu", keypair, loose_targets, out, "--data", str(frames_ds), "--no-track")
-    result = invoke(*args, "--target", "openvino", "--target", "tflite", "--version", "1.0.0")
+    for target in sorted(set(TARGET_OF.values()) - {"cpu"}):
+        args += ["--target", target]
+    result = invoke(*args, "--version", "1.0.0")
     assert result.exit_code == 0, result.output
     return result.output, out
 
@@ -302,8 +304,10 @@ def test_a_detector_trains_and_builds_for_every_runtime_judged_by_map(detector, 
     assert out.shape == (2, 7 * 16 * 20) and np.abs(out - onnx_logits(model.onnx, x)).max() < 1e-4
     build_output, bundles = detector_bundles
     assert "| mAP@0.5 | drop pt [95% interval] |" in build_output  # the table speaks the task's metric
-    assert sum(line.startswith(("| cpu |", "| openvino |", "| tflite |")) for line in build_output.splitlines()) == 3
-    for target in ("cpu", "openvino", "tflite"):
+    targets = sorted(TARGET_OF.values())
+    rows = [line for line in build_output.splitlines() if line.startswith(tuple(f"| {t} |" for t in targets))]
+    assert len(rows) == len(targets)
+    for target in targets:
         manifest = json.loads(next(bundles.glob(f"*/*/{target}/manifest.json")).read_text())
         v = manifest["validation"]
         assert v["task"] == "detection" and manifest["output"]["grid"] == [16, 20]

@@ -7,7 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import build_args, invoke, write_train_config
+from factory.export.base import get_backend
+from tests.conftest import TARGET_OF, build_args, invoke, write_train_config
+
+INT8_TARGETS = sorted(t for b, t in TARGET_OF.items() if "int8-static" in get_backend(b).capabilities.precisions)
 
 
 def _spiky(num_classes: int):
@@ -61,7 +64,7 @@ def spiky_model(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["cpu", "openvino", "tflite"])
+@pytest.mark.parametrize("target", INT8_TARGETS)
 def test_repair_brings_a_sensitive_model_back_within_its_margin(spiky_model, target, keypair, loose_targets):
     work = spiky_model
     result = invoke(

@@ -4,13 +4,9 @@ import hashlib
 
 import pytest
 
-from tests.conftest import build_args, invoke
+from tests.conftest import TARGET_OF, build_args, invoke
 
-CASES = [
-    ("cpu", "int8-static", "structured:0.5"),
-    ("openvino", "int8-static", "structured:0.5"),
-    ("tflite", "int8-static", "structured:0.5"),
-]
+CASES = [(target, "int8-static", "structured:0.5") for target in sorted(TARGET_OF.values())]
 
 
 def _digest(folder) -> dict:

@@ -60,6 +60,7 @@ class Backend:
 
     name: str = ""
     capabilities: Capabilities
+    toolchain: tuple[str, ...] = ()  # pip packages beyond the shared TOOLCHAIN whose versions key its export cache
 
     @property
     def runtime(self) -> Runtime:

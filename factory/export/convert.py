@@ -75,7 +75,7 @@ def _cached_export(
         "weights": canonical.identity,
         "pruning": pruning if pruned else None,
         "dataset": dataset.dataset_hash if pruned else None,
-        "toolchain": package_versions(TOOLCHAIN),
+        "toolchain": package_versions([*TOOLCHAIN, *backend.toolchain]),
         "procedure": PROCEDURE_VERSION,
     }
     cached = cache_dir / "exports" / hashlib.sha256(canonical_json(ident)).hexdigest()[:24]

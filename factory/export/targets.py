@@ -25,7 +25,7 @@ def _ratio(v) -> str | None:
 PROFILE_SCHEMA = {
     "name": Key(str, None, "defaults to the file name", nullable=True),
     "description": Key(str, ""),
-    "backend": Key(str, help="runtime backend: onnxruntime | openvino | litert"),
+    "backend": Key(str, help="a registered runtime backend (`factory targets` lists each profile with its backend)"),
     "device_class": Key(
         str,
         None,

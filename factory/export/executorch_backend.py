@@ -1,0 +1,165 @@
+"""ExecuTorch backend: ``torch.export`` -> ``to_edge_transform_and_lower`` with the XNNPACK partitioner -> ``.pte``.
+
+fp32 is the exported program lowered to XNNPACK. int8-static is PT2E with the XNNPACK quantizer
+(symmetric, per-channel weights, static activations), calibrated on the calibration images, then
+lowered the same way; the int8 repair keeps graph nodes in float through the quantizer's node filter
+(``set_filter_function``: this release refuses a module-name config of None). The export asks
+``torch.export`` for a dynamic batch and keeps it when the model exports and lowers with one; otherwise
+the program has a batch of 1, and the manifest says so. Devices run the ``.pte`` with
+:mod:`factory.device.runtimes.executorch_runtime`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .._quiet import native_quiet
+from ..device.runtimes.executorch_runtime import MAX_BATCH_METHOD, batch_bounds, load_program
+from ..errors import ExportError
+from .base import Backend, Capabilities, operator_in, register_backend, require
+
+__all__ = ["ExecuTorchBackend"]
+
+MODEL = "model.pte"
+MAX_BATCH = 64
+
+
+def _lower(graph, sample, dynamic: bool):
+    """An ExecuTorch program of ``graph`` (a module or a converted PT2E graph), XNNPACK-delegated."""
+    import torch
+
+    require("executorch.exir", "executorch", "executorch", "ExecuTorch export")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic else None
+    exported = torch.export.export(graph, sample, dynamic_shapes=shapes)
+    bound = {MAX_BATCH_METHOD: MAX_BATCH if dynamic else sample[0].shape[0]}  # the runner reads it back
+    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()], constant_methods=bound)
+    delegated = sum(
+        1 for n in edge.exported_program().graph.nodes if n.op == "call_function" and "call_delegate" in str(n.target)
+    )
+    return edge.to_executorch(), delegated
+
+
+def _write(program, delegated: int, dynamic: bool, out: Path, layers: list[str]) -> Path:
+    out.write_bytes(program.buffer)
+    facts = {"dynamic_batch": dynamic, "xnnpack_partitions": delegated, "layers": layers}
+    out.with_suffix(".facts.json").write_text(json.dumps(facts))  # beside the program: cached with it
+    return out
+
+
+def _export(graph, input_hw, out: Path, layers: list[str]) -> Path:
+    """Lower with a dynamic batch when torch.export and XNNPACK take one, else at batch 1."""
+    import torch
+
+    errors = []
+    for dynamic, batch in ((True, 2), (False, 1)):
+        try:
+            with native_quiet():
+                program, delegated = _lower(graph, (torch.zeros(batch, 3, *input_hw),), dynamic)
+            return _write(program, delegated, dynamic, out, layers)
+        except Exception as exc:  # noqa: BLE001 - torch.export and the lowering raise many types
+            errors.append(exc)
+    text = str(errors[-1]) or type(errors[-1]).__name__
+    raise ExportError("executorch-export", text.splitlines()[0][:500], operator=operator_in(text)) from errors[-1]
+
+
+def _graph(module, input_hw):
+    """The module exported at batch 1: the graph PT2E quantizes, and whose node names keep_float takes."""
+    import torch
+
+    with native_quiet():
+        return torch.export.export(module, (torch.zeros(1, 3, *input_hw),)).module()
+
+
+def _layers(graph) -> list[str]:
+    """The graph's nodes the XNNPACK quantizer annotates (convolutions, linears, add, mul, cat, pooling), in
+    order, by node name: what keep_float takes. The whole set, not only weighted layers: a spike in a
+    multiplication's output is as much a reason to keep something in float as a convolution's."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+    ops = set().union(*(p.op_overloads for p in XNNPACKQuantizer.SUPPORTED_PATTERNS))
+    return [
+        n.name
+        for n in graph.graph.nodes
+        if n.op == "call_function" and (n.target in ops or getattr(n.target, "overloadpacket", None) in ops)
+    ]
+
+
+@register_backend
+class ExecuTorchBackend(Backend):
+    name = "executorch"
+    toolchain = ("executorch", "torchao")
+    capabilities = Capabilities(
+        precisions=("fp32", "int8-static"),
+        parity_tolerance={"fp32": 1e-4, "int8-static": None},
+        notes={
+            "fp32": "fp32 program, XNNPACK-delegated",
+            "int8-static": "PT2E with the XNNPACK quantizer: int8 per-channel weights and static int8 activations",
+        },
+    )
+
+    def export(self, work, *, onnx_path, module_factory, input_hw):
+        require("executorch.exir", "executorch", "executorch", "ExecuTorch export")
+        module = module_factory().eval()
+        return _export(module, input_hw, work / "fp32.pte", _layers(_graph(module, input_hw)))
+
+    def quantize(self, artifact, work, *, precision, calibration, options, module_factory, input_hw):
+        import torch
+
+        require("executorch.backends.xnnpack", "executorch", "executorch", "ExecuTorch quantization")
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        graph = _graph(module_factory().eval(), input_hw)
+        layers = _layers(graph)
+        keep = list(options.get("keep_float") or [])
+        unknown = sorted(set(keep) - set(layers))
+        if unknown:
+            raise ExportError("executorch-quantize", f"keep_float names {unknown}: not quantizable nodes of the graph")
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        if keep:  # the quantizer annotates no pattern holding a node its filter refuses: those stay in float
+            kept = frozenset(keep)
+            quantizer.set_filter_function(lambda node: node.name not in kept)
+        with native_quiet():
+            graph = prepare_pt2e(graph, quantizer)
+            with torch.no_grad():
+                for i in range(len(calibration)):
+                    graph(torch.from_numpy(calibration[i : i + 1]))
+            graph = convert_pt2e(graph)
+        out = _export(graph, input_hw, work / f"{precision}.pte", layers)
+        facts = {"method": "PT2E, XNNPACK quantizer", "config": "symmetric per-channel static"}
+        return out, facts | ({"layers_kept_float": keep} if keep else {})
+
+    def quantizable_layers(self, fp32):
+        """The nodes the quantizer annotates, by name (recorded beside the fp32 program at export)."""
+        return json.loads(Path(fp32).with_suffix(".facts.json").read_text())["layers"]
+
+    def compile(self, artifact, out, runtime, precision):
+        shutil.copyfile(artifact, out / MODEL)
+        facts = json.loads(Path(artifact).with_suffix(".facts.json").read_text())
+        try:
+            import torch
+
+            program, method = load_program(out / MODEL)
+            sizes, largest, dynamic = batch_bounds(program)
+            method.execute([torch.zeros(1 if dynamic else largest, *sizes[1:])])
+        except Exception as exc:
+            text = str(exc) or type(exc).__name__
+            why = f"the ExecuTorch runtime cannot run this program: {text[:400]}"
+            raise ExportError("executorch-load", why) from exc
+        if facts["xnnpack_partitions"] == 0:
+            raise ExportError("executorch-load", "the XNNPACK partitioner took no part of the graph")
+        return {
+            "delegate": "XNNPACK",
+            "xnnpack_partitions": facts["xnnpack_partitions"],
+            "max_batch": largest,
+            "fixed_batch": None if dynamic else largest,
+            **({} if dynamic else {"batch_note": "lowered at batch 1: the runner runs one image at a time"}),
+        }
