@@ -314,6 +314,29 @@ def test_one_summary_sent_eight_times_at_once_is_stored_once(reg):
     assert all(b["results"][0]["status"] == "duplicate" for b in batches)
 
 
+def _nested(depth):
+    value = {"label": "a"}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+def test_deep_free_form_fields_cannot_poison_the_capture_listing_or_the_audit_log(reg):
+    """Before: a capture whose output nested 300 deep (1.5 KB, under every size limit) was stored, and every
+    later GET /v1/captures was a 500 (the response serializer gives up past a few hundred levels): one device
+    could break the listing and the export for everyone. The same for an audit entry's detail."""
+    token = enroll(reg, "deep-cam")
+    for field in ("output", "source", "simulated"):
+        r = upload(reg, token, capture_body("deep-cam", f"deep-{field}", **{field: _nested(300)}))
+        assert r.status_code == 422 and "more than 32 deep" in r.json()["detail"], (field, r.text)
+    assert count(reg, "captures", "deep-cam") == 0
+    assert upload(reg, token, capture_body("deep-cam", "flat", output=_nested(20))).status_code == 201
+    assert reg["admin"].get("/v1/captures").status_code == 200
+    r = reg["admin"].post("/v1/audit", json={"action": "loop.deep", "detail": _nested(300)})
+    assert r.status_code == 422 and "deep" in r.json()["detail"]
+    assert reg["admin"].get("/v1/audit", params={"limit": 10000}).status_code == 200
+
+
 def test_capture_images_must_be_jpeg_or_png_whatever_the_content_type_says(reg):
     token = enroll(reg, "liar-cam")
     fakes = {

@@ -26,6 +26,7 @@ from .._faults import crash_point
 from ..device.assign import assign
 from ..errors import InputError
 from . import db
+from .limits import check_depth
 
 __all__ = ["CaptureRefused", "accept_capture", "list_captures", "purge_expired", "REASONS"]
 
@@ -66,6 +67,11 @@ def _fields(body: object) -> dict:
     output = body.get("output")
     if len(json.dumps(output)) > MAX_OUTPUT_BYTES:
         raise CaptureRefused(422, f"output (the model's answer) larger than {MAX_OUTPUT_BYTES} bytes")
+    for k in ("output", "simulated", "source"):  # stored and served back to admins: flat enough to serialize
+        try:
+            check_depth(body.get(k), k)
+        except InputError as exc:
+            raise CaptureRefused(422, exc.message, exc.hint) from None
     if not isinstance(body.get("image"), str):
         raise CaptureRefused(422, "image must be the JPEG or PNG file, base64-encoded")
     return body

@@ -17,7 +17,9 @@ from starlette.exceptions import HTTPException
 
 from ..errors import InputError
 
-__all__ = ["BodyLimit", "parse_json"]
+__all__ = ["BodyLimit", "parse_json", "check_depth", "MAX_DEPTH"]
+
+MAX_DEPTH = 32  # nesting of free-form JSON the registry stores and serves back (a model's output, audit details)
 
 
 def _not_a_number(constant: str):
@@ -42,6 +44,19 @@ def parse_json(raw: bytes, what: str = "body"):
         raise InputError(f"{what} nests arrays or objects too deeply", hint="send a flat JSON document") from None
     except ValueError:
         raise InputError(f"{what} is not JSON", hint="send a JSON document") from None
+
+
+def check_depth(obj, what: str, limit: int = MAX_DEPTH) -> None:
+    """InputError unless ``obj`` nests lists and objects at most ``limit`` deep. Free-form JSON that is stored
+    and served back must be: the response serializer gives up past a few hundred levels (a 500 on every later
+    listing, for everyone), so a deep value is refused on the way in."""
+    level, depth = [obj], 0
+    while level:
+        depth += 1
+        if depth > limit:
+            raise InputError(f"{what} nests lists and objects more than {limit} deep", hint="send a flatter value")
+        level = [v for x in level for v in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ())]
+        level = [v for v in level if isinstance(v, (dict, list))]
 
 
 class BodyLimit:

@@ -10,6 +10,7 @@ from ...errors import InputError
 from .. import db
 from .. import rollouts as ro
 from ..auth import Identity
+from ..limits import check_depth
 from ..services import NAME, Name, Services
 
 __all__ = ["router"]
@@ -59,6 +60,7 @@ def router(svc: Services) -> APIRouter:
             raise InputError("action must be loop.<step> or retrain.closed; other entries are written by the registry")
         if not isinstance(detail, dict) or len(db.dumps(detail)) > 32_768:
             raise InputError("detail must be a JSON object of at most 32 KB")
+        check_depth(detail, "detail")
         if rollout is not None and not (isinstance(rollout, str) and re.fullmatch(NAME, rollout)):
             raise InputError("rollout must be a rollout name")
         with engine.begin() as conn:
