@@ -337,6 +337,15 @@ def test_deep_free_form_fields_cannot_poison_the_capture_listing_or_the_audit_lo
     assert reg["admin"].get("/v1/audit", params={"limit": 10000}).status_code == 200
 
 
+def test_a_device_cannot_reuse_another_devices_capture_key(reg):
+    """Before: it was answered "duplicate" with the other device's capture id (a confirmation, and a leak)."""
+    a, b = enroll(reg, "key-owner"), enroll(reg, "key-thief")
+    owner = upload(reg, a, capture_body("key-owner", "k")).json()
+    stolen = upload(reg, b, capture_body("key-thief", "k") | {"idempotency_key": "key-owner:k"})
+    assert stolen.status_code == 409 and "another device" in stolen.json()["detail"]
+    assert str(owner["id"]) not in stolen.text and count(reg, "captures", "key-thief") == 0
+
+
 def test_capture_images_must_be_jpeg_or_png_whatever_the_content_type_says(reg):
     token = enroll(reg, "liar-cam")
     fakes = {

@@ -132,9 +132,18 @@ def accept_capture(conn, store, state: dict, body: object, who, now: float) -> d
     policy = a.capture
 
     def duplicate():
-        return conn.execute(
-            sa.select(db.captures.c.id).where(db.captures.c.idempotency_key == c["idempotency_key"])
+        row = conn.execute(
+            sa.select(db.captures.c.id, db.captures.c.device_id).where(
+                db.captures.c.idempotency_key == c["idempotency_key"]
+            )
         ).first()
+        if row is not None and row.device_id != c["device_id"]:  # never confirm (or reveal) another's capture
+            raise CaptureRefused(
+                409,
+                f"idempotency key {c['idempotency_key']!r} belongs to another device's capture; nothing was stored",
+                "use keys that start with the device id",
+            )
+        return row
 
     def check_cap() -> None:
         today = conn.execute(
