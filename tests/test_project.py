@@ -217,8 +217,10 @@ def test_the_service_unit_verifies_and_handles_restarts_state_and_credentials(tm
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr  # warnings count as failures
 
 
-@pytest.mark.parametrize("extra", ["device-litert", "device-onnxruntime", "device-openvino"])
+@pytest.mark.parametrize("extra", ["device-litert", "device-onnxruntime", "device-openvino", "device-executorch"])
 def test_a_device_install_never_pulls_torch_or_the_build_side(extra, tmp_path):
+    """ExecuTorch's Python runtime imports torch, so its device extra carries torch (the docs say so), and
+    nothing else of the build side."""
     wheel = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
         capture_output=True,
@@ -236,8 +238,11 @@ def test_a_device_install_never_pulls_torch_or_the_build_side(extra, tmp_path):
     assert dry.returncode == 0, dry.stderr[-2000:]
     names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
     runtime = {"device-litert": "ai-edge-litert", "device-onnxruntime": "onnxruntime", "device-openvino": "openvino"}
-    assert runtime[extra] in names and "httpx" in names
+    assert runtime.get(extra, "executorch") in names and "httpx" in names
     build_side = {"torch", "torchvision", "jax", "transformers", "litert-torch", "nncf", "onnx", "mlflow", "matplotlib"}
+    if extra == "device-executorch":
+        assert "torch" in names
+        build_side -= {"torch"}
     assert not names & build_side, sorted(names & build_side)
 
 

@@ -1,10 +1,10 @@
 """ExecuTorch: a ``.pte`` program (its CPU work delegated to XNNPACK) run by ExecuTorch's Python runtime.
 
 A program the factory lowered carries a constant method ``max_batch``: 1 when it was lowered at a batch
-of 1, else the upper bound of its dynamic batch (a program of another origin has the batch its input
-declares). The runner cuts a larger batch into slices it takes. The Python runtime
-(``executorch.runtime``) imports torch, so a device that runs it carries torch as well.
-``runtime.threads`` sizes XNNPACK's thread pool, which is one per process.
+of 1, else the upper bound of its dynamic batch, of which the input's memory plan may keep less (a
+program of another origin has the batch its input declares). The runner cuts a larger batch into
+slices it takes. The Python runtime (``executorch.runtime``) imports torch, so a device that runs it
+carries torch as well. ``runtime.threads`` sizes XNNPACK's thread pool, which is one per process.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def batch_bounds(program) -> tuple[list[int], int, bool]:
     """(the input's sizes, the largest batch the program takes, whether its batch is dynamic)."""
     sizes = [int(s) for s in program.metadata("forward").input_tensor_meta(0).sizes()]
     if MAX_BATCH_METHOD in program.method_names:
-        largest = int(program.load_method(MAX_BATCH_METHOD).execute([])[0])
-        return sizes, largest, largest > 1
+        asked = int(program.load_method(MAX_BATCH_METHOD).execute([])[0])
+        # the input's sizes are its memory-planned capacity, which can be below the bound torch.export was given
+        return sizes, min(asked, sizes[0]), asked > 1
     return sizes, sizes[0], False
 
 

@@ -1,0 +1,114 @@
+"""What the ExecuTorch modules do beyond the registry-walking tests: the batch-1 fallback, programs of
+another origin, keep_float by graph node. (test_export.py, test_repair.py, test_reproducible.py and the
+task tests build for ExecuTorch because its profile is registered.)"""
+
+import numpy as np
+import pytest
+import torch
+
+from factory.device.runtimes import get_runtime
+from factory.errors import ExportError
+from factory.export.base import get_backend
+
+pytest.importorskip("executorch.exir")
+
+
+class _BatchOfOne(torch.nn.Module):
+    """A head that flattens with a literal batch of 1: torch.export cannot give it a dynamic batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).reshape(1, -1))
+
+
+class _Small(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)) * 2.0)
+
+
+def _eager(module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([module(torch.from_numpy(x[i : i + 1])).numpy() for i in range(len(x))])
+
+
+def test_a_model_without_a_dynamic_batch_is_lowered_at_batch_one_and_says_so(tmp_path):
+    torch.manual_seed(0)
+    module = _BatchOfOne().eval()
+    backend = get_backend("executorch")
+    artifact = backend.export(tmp_path, onnx_path=None, module_factory=lambda: module, input_hw=(8, 8))
+    out = tmp_path / "bundle"
+    out.mkdir()
+    facts = backend.compile(artifact, out, backend.runtime, "fp32")
+    assert facts["fixed_batch"] == 1 and facts["max_batch"] == 1 and "batch 1" in facts["batch_note"]
+    assert facts["xnnpack_partitions"] >= 1
+    rt = get_runtime("executorch")
+    assert rt.declared_input_shape(out / "model.pte") == [1, 3, 8, 8]
+    x = np.random.default_rng(0).normal(size=(5, 3, 8, 8)).astype(np.float32)
+    got = rt.load(out, {})(x)  # the runner takes 5 images one at a time
+    assert got.shape == (5, 5) and np.abs(got - _eager(module, x)).max() < 1e-4
+
+
+def test_a_dynamic_program_takes_batches_up_to_its_bound_and_slices_beyond(tmp_path):
+    torch.manual_seed(0)
+    module = _Small().eval()
+    backend = get_backend("executorch")
+    artifact = backend.export(tmp_path, onnx_path=None, module_factory=lambda: module, input_hw=(12, 10))
+    out = tmp_path / "bundle"
+    out.mkdir()
+    facts = backend.compile(artifact, out, backend.runtime, "fp32")
+    assert facts["fixed_batch"] is None and 2 <= facts["max_batch"] <= 64  # what the memory plan holds
+    rt = get_runtime("executorch")
+    assert rt.declared_input_shape(out / "model.pte") == [None, 3, 12, 10]
+    runner = rt.load(out, {})
+    for n in (1, 7, facts["max_batch"], 130):  # 130 is over the bound: slices
+        x = np.random.default_rng(n).normal(size=(n, 3, 12, 10)).astype(np.float32)
+        assert np.abs(runner(x) - _eager(module, x)).max() < 1e-4, n
+
+
+def test_a_program_exported_by_executorch_itself_runs_at_its_fixed_batch(tmp_path):
+    """A .pte the factory did not write (no max_batch method, a fixed batch of 2): the runner pads the last slice."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    torch.manual_seed(1)
+    module = _Small().eval()
+    program = torch.export.export(module, (torch.zeros(2, 3, 12, 10),))
+    path = tmp_path / "theirs.pte"
+    path.write_bytes(to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer)
+    rt = get_runtime("executorch")
+    assert rt.declared_input_shape(path) == [2, 3, 12, 10]
+    x = np.random.default_rng(2).normal(size=(5, 3, 12, 10)).astype(np.float32)
+    got = rt.load_file(path, {"threads": 1})(x)
+    assert got.shape == (5, 3) and np.abs(got - _eager(module, x)).max() < 1e-4
+
+
+def test_keep_float_names_graph_nodes_and_refuses_others(tmp_path):
+    torch.manual_seed(0)
+    module = _Small().eval()
+    backend = get_backend("executorch")
+    fp32 = backend.export(tmp_path, onnx_path=None, module_factory=lambda: module, input_hw=(12, 10))
+    layers = backend.quantizable_layers(fp32)
+    assert layers[0].startswith("conv2d") and any(n.startswith("linear") for n in layers) and "mul" in layers
+    calibration = np.random.default_rng(0).normal(size=(8, 3, 12, 10)).astype(np.float32)
+    kwargs = {"precision": "int8-static", "calibration": calibration, "module_factory": lambda: module}
+    kwargs["input_hw"] = (12, 10)
+    quantized, facts = backend.quantize(fp32, tmp_path, options={}, **kwargs)
+    (tmp_path / "kept").mkdir()
+    kept, kept_facts = backend.quantize(fp32, tmp_path / "kept", options={"keep_float": layers}, **kwargs)
+    assert kept_facts["layers_kept_float"] == layers and "layers_kept_float" not in facts
+    x = calibration[:4]
+    rt = get_runtime("executorch")
+    # every annotated node kept in float: the program computes what the fp32 one does; int8 does not
+    assert np.abs(rt.load_file(kept, {})(x) - rt.load_file(fp32, {})(x)).max() < 1e-4
+    assert np.abs(rt.load_file(quantized, {})(x) - rt.load_file(fp32, {})(x)).max() > 1e-4
+    with pytest.raises(ExportError, match="not quantizable nodes"):
+        backend.quantize(fp32, tmp_path, options={"keep_float": ["conv"]}, **kwargs)
