@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import DBS, db_url
 from tests.registry_server import archive, fake_bundle, start_registry
 
 MODEL = "sr-model"
@@ -27,15 +28,19 @@ def _h(token):
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.fixture(scope="module")
-def reg(tmp_path_factory, keypair):
-    """A registry with 1.0.0 stable and 1.1.0 rolled out (with a capture block) to devices tagged ``cap``."""
+@pytest.fixture(scope="module", params=DBS)
+def reg(request, tmp_path_factory, keypair):
+    """A registry with 1.0.0 stable and 1.1.0 rolled out (with a capture block) to devices tagged ``cap``, on
+    SQLite and (when the suite has one) PostgreSQL: the races are decided by each database's own locks."""
     from factory.bundle.signing import load_private_key
     from factory.registry.auth import create_token
 
     tmp = tmp_path_factory.mktemp("review")
     key = load_private_key(keypair[0])
-    srv, settings, engine, admin, _ = start_registry(tmp, keypair[1], telemetry={"evaluate_seconds": 0.0})
+    database = db_url(request.param, tmp)
+    srv, settings, engine, admin, _ = start_registry(
+        tmp, keypair[1], telemetry={"evaluate_seconds": 0.0}, database=database
+    )
     with engine.begin() as conn:
         tokens = {r: create_token(conn, f"review-{r}", r) for r in ("viewer", "enroll")}
     tokens["admin"] = admin
