@@ -112,3 +112,77 @@ def test_keep_float_names_graph_nodes_and_refuses_others(tmp_path):
     assert np.abs(rt.load_file(quantized, {})(x) - rt.load_file(fp32, {})(x)).max() > 1e-4
     with pytest.raises(ExportError, match="not quantizable nodes"):
         backend.quantize(fp32, tmp_path, options={"keep_float": ["conv"]}, **kwargs)
+
+
+def test_an_executorch_bundle_goes_through_search_bench_gate_publish_rollout_and_a_device(
+    tmp_path, trained, synth_ds, keypair, loose_targets
+):
+    """Every stage after the build, for the runtime that was added by registration alone."""
+    import itertools
+    import json
+
+    import sqlalchemy as sa
+    import yaml
+
+    from factory.bundle.signing import load_public_key
+    from factory.device.agent import Agent
+    from factory.device.client import RegistryClient
+    from factory.device.sources import frames
+    from factory.registry import db
+    from tests.conftest import ROOT, build_args, invoke
+    from tests.registry_server import start_registry
+
+    # the search: fp32 against int8-static, benchmarked together; the winner is a signed bundle
+    space = tmp_path / "space.yaml"
+    space.write_text("space:\n  recipe.precision: [fp32, int8-static]\nbench_seconds: 1\n")
+    args = build_args(trained.path, "executorch", keypair, loose_targets, tmp_path / "b", "--no-track", "--search")
+    result = invoke(*args, "--search-config", str(space), "--search-dir", str(tmp_path / "r"), "--data", str(synth_ds))
+    assert result.exit_code == 0, result.output
+    search = json.loads(next((tmp_path / "r").rglob("search.json")).read_text())
+    assert {c["precision"] for c in search["candidates"]} == {"fp32", "int8-static"}
+    assert sum(c["winner"] for c in search["candidates"]) == 1
+    bundle = next((tmp_path / "b").glob("*/*/executorch"))
+
+    # bench against PyTorch eager, a baseline, and the gate re-measuring both
+    base, again = tmp_path / "baseline", tmp_path / "again"
+    r = invoke("bench", str(trained.path), str(bundle), "--seconds", "0.5", "--save-baseline", str(base))
+    assert r.exit_code == 0, r.output
+    report = json.loads((base / "report.json").read_text())
+    row = next(a for a in report["artifacts"] if a["kind"] != "canonical")
+    assert row["runtime"]["backend"] == "executorch" and row["latency"]["p50_ms"] > 0 and row["accuracy"]["n"] > 0
+    assert invoke("bench", str(trained.path), str(bundle), "--seconds", "0.5", "--out", str(again)).exit_code == 0
+    policy = yaml.safe_load((ROOT / "configs" / "gates.yaml").read_text())
+    policy["budgets"]["min_top1"], policy["accuracy"]["max_drop_pt"], policy["remeasure"]["seconds"] = None, 20.0, 1
+    (tmp_path / "gates.yaml").write_text(yaml.safe_dump(policy))
+    gate = invoke("gate", "--candidate", str(again), "--baseline", str(base), "--policy", str(tmp_path / "gates.yaml"))
+    assert gate.exit_code in (0, 1) and "executorch" in gate.stdout, gate.output
+
+    # publish, roll out to every device, and a device pulls, verifies, runs and reports it
+    srv, _settings, engine, admin, tokens = start_registry(tmp_path / "reg", keypair[1], devices=("et-1",))
+    try:
+        client = RegistryClient(srv.url, admin)
+        m = client.publish(bundle)
+        name = trained.card["name"]
+        client.create_rollout({"name": "et", "release": {"name": name, "version": m["version"]},
+                               "stages": [{"percent": 100}]})  # fmt: skip
+        client.act("et", "advance", "ExecuTorch to every device")
+        agent = Agent(
+            RegistryClient(srv.url, tokens["et-1"]),
+            model=name,
+            device_id="et-1",
+            target="executorch",
+            tags=[],
+            state_dir=tmp_path / "state",
+            bundle_key=load_public_key(keypair[1]),
+            window_seconds=3600,
+        )
+        assert agent.sync().startswith("switched") and agent.release_key.endswith("/executorch")
+        answers = [agent.infer(f) for f in itertools.islice(frames(str(synth_ds / "images")), 5)]
+        assert all(a is not None and a[0] in trained.labels and 0 < a[1] <= 1 for a in answers), answers
+        agent.close_window()
+        assert agent.upload()["sent"] == 1
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(db.telemetry.c.release_key)).first()
+        assert row is not None and row.release_key.endswith("/executorch")
+    finally:
+        srv.stop()

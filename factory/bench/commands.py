@@ -51,8 +51,8 @@ def bench_cmd(
     \b
     BUNDLE_OR_MODEL may be a bundle folder or .tar.gz, a folder of bundles (bundles/id-docs/0.1.0,
     or bundles/id-docs for the newest version), a canonical model folder (run in PyTorch eager:
-    the reference for speedups), or a bare .onnx / OpenVINO .xml / .tflite file (latency on
-    generated inputs of the shape it declares).
+    the reference for speedups), or a bare model file of any registered runtime (.onnx, OpenVINO
+    .xml, .tflite, ExecuTorch .pte: latency on generated inputs of the shape it declares).
 
     Latency: warm-up, then timed batch-1 runs interleaved across all inputs in a random order per
     round, so drift hits them alike; p50/p90/p95/p99, mean, std and a bootstrap interval of the
