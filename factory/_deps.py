@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from .errors import MissingDependencyError
@@ -14,8 +15,10 @@ def require(module: str, package: str, extra: str, purpose: str) -> ModuleType:
     """Import an optional dependency or raise MissingDependencyError naming ``pip install ...[extra]``."""
     try:
         return importlib.import_module(module)
-    except ImportError:
-        raise MissingDependencyError(package, extra, purpose) from None
+    except ImportError as e:
+        top = module.partition(".")[0]
+        installed = top != e.name and importlib.util.find_spec(top) is not None
+        raise MissingDependencyError(package, extra, purpose, broken=f"{e}" if installed else None) from None
 
 
 def pyplot() -> ModuleType:

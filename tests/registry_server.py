@@ -262,3 +262,37 @@ def archive(folder) -> bytes:
     from factory.bundle.archive import pack
 
     return pack(folder, folder.with_suffix(".tar.gz")).read_bytes()
+
+
+def roll_out_and_run(srv, admin: str, device_token: str, bundle, *, device_id: str, target: str, state_dir,
+                     trusted_pub, images, frames: int = 5):  # fmt: skip
+    """Publish ``bundle``, roll it out to every device, and let one device agent pull, verify and run it on
+    ``frames`` images, close its window and upload: (the agent's answers, what the upload returned)."""
+    import itertools
+
+    from factory.bundle.signing import load_public_key
+    from factory.device.agent import Agent
+    from factory.device.client import RegistryClient
+    from factory.device.sources import frames as read_frames
+
+    client = RegistryClient(srv.url, admin)
+    version = client.publish(bundle)["version"]
+    model = json.loads((Path(bundle) / "manifest.json").read_text())["name"]
+    name = f"{model}-{version}-{target}"
+    client.create_rollout({"name": name, "release": {"name": model, "version": version},
+                           "stages": [{"percent": 100}]})  # fmt: skip
+    client.act(name, "advance", "to every device")
+    agent = Agent(
+        RegistryClient(srv.url, device_token),
+        model=model,
+        device_id=device_id,
+        target=target,
+        tags=[],
+        state_dir=state_dir,
+        bundle_key=load_public_key(trusted_pub),
+        window_seconds=3600,
+    )
+    assert agent.sync().startswith("switched") and agent.release_key.endswith(f"/{target}")
+    answers = [agent.infer(f) for f in itertools.islice(read_frames(str(images)), frames)]
+    agent.close_window()
+    return answers, agent.upload()

@@ -40,10 +40,11 @@ def test_openvino_runners_made_and_dropped_in_any_order_leave_a_mapped_signal_st
     assert sp and _mapped(sp) and size >= 64 * 1024
 
 
-def test_the_reproducer_survives_the_signal_once_guarded():
+def test_the_reproducer_survives_the_signal_once_guarded(monkeypatch):
     from tests.conftest import ROOT
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    # for this test only: a folder of scripts left on sys.path is inherited by every process spawned later
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from altstack_repro import run
 
     code, out = run(guarded=True)

@@ -40,14 +40,19 @@ def _eager(module, x: np.ndarray) -> np.ndarray:
         return np.concatenate([module(torch.from_numpy(x[i : i + 1])).numpy() for i in range(len(x))])
 
 
+def _compiled(tmp_path, module, input_hw) -> tuple:
+    """``module`` exported and compiled as a build does it: (the bundle folder, the compile facts)."""
+    backend = get_backend("executorch")
+    artifact = backend.export(tmp_path, onnx_path=None, module_factory=lambda: module, input_hw=input_hw)
+    out = tmp_path / "bundle"
+    out.mkdir()
+    return out, backend.compile(artifact, out, backend.runtime, "fp32")
+
+
 def test_a_model_without_a_dynamic_batch_is_lowered_at_batch_one_and_says_so(tmp_path):
     torch.manual_seed(0)
     module = _BatchOfOne().eval()
-    backend = get_backend("executorch")
-    artifact = backend.export(tmp_path, onnx_path=None, module_factory=lambda: module, input_hw=(8, 8))
-    out = tmp_path / "bundle"
-    out.mkdir()
-    facts = backend.compile(artifact, out, backend.runtime, "fp32")
+    out, facts = _compiled(tmp_path, module, (8, 8))
     assert facts["fixed_batch"] == 1 and facts["max_batch"] == 1 and "batch 1" in facts["batch_note"]
     assert facts["xnnpack_partitions"] >= 1
     rt = get_runtime("executorch")
@@ -60,11 +65,7 @@ def test_a_model_without_a_dynamic_batch_is_lowered_at_batch_one_and_says_so(tmp
 def test_a_dynamic_program_takes_batches_up_to_its_bound_and_slices_beyond(tmp_path):
     torch.manual_seed(0)
     module = _Small().eval()
-    backend = get_backend("executorch")
-    artifact = backend.export(tmp_path, onnx_path=None, module_factory=lambda: module, input_hw=(12, 10))
-    out = tmp_path / "bundle"
-    out.mkdir()
-    facts = backend.compile(artifact, out, backend.runtime, "fp32")
+    out, facts = _compiled(tmp_path, module, (12, 10))
     assert facts["fixed_batch"] is None and 2 <= facts["max_batch"] <= 64  # what the memory plan holds
     rt = get_runtime("executorch")
     assert rt.declared_input_shape(out / "model.pte") == [None, 3, 12, 10]
@@ -118,19 +119,14 @@ def test_an_executorch_bundle_goes_through_search_bench_gate_publish_rollout_and
     tmp_path, trained, synth_ds, keypair, loose_targets
 ):
     """Every stage after the build, for the runtime that was added by registration alone."""
-    import itertools
     import json
 
     import sqlalchemy as sa
     import yaml
 
-    from factory.bundle.signing import load_public_key
-    from factory.device.agent import Agent
-    from factory.device.client import RegistryClient
-    from factory.device.sources import frames
     from factory.registry import db
     from tests.conftest import ROOT, build_args, invoke
-    from tests.registry_server import start_registry
+    from tests.registry_server import roll_out_and_run, start_registry
 
     # the search: fp32 against int8-static, benchmarked together; the winner is a signed bundle
     space = tmp_path / "space.yaml"
@@ -160,27 +156,11 @@ def test_an_executorch_bundle_goes_through_search_bench_gate_publish_rollout_and
     # publish, roll out to every device, and a device pulls, verifies, runs and reports it
     srv, _settings, engine, admin, tokens = start_registry(tmp_path / "reg", keypair[1], devices=("et-1",))
     try:
-        client = RegistryClient(srv.url, admin)
-        m = client.publish(bundle)
-        name = trained.card["name"]
-        client.create_rollout({"name": "et", "release": {"name": name, "version": m["version"]},
-                               "stages": [{"percent": 100}]})  # fmt: skip
-        client.act("et", "advance", "ExecuTorch to every device")
-        agent = Agent(
-            RegistryClient(srv.url, tokens["et-1"]),
-            model=name,
-            device_id="et-1",
-            target="executorch",
-            tags=[],
-            state_dir=tmp_path / "state",
-            bundle_key=load_public_key(keypair[1]),
-            window_seconds=3600,
-        )
-        assert agent.sync().startswith("switched") and agent.release_key.endswith("/executorch")
-        answers = [agent.infer(f) for f in itertools.islice(frames(str(synth_ds / "images")), 5)]
+        answers, sent = roll_out_and_run(srv, admin, tokens["et-1"], bundle, device_id="et-1", target="executorch",
+                                         state_dir=tmp_path / "state", trusted_pub=keypair[1],
+                                         images=synth_ds / "images")  # fmt: skip
         assert all(a is not None and a[0] in trained.labels and 0 < a[1] <= 1 for a in answers), answers
-        agent.close_window()
-        assert agent.upload()["sent"] == 1
+        assert sent["sent"] == 1
         with engine.connect() as conn:
             row = conn.execute(sa.select(db.telemetry.c.release_key)).first()
         assert row is not None and row.release_key.endswith("/executorch")

@@ -335,43 +335,21 @@ def test_the_search_takes_an_imported_graph(tmp_path, imported, keypair, loose_t
 def test_an_imported_bundle_is_published_rolled_out_run_and_reported_by_a_device(
     tmp_path, imported, keypair, loose_targets, synth_ds
 ):
-    import itertools
-
     import sqlalchemy as sa
 
-    from factory.bundle.signing import load_public_key
-    from factory.device.agent import Agent
-    from factory.device.client import RegistryClient
-    from factory.device.sources import frames
     from factory.registry import db
-    from tests.registry_server import start_registry
+    from tests.registry_server import roll_out_and_run, start_registry
 
     result = invoke(*build_args(imported.path, "cpu", keypair, loose_targets, tmp_path / "b", "--no-track"))
     assert result.exit_code == 0, result.output
     bundle = next((tmp_path / "b").glob("foreign/*/cpu"))
     srv, _settings, engine, admin, tokens = start_registry(tmp_path / "reg", keypair[1], devices=("cam-1",))
     try:
-        client = RegistryClient(srv.url, admin)
-        m = client.publish(bundle)
-        client.create_rollout(
-            {"name": "byom", "release": {"name": "foreign", "version": m["version"]}, "stages": [{"percent": 100}]}
-        )
-        client.act("byom", "advance", "imported model to every device")
-        agent = Agent(
-            RegistryClient(srv.url, tokens["cam-1"]),
-            model="foreign",
-            device_id="cam-1",
-            target="cpu",
-            tags=[],
-            state_dir=tmp_path / "state",
-            bundle_key=load_public_key(keypair[1]),
-            window_seconds=3600,
-        )
-        assert agent.sync().startswith("switched") and agent.release_key.endswith("/cpu")
-        answers = [agent.infer(f) for f in itertools.islice(frames(str(synth_ds / "images")), 5)]
+        answers, sent = roll_out_and_run(srv, admin, tokens["cam-1"], bundle, device_id="cam-1", target="cpu",
+                                         state_dir=tmp_path / "state", trusted_pub=keypair[1],
+                                         images=synth_ds / "images")  # fmt: skip
         assert all(a is not None and a[0] in imported.labels and 0 < a[1] <= 1 for a in answers), answers
-        agent.close_window()
-        assert agent.upload()["sent"] == 1
+        assert sent["sent"] == 1
         with engine.connect() as conn:
             assert conn.execute(sa.select(sa.func.count()).select_from(db.telemetry)).scalar() == 1
     finally:

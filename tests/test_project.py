@@ -28,6 +28,25 @@ def test_only_the_executor_imports_ray():
     assert users == ["factory/pipeline/executor.py"], users
 
 
+def test_no_benchmark_script_shadows_an_installed_module():
+    """A script's folder on sys.path (``python benchmarks/x.py`` puts it first) is inherited by every process it
+    spawns: a script named like a package (``executorch.py``) made the bench workers import the script instead."""
+    import importlib.util
+
+    clashes = [p.name for p in (ROOT / "benchmarks").glob("*.py") if importlib.util.find_spec(p.stem) is not None]
+    assert not clashes, f"benchmarks/ scripts named like importable modules: {clashes}"
+
+
+def test_an_installed_package_that_fails_to_import_says_why_not_that_it_is_missing():
+    from factory._deps import require
+    from factory.errors import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError, match="installed but fails to import: No module named 'yaml.nothing'"):
+        require("yaml.nothing", "pyyaml", "core", "the test")
+    with pytest.raises(MissingDependencyError, match="which is not installed"):
+        require("surely_not_a_module_zz", "zz", "core", "the test")
+
+
 def test_readme_starts_with_the_two_commands():
     lines = [x for x in (ROOT / "README.md").read_text().splitlines() if x.strip()]
     block = lines[lines.index("```bash") + 1 : lines.index("```bash") + 3]

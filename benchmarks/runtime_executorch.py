@@ -1,7 +1,7 @@
 """ExecuTorch beside LiteRT and ONNX Runtime: the main job's model and two sweep architectures, fp32 and
 int8-static, each model's six bundles and PyTorch eager in one interleaved `factory bench` run.
 
-    python benchmarks/executorch.py [--work .cache/executorch-bench] [--bench-seconds 30]
+    python benchmarks/runtime_executorch.py [--work .cache/executorch-bench] [--bench-seconds 30]
 
 The data is the main job's (params.yaml: 400 photos per class at 256x192, 1,280 test images, which resolve
 the 1.0 pt margin); the main job's model is configs/train.yaml (mobilenet_v3_small at 128x128, 12 epochs);
@@ -92,6 +92,7 @@ def _build(model: Path, work: Path, name: str, precision: str, log: list) -> dic
             "drop_pt": p["accuracy_drop_pt"],
             "interval": check.get("interval"),
             "verdict": check["verdict"],
+            "failed_checks": [c["check"] for c in m["validation"]["checks"] if c["verdict"] != "pass"],
             "agreement": p["top1_agreement"],
             "n": p["n"],
             "repair": repair.get("worked"),
@@ -122,12 +123,18 @@ def _bench(work: Path, model: Path, name: str, built: dict, seconds: float, log:
     }
 
 
+def _failed(row: dict) -> str:
+    """The bundle's other failed budgets (the verdict column is the accuracy check's)."""
+    other = [c for c in row.get("failed_checks", []) if c != "accuracy_drop"]
+    return f" (bundle fails {', '.join(other)})" if other else ""
+
+
 def _markdown(result: dict) -> str:
     h = result["host"]
     lines = [
         f"# ExecuTorch beside LiteRT and ONNX Runtime on {h.get('cpu', '?')} ({h.get('cores', '?')} cores)",
         "",
-        "`python benchmarks/executorch.py`. Data: the main job's synthetic set (params.yaml), "
+        "`python benchmarks/runtime_executorch.py`. Data: the main job's synthetic set (params.yaml), "
         f"{result['test_images']} test images. Each model's six bundles and PyTorch eager in one interleaved "
         f"`factory bench` run ({result['settings']['bench_seconds']:.0f} s, batch 1, each artifact in its own "
         "worker process). Accuracy: the build's verdict on the test split (drop against the canonical model, "
@@ -157,7 +164,7 @@ def _markdown(result: dict) -> str:
                 ci = b.get("median_ci") or [float("nan"), float("nan")]
                 lines.append(
                     f"| {name} | {t} | {p} | {row['top1']:.4f} | {row['drop_pt']:+.2f} [{lo:+.2f}, {hi:+.2f}] | "
-                    f"{row['verdict']} | {row['repair'] or '-'} | {b.get('p50_ms', float('nan')):.3f} "
+                    f"{row['verdict']}{_failed(row)} | {row['repair'] or '-'} | {b.get('p50_ms', float('nan')):.3f} "
                     f"[{ci[0]:.3f}, {ci[1]:.3f}] | {b.get('p95_ms', float('nan')):.3f} | "
                     f"{(b.get('speedup') or float('nan')):.2f}x | {row['size_mb']:.2f} | {row['dynamic_batch']} |"
                 )
