@@ -1,14 +1,16 @@
 """ExecuTorch beside LiteRT and ONNX Runtime: the main job's model and two sweep architectures, fp32 and
 int8-static, each model's six bundles and PyTorch eager in one interleaved `factory bench` run.
 
-    python benchmarks/runtime_executorch.py [--work .cache/executorch-bench] [--bench-seconds 30]
+    python benchmarks/runtime_executorch.py [--work .cache/executorch-bench] [--bench-seconds 30] [--model NAME ...]
 
 The data is the main job's (params.yaml: 400 photos per class at 256x192, 1,280 test images, which resolve
 the 1.0 pt margin); the main job's model is configs/train.yaml (mobilenet_v3_small at 128x128, 12 epochs);
 the sweep architectures (resnet18, shufflenet_v2_x0_5) are trained at 64x64 for 8 epochs as in
 benchmarks/arch_sweep.py. Each model is built with `factory build` for cpu, tflite and executorch at fp32
 and at int8-static (accuracy repair on, the default budgets), then benchmarked. Resumable: trained models,
-builds and bench reports are kept in --work and skipped on a re-run.
+builds and bench reports are kept in --work and skipped on a re-run. `--model` re-runs only the models
+named and keeps the others' rows from the results file (each model's comparison is its own interleaved
+run; the table says on which host and day each was measured).
 Writes benchmarks/results/executorch.{json,md}.
 """
 
@@ -134,6 +136,8 @@ def _markdown(result: dict) -> str:
     lines = [
         f"# ExecuTorch beside LiteRT and ONNX Runtime on {h.get('cpu', '?')} ({h.get('cores', '?')} cores)",
         "",
+        "Measured: " + "; ".join(f"{n} on {m.get('measured', '?')}" for n, m in result["models"].items()) + ".",
+        "",
         "`python benchmarks/runtime_executorch.py`. Data: the main job's synthetic set (params.yaml), "
         f"{result['test_images']} test images. Each model's six bundles and PyTorch eager in one interleaved "
         f"`factory bench` run ({result['settings']['bench_seconds']:.0f} s, batch 1, each artifact in its own "
@@ -169,14 +173,31 @@ def _markdown(result: dict) -> str:
                     f"{(b.get('speedup') or float('nan')):.2f}x | {row['size_mb']:.2f} | {row['dynamic_batch']} |"
                 )
     lines += ["", "Commands and their times:", ""]
-    lines += [f"- `{c['command']}`: {c['seconds']} s (exit {c['exit']})" for c in result["commands"]]
+    commands = result["commands"] + [c for m in result["models"].values() for c in m.get("commands", [])]
+    lines += [f"- `{c['command']}`: {c['seconds']} s (exit {c['exit']})" for c in commands]
     return "\n".join(lines) + "\n"
+
+
+def _kept(rerun: list[str] | None) -> dict:
+    """The results file's rows of the models not re-run (with the commands that made them)."""
+    path = ROOT / "benchmarks" / "results" / "executorch.json"
+    if not rerun or not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    kept = {n: m for n, m in old["models"].items() if n not in rerun}
+    for name, m in kept.items():  # a file written before commands were kept per model
+        m.setdefault("measured", f"{old.get('date', 'an earlier run')}, {old['host'].get('cpu', '?')}")
+        m.setdefault(
+            "commands", [c for c in old["commands"] if f"/{name}" in c["command"] or f"{name}.yaml" in c["command"]]
+        )
+    return kept
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / ".cache" / "executorch-bench"))
     ap.add_argument("--bench-seconds", type=float, default=30.0)
+    ap.add_argument("--model", action="append", choices=sorted(MODELS), help="re-run only these (repeatable)")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -186,16 +207,26 @@ def main() -> None:
         _run("data", "synth", "--out", str(data), "--per-class", str(synth["per_class"]), "--size", synth["size"],
              "--split", synth["split"], "--seed", str(synth["seed"]), log=log)  # fmt: skip
     _run("keys", "generate", "--out", str(work / "signing"), "--if-missing", log=log)
-    result: dict = {"host": host_info(), "commands": log, "settings": vars(a), "models": {}}
-    for name in MODELS:
-        model = _train(work, data, name, log)
+    result: dict = {
+        "host": host_info(),
+        "date": time.strftime("%Y-%m-%d"),
+        "commands": log,
+        "settings": vars(a),
+        "models": _kept(a.model),
+    }
+    for name in a.model or MODELS:
+        model_log: list = []
+        model = _train(work, data, name, model_log)
         card = json.loads((model / "model_card.json").read_text())
-        built = {p: _build(model, work, name, p, log) for p in PRECISIONS}
+        built = {p: _build(model, work, name, p, model_log) for p in PRECISIONS}
         result["models"][name] = {
             "canonical_top1": card["metrics"]["test"]["top1"],
             "builds": built,
-            "bench": _bench(work, model, name, built, a.bench_seconds, log),
+            "bench": _bench(work, model, name, built, a.bench_seconds, model_log),
+            "measured": f"{result['date']}, {result['host'].get('cpu', '?')}",
+            "commands": model_log,
         }
+        result["models"] = {n: result["models"][n] for n in MODELS if n in result["models"]}
         result["test_images"] = card["metrics"]["test"]["n"]
         results = ROOT / "benchmarks" / "results"
         write_json(results / "executorch.json", result)

@@ -93,10 +93,9 @@ class MissingDependencyError(FactoryError):
     """An optional dependency is missing; the message names the install command."""
 
     def __init__(self, package: str, extra: str, purpose: str, *, broken: str | None = None):
-        if broken:  # installed, but importing it failed: say why, not that it is missing
-            message = f"{purpose} needs the Python package {package!r}, which is installed but fails to import: {broken}"
-        else:
-            message = f"{purpose} needs the Python package {package!r}, which is not installed"
+        # installed, but importing it failed: say why, not that it is missing
+        state = f"is installed but fails to import: {broken}" if broken else "is not installed"
+        message = f"{purpose} needs the Python package {package!r}, which {state}"
         super().__init__(message, hint=f"pip install 'edge-model-factory[{extra}]'  (or: pip install {package})")
         self.package = package
         self.extra = extra

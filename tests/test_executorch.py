@@ -35,6 +35,19 @@ class _Small(torch.nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean((2, 3)) * 2.0)
 
 
+class _Chunks(torch.nn.Module):
+    """Splits its channels in two, as shufflenet's blocks do: an op returning a list of tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        a, b = self.conv(x).chunk(2, dim=1)
+        return self.fc((a * torch.relu(b)).mean((2, 3)))
+
+
 def _eager(module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return np.concatenate([module(torch.from_numpy(x[i : i + 1])).numpy() for i in range(len(x))])
@@ -73,6 +86,54 @@ def test_a_dynamic_program_takes_batches_up_to_its_bound_and_slices_beyond(tmp_p
     for n in (1, 7, facts["max_batch"], 130):  # 130 is over the bound: slices
         x = np.random.default_rng(n).normal(size=(n, 3, 12, 10)).astype(np.float32)
         assert np.abs(runner(x) - _eager(module, x)).max() < 1e-4, n
+
+
+def test_edge_validation_still_pins_the_batch_of_ops_that_return_tensor_lists():
+    """ExecuTorch 1.5's edge IR validator turns chunk's dynamic batch into the traced size: the reason the
+    backend lowers such graphs again without that check. When this fails, the workaround can go."""
+    from factory.export import executorch_backend as eb
+
+    with pytest.raises(eb._Pinned):
+        eb._lower(_Chunks().eval(), (torch.zeros(2, 3, 8, 8),), dynamic=True, check_ir=True)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8-static"])
+def test_a_model_that_chunks_keeps_its_dynamic_batch_and_runs_every_batch(tmp_path, precision):
+    torch.manual_seed(0)
+    module = _Chunks().eval()
+    backend = get_backend("executorch")
+    artifact = backend.export(tmp_path, onnx_path=None, module_factory=lambda: module, input_hw=(8, 8))
+    if precision != "fp32":
+        calibration = np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32)
+        artifact, _ = backend.quantize(artifact, tmp_path, precision=precision, calibration=calibration,
+                                       options={}, module_factory=lambda: module, input_hw=(8, 8))  # fmt: skip
+    (tmp_path / "bundle").mkdir()
+    facts = backend.compile(artifact, tmp_path / "bundle", backend.runtime, precision)
+    assert facts["fixed_batch"] is None and "validator pins the batch" in facts["edge_ir_check"], facts
+    runner = get_runtime("executorch").load(tmp_path / "bundle", {})
+    for n in (1, 3, facts["max_batch"]):
+        x = np.random.default_rng(n).normal(size=(n, 3, 8, 8)).astype(np.float32)
+        assert np.abs(runner(x) - _eager(module, x)).max() < (1e-4 if precision == "fp32" else 0.1), n
+
+
+def test_a_program_that_does_not_run_at_every_batch_it_declares_is_refused_with_the_runtimes_reason(tmp_path):
+    """A program pinned to a batch of 2 that claims a bound of 64: the build's run check says why."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from factory.device.runtimes.executorch_runtime import MAX_BATCH_METHOD
+    from factory.export import executorch_backend as eb
+
+    program = torch.export.export(_Small().eval(), (torch.zeros(2, 3, 12, 10),))
+    lowered = to_edge_transform_and_lower(
+        program, partitioner=[XnnpackPartitioner()], constant_methods={MAX_BATCH_METHOD: 64}
+    )
+    (tmp_path / "fp32.pte").write_bytes(lowered.to_executorch().buffer)
+    (tmp_path / "fp32.facts.json").write_text('{"xnnpack_partitions": 1, "layers": []}')
+    assert "static tensor" in eb._run_check(tmp_path / "fp32.pte")
+    (tmp_path / "bundle").mkdir()
+    with pytest.raises(ExportError, match="cannot run this program: .*static tensor"):
+        get_backend("executorch").compile(tmp_path / "fp32.pte", tmp_path / "bundle", "executorch", "fp32")
 
 
 def test_a_program_exported_by_executorch_itself_runs_at_its_fixed_batch(tmp_path):

@@ -4,8 +4,9 @@ fp32 is the exported program lowered to XNNPACK. int8-static is PT2E with the XN
 (symmetric, per-channel weights, static activations), calibrated on the calibration images, then
 lowered the same way; the int8 repair keeps graph nodes in float through the quantizer's node filter
 (``set_filter_function``: this release refuses a module-name config of None). The export asks
-``torch.export`` for a dynamic batch and keeps it when the model exports and lowers with one; otherwise
-the program has a batch of 1, and the manifest says so. Devices run the ``.pte`` with
+``torch.export`` for a dynamic batch and keeps it when the model exports and lowers with one and the
+runtime runs the program at a batch of 1 and at its largest (checked at build time); otherwise the
+program has a batch of 1, and the manifest says why. Devices run the ``.pte`` with
 :mod:`factory.device.runtimes.executorch_runtime`.
 """
 
@@ -26,53 +27,112 @@ MODEL = "model.pte"
 MAX_BATCH = 64
 
 
-def _lower(graph, sample, dynamic: bool):
+class _NotDynamic(Exception):
+    """The lowered program does not run at every batch it declares."""
+
+
+class _Pinned(_NotDynamic):
+    """The edge lowering replaced the dynamic batch torch.export gave the program by the traced size."""
+
+
+# ExecuTorch 1.5's edge IR validator takes len() of the first tensor an op returning a list of tensors
+# (chunk, split: shufflenet's branches) gives back, which pins a dynamic batch to the traced size. The
+# program then refuses every other batch. Lowering again without that dtype check keeps the batch; the
+# run check below still has to pass, and the batch-1 fallback lowers with the check on.
+_UNCHECKED = "lowered without the edge IR dtype check: with it, ExecuTorch's validator pins the batch"
+
+
+def _lower(graph, sample, dynamic: bool, check_ir: bool = True):
     """An ExecuTorch program of ``graph`` (a module or a converted PT2E graph), XNNPACK-delegated."""
     import torch
 
     require("executorch.exir", "executorch", "executorch", "ExecuTorch export")
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
     shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic else None
     exported = torch.export.export(graph, sample, dynamic_shapes=shapes)
     bound = {MAX_BATCH_METHOD: MAX_BATCH if dynamic else sample[0].shape[0]}  # the runner reads it back
-    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()], constant_methods=bound)
-    delegated = sum(
-        1 for n in edge.exported_program().graph.nodes if n.op == "call_function" and "call_delegate" in str(n.target)
+    edge = to_edge_transform_and_lower(
+        exported,
+        partitioner=[XnnpackPartitioner()],
+        constant_methods=bound,
+        compile_config=EdgeCompileConfig(_check_ir_validity=check_ir),
     )
+    program = edge.exported_program()
+    if dynamic and not any(getattr(k, "free_symbols", None) for k in program.range_constraints):  # all numbers
+        raise _Pinned("the edge lowering pinned the batch to the traced size")
+    delegated = sum(1 for n in program.graph.nodes if n.op == "call_function" and "call_delegate" in str(n.target))
     return edge.to_executorch(), delegated
 
 
-def _write(program, delegated: int, dynamic: bool, out: Path, layers: list[str]) -> Path:
+def _write(program, delegated: int, out: Path, layers: list[str], notes: dict) -> Path:
     out.write_bytes(program.buffer)
-    facts = {"dynamic_batch": dynamic, "xnnpack_partitions": delegated, "layers": layers}
+    facts = {"xnnpack_partitions": delegated, "layers": layers, **notes}
     out.with_suffix(".facts.json").write_text(json.dumps(facts))  # beside the program: cached with it
     return out
 
 
-def _export(graph, input_hw, out: Path, layers: list[str]) -> Path:
-    """Lower with a dynamic batch when torch.export and XNNPACK take one, else at batch 1."""
+def _run_check(path: Path) -> str | None:
+    """Why the ExecuTorch runtime cannot run the program at a batch of 1 and at its largest, or None.
+    The runtime's own log lines say why (a static tensor it was asked to resize, a missing kernel)."""
     import torch
 
-    errors = []
-    for dynamic, batch in ((True, 2), (False, 1)):
+    with native_quiet() as log:
+        try:
+            program, method = load_program(path)
+            sizes, largest, dynamic = batch_bounds(program)
+            for batch in sorted({1, largest}) if dynamic else (largest,):
+                method.execute([torch.zeros(batch, *sizes[1:])])
+            return None
+        except Exception as exc:  # noqa: BLE001 - the runtime raises RuntimeError, ValueError, ...
+            failed = f"{exc}" or type(exc).__name__
+    said = [line.split("] ", 1)[-1] for line in log.text.splitlines() if line.startswith("[") and "] " in line]
+    said = [line for line in said if "cpuinfo" not in line]  # the CPU probe's noise, not the cause
+    return "; ".join([*said[:2], failed])[:400]
+
+
+def _export(graph, input_hw, out: Path, layers: list[str]) -> Path:
+    """Lower with a dynamic batch when torch.export and XNNPACK keep one and the runtime runs it at every
+    batch it declares, else at batch 1 (the facts say why)."""
+    import torch
+
+    errors: list[Exception] = []
+    for dynamic, check_ir in ((True, True), (True, False), (False, True)):
+        if not check_ir and not (errors and isinstance(errors[-1], _Pinned)):
+            continue  # the check is skipped only when it is what pinned the batch
         try:
             with native_quiet():
-                program, delegated = _lower(graph, (torch.zeros(batch, 3, *input_hw),), dynamic)
-            return _write(program, delegated, dynamic, out, layers)
+                program, delegated = _lower(graph, (torch.zeros(2 if dynamic else 1, 3, *input_hw),), dynamic, check_ir)
         except Exception as exc:  # noqa: BLE001 - torch.export and the lowering raise many types
             errors.append(exc)
+            continue
+        if dynamic:
+            notes = {} if check_ir else {"edge_ir_check": _UNCHECKED}
+        else:
+            notes = {"dynamic_batch_refused": "; ".join(dict.fromkeys(str(e).splitlines()[0][:300] for e in errors))}
+        _write(program, delegated, out, layers, notes)
+        why = _run_check(out) if dynamic else None
+        if why is None:
+            return out
+        errors.append(_NotDynamic(f"the dynamic-batch program does not run at every batch: {why}"))
+    out.unlink(missing_ok=True)
     text = str(errors[-1]) or type(errors[-1]).__name__
     raise ExportError("executorch-export", text.splitlines()[0][:500], operator=operator_in(text)) from errors[-1]
 
 
 def _graph(module, input_hw):
-    """The module exported at batch 1: the graph PT2E quantizes, and whose node names keep_float takes."""
+    """The module exported as PT2E quantizes it, with a dynamic batch where torch.export gives one (a graph
+    traced at batch 1 bakes the 1 into reshapes such as a channel shuffle's), else at batch 1. Its node
+    names are what keep_float takes."""
     import torch
 
     with native_quiet():
-        return torch.export.export(module, (torch.zeros(1, 3, *input_hw),)).module()
+        try:
+            shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+            return torch.export.export(module, (torch.zeros(2, 3, *input_hw),), dynamic_shapes=shapes).module()
+        except Exception:  # noqa: BLE001 - a model with a literal batch: the batch-1 graph below
+            return torch.export.export(module, (torch.zeros(1, 3, *input_hw),)).module()
 
 
 def _layers(graph) -> list[str]:
@@ -87,6 +147,12 @@ def _layers(graph) -> list[str]:
         for n in graph.graph.nodes
         if n.op == "call_function" and (n.target in ops or getattr(n.target, "overloadpacket", None) in ops)
     ]
+
+
+def _batch_note(facts: dict) -> str:
+    note = "lowered at batch 1: the runner runs one image at a time"
+    refused = facts.get("dynamic_batch_refused")
+    return f"{note} ({refused})" if refused else note
 
 
 @register_backend
@@ -144,16 +210,11 @@ class ExecuTorchBackend(Backend):
     def compile(self, artifact, out, runtime, precision):
         shutil.copyfile(artifact, out / MODEL)
         facts = json.loads(Path(artifact).with_suffix(".facts.json").read_text())
-        try:
-            import torch
-
-            program, method = load_program(out / MODEL)
-            sizes, largest, dynamic = batch_bounds(program)
-            method.execute([torch.zeros(1 if dynamic else largest, *sizes[1:])])
-        except Exception as exc:
-            text = str(exc) or type(exc).__name__
-            why = f"the ExecuTorch runtime cannot run this program: {text[:400]}"
-            raise ExportError("executorch-load", why) from exc
+        why = _run_check(out / MODEL)
+        if why:
+            raise ExportError("executorch-load", f"the ExecuTorch runtime cannot run this program: {why}")
+        program, _ = load_program(out / MODEL)
+        _, largest, dynamic = batch_bounds(program)
         if facts["xnnpack_partitions"] == 0:
             raise ExportError("executorch-load", "the XNNPACK partitioner took no part of the graph")
         return {
@@ -161,5 +222,6 @@ class ExecuTorchBackend(Backend):
             "xnnpack_partitions": facts["xnnpack_partitions"],
             "max_batch": largest,
             "fixed_batch": None if dynamic else largest,
-            **({} if dynamic else {"batch_note": "lowered at batch 1: the runner runs one image at a time"}),
+            **({} if dynamic else {"batch_note": _batch_note(facts)}),
+            **({"edge_ir_check": facts["edge_ir_check"]} if dynamic and "edge_ir_check" in facts else {}),
         }
