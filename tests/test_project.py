@@ -31,9 +31,16 @@ def test_only_the_executor_imports_ray():
 def test_no_benchmark_script_shadows_an_installed_module():
     """A script's folder on sys.path (``python benchmarks/x.py`` puts it first) is inherited by every process it
     spawns: a script named like a package (``executorch.py``) made the bench workers import the script instead."""
-    import importlib.util
+    from importlib.machinery import PathFinder
 
-    clashes = [p.name for p in (ROOT / "benchmarks").glob("*.py") if importlib.util.find_spec(p.stem) is not None]
+    # searched on the path without benchmarks/ itself, and not in sys.modules: a test that imported a script
+    # from there (test_altstack imports altstack_repro) must not make that script look like an installed module
+    here = (ROOT / "benchmarks").resolve()
+    path = [p for p in sys.path if Path(p or ".").resolve() != here]
+    scripts = (ROOT / "benchmarks").glob("*.py")
+    clashes = [
+        p.name for p in scripts if p.stem in sys.builtin_module_names or PathFinder.find_spec(p.stem, path) is not None
+    ]
     assert not clashes, f"benchmarks/ scripts named like importable modules: {clashes}"
 
 

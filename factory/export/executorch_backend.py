@@ -113,7 +113,8 @@ def _export(graph, input_hw, out: Path, layers: list[str], check_ir_first: bool 
         if dynamic:
             notes = {} if check_ir else {"edge_ir_check": _UNCHECKED}
         else:
-            notes = {"dynamic_batch_refused": "; ".join(dict.fromkeys(str(e).splitlines()[0][:300] for e in errors))}
+            said = ((str(e) or type(e).__name__).splitlines()[0][:300] for e in errors)
+            notes = {"dynamic_batch_refused": "; ".join(dict.fromkeys(said))}
         _write(program, delegated, out, layers, notes)
         why = _run_check(out) if dynamic else None
         if why is None:
