@@ -31,6 +31,10 @@ class _NotDynamic(Exception):
     """The lowered program does not run at every batch it declares."""
 
 
+class _CannotRun(Exception):
+    """The ExecuTorch runtime refused to run the program; the message is the runtime's reason."""
+
+
 class _Pinned(_NotDynamic):
     """The edge lowering replaced the dynamic batch torch.export gave the program by the traced size."""
 
@@ -42,6 +46,18 @@ class _Pinned(_NotDynamic):
 _UNCHECKED = "lowered without the edge IR dtype check: with it, ExecuTorch's validator pins the batch"
 
 
+def _batch_dim() -> tuple:
+    """torch.export's dynamic shapes for a model's one input: a batch of 1 to MAX_BATCH."""
+    import torch
+
+    return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+
+
+def _facts(artifact) -> dict:
+    """What the export recorded beside a program (partitions, layers, how its batch was decided)."""
+    return json.loads(Path(artifact).with_suffix(".facts.json").read_text())
+
+
 def _lower(graph, sample, dynamic: bool, check_ir: bool = True):
     """An ExecuTorch program of ``graph`` (a module or a converted PT2E graph), XNNPACK-delegated."""
     import torch
@@ -50,8 +66,7 @@ def _lower(graph, sample, dynamic: bool, check_ir: bool = True):
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
-    shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic else None
-    exported = torch.export.export(graph, sample, dynamic_shapes=shapes)
+    exported = torch.export.export(graph, sample, dynamic_shapes=_batch_dim() if dynamic else None)
     bound = {MAX_BATCH_METHOD: MAX_BATCH if dynamic else sample[0].shape[0]}  # the runner reads it back
     edge = to_edge_transform_and_lower(
         exported,
@@ -73,9 +88,10 @@ def _write(program, delegated: int, out: Path, layers: list[str], notes: dict) -
     return out
 
 
-def _run_check(path: Path) -> str | None:
-    """Why the ExecuTorch runtime cannot run the program at a batch of 1 and at its largest, or None.
-    The runtime's own log lines say why (a static tensor it was asked to resize, a missing kernel)."""
+def _run_check(path: Path) -> tuple[int, bool]:
+    """(the largest batch, whether the batch is dynamic) of a program the ExecuTorch runtime ran at a batch
+    of 1 and at its largest; else :class:`_CannotRun` with the runtime's own log lines (a static tensor it
+    was asked to resize, a missing kernel)."""
     import torch
 
     with native_quiet() as log:
@@ -84,12 +100,12 @@ def _run_check(path: Path) -> str | None:
             sizes, largest, dynamic = batch_bounds(program)
             for batch in sorted({1, largest}) if dynamic else (largest,):
                 method.execute([torch.zeros(batch, *sizes[1:])])
-            return None
+            return largest, dynamic
         except Exception as exc:  # noqa: BLE001 - the runtime raises RuntimeError, ValueError, ...
             failed = f"{exc}" or type(exc).__name__
     said = [line.split("] ", 1)[-1] for line in log.text.splitlines() if line.startswith("[") and "] " in line]
     said = [line for line in said if "cpuinfo" not in line]  # the CPU probe's noise, not the cause
-    return "; ".join([*said[:2], failed])[:400]
+    raise _CannotRun("; ".join([*said[:2], failed])[:400])
 
 
 def _export(graph, input_hw, out: Path, layers: list[str], check_ir_first: bool = True) -> Path:
@@ -99,10 +115,9 @@ def _export(graph, input_hw, out: Path, layers: list[str], check_ir_first: bool 
     import torch
 
     errors: list[Exception] = []
-    for dynamic, check_ir in ((True, True), (True, False), (False, True)):
-        if dynamic and check_ir and not check_ir_first:
-            continue
-        if not check_ir and check_ir_first and not (errors and isinstance(errors[-1], _Pinned)):
+    attempts = ((True, True), (True, False), (False, True)) if check_ir_first else ((True, False), (False, True))
+    for dynamic, check_ir in attempts:
+        if dynamic and not check_ir and check_ir_first and not isinstance(errors[-1], _Pinned):
             continue  # the check is skipped only when it is what pinned the batch
         try:
             with native_quiet():
@@ -116,10 +131,13 @@ def _export(graph, input_hw, out: Path, layers: list[str], check_ir_first: bool 
             said = ((str(e) or type(e).__name__).splitlines()[0][:300] for e in errors)
             notes = {"dynamic_batch_refused": "; ".join(dict.fromkeys(said))}
         _write(program, delegated, out, layers, notes)
-        why = _run_check(out) if dynamic else None
-        if why is None:
+        if not dynamic:
             return out
-        errors.append(_NotDynamic(f"the dynamic-batch program does not run at every batch: {why}"))
+        try:
+            _run_check(out)
+            return out
+        except _CannotRun as why:
+            errors.append(_NotDynamic(f"the dynamic-batch program does not run at every batch: {why}"))
     out.unlink(missing_ok=True)
     text = str(errors[-1]) or type(errors[-1]).__name__
     raise ExportError("executorch-export", text.splitlines()[0][:500], operator=operator_in(text)) from errors[-1]
@@ -133,8 +151,7 @@ def _graph(module, input_hw):
 
     with native_quiet():
         try:
-            shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
-            return torch.export.export(module, (torch.zeros(2, 3, *input_hw),), dynamic_shapes=shapes).module()
+            return torch.export.export(module, (torch.zeros(2, 3, *input_hw),), dynamic_shapes=_batch_dim()).module()
         except Exception:  # noqa: BLE001 - a model with a literal batch: the batch-1 graph below
             return torch.export.export(module, (torch.zeros(1, 3, *input_hw),)).module()
 
@@ -203,23 +220,22 @@ class ExecuTorchBackend(Backend):
                 for i in range(len(calibration)):
                     graph(torch.from_numpy(calibration[i : i + 1]))
             graph = convert_pt2e(graph)
-        pinned = "edge_ir_check" in json.loads(Path(artifact).with_suffix(".facts.json").read_text())
+        pinned = "edge_ir_check" in _facts(artifact)  # the fp32 export found the check pins this model's batch
         out = _export(graph, input_hw, work / f"{precision}.pte", layers, check_ir_first=not pinned)
         facts = {"method": "PT2E, XNNPACK quantizer", "config": "symmetric per-channel static"}
         return out, facts | ({"layers_kept_float": keep} if keep else {})
 
     def quantizable_layers(self, fp32):
         """The nodes the quantizer annotates, by name (recorded beside the fp32 program at export)."""
-        return json.loads(Path(fp32).with_suffix(".facts.json").read_text())["layers"]
+        return _facts(fp32)["layers"]
 
     def compile(self, artifact, out, runtime, precision):
         shutil.copyfile(artifact, out / MODEL)
-        facts = json.loads(Path(artifact).with_suffix(".facts.json").read_text())
-        why = _run_check(out / MODEL)
-        if why:
-            raise ExportError("executorch-load", f"the ExecuTorch runtime cannot run this program: {why}")
-        program, _ = load_program(out / MODEL)
-        _, largest, dynamic = batch_bounds(program)
+        facts = _facts(artifact)
+        try:
+            largest, dynamic = _run_check(out / MODEL)
+        except _CannotRun as why:
+            raise ExportError("executorch-load", f"the ExecuTorch runtime cannot run this program: {why}") from None
         if facts["xnnpack_partitions"] == 0:
             raise ExportError("executorch-load", "the XNNPACK partitioner took no part of the graph")
         return {
