@@ -84,6 +84,19 @@ def synth_ds(tmp_path_factory) -> Path:
     return out
 
 
+FRAME_TYPES = "id-card,passport,visa"
+
+
+@pytest.fixture(scope="session")
+def frames_ds(tmp_path_factory) -> Path:
+    """72 detection frames of zero to three documents of three types (96x80)."""
+    from factory.data.synth import synthesize_frames
+
+    out = tmp_path_factory.mktemp("frames") / "frames"
+    synthesize_frames(out, seed=5, frames=72, size=(96, 80), classes=FRAME_TYPES.split(","))
+    return out
+
+
 def write_train_config(path: Path, manifest: Path, out: Path, **overrides) -> Path:
     cfg = {
         "data": {"manifest": str(manifest)},

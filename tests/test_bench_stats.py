@@ -114,6 +114,7 @@ def test_budget_checks_carry_intervals_and_verdicts():
 
 def test_a_test_split_too_small_for_any_candidate():
     assert "about 1,917 would" in unresolvable({"max_accuracy_drop_pt": 0.2}, 481)
+    assert "cannot be shown on any test split" in unresolvable({"max_accuracy_drop_pt": 0.0}, 481)  # was a ZeroDivision
     assert unresolvable({"max_accuracy_drop_pt": 1.0, "min_top1_agreement": 0.98}, 1280) is None
     assert "cannot show top-1 agreement >= 0.995" in unresolvable({"min_top1_agreement": 0.995}, 481)
 

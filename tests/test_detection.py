@@ -13,18 +13,9 @@ import pytest
 from factory.data.manifest import load_manifest
 from factory.tasks import get_task
 from factory.tasks.detection import average_precision, box_iou, match, nms
+from tests.conftest import FRAME_TYPES as TYPES
 from tests.conftest import TARGET_OF, invoke
 
-TYPES = "id-card,passport,visa"
-
-
-@pytest.fixture(scope="session")
-def frames_ds(tmp_path_factory):
-    from factory.data.synth import synthesize_frames
-
-    out = tmp_path_factory.mktemp("frames") / "frames"
-    synthesize_frames(out, seed=5, frames=72, size=(96, 80), classes=TYPES.split(","))
-    return out
 
 
 def _task(classes=3, grid=(4, 5)):

@@ -241,6 +241,8 @@ def unresolvable(budgets: dict, n: int, confidence: float = CONFIDENCE) -> str |
     one, with no image disagreeing), or None. Checked before anything is built."""
     margin, floor = budgets.get("max_accuracy_drop_pt"), budgets.get("min_top1_agreement")
     z2 = z_value(confidence) ** 2
+    if margin is not None and margin <= 0:  # an interval's upper end is above 0 on any finite split
+        return f"a {margin:g} pt accuracy margin cannot be shown on any test split (no interval is that narrow)"
     if margin is not None and 100 * tango_interval(0, 0, n, confidence)[1] > margin:
         need = int(z2 * (100 / margin - 1)) + 1
         return (

@@ -25,7 +25,7 @@ from .base import require
 
 __all__ = ["prepare_module", "recalibrate_bn"]
 
-PROCEDURE_VERSION = 4  # bump when pruning or fine-tuning changes, so cached models are not reused
+PROCEDURE_VERSION = 5  # bump when pruning or fine-tuning changes, so cached models are not reused
 UNSTRUCTURED_NOTE = (
     "unstructured sparsity is not exploited by ONNX Runtime, OpenVINO or LiteRT on CPU: "
     "expect no speedup, only a smaller compressed (gzip) size"
@@ -111,16 +111,12 @@ def recalibrate_bn(module, images, spec: dict, batch: int = 32, max_batches: int
     return seen
 
 
-def _finetune(module, canonical: CanonicalModel, manifest: DatasetManifest, recipe: dict) -> dict:
-    from ..train.data import ImageDataset, load_images
-    from ..train.loop import fit
-    from ..train.models import set_bn_momentum
-
+def _finetune_config(canonical: CanonicalModel, recipe: dict) -> dict:
     cfg = canonical.card["lineage"].get("config_values")
     if not cfg:
         raise ExportError("finetune", "the model card has no training config (lineage.config_values) to fine-tune with")
     # workers=0: a build process may already hold JAX threads (litert), and forking then can deadlock.
-    cfg = {
+    return {
         **cfg,
         "train": {
             **cfg["train"],
@@ -131,36 +127,48 @@ def _finetune(module, canonical: CanonicalModel, manifest: DatasetManifest, reci
             "early_stopping": {"patience": 0, "min_delta": 0.0},
         },
     }
+
+
+def _fit(module, canonical: CanonicalModel, cfg: dict, images: dict, records: dict, recipe: dict) -> dict:
+    """Fine-tune by the task's own loss: top-1 with a classifier's soft labels distilled; a spatial task's
+    loss mixed with its distillation loss towards the canonical model's heads. The best epoch by the task's
+    primary validation metric is kept: ``{"epochs_run", "best_val": {metric: value}}``."""
+    from ..tasks import get_task
+    from ..train.data import ImageDataset
+    from ..train.loop import fit
+    from ..train.spatial import _SpatialDataset, fit_spatial
+
+    spec, seed = canonical.preprocessing, cfg["train"]["seed"]
+    teacher = canonical.build_module() if recipe["distill"] else None
+    if canonical.task == "classification":
+        index = {c: i for i, c in enumerate(canonical.labels)}
+        labels = {s: [index[r.label] for r in recs] for s, recs in records.items()}
+        ds = ImageDataset(images["train"], labels["train"], spec, augment_cfg=cfg["augment"], seed=seed)
+        h = fit(module, ds, images["val"], labels["val"], spec, cfg, lambda row, step: None, teacher=teacher)
+        return {"epochs_run": h["epochs_run"], "best_val": {"top1": h.get("best_val_top1")}}
+    task = get_task(canonical.task, canonical.card["output"])
+    targets = {s: task.targets(recs, canonical.labels) for s, recs in records.items()}
+    ds = _SpatialDataset(images["train"], targets["train"], spec, task=task, augment_cfg=cfg["augment"], seed=seed)
+    h = fit_spatial(module, task, ds, images["val"], targets["val"], spec, cfg, lambda row, step: None,
+                    teacher=teacher)  # fmt: skip
+    return {"epochs_run": h["epochs_run"], "best_val": {task.primary: round(h["best_val"], 6)}}
+
+
+def _finetune(module, canonical: CanonicalModel, manifest: DatasetManifest, recipe: dict) -> dict:
+    from ..train.data import load_images
+    from ..train.models import set_bn_momentum
+
+    cfg = _finetune_config(canonical, recipe)
     h, w = canonical.input_hw
-    index = {c: i for i, c in enumerate(canonical.labels)}
-    splits = {s: manifest.subset(s) for s in ("train", "val")}
-    with progress.bar("loading images", sum(len(v) for v in splits.values())) as tick:
-        images = {s: load_images(manifest, recs, max_side=2 * max(h, w), progress=tick) for s, recs in splits.items()}
-    labels = {s: [index[r.label] for r in recs] for s, recs in splits.items()}
-    history = {"epochs_run": 0, "best_val_top1": None}
+    records = {s: sorted(manifest.subset(s), key=lambda r: r.path) for s in ("train", "val")}
+    with progress.bar("loading images", sum(len(v) for v in records.values())) as tick:
+        images = {s: load_images(manifest, recs, max_side=2 * max(h, w), progress=tick) for s, recs in records.items()}
+    history = {"epochs_run": 0, "best_val": None}
     # The canonical module is rebuilt with the architecture's BatchNorm momentum; train as it was trained,
     # or the running statistics lag and validation (which picks the best epoch) sees a broken model.
     set_bn_momentum(module, cfg["train"].get("bn_momentum"))
     if recipe["finetune_epochs"] > 0:
-        ds = ImageDataset(
-            images["train"],
-            labels["train"],
-            canonical.preprocessing,
-            augment_cfg=cfg["augment"],
-            seed=cfg["train"]["seed"],
-        )
-        teacher = canonical.build_module() if recipe["distill"] else None
-        history = fit(
-            module,
-            ds,
-            images["val"],
-            labels["val"],
-            canonical.preprocessing,
-            cfg,
-            lambda row, step: None,
-            teacher=teacher,
-        )
-        history.pop("history", None)
+        history = _fit(module, canonical, cfg, images, records, recipe)
     _strip_masks(module)
     history["bn_recalibration_images"] = recalibrate_bn(module, images["train"], canonical.preprocessing)
     return history
@@ -195,12 +203,6 @@ def prepare_module(canonical: CanonicalModel, manifest: DatasetManifest | None, 
         )
     if manifest is None:
         raise ExportError("prune", "pruning needs the training dataset for fine-tuning; pass --data")
-    if canonical.task != "classification":
-        raise ExportError(
-            "prune",
-            f"pruning fine-tunes by top-1 and is not available for {canonical.task} models yet",
-            hint="set recipe.pruning to none for this target (or leave pruning out of the search space)",
-        )
     key = _cache_key(canonical, manifest, recipe)
     cached = cache_dir / "pruned" / f"{key}.pt"
     if cached.is_file():
@@ -226,7 +228,7 @@ def prepare_module(canonical: CanonicalModel, manifest: DatasetManifest | None, 
         "finetune_epochs": recipe["finetune_epochs"],
         "finetune_lr": recipe["finetune_lr"],
         "distill": recipe["distill"],
-        "best_val_top1": tuned.get("best_val_top1"),
+        "best_val": tuned.get("best_val"),  # the task's primary validation metric after fine-tuning
         "bn_recalibration_images": tuned["bn_recalibration_images"],
         "macs_before": macs_before,
         "macs_after": count_macs(module, h, w),

@@ -73,6 +73,8 @@ def judge(logits: np.ndarray, val: ValidationSet, budgets: dict) -> dict:
     within = (margin is None or 100 * hi <= margin) and (not floor or disagree / n <= (1 - floor) / 2)
     return {
         "n": n,
+        "metric": "top-1 drop",
+        "budget": "max_accuracy_drop_pt",
         "lost": lost,
         "gained": gained,
         "drop_pt": round(100.0 * (lost - gained) / n, 4),

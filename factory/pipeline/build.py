@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import __version__, progress
 from .._io import atomic_dir, sha256_file
-from ..bench.budgets import WAYS_OUT, check_budgets, judge, parity_evidence, unresolvable
+from ..bench.budgets import WAYS_OUT, budgets_for, check_budgets, judge, parity_evidence, unresolvable
 from ..bench.quick import postprocess_latency, quick_latency
 from ..bundle.manifest import Manifest, bundle_dir, file_entries, resolve_version
 from ..bundle.signing import load_private_key
@@ -289,7 +289,7 @@ def _manifest(
             "split": "test",
             "dataset_hash": ctx.dataset.dataset_hash,
             "parity": parity,
-            "budgets": profile["budgets"],
+            "budgets": budgets_for(profile["budgets"], ctx.task.name),  # the task's own, as reports show them
             "checks": [c.to_dict() for c in checks],
             "passed": verdict["passed"],
             **({"inconclusive": verdict | {"ways_out": WAYS_OUT}} if verdict["inconclusive"] else {}),

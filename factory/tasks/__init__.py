@@ -57,7 +57,7 @@ def _discover() -> None:
     from .. import tasks
 
     for info in pkgutil.iter_modules(tasks.__path__):
-        if info.name != "base":
+        if info.name != "base" and not info.name.startswith("_"):  # _torch_heads: torch, for training only
             importlib.import_module(f"{tasks.__name__}.{info.name}")
 
 

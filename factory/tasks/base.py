@@ -112,6 +112,12 @@ class Task:
         """What the loss compares the model's output with, for one image."""
         return target
 
+    def distill_loss(self):
+        """``fn(student_raw, teacher_raw)``: how far a student's raw output is from a teacher's (a pruned copy
+        fine-tuned against the canonical model). By default the task's own loss with the teacher's output as
+        the target, for a task whose training target has the raw output's form (corners)."""
+        return self.loss()
+
 
 def paired_bootstrap(
     candidate: np.ndarray, reference: np.ndarray, rounds: int = 2000, confidence: float = 0.95, seed: int = 0

@@ -383,31 +383,9 @@ class Detection(Task):
     def head(self, channels: int, fh: int, fw: int):
         """Upsample the backbone's (channels, fh, fw) features 4x (stride 8), then one map per class and 4
         box maps, all through a sigmoid, flattened."""
-        import torch
-        from torch import nn
+        from ._torch_heads import DetectionHead
 
-        n = self.n_classes
-
-        def block(cin: int, cout: int) -> list:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
-        class Head(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.neck = nn.Sequential(
-                    nn.Conv2d(channels, 96, 1, bias=False), nn.BatchNorm2d(96), nn.ReLU(inplace=True),
-                    nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), *block(96, 64),
-                    nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), *block(64, 64),
-                )  # fmt: skip
-                self.out = nn.Conv2d(64, n + 4, 1)
-                with torch.no_grad():  # heatmaps start near 0.01 (focal loss's prior), sizes near a third of the frame
-                    self.out.bias[:n] = -4.6
-                    self.out.bias[n + 2 :] = -0.7
-
-            def forward(self, x):
-                return torch.sigmoid(self.out(self.neck(x))).flatten(1)
-
-        return Head()
+        return DetectionHead(channels, self.n_classes)
 
     def encode(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Training targets of one frame's boxes (M, 5): the heatmaps (a Gaussian around each centre, 1 at
@@ -442,5 +420,24 @@ class Detection(Task):
             offset = (mask * (out[:, n : n + 2] - reg_t[:, 1:3]).abs()).sum()
             size = (mask * (out[:, n + 2 :] - reg_t[:, 3:5]).abs()).sum()
             return focal.sum() / npos + (offset + 5 * size) / npos
+
+        return fn
+
+    def distill_loss(self):
+        """Against a teacher's raw output: the quality focal loss (GFL) of the heatmaps towards the teacher's
+        scores, and L1 of offsets and sizes weighted by the teacher's score at each cell, both normalised by
+        the cells where the teacher sees an object, as :meth:`loss` is by the true centres."""
+        import torch.nn.functional as F
+
+        n, (gh, gw) = self.n_classes, self.grid
+
+        def fn(out, teacher):
+            s, t = out.view(len(out), n + 4, gh, gw), teacher.view(len(teacher), n + 4, gh, gw)
+            p, q = s[:, :n].clamp(1e-4, 1 - 1e-4), t[:, :n]
+            heat = ((q - p).abs() ** 2 * F.binary_cross_entropy(p, q, reduction="none")).sum()
+            weight = q.amax(1, keepdim=True)
+            npos = (weight > 0.5).float().sum().clamp(min=1)
+            box = (weight * (s[:, n:] - t[:, n:]).abs()).sum()
+            return heat / npos + 5 * box / npos
 
         return fn

@@ -62,24 +62,6 @@ def rectify(frame: np.ndarray, corners: np.ndarray, size: tuple[int, int] = (428
     return cv2.warpPerspective(frame, cv2.getPerspectiveTransform(src, dst), size, flags=cv2.INTER_LINEAR)
 
 
-def _soft_argmax(h: int, w: int):
-    """(N, 4, h, w) heatmaps -> (N, 8): each map's softmax-weighted mean position as fractions of the frame."""
-    import torch
-    from torch import nn
-
-    class SoftArgmax(nn.Module):
-        def __init__(self):
-            super().__init__()
-            ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
-            self.register_buffer("grid", torch.stack([xs.reshape(-1), ys.reshape(-1)], 1))  # (h*w, 2)
-
-        def forward(self, maps):
-            p = torch.softmax(maps.flatten(2), dim=2)  # (N, 4, h*w)
-            return torch.matmul(p, self.grid).flatten(1)  # (N, 8): x0, y0, ... x3, y3
-
-    return SoftArgmax()
-
-
 @register_task
 class DocumentLocalisation(Task):
     name = "document-localisation"
@@ -123,22 +105,9 @@ class DocumentLocalisation(Task):
         Learning where a corner is on a map is far easier than regressing 8 numbers from pooled features
         (measured: direct regression had 6% corner error after 10 epochs). Bilinear resizes, convolutions,
         a softmax and a matrix product: static shapes that every runtime exports."""
-        from torch import nn
+        from ._torch_heads import localisation_head
 
-        def block(cin: int, cout: int) -> list:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
-        return nn.Sequential(
-            nn.Conv2d(channels, 64, 1, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(inplace=True),
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-            *block(64, 64),
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-            *block(64, 32),
-            nn.Conv2d(32, 4, 1),
-            _soft_argmax(4 * fh, 4 * fw),
-        )
+        return localisation_head(channels, fh, fw)
 
     def loss(self):
         """Smooth L1 on the corner fractions (quadratic within 1% of the frame, linear beyond)."""

@@ -92,17 +92,39 @@ class _SpatialDataset(ImageDataset):
         return torch.from_numpy(preprocess(img, self.spec)[0]), torch.from_numpy(self.task.train_target(target))
 
 
+def _distilled(task: Task, teacher, weight: float):
+    """The task's loss mixed with its distillation loss against ``teacher``'s output on the same batch."""
+    import torch
+
+    loss_fn, distill_fn = task.loss(), task.distill_loss()
+    teacher.eval()
+
+    def fn(out, y, x):
+        with torch.no_grad():
+            soft = teacher(x)
+        return (1 - weight) * loss_fn(out, y) + weight * distill_fn(out, soft)
+
+    return fn
+
+
 def fit_spatial(model, task: Task, train_ds, val_images, val_targets, spec, cfg, log_metrics,
-                ranks: Ranks = SINGLE) -> dict | None:  # fmt: skip
+                ranks: Ranks = SINGLE, *, teacher=None, distill_weight: float = 0.5) -> dict | None:  # fmt: skip
     """Train with the configured schedule; keep the epoch with the best validation primary metric (on
-    several workers: as :func:`.loop.fit` does)."""
+    several workers: as :func:`.loop.fit` does). With a ``teacher`` (the canonical model while a pruned copy
+    is fine-tuned) the loss mixes the task's loss with :meth:`Task.distill_loss` towards the teacher's heads."""
     import torch
     from torch.utils.data import DataLoader
 
     t = cfg["train"]
     torch.manual_seed(t["seed"])
     opt = _make_optimizer(model, t)
-    loss_fn = task.loss()
+    if teacher is None:
+        task_loss = task.loss()
+
+        def loss_fn(out, y, x):
+            return task_loss(out, y)
+    else:
+        loss_fn = _distilled(task, teacher, distill_weight)
     sign = -1.0 if task.higher_is_better else 1.0  # the best epoch has the lowest sign * metric
     best = {"value": math.inf, "epoch": -1, "state": None}
     history = []
@@ -118,7 +140,7 @@ def fit_spatial(model, task: Task, train_ds, val_images, val_targets, spec, cfg,
             for step, (x, y) in enumerate(loader):
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(epoch, step, len(loader), cfg)
-                loss = loss_fn(net(x), y)
+                loss = loss_fn(net(x), y, x)
                 opt.zero_grad(set_to_none=True)
                 (loss * ranks.scale(batches[step])).backward()
                 opt.step()
