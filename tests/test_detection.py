@@ -17,7 +17,6 @@ from tests.conftest import FRAME_TYPES as TYPES
 from tests.conftest import TARGET_OF, invoke
 
 
-
 def _task(classes=3, grid=(4, 5)):
     return get_task("detection", {"classes": classes, "grid": list(grid)})
 
